@@ -1,0 +1,138 @@
+//! Decisions: what plan chose to do about a symptom, and why.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Event, finite, non_empty};
+use crate::{Invalid, NodeId, Phase};
+
+/// The actions mapek can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Route the node's traffic around a peer.
+    Reroute,
+    /// Restart a service on the node.
+    RestartService,
+    /// Take the node out of the mesh.
+    Quarantine,
+    /// Limit the node's traffic rate.
+    RateLimit,
+    /// Hand the incident to a human; no action on the node.
+    Escalate,
+}
+
+impl ActionKind {
+    /// The schema symbol: `reroute`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Reroute => "reroute",
+            ActionKind::RestartService => "restart_service",
+            ActionKind::Quarantine => "quarantine",
+            ActionKind::RateLimit => "rate_limit",
+            ActionKind::Escalate => "escalate",
+        }
+    }
+}
+
+/// An action and its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// What to do.
+    pub kind: ActionKind,
+    /// The peer to route around, for [`ActionKind::Reroute`].
+    #[serde(default)]
+    pub peer: Option<NodeId>,
+    /// The service to restart, for [`ActionKind::RestartService`].
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Further parameters from the policy (`rate_pps`, …), passed to the node agent as given.
+    pub params: BTreeMap<String, String>,
+}
+
+/// A past incident the planner consulted: the knowledge a decision depended on, recorded so
+/// that a replay can feed it back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbour {
+    /// The past incident.
+    pub incident_id: String,
+    /// Its similarity to this one (higher is closer).
+    pub score: f64,
+    /// The action taken then.
+    pub action: ActionKind,
+    /// Whether that action resolved it.
+    pub resolved: bool,
+}
+
+/// A decision, published on `mapek.plan.<node>`. Schema `Decision`, version 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// The decision id: a hash of the symptom id and the policy hash, so a retried or replayed
+    /// decision dedups instead of doubling.
+    pub decision_id: String,
+    /// The symptom decided on (`Mapek-Causation`).
+    pub symptom_id: String,
+    /// The incident (`Mapek-Correlation`).
+    pub incident_id: String,
+    /// The node acted on.
+    pub node: NodeId,
+    /// Event time of the symptom, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// What to do.
+    pub action: Action,
+    /// The policy rule that chose the candidates.
+    pub rule: String,
+    /// Why, in one readable sentence.
+    pub reason: String,
+    /// The policy's name.
+    pub policy_name: String,
+    /// SHA-256 of the policy file's content, hex: which policy, exactly.
+    pub policy_hash: String,
+    /// The past incidents consulted, nearest first; empty when none were.
+    pub knowledge: Vec<Neighbour>,
+    /// Hash of the previous decision in the chain, hex; empty for the first.
+    pub prev_hash: String,
+    /// ML-DSA signature over the decision without this field; empty while unsigned.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Event for Decision {
+    const SCHEMA: &'static str = "Decision";
+    const PHASE: Phase = Phase::Plan;
+
+    fn event_id(&self) -> &str {
+        &self.decision_id
+    }
+
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn correlation(&self) -> Option<&str> {
+        Some(&self.incident_id)
+    }
+
+    fn causation(&self) -> Option<&str> {
+        Some(&self.symptom_id)
+    }
+
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        non_empty("decision_id", &self.decision_id)?;
+        non_empty("symptom_id", &self.symptom_id)?;
+        non_empty("incident_id", &self.incident_id)?;
+        non_empty("policy_hash", &self.policy_hash)?;
+        for n in &self.knowledge {
+            finite("knowledge score", n.score)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! mapek's events and the pure logic of the MAPE-K phases.
+//!
+//! This crate does no I/O: no network, no clock, no randomness. Everything that crosses a
+//! subject is defined here, so every other crate (codec, bus, CLI, workers, replay) agrees on
+//! one set of types, and the phase logic can be replayed from the log and come out the same.
+//!
+//! # Layout
+//! - [`node`]: [`NodeId`], the validated name of a mesh node.
+//! - [`id`]: deterministic event ids, hashed from what an event is about.
+//! - [`phase`]: the MAPE-K [`Phase`]s and the subjects they publish on.
+//! - [`event`]: the events themselves ([`Telemetry`], [`Symptom`], [`Decision`],
+//!   [`ActionResult`], [`Outcome`], [`Rejected`]) and the [`Event`] trait they share.
+//! - [`invalid`]: [`Invalid`], why an event was refused before it reached a subject.
+
+pub mod event;
+pub mod id;
+pub mod invalid;
+pub mod node;
+pub mod phase;
+
+pub use event::{
+    Action, ActionKind, ActionResult, ActionStatus, Decision, Event, LinkSample, Neighbour,
+    Outcome, OutcomeResult, Rejected, Symptom, SymptomKind, SymptomState, Telemetry,
+};
+pub use id::EventId;
+pub use invalid::Invalid;
+pub use node::NodeId;
+pub use phase::Phase;
+
+/// The largest encoded event mapek accepts, in bytes.
+///
+/// NATS's default `max_payload` is 1 MiB; streams are configured with the same limit, so an
+/// event that passes this check is never refused by the server for its size.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;

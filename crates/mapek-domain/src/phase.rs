@@ -1,0 +1,105 @@
+//! The MAPE-K phases and their subjects.
+//!
+//! Each phase publishes on its own subject family, `mapek.<phase>.<node>`, stored in its own
+//! stream. Streams re-map those subjects to `mapek.<phase>.<partition>.<node>` so that workers
+//! can split the nodes between them; publishers never need to know the partition count.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::NodeId;
+
+/// A MAPE-K phase, or the dead-letter family beside them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// Node telemetry.
+    Monitor,
+    /// Symptoms found in the telemetry.
+    Analyze,
+    /// Decisions taken on symptoms.
+    Plan,
+    /// Results of the actions taken.
+    Execute,
+    /// Outcomes: did the action clear the symptom?
+    Knowledge,
+    /// Messages a consumer could not decode or validate.
+    Dlq,
+}
+
+impl Phase {
+    /// Every phase, in loop order, the dead-letter family last.
+    pub const ALL: [Phase; 6] = [
+        Phase::Monitor,
+        Phase::Analyze,
+        Phase::Plan,
+        Phase::Execute,
+        Phase::Knowledge,
+        Phase::Dlq,
+    ];
+
+    /// The subject token: `monitor`, `analyze`, …
+    pub fn token(self) -> &'static str {
+        match self {
+            Phase::Monitor => "monitor",
+            Phase::Analyze => "analyze",
+            Phase::Plan => "plan",
+            Phase::Execute => "execute",
+            Phase::Knowledge => "knowledge",
+            Phase::Dlq => "dlq",
+        }
+    }
+
+    /// The JetStream stream that stores this phase.
+    pub fn stream(self) -> &'static str {
+        match self {
+            Phase::Monitor => "MAPEK_MONITOR",
+            Phase::Analyze => "MAPEK_ANALYZE",
+            Phase::Plan => "MAPEK_PLAN",
+            Phase::Execute => "MAPEK_EXECUTE",
+            Phase::Knowledge => "MAPEK_KNOWLEDGE",
+            Phase::Dlq => "MAPEK_DLQ",
+        }
+    }
+
+    /// Where an event about `node` is published: `mapek.<phase>.<node>`.
+    ///
+    /// For [`Phase::Dlq`] the last token is the phase the rejected message came from, not a
+    /// node; use [`Phase::dlq_subject`].
+    pub fn subject(self, node: &NodeId) -> String {
+        format!("mapek.{}.{}", self.token(), node)
+    }
+
+    /// Where a message rejected by a consumer of `from` is dead-lettered: `mapek.dlq.<from>`.
+    pub fn dlq_subject(from: Phase) -> String {
+        format!("mapek.dlq.{}", from.token())
+    }
+
+    /// The filter that matches the stored (partitioned) subjects of one node, or of all nodes.
+    ///
+    /// Stored subjects are `mapek.<phase>.<partition>.<node>`; the dead-letter stream is not
+    /// partitioned and is filtered by the phase a message was rejected from.
+    pub fn stored_filter(self, node: Option<&NodeId>) -> String {
+        match (self, node) {
+            (Phase::Dlq, _) => "mapek.dlq.>".to_owned(),
+            (_, Some(node)) => format!("mapek.{}.*.{}", self.token(), node),
+            (_, None) => format!("mapek.{}.>", self.token()),
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.token())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.token() == s)
+            .ok_or_else(|| format!("unknown phase {s:?}"))
+    }
+}
