@@ -241,7 +241,7 @@ fn an_event_over_one_mebibyte_is_refused_by_size() {
     let mut t = samples::telemetry("n1", samples::TS_MS, 1.0);
     t.event_id = "x".repeat(2 * 1024 * 1024);
     let err = encode(&t).unwrap_err();
-    assert!(err.to_string().contains("more than the 1048576 bytes allowed"), "{err}");
+    assert!(err.to_string().contains("more than the 1024000 bytes allowed"), "{err}");
     let err = decode::<Telemetry>(&vec![0xC3; 2 * 1024 * 1024]).unwrap_err();
     assert!(err.to_string().starts_with("event is 2097152 bytes"), "{err}");
 }

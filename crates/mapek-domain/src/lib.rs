@@ -29,6 +29,7 @@ pub use phase::Phase;
 
 /// The largest encoded event mapek accepts, in bytes.
 ///
-/// NATS's default `max_payload` is 1 MiB; streams are configured with the same limit, so an
-/// event that passes this check is never refused by the server for its size.
-pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// NATS's default `max_payload` (1 MiB) counts headers and body together, and the streams
+/// allow 1 MiB messages; 1000 KiB leaves room for the headers, so an event that passes this
+/// check is never refused by the server for its size.
+pub const MAX_EVENT_BYTES: usize = 1000 * 1024;
