@@ -1,0 +1,176 @@
+//! Durable consumers for workers.
+//!
+//! An [`Inbox`] is a durable pull consumer on one phase's stream (or one partition of it). It
+//! hands a worker batches of decoded events; a message it cannot decode or validate is stored
+//! in the dead-letter stream with the reason and then terminated, so it is neither retried
+//! forever nor lost, and the good messages around it flow on. The worker acknowledges each
+//! delivery once its effects are stored.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use futures::StreamExt;
+use mapek_codec::{AvroEvent, decode, decode_json};
+use mapek_domain::Phase;
+
+use crate::{BusError, DeadLetters, JetStream, headers};
+
+/// Which durable consumer to read.
+#[derive(Clone, Debug)]
+pub struct InboxConfig {
+    /// The durable consumer's name; workers sharing a name share the work.
+    pub durable: String,
+    /// A stored-subject filter (`mapek.monitor.3.>` for one partition); all of the phase if
+    /// `None`.
+    pub filter: Option<String>,
+    /// The most messages fetched at once.
+    pub batch: usize,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+}
+
+impl InboxConfig {
+    /// A config for the durable consumer `durable`, with a batch of 256 and a 30 s ack wait.
+    pub fn new(durable: impl Into<String>) -> Self {
+        Self {
+            durable: durable.into(),
+            filter: None,
+            batch: 256,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A decoded event and the handle to acknowledge it.
+pub struct Delivery<E> {
+    /// The event.
+    pub event: E,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+    message: Message,
+}
+
+impl<E> Delivery<E> {
+    /// Acknowledges it: the consumer will not deliver it again.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.message.ack().await.map_err(|e| BusError::Consumer {
+            stream: String::new(),
+            detail: format!("ack failed: {e}"),
+        })
+    }
+
+    /// Asks for it again after `delay` (a store was down, say).
+    pub async fn retry_after(&self, delay: Duration) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| BusError::Consumer {
+                stream: String::new(),
+                detail: format!("nak failed: {e}"),
+            })
+    }
+
+    /// The raw message, for its headers.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+}
+
+/// A durable consumer of one phase that yields decoded events and dead-letters the rest.
+pub struct Inbox<E> {
+    consumer: PullConsumer,
+    dead_letters: DeadLetters,
+    phase: Phase,
+    batch: usize,
+    rejected: u64,
+    _event: PhantomData<E>,
+}
+
+impl<E: AvroEvent> Inbox<E> {
+    /// Opens (or creates) the durable consumer of `config` on `E`'s stream.
+    pub async fn open(js: &JetStream, config: InboxConfig) -> Result<Self, BusError> {
+        let phase = E::PHASE;
+        let failed = |detail: String| BusError::Consumer {
+            stream: phase.stream().to_owned(),
+            detail,
+        };
+        let stream = js
+            .get_stream(phase.stream())
+            .await
+            .map_err(|e| failed(format!("{e}; run `mapek streams apply`")))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &config.durable,
+                pull::Config {
+                    durable_name: Some(config.durable.clone()),
+                    filter_subject: config.filter.clone().unwrap_or_default(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Self {
+            consumer,
+            dead_letters: DeadLetters::new(js.clone()),
+            phase,
+            batch: config.batch.max(1),
+            rejected: 0,
+            _event: PhantomData,
+        })
+    }
+
+    /// Fetches up to a batch of messages, waiting at most `max_wait` for the first. Returns
+    /// the good ones decoded; the bad ones are already dead-lettered and terminated.
+    pub async fn next_batch(&mut self, max_wait: Duration) -> Result<Vec<Delivery<E>>, BusError> {
+        let failed = |detail: String| BusError::Consumer {
+            stream: self.phase.stream().to_owned(),
+            detail,
+        };
+        let mut messages = self
+            .consumer
+            .fetch()
+            .max_messages(self.batch)
+            .expires(max_wait)
+            .messages()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut good = Vec::new();
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| failed(e.to_string()))?;
+            let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let decoded = if headers::is_json(message.headers.as_ref()) {
+                decode_json::<E>(&message.payload)
+            } else {
+                decode::<E>(&message.payload)
+            };
+            match decoded {
+                Ok(event) => good.push(Delivery {
+                    event,
+                    stream_seq,
+                    message,
+                }),
+                Err(e) => {
+                    self.dead_letters
+                        .reject(self.phase, &message, e.to_string())
+                        .await?;
+                    message
+                        .ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| failed(format!("terminating a dead letter: {e}")))?;
+                    self.rejected += 1;
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    /// How many messages this inbox has dead-lettered.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}

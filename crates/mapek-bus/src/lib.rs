@@ -1,0 +1,46 @@
+//! mapek on NATS JetStream: what node agents, workers and operators' tools use to publish
+//! events and follow them.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), mapek_bus::BusError> {
+//! use mapek_bus::{Publisher, connect};
+//! use mapek_domain::{NodeId, Telemetry};
+//!
+//! let js = connect("nats://127.0.0.1:4222").await?;
+//! let mut publisher = Publisher::new(js);
+//! let metrics = [("latency_ms".to_owned(), 12.5)].into();
+//! let sample = Telemetry::new(NodeId::new("n17")?, 1_795_867_200_000, metrics);
+//! publisher.publish(&sample).await?;
+//! let report = publisher.finish().await;
+//! assert_eq!(report.acked, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`connect`]: connecting, with an error that says what to do.
+//! - [`streams`]: the stream definitions of `streams/` and [`streams::apply`].
+//! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
+//! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
+//! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
+//! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
+//! - [`headers`]: the mapek headers every message carries.
+//! - [`error`]: [`BusError`].
+
+mod connect;
+pub mod dlq;
+pub mod error;
+pub mod headers;
+pub mod inbox;
+pub mod publisher;
+pub mod streams;
+pub mod subscriber;
+
+pub use connect::{connect, connect_client};
+pub use dlq::DeadLetters;
+pub use error::BusError;
+pub use inbox::{Delivery, Inbox, InboxConfig};
+pub use publisher::{PublishReport, Publisher};
+pub use subscriber::{Family, Received, StartAt, Subscriber, SubscriberConfig};
+
+/// The JetStream context everything here works through.
+pub type JetStream = async_nats::jetstream::Context;

@@ -1,0 +1,170 @@
+//! Pipelined publishing.
+//!
+//! A [`Publisher`] sends each event at once and keeps its ack future in a bounded window; only
+//! when the window is full does it wait, for the oldest ack. So a long run never awaits one
+//! round trip per event, and never holds more than `window` unacknowledged events in memory.
+//! Every event carries its id as `Nats-Msg-Id`: a retried run stores nothing twice.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use bytes::Bytes;
+use mapek_codec::{AvroEvent, Registry, encode};
+
+use crate::connect::MAX_ACKS_IN_FLIGHT;
+use crate::{BusError, JetStream, headers};
+
+/// How many acks a publisher lets wait by default.
+pub const DEFAULT_WINDOW: usize = 1024;
+/// How many failures a report keeps by id; the count covers all of them.
+const KEPT_FAILURES: usize = 100;
+
+/// What a run of publishes came to.
+#[derive(Clone, Debug, Default)]
+pub struct PublishReport {
+    /// Events sent.
+    pub sent: u64,
+    /// Events the stream stored (acknowledged, not as duplicates).
+    pub acked: u64,
+    /// Events the stream acknowledged as duplicates of one already stored (same id).
+    pub duplicates: u64,
+    /// Events sent but never acknowledged.
+    pub failed: u64,
+    /// The first failures: the event id and why.
+    pub failures: Vec<(String, String)>,
+    /// From the first publish to the last ack.
+    pub elapsed: Duration,
+}
+
+impl PublishReport {
+    /// Events acknowledged per second, duplicates included.
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            (self.acked + self.duplicates) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether every event sent was acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.failed == 0 && self.acked + self.duplicates == self.sent
+    }
+}
+
+/// Publishes events to their phase's subject with a bounded window of acks in flight.
+pub struct Publisher {
+    js: JetStream,
+    window: usize,
+    in_flight: VecDeque<(Box<str>, PublishAckFuture)>,
+    report: PublishReport,
+    started: Option<Instant>,
+}
+
+impl Publisher {
+    /// A publisher with the default window of [`DEFAULT_WINDOW`] acks.
+    pub fn new(js: JetStream) -> Self {
+        Self::with_window(js, DEFAULT_WINDOW)
+    }
+
+    /// A publisher that lets at most `window` acks wait (1 to 16 384).
+    pub fn with_window(js: JetStream, window: usize) -> Self {
+        let window = window.clamp(1, MAX_ACKS_IN_FLIGHT);
+        Self {
+            js,
+            window,
+            in_flight: VecDeque::with_capacity(window),
+            report: PublishReport::default(),
+            started: None,
+        }
+    }
+
+    /// Checks, encodes and sends `event` to `mapek.<phase>.<node>`.
+    ///
+    /// An event that breaks a rule is refused here and nothing is sent. A send the client
+    /// cannot make (connection gone) is an error too. An ack that fails later is counted in
+    /// the report that [`Publisher::finish`] returns.
+    pub async fn publish<E: AvroEvent>(&mut self, event: &E) -> Result<(), BusError> {
+        let payload = encode(event)?;
+        let label = Registry::global()
+            .latest(E::SCHEMA)
+            .map(|k| k.label())
+            .unwrap_or_default();
+        let headers = headers::for_event(event, &label);
+        let subject = E::PHASE.subject(event.node());
+        self.publish_raw(subject, headers, payload.into(), event.event_id())
+            .await
+    }
+
+    /// Sends an already encoded message. `event_id` is only for the report; the dedup key is
+    /// the `Nats-Msg-Id` in `headers`.
+    pub async fn publish_raw(
+        &mut self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        event_id: &str,
+    ) -> Result<(), BusError> {
+        self.started.get_or_insert_with(Instant::now);
+        if self.in_flight.len() >= self.window {
+            self.settle_oldest().await;
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                detail: e.to_string(),
+            })?;
+        self.report.sent += 1;
+        self.in_flight.push_back((event_id.into(), ack));
+        Ok(())
+    }
+
+    /// Waits for every ack still in flight and reports what the run came to.
+    pub async fn finish(mut self) -> PublishReport {
+        self.flush().await;
+        let mut report = std::mem::take(&mut self.report);
+        report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        report
+    }
+
+    /// Waits for every ack in flight, keeping the publisher for more.
+    pub async fn flush(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await;
+        }
+    }
+
+    /// The report so far (acks still in flight are not in it yet).
+    pub fn report(&self) -> &PublishReport {
+        &self.report
+    }
+
+    async fn settle_oldest(&mut self) {
+        let Some((id, ack)) = self.in_flight.pop_front() else {
+            return;
+        };
+        match ack.await {
+            Ok(ack) if ack.duplicate => self.report.duplicates += 1,
+            Ok(_) => self.report.acked += 1,
+            Err(e) => {
+                self.report.failed += 1;
+                if self.report.failures.len() < KEPT_FAILURES {
+                    let why = match e.kind() {
+                        PublishErrorKind::StreamNotFound => {
+                            "no stream stores this subject: run `mapek streams apply`".to_owned()
+                        }
+                        PublishErrorKind::TimedOut => "no ack before the timeout".to_owned(),
+                        _ => e.to_string(),
+                    };
+                    self.report.failures.push((id.into(), why));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! `mapek streams apply`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use mapek_bus::streams::{self, Applied};
+
+use crate::Settings;
+
+/// `mapek streams …`
+#[derive(Debug, Subcommand)]
+pub enum StreamsCommand {
+    /// Create the streams that are missing and update those that differ; print what changed
+    Apply {
+        /// Read the definitions from this directory's *.json files [default: the ones built
+        /// in, from the repository's streams/]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs `mapek streams …`.
+pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let StreamsCommand::Apply { dir } = command;
+    let defs = match dir {
+        Some(dir) => streams::load_dir(&dir)?,
+        None => streams::builtin(),
+    };
+    let js = mapek_bus::connect(&settings.nats_url).await?;
+    let applied = streams::apply(&js, &defs).await?;
+    for a in &applied {
+        println!("{a}");
+    }
+    let count = |f: fn(&Applied) -> bool| applied.iter().filter(|a| f(a)).count();
+    let created = count(|a| matches!(a, Applied::Created { .. }));
+    let updated = count(|a| matches!(a, Applied::Updated { .. }));
+    if created + updated == 0 {
+        println!(
+            "nothing changed: all {} streams match their definitions",
+            applied.len()
+        );
+    } else {
+        println!(
+            "{created} created, {updated} updated, {} unchanged",
+            applied.len() - created - updated
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,56 @@
+//! Configuration: a TOML file, then environment variables, then flags.
+//!
+//! Each setting is resolved in that order, the later winning: the file (`--config`,
+//! `$MAPEK_CONFIG`, or `./mapek.toml` if it exists), then `MAPEK_*` variables, then flags.
+//! clap reads the variables and flags together (a flag beats its variable); the file fills in
+//! what neither set; the built-in default what nothing set.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The built-in NATS URL.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The config file read when none is named and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "mapek.toml";
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[nats]`
+    pub nats: NatsSection,
+    /// `[publish]`
+    pub publish: PublishSection,
+}
+
+/// `[nats]`: where the bus is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// The NATS URL (`MAPEK_NATS_URL`, `--nats-url`); default `nats://127.0.0.1:4222`.
+    pub url: Option<String>,
+}
+
+/// `[publish]`: how `mapek publish` sends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishSection {
+    /// The most acks in flight (`MAPEK_PUBLISH_WINDOW`, `--window`); default 1024.
+    pub window: Option<usize>,
+}
+
+impl FileConfig {
+    /// Reads the named file, or `./mapek.toml` if none is named and it exists.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
+            None => return Ok(Self::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}

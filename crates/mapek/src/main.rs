@@ -1,0 +1,99 @@
+//! `mapek`: the MAPE-K loop's one command.
+//!
+//! The binary parses configuration and wires parts together; the work is in the library
+//! crates (`mapek-bus`, `mapek-codec`, `mapek-domain`).
+
+mod cmd;
+mod config;
+mod time_arg;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DEFAULT_NATS_URL, FileConfig};
+
+/// An event-sourced MAPE-K autonomic loop for mesh networks.
+///
+/// Node telemetry flows through NATS JetStream, one subject family per phase
+/// (monitor → analyze → plan → execute → knowledge). Settings come from a TOML file, then
+/// MAPEK_* environment variables, then flags, the later winning.
+#[derive(Debug, Parser)]
+#[command(name = "mapek", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The config file [default: ./mapek.toml if it exists]
+    #[arg(long, global = true, env = "MAPEK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The NATS server [default: nats://127.0.0.1:4222, or nats.url in the config file]
+    #[arg(long, global = true, env = "MAPEK_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+
+    /// What to log to stderr, as a tracing filter (error, warn, info, debug, mapek_bus=debug)
+    #[arg(long, global = true, env = "MAPEK_LOG", default_value = "warn", value_name = "FILTER")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the JetStream streams
+    #[command(subcommand)]
+    Streams(cmd::streams::StreamsCommand),
+    /// Publish telemetry, from flags or JSON lines on stdin
+    Publish(cmd::publish::PublishArgs),
+    /// Follow a subject family live, or from a time or a sequence
+    Subscribe(cmd::subscribe::SubscribeArgs),
+}
+
+/// Settings resolved from the file, the environment and the flags.
+pub struct Settings {
+    /// The NATS URL.
+    pub nats_url: String,
+    /// The config file's contents.
+    pub file: FileConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let settings = Settings {
+        nats_url: cli
+            .nats_url
+            .or_else(|| file.nats.url.clone())
+            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+        file,
+    };
+    match cli.command {
+        Command::Streams(c) => cmd::streams::run(c, &settings).await,
+        Command::Publish(a) => cmd::publish::run(a, &settings).await,
+        Command::Subscribe(a) => cmd::subscribe::run(a, &settings).await,
+    }
+}
