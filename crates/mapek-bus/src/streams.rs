@@ -42,8 +42,12 @@ impl StreamDef {
         };
         let raw: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let config: Config = serde_json::from_value(Value::Object(raw.clone()))
-            .map_err(|e| bad(e.to_string()))?;
+        // The client's Config wants some keys a definition may leave out: start from its
+        // defaults and lay the file's keys over them.
+        let mut full = to_map(&Config::default());
+        full.extend(raw.clone());
+        let config: Config =
+            serde_json::from_value(Value::Object(full)).map_err(|e| bad(e.to_string()))?;
         if config.name.is_empty() {
             return Err(bad("has no \"name\"".into()));
         }

@@ -129,6 +129,7 @@ pub struct Received<E> {
 pub struct Subscriber<E> {
     messages: Ordered,
     pending_at_start: u64,
+    node_filter: Option<NodeId>,
     _event: PhantomData<E>,
 }
 
@@ -143,9 +144,10 @@ impl<E: AvroEvent> Subscriber<E> {
         let stream = js.get_stream(phase.stream()).await.map_err(|e| {
             failed(format!("{e}; has `mapek streams apply` been run on this server?"))
         })?;
-        let filter_subject = match (phase, &config.node) {
-            (Phase::Dlq, Some(node)) => format!("mapek.dlq.*.{node}"),
-            _ => phase.stored_filter(config.node.as_ref()),
+        // Dead letters are stored by phase, not by node: filter them here instead.
+        let (filter_subject, node_filter) = match phase {
+            Phase::Dlq => (phase.stored_filter(None), config.node.clone()),
+            _ => (phase.stored_filter(config.node.as_ref()), None),
         };
         let deliver_policy = match config.start {
             StartAt::New => DeliverPolicy::New,
@@ -173,6 +175,7 @@ impl<E: AvroEvent> Subscriber<E> {
         Ok(Self {
             messages,
             pending_at_start,
+            node_filter,
             _event: PhantomData,
         })
     }
@@ -185,6 +188,18 @@ impl<E: AvroEvent> Subscriber<E> {
 
     /// The next message; `None` only if the connection closed for good.
     pub async fn next(&mut self) -> Option<Result<Received<E>, BusError>> {
+        loop {
+            let received = self.next_unfiltered().await;
+            if let (Some(node), Some(Ok(r))) = (&self.node_filter, &received)
+                && r.event.as_ref().is_ok_and(|e| e.node() != node)
+            {
+                continue;
+            }
+            return received;
+        }
+    }
+
+    async fn next_unfiltered(&mut self) -> Option<Result<Received<E>, BusError>> {
         let message = match self.messages.next().await? {
             Ok(m) => m,
             Err(e) => {

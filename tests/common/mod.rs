@@ -1,0 +1,87 @@
+//! What the end-to-end tests share: a server with the streams applied, and the `mapek` binary.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use mapek_bus::JetStream;
+use mapek_testkit::NatsServer;
+
+/// A fresh nats-server with mapek's streams.
+pub async fn server_with_streams() -> (NatsServer, JetStream) {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.expect("connect");
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .expect("apply the streams");
+    (server, js)
+}
+
+/// The `mapek` binary, pointed at `url`, with no config file or environment of the caller's.
+pub fn mapek(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapek"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MAPEK_NATS_URL", url)
+        .current_dir(std::env::temp_dir());
+    cmd
+}
+
+/// Runs `cmd` with `stdin` as its input.
+pub fn run_with_input(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mapek");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().expect("wait for mapek");
+    writer.join().unwrap();
+    out
+}
+
+/// Runs `cmd` to the end.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run mapek")
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The events of `mapek subscribe <family> --all --json --until-idle`, parsed.
+pub fn subscribe_all(url: &str, family: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut cmd = mapek(url);
+    cmd.args(["subscribe", family, "--all", "--json", "--until-idle", "--idle", "300ms"])
+        .args(extra);
+    let out = run(cmd);
+    assert!(out.status.success(), "subscribe failed: {}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// How many messages a stream holds.
+pub async fn stream_len(js: &JetStream, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
