@@ -20,7 +20,9 @@ use mapek_testkit::NatsServer;
 const WINDOW: usize = 1024;
 
 fn events(n: usize) -> Vec<Telemetry> {
-    let nodes: Vec<NodeId> = (0..1000).map(|i| NodeId::new(format!("n{i}")).unwrap()).collect();
+    let nodes: Vec<NodeId> = (0..1000)
+        .map(|i| NodeId::new(format!("n{i}")).unwrap())
+        .collect();
     (0..n)
         .map(|i| {
             let metrics = BTreeMap::from([
@@ -28,7 +30,11 @@ fn events(n: usize) -> Vec<Telemetry> {
                 ("loss".to_owned(), (i % 10) as f64 / 1000.0),
                 ("cpu".to_owned(), (i % 100) as f64 / 100.0),
             ]);
-            Telemetry::new(nodes[i % nodes.len()].clone(), 1_795_867_200_000 + i as i64, metrics)
+            Telemetry::new(
+                nodes[i % nodes.len()].clone(),
+                1_795_867_200_000 + i as i64,
+                metrics,
+            )
         })
         .collect()
 }
@@ -49,7 +55,10 @@ async fn library(js: &JetStream, events: &[Telemetry]) -> Duration {
     }
     let report = publisher.finish().await;
     let elapsed = start.elapsed();
-    assert!(report.all_acked() && report.acked == events.len() as u64, "{report:?}");
+    assert!(
+        report.all_acked() && report.acked == events.len() as u64,
+        "{report:?}"
+    );
     elapsed
 }
 
@@ -67,7 +76,8 @@ async fn raw(js: &JetStream, messages: &[(String, String, Bytes)], msg_id: bool)
         let ack = if msg_id {
             let mut h = HeaderMap::new();
             h.insert(headers::MSG_ID, id.as_str());
-            js.publish_with_headers(subject.clone(), h, payload.clone()).await
+            js.publish_with_headers(subject.clone(), h, payload.clone())
+                .await
         } else {
             js.publish(subject.clone(), payload.clone()).await
         };

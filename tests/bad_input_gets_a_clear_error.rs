@@ -43,23 +43,39 @@ async fn bad_lines_are_named_and_the_good_ones_still_published() {
         "line 9: expected ident",
     ];
     for want in expected {
-        assert!(err.contains(want), "stderr lacks {want:?}:\n{}", &err[..err.len().min(3000)]);
+        assert!(
+            err.contains(want),
+            "stderr lacks {want:?}:\n{}",
+            &err[..err.len().min(3000)]
+        );
     }
     assert!(!err.contains("panicked"));
     assert!(
-        stdout(&out).contains("published 2 events: 2 stored") && stdout(&out).contains("8 lines refused"),
+        stdout(&out).contains("published 2 events: 2 stored")
+            && stdout(&out).contains("8 lines refused"),
         "{}",
         stdout(&out)
     );
 
     let stored = subscribe_all(&server.url(), "telemetry", &[]);
-    let nodes: Vec<&str> = stored.iter().map(|e| e["event"]["node"].as_str().unwrap()).collect();
+    let nodes: Vec<&str> = stored
+        .iter()
+        .map(|e| e["event"]["node"].as_str().unwrap())
+        .collect();
     assert_eq!(nodes, ["ok1", "ok2"]);
 
     let dead = subscribe_all(&server.url(), "rejected", &[]);
     assert_eq!(dead.len(), 8);
-    assert!(dead[0]["event"]["reason"].as_str().unwrap().starts_with("line 2: invalid node id"));
-    assert_eq!(dead[5]["event"]["original_len"].as_i64().unwrap(), huge.len() as i64);
+    assert!(
+        dead[0]["event"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: invalid node id")
+    );
+    assert_eq!(
+        dead[5]["event"]["original_len"].as_i64().unwrap(),
+        huge.len() as i64
+    );
     assert_eq!(
         dead[5]["event"]["original"].as_array().unwrap().len(),
         64 * 1024,
@@ -71,10 +87,22 @@ async fn bad_lines_are_named_and_the_good_ones_still_published() {
 async fn bad_flags_name_the_flag() {
     let (server, _js) = server_with_streams().await;
     let cases: [(&[&str], &str); 4] = [
-        (&["--node", "n.1", "--metric", "cpu=0.5"], "invalid node id \"n.1\""),
-        (&["--node", "n1", "--metric", "latency_ms=NaN"], "metric latency_ms is NaN"),
-        (&["--node", "n1", "--metric", "cpu"], "--metric \"cpu\": expected NAME=VALUE"),
-        (&["--node", "n1", "--metric", "cpu=lots"], "\"lots\" is not a number"),
+        (
+            &["--node", "n.1", "--metric", "cpu=0.5"],
+            "invalid node id \"n.1\"",
+        ),
+        (
+            &["--node", "n1", "--metric", "latency_ms=NaN"],
+            "metric latency_ms is NaN",
+        ),
+        (
+            &["--node", "n1", "--metric", "cpu"],
+            "--metric \"cpu\": expected NAME=VALUE",
+        ),
+        (
+            &["--node", "n1", "--metric", "cpu=lots"],
+            "\"lots\" is not a number",
+        ),
     ];
     for (args, want) in cases {
         let mut publish = mapek(&server.url());

@@ -32,18 +32,50 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
     json.insert("Content-Type", "application/json");
 
     let bad: Vec<(HeaderMap, Vec<u8>, &str)> = vec![
-        (HeaderMap::new(), avro[..avro.len() - 3].to_vec(), "Telemetry/2 body does not decode"),
-        (HeaderMap::new(), unknown_fp, "unknown schema fingerprint 0909090909090909"),
-        (HeaderMap::new(), b"hello".to_vec(), "not an Avro single-object message"),
-        (HeaderMap::new(), encode(&samples::outcome()).unwrap(), "expected a Telemetry message, found Outcome"),
-        (json.clone(), br#"{"event_id":"e","node":"n1","ts_ms":1,"metrics":{"cpu":"hot"}}"#.to_vec(), "JSON Telemetry does not fit its schema"),
-        (json.clone(), br#"{"event_id":"e","node":"n1","metrics":{}}"#.to_vec(), "missing field `ts_ms`"),
-        (json.clone(), br#"{"event_id":"e","node":"n1","ts_ms":1,"metrics":{"loss":-1}}"#.to_vec(), "metric loss is -1"),
+        (
+            HeaderMap::new(),
+            avro[..avro.len() - 3].to_vec(),
+            "Telemetry/2 body does not decode",
+        ),
+        (
+            HeaderMap::new(),
+            unknown_fp,
+            "unknown schema fingerprint 0909090909090909",
+        ),
+        (
+            HeaderMap::new(),
+            b"hello".to_vec(),
+            "not an Avro single-object message",
+        ),
+        (
+            HeaderMap::new(),
+            encode(&samples::outcome()).unwrap(),
+            "expected a Telemetry message, found Outcome",
+        ),
+        (
+            json.clone(),
+            br#"{"event_id":"e","node":"n1","ts_ms":1,"metrics":{"cpu":"hot"}}"#.to_vec(),
+            "JSON Telemetry does not fit its schema",
+        ),
+        (
+            json.clone(),
+            br#"{"event_id":"e","node":"n1","metrics":{}}"#.to_vec(),
+            "missing field `ts_ms`",
+        ),
+        (
+            json.clone(),
+            br#"{"event_id":"e","node":"n1","ts_ms":1,"metrics":{"loss":-1}}"#.to_vec(),
+            "metric loss is -1",
+        ),
     ];
-    let mut n = 0;
-    for (headers, body, _) in &bad {
-        raw(&js, "mapek.monitor.n1", HeaderMap::new(), encode(&good(n)).unwrap()).await;
-        n += 1;
+    for (n, (headers, body, _)) in (0i64..).zip(&bad) {
+        raw(
+            &js,
+            "mapek.monitor.n1",
+            HeaderMap::new(),
+            encode(&good(n)).unwrap(),
+        )
+        .await;
         raw(&js, "mapek.monitor.n1", headers.clone(), body.clone()).await;
     }
     // Valid JSON telemetry is accepted beside Avro.
@@ -65,7 +97,13 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
     assert_eq!(inbox.rejected(), bad.len() as u64);
 
     // Nothing more comes: the bad ones were terminated, not left for redelivery.
-    assert!(inbox.next_batch(Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(
+        inbox
+            .next_batch(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     assert_eq!(stream_len(&js, "MAPEK_DLQ").await, bad.len() as u64);
     let mut dead = Subscriber::<Rejected>::open(
@@ -81,7 +119,11 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
         let r = dead.next().await.unwrap().unwrap().event.unwrap();
         assert_eq!(r.phase, "monitor");
         assert!(r.subject.starts_with("mapek.monitor.") && r.subject.ends_with(".n1"));
-        assert!(r.reason.contains(reason), "{} should contain {reason}", r.reason);
+        assert!(
+            r.reason.contains(reason),
+            "{} should contain {reason}",
+            r.reason
+        );
         assert_eq!(&r.original, body, "the original bytes are kept");
         assert!(r.stream_seq > 0);
         assert_eq!(r.node.as_str(), "n1");
@@ -99,15 +141,30 @@ async fn a_two_mebibyte_message_is_refused_by_the_stream_and_nothing_else_is_los
     mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
         .await
         .unwrap();
-    raw(&js, "mapek.monitor.n1", HeaderMap::new(), encode(&samples::telemetry("n1", 1, 1.0)).unwrap()).await;
+    raw(
+        &js,
+        "mapek.monitor.n1",
+        HeaderMap::new(),
+        encode(&samples::telemetry("n1", 1, 1.0)).unwrap(),
+    )
+    .await;
     let err = js
         .publish("mapek.monitor.n1", Bytes::from(vec![0xC3; 2 * 1024 * 1024]))
         .await
         .unwrap()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("message size exceeds maximum"), "{err}");
-    raw(&js, "mapek.monitor.n1", HeaderMap::new(), encode(&samples::telemetry("n1", 2, 1.0)).unwrap()).await;
+    assert!(
+        err.to_string().contains("message size exceeds maximum"),
+        "{err}"
+    );
+    raw(
+        &js,
+        "mapek.monitor.n1",
+        HeaderMap::new(),
+        encode(&samples::telemetry("n1", 2, 1.0)).unwrap(),
+    )
+    .await;
     assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 2);
 }
 
@@ -115,7 +172,13 @@ async fn a_two_mebibyte_message_is_refused_by_the_stream_and_nothing_else_is_los
 async fn a_subscriber_shows_an_undecodable_message_and_goes_on() {
     let (_server, js) = server_with_streams().await;
     raw(&js, "mapek.monitor.n1", HeaderMap::new(), b"junk".to_vec()).await;
-    raw(&js, "mapek.monitor.n1", HeaderMap::new(), encode(&samples::telemetry("n1", 5, 1.0)).unwrap()).await;
+    raw(
+        &js,
+        "mapek.monitor.n1",
+        HeaderMap::new(),
+        encode(&samples::telemetry("n1", 5, 1.0)).unwrap(),
+    )
+    .await;
     let mut sub = Subscriber::<Telemetry>::open(
         &js,
         SubscriberConfig {
@@ -126,8 +189,18 @@ async fn a_subscriber_shows_an_undecodable_message_and_goes_on() {
     .await
     .unwrap();
     let first = sub.next().await.unwrap().unwrap();
-    assert!(first.event.unwrap_err().to_string().contains("not an Avro single-object"));
+    assert!(
+        first
+            .event
+            .unwrap_err()
+            .to_string()
+            .contains("not an Avro single-object")
+    );
     let second = sub.next().await.unwrap().unwrap();
     assert_eq!(second.event.unwrap().ts_ms, 5);
-    assert_eq!(stream_len(&js, "MAPEK_DLQ").await, 0, "a viewer dead-letters nothing");
+    assert_eq!(
+        stream_len(&js, "MAPEK_DLQ").await,
+        0,
+        "a viewer dead-letters nothing"
+    );
 }

@@ -29,8 +29,17 @@ async fn published_lines_and_flags_come_back_in_order() {
 
     let mut flags = mapek(&url);
     flags.args([
-        "publish", "--node", "n17", "--metric", "latency_ms=12.5", "--metric", "loss=0.01",
-        "--link", "n1:up:3.5:0", "--ts", "2026-11-28T12:00:03Z",
+        "publish",
+        "--node",
+        "n17",
+        "--metric",
+        "latency_ms=12.5",
+        "--metric",
+        "loss=0.01",
+        "--link",
+        "n1:up:3.5:0",
+        "--ts",
+        "2026-11-28T12:00:03Z",
     ]);
     let out = run(flags);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -62,7 +71,14 @@ async fn published_lines_and_flags_come_back_in_order() {
     assert_eq!(n1.len(), 2);
     let from_3: Vec<_> = {
         let mut cmd = mapek(&url);
-        cmd.args(["subscribe", "telemetry", "--seq", "3", "--json", "--until-idle"]);
+        cmd.args([
+            "subscribe",
+            "telemetry",
+            "--seq",
+            "3",
+            "--json",
+            "--until-idle",
+        ]);
         stdout(&run(cmd)).lines().map(str::to_owned).collect()
     };
     assert_eq!(from_3.len(), 2, "{from_3:?}");
@@ -79,11 +95,22 @@ async fn the_table_shows_one_row_per_event() {
     assert!(run_with_input(publish, LINES.as_bytes()).status.success());
 
     let mut table = mapek(&server.url());
-    table.args(["subscribe", "telemetry", "--since", "1h", "--until-idle", "--idle", "300ms"]);
+    table.args([
+        "subscribe",
+        "telemetry",
+        "--since",
+        "1h",
+        "--until-idle",
+        "--idle",
+        "300ms",
+    ]);
     let out = run(table);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].contains("SEQ") && lines[0].contains("METRICS"), "{text}");
+    assert!(
+        lines[0].contains("SEQ") && lines[0].contains("METRICS"),
+        "{text}"
+    );
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[1].contains("2026-11-28T12:00:00Z") && lines[1].contains("latency_ms=12.5"));
     assert!(lines[2].contains("link:n1=down/4ms/0.2"), "{text}");
@@ -113,7 +140,11 @@ async fn a_live_subscriber_sees_new_events_and_stops_on_ctrl_c() {
             .success()
     );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "Ctrl-C ends it cleanly: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "Ctrl-C ends it cleanly: {:?}",
+        out.status
+    );
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("\"node\":\"n5\""), "{text}");
@@ -132,7 +163,10 @@ async fn the_help_of_every_command_is_complete() {
         let out = run(cmd);
         assert!(out.status.success(), "{args:?}");
         let text = stdout(&out);
-        assert!(text.contains("MAPEK_NATS_URL"), "{args:?} shows the env var:\n{text}");
+        assert!(
+            text.contains("MAPEK_NATS_URL"),
+            "{args:?} shows the env var:\n{text}"
+        );
         assert!(text.contains("default"), "{args:?} shows defaults:\n{text}");
     }
 }

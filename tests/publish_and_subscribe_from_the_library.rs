@@ -104,5 +104,8 @@ async fn acks_that_never_come_are_counted_not_hidden() {
     let report = publisher.finish().await;
     assert!(!report.all_acked());
     assert_eq!(report.failed, 1);
-    assert!(report.failures[0].1.contains("mapek streams apply"), "{report:?}");
+    assert!(
+        report.failures[0].1.contains("mapek streams apply"),
+        "{report:?}"
+    );
 }

@@ -33,7 +33,10 @@ fn apply_creates_the_six_streams_then_changes_nothing() {
         text.contains("nothing changed: all 6 streams match their definitions"),
         "{text}"
     );
-    assert!(!text.contains("created") && !text.contains("updated"), "{text}");
+    assert!(
+        !text.contains("created") && !text.contains("updated"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -79,7 +82,10 @@ fn a_bad_definition_is_named_with_what_is_wrong() {
     let out = run(apply);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("BROKEN.json") && err.contains("max_agee"), "{err}");
+    assert!(
+        err.contains("BROKEN.json") && err.contains("max_agee"),
+        "{err}"
+    );
 }
 
 #[test]

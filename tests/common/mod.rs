@@ -64,8 +64,16 @@ pub fn stderr(out: &Output) -> String {
 /// The events of `mapek subscribe <family> --all --json --until-idle`, parsed.
 pub fn subscribe_all(url: &str, family: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut cmd = mapek(url);
-    cmd.args(["subscribe", family, "--all", "--json", "--until-idle", "--idle", "300ms"])
-        .args(extra);
+    cmd.args([
+        "subscribe",
+        family,
+        "--all",
+        "--json",
+        "--until-idle",
+        "--idle",
+        "300ms",
+    ])
+    .args(extra);
     let out = run(cmd);
     assert!(out.status.success(), "subscribe failed: {}", stderr(&out));
     stdout(&out)

@@ -34,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let report = publisher.finish().await;
-    println!("published {} ({} stored, {} duplicates)", report.sent, report.acked, report.duplicates);
+    println!(
+        "published {} ({} stored, {} duplicates)",
+        report.sent, report.acked, report.duplicates
+    );
 
     // Subscribe: this node's telemetry, from the oldest the stream holds.
     let config = SubscriberConfig {
@@ -47,7 +50,10 @@ async fn main() -> anyhow::Result<()> {
         let received = received?;
         match received.event {
             Ok(t) if t.ts_ms >= now_ms => {
-                println!("seq {}: {} latency {} ms", received.stream_seq, t.node, t.metrics["latency_ms"]);
+                println!(
+                    "seq {}: {} latency {} ms",
+                    received.stream_seq, t.node, t.metrics["latency_ms"]
+                );
                 seen += 1;
             }
             Ok(_) => {} // older runs' samples

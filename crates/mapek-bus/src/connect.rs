@@ -58,7 +58,12 @@ fn at_least_2_10(version: &str) -> bool {
 mod tests {
     #[test]
     fn versions_before_2_10_are_refused() {
-        for (v, ok) in [("2.9.25", false), ("2.10.0", true), ("2.15.1", true), ("3.0.0", true)] {
+        for (v, ok) in [
+            ("2.9.25", false),
+            ("2.10.0", true),
+            ("2.15.1", true),
+            ("3.0.0", true),
+        ] {
             assert_eq!(super::at_least_2_10(v), ok, "{v}");
         }
     }

@@ -24,7 +24,7 @@
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
 //! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
 //! - [`headers`]: the mapek headers every message carries.
-//! - [`error`]: [`BusError`].
+//! - [`error`]: [`BusError`], what can go wrong.
 
 mod connect;
 pub mod dlq;

@@ -14,12 +14,30 @@ use crate::{BusError, JetStream};
 
 /// The definitions in `streams/`, compiled in.
 const BUILTIN: &[(&str, &str)] = &[
-    ("MAPEK_MONITOR.json", include_str!("../../../streams/MAPEK_MONITOR.json")),
-    ("MAPEK_ANALYZE.json", include_str!("../../../streams/MAPEK_ANALYZE.json")),
-    ("MAPEK_PLAN.json", include_str!("../../../streams/MAPEK_PLAN.json")),
-    ("MAPEK_EXECUTE.json", include_str!("../../../streams/MAPEK_EXECUTE.json")),
-    ("MAPEK_KNOWLEDGE.json", include_str!("../../../streams/MAPEK_KNOWLEDGE.json")),
-    ("MAPEK_DLQ.json", include_str!("../../../streams/MAPEK_DLQ.json")),
+    (
+        "MAPEK_MONITOR.json",
+        include_str!("../../../streams/MAPEK_MONITOR.json"),
+    ),
+    (
+        "MAPEK_ANALYZE.json",
+        include_str!("../../../streams/MAPEK_ANALYZE.json"),
+    ),
+    (
+        "MAPEK_PLAN.json",
+        include_str!("../../../streams/MAPEK_PLAN.json"),
+    ),
+    (
+        "MAPEK_EXECUTE.json",
+        include_str!("../../../streams/MAPEK_EXECUTE.json"),
+    ),
+    (
+        "MAPEK_KNOWLEDGE.json",
+        include_str!("../../../streams/MAPEK_KNOWLEDGE.json"),
+    ),
+    (
+        "MAPEK_DLQ.json",
+        include_str!("../../../streams/MAPEK_DLQ.json"),
+    ),
 ];
 
 /// One stream definition.
@@ -40,8 +58,7 @@ impl StreamDef {
             file: file.to_owned(),
             detail,
         };
-        let raw: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let raw: Map<String, Value> = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         // The client's Config wants some keys a definition may leave out: start from its
         // defaults and lay the file's keys over them.
         let mut full = to_map(&Config::default());

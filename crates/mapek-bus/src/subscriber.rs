@@ -142,7 +142,9 @@ impl<E: AvroEvent> Subscriber<E> {
             detail,
         };
         let stream = js.get_stream(phase.stream()).await.map_err(|e| {
-            failed(format!("{e}; has `mapek streams apply` been run on this server?"))
+            failed(format!(
+                "{e}; has `mapek streams apply` been run on this server?"
+            ))
         })?;
         // Dead letters are stored by phase, not by node: filter them here instead.
         let (filter_subject, node_filter) = match phase {

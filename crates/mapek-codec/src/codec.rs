@@ -37,7 +37,9 @@ fn codecs() -> &'static BTreeMap<u64, Codec> {
             .all()
             .map(|known| {
                 let schema = &known.schema;
-                let latest = registry.latest(known.name).expect("a schema's own name is known");
+                let latest = registry
+                    .latest(known.name)
+                    .expect("a schema's own name is known");
                 let upgrade = (latest.version != known.version).then(|| {
                     GenericDatumReader::builder(schema)
                         .reader_schema(&latest.schema)

@@ -11,13 +11,41 @@ use apache_avro::rabin::Rabin;
 
 /// The schema files, as `(name, version, text)`. Add a version here when you add a file.
 const SOURCES: &[(&str, u32, &str)] = &[
-    ("Telemetry", 1, include_str!("../../../schemas/telemetry.v1.avsc")),
-    ("Telemetry", 2, include_str!("../../../schemas/telemetry.v2.avsc")),
-    ("Symptom", 1, include_str!("../../../schemas/symptom.v1.avsc")),
-    ("Decision", 1, include_str!("../../../schemas/decision.v1.avsc")),
-    ("ActionResult", 1, include_str!("../../../schemas/action_result.v1.avsc")),
-    ("Outcome", 1, include_str!("../../../schemas/outcome.v1.avsc")),
-    ("Rejected", 1, include_str!("../../../schemas/rejected.v1.avsc")),
+    (
+        "Telemetry",
+        1,
+        include_str!("../../../schemas/telemetry.v1.avsc"),
+    ),
+    (
+        "Telemetry",
+        2,
+        include_str!("../../../schemas/telemetry.v2.avsc"),
+    ),
+    (
+        "Symptom",
+        1,
+        include_str!("../../../schemas/symptom.v1.avsc"),
+    ),
+    (
+        "Decision",
+        1,
+        include_str!("../../../schemas/decision.v1.avsc"),
+    ),
+    (
+        "ActionResult",
+        1,
+        include_str!("../../../schemas/action_result.v1.avsc"),
+    ),
+    (
+        "Outcome",
+        1,
+        include_str!("../../../schemas/outcome.v1.avsc"),
+    ),
+    (
+        "Rejected",
+        1,
+        include_str!("../../../schemas/rejected.v1.avsc"),
+    ),
 ];
 
 /// One version of one schema.
@@ -76,10 +104,16 @@ impl Registry {
             let fingerprint = u64::from_le_bytes(bytes);
             let index = registry.schemas.len();
             if registry.by_fingerprint.insert(fingerprint, index).is_some() {
-                return Err(format!("{name} v{version} has the fingerprint of another schema"));
+                return Err(format!(
+                    "{name} v{version} has the fingerprint of another schema"
+                ));
             }
             let newest = registry.latest.entry(name).or_insert(index);
-            if registry.schemas.get(*newest).is_some_and(|s| s.version < version) {
+            if registry
+                .schemas
+                .get(*newest)
+                .is_some_and(|s| s.version < version)
+            {
                 *newest = index;
             }
             registry.schemas.push(KnownSchema {
@@ -95,7 +129,9 @@ impl Registry {
 
     /// The schema with this fingerprint.
     pub fn by_fingerprint(&self, fingerprint: u64) -> Option<&KnownSchema> {
-        self.by_fingerprint.get(&fingerprint).map(|&i| &self.schemas[i])
+        self.by_fingerprint
+            .get(&fingerprint)
+            .map(|&i| &self.schemas[i])
     }
 
     /// The newest version of the schema named `name`.

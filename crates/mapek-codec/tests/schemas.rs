@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use mapek_codec::{CodecError, MAGIC, Registry, decode, decode_json, encode, peek_schema};
@@ -40,9 +40,15 @@ fn encoding_is_the_avro_spec_single_object_encoding() {
     let known = Registry::global().latest("Telemetry").unwrap();
     let mut expected = MAGIC.to_vec();
     expected.extend_from_slice(
-        &known.schema.fingerprint::<apache_avro::rabin::Rabin>().bytes,
+        &known
+            .schema
+            .fingerprint::<apache_avro::rabin::Rabin>()
+            .bytes,
     );
-    let value = apache_avro::to_value(&t).unwrap().resolve(&known.schema).unwrap();
+    let value = apache_avro::to_value(&t)
+        .unwrap()
+        .resolve(&known.schema)
+        .unwrap();
     GenericDatumWriter::builder(&known.schema)
         .build()
         .unwrap()
@@ -103,9 +109,8 @@ fn each_newer_version_can_read_every_older_one() {
     let registry = Registry::global();
     for old in registry.all() {
         let newest = registry.latest(old.name).unwrap();
-        SchemaCompatibility::can_read(&old.schema, &newest.schema).unwrap_or_else(|e| {
-            panic!("{} cannot read {}: {e}", newest.label(), old.label())
-        });
+        SchemaCompatibility::can_read(&old.schema, &newest.schema)
+            .unwrap_or_else(|e| panic!("{} cannot read {}: {e}", newest.label(), old.label()));
     }
 }
 
@@ -130,8 +135,7 @@ fn every_stored_example_of_every_version_still_decodes() {
         let bytes = std::fs::read(&path).unwrap();
         // An edit to an old schema changes its fingerprint: the example then names an
         // unknown fingerprint, and this fails, as it should.
-        let known = peek_schema(&bytes)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let known = peek_schema(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         decode_by_name(known.name, &bytes)
             .unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
         seen.push(known.label());
@@ -155,7 +159,11 @@ fn a_truncated_body_is_a_clear_error() {
             matches!(err, CodecError::Malformed { .. }),
             "cut at {cut}: {err}"
         );
-        assert!(err.to_string().starts_with("Decision/1 body does not decode"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("Decision/1 body does not decode"),
+            "{err}"
+        );
     }
 }
 
@@ -166,8 +174,14 @@ fn header_errors_name_what_is_wrong() {
     unknown[2..10].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (unknown, "unknown schema fingerprint 0807060504030201"),
-        (b"{\"node\":\"n1\"}".to_vec(), "not an Avro single-object message"),
-        (vec![0xC3, 0x01, 0x00], "shorter than the 10-byte single-object header"),
+        (
+            b"{\"node\":\"n1\"}".to_vec(),
+            "not an Avro single-object message",
+        ),
+        (
+            vec![0xC3, 0x01, 0x00],
+            "shorter than the 10-byte single-object header",
+        ),
         (vec![], "shorter than the 10-byte"),
     ];
     for (bytes, want) in cases {
@@ -233,7 +247,10 @@ fn nan_and_infinite_metrics_are_refused_on_both_sides() {
         ],
     );
     let err = decode::<Telemetry>(&bytes).unwrap_err();
-    assert!(err.to_string().contains("metric latency_ms is inf"), "{err}");
+    assert!(
+        err.to_string().contains("metric latency_ms is inf"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -241,24 +258,47 @@ fn an_event_over_one_mebibyte_is_refused_by_size() {
     let mut t = samples::telemetry("n1", samples::TS_MS, 1.0);
     t.event_id = "x".repeat(2 * 1024 * 1024);
     let err = encode(&t).unwrap_err();
-    assert!(err.to_string().contains("more than the 1024000 bytes allowed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("more than the 1024000 bytes allowed"),
+        "{err}"
+    );
     let err = decode::<Telemetry>(&vec![0xC3; 2 * 1024 * 1024]).unwrap_err();
-    assert!(err.to_string().starts_with("event is 2097152 bytes"), "{err}");
+    assert!(
+        err.to_string().starts_with("event is 2097152 bytes"),
+        "{err}"
+    );
 }
 
 #[test]
 fn json_telemetry_is_checked_against_the_same_schema() {
-    let ok = br#"{"event_id":"e1","node":"n1","ts_ms":1795867200000,"metrics":{"latency_ms":12.5}}"#;
+    let ok =
+        br#"{"event_id":"e1","node":"n1","ts_ms":1795867200000,"metrics":{"latency_ms":12.5}}"#;
     let t: Telemetry = decode_json(ok).unwrap();
     assert_eq!(t.metrics["latency_ms"], 12.5);
     assert!(t.links.is_empty() && t.site.is_none());
 
     let cases: [(&[u8], &str); 5] = [
-        (br#"{"event_id":"e1","node":"n 1","ts_ms":1,"metrics":{}}"#, "invalid node id"),
-        (br#"{"event_id":"e1","node":"n1","ts_ms":"soon","metrics":{}}"#, "invalid type"),
-        (br#"{"event_id":"e1","node":"n1","metrics":{}}"#, "missing field `ts_ms`"),
-        (br#"{"event_id":"e1","node":"n1","ts_ms":1,"metrics":{},"x":1}"#, "unknown field `x`"),
-        (br#"{"event_id":"e1","node":"n1","ts_ms":1,"metrics":{"loss":7}}"#, "between 0 and 1"),
+        (
+            br#"{"event_id":"e1","node":"n 1","ts_ms":1,"metrics":{}}"#,
+            "invalid node id",
+        ),
+        (
+            br#"{"event_id":"e1","node":"n1","ts_ms":"soon","metrics":{}}"#,
+            "invalid type",
+        ),
+        (
+            br#"{"event_id":"e1","node":"n1","metrics":{}}"#,
+            "missing field `ts_ms`",
+        ),
+        (
+            br#"{"event_id":"e1","node":"n1","ts_ms":1,"metrics":{},"x":1}"#,
+            "unknown field `x`",
+        ),
+        (
+            br#"{"event_id":"e1","node":"n1","ts_ms":1,"metrics":{"loss":7}}"#,
+            "between 0 and 1",
+        ),
     ];
     for (json, want) in cases {
         let err = decode_json::<Telemetry>(json).unwrap_err().to_string();

@@ -148,7 +148,10 @@ pub fn free_port() -> u16 {
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server never opened port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "nats-server never opened port {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

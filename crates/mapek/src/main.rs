@@ -20,7 +20,12 @@ use crate::config::{DEFAULT_NATS_URL, FileConfig};
 /// (monitor → analyze → plan → execute → knowledge). Settings come from a TOML file, then
 /// MAPEK_* environment variables, then flags, the later winning.
 #[derive(Debug, Parser)]
-#[command(name = "mapek", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "mapek",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The config file [default: ./mapek.toml if it exists]
     #[arg(long, global = true, env = "MAPEK_CONFIG", value_name = "FILE")]
@@ -31,7 +36,13 @@ pub struct Cli {
     nats_url: Option<String>,
 
     /// What to log to stderr, as a tracing filter (error, warn, info, debug, mapek_bus=debug)
-    #[arg(long, global = true, env = "MAPEK_LOG", default_value = "warn", value_name = "FILTER")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAPEK_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
     log: String,
 
     #[command(subcommand)]

@@ -166,7 +166,10 @@ mod tests {
         let cases = [
             (("latency_ms", f64::NAN), "metric latency_ms is NaN"),
             (("jitter", f64::INFINITY), "metric jitter is inf"),
-            (("loss", 1.5), "metric loss is 1.5, but must be between 0 and 1"),
+            (
+                ("loss", 1.5),
+                "metric loss is 1.5, but must be between 0 and 1",
+            ),
             (("latency_ms", -1.0), "must be at least 0"),
         ];
         for ((k, v), want) in cases {

@@ -122,9 +122,11 @@ pub async fn run(args: PublishArgs, settings: &Settings) -> anyhow::Result<ExitC
         publisher.publish(&event).await?;
     } else {
         let input: Box<dyn AsyncBufRead + Unpin> = match &args.file {
-            Some(path) => Box::new(BufReader::new(tokio::fs::File::open(path).await.map_err(
-                |e| anyhow::anyhow!("cannot read {}: {e}", path.display()),
-            )?)),
+            Some(path) => {
+                Box::new(BufReader::new(tokio::fs::File::open(path).await.map_err(
+                    |e| anyhow::anyhow!("cannot read {}: {e}", path.display()),
+                )?))
+            }
             None => Box::new(BufReader::new(tokio::io::stdin())),
         };
         refused = publish_lines(input, &mut publisher, dead_letters.as_ref()).await?;

@@ -24,7 +24,12 @@ pub trait Render: Serialize {
 /// One table line: the event's columns, or why it does not decode.
 pub fn table_line<E: Render>(r: &Received<E>) -> String {
     match &r.event {
-        Ok(e) => format!("{:>8}  {:<24}  {}", r.stream_seq, format_ms(e.time()), e.row()),
+        Ok(e) => format!(
+            "{:>8}  {:<24}  {}",
+            r.stream_seq,
+            format_ms(e.time()),
+            e.row()
+        ),
         Err(err) => format!(
             "{:>8}  {:<24}  cannot decode {}: {err}",
             r.stream_seq, "-", r.subject
@@ -63,18 +68,24 @@ impl Render for Telemetry {
         self.ts_ms
     }
     fn row(&self) -> String {
-        let mut metrics: Vec<String> = self.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut metrics: Vec<String> = self
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for l in &self.links {
             let state = if l.up { "up" } else { "down" };
-            metrics.push(format!("link:{}={state}/{}ms/{}", l.peer, l.latency_ms, l.loss));
+            metrics.push(format!(
+                "link:{}={state}/{}ms/{}",
+                l.peer, l.latency_ms, l.loss
+            ));
         }
         format!("{}  {}", cut(self.node.as_str(), 16), metrics.join(" "))
     }
 }
 
 impl Render for Symptom {
-    const COLUMNS: &'static str =
-        "NODE              KIND               STATE    SEVERITY  SUMMARY";
+    const COLUMNS: &'static str = "NODE              KIND               STATE    SEVERITY  SUMMARY";
     fn time(&self) -> i64 {
         self.ts_ms
     }
