@@ -170,3 +170,56 @@ async fn the_help_of_every_command_is_complete() {
         assert!(text.contains("default"), "{args:?} shows defaults:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn settings_come_from_the_file_then_the_environment_then_flags() {
+    let (server, _js) = server_with_streams().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("nats://127.0.0.1:{}", mapek_testkit::nats::free_port());
+    std::fs::write(
+        dir.path().join("mapek.toml"),
+        format!("[nats]\nurl = \"{}\"\n", server.url()),
+    )
+    .unwrap();
+    let publish = |env_url: Option<&str>, flag_url: Option<&str>| {
+        let mut cmd = mapek("unused");
+        cmd.env_remove("MAPEK_NATS_URL").current_dir(dir.path());
+        if let Some(url) = env_url {
+            cmd.env("MAPEK_NATS_URL", url);
+        }
+        cmd.arg("publish")
+            .args(["--node", "n1", "--metric", "cpu=0.1"]);
+        if let Some(url) = flag_url {
+            cmd.args(["--nats-url", url]);
+        }
+        run(cmd)
+    };
+    // ./mapek.toml alone points at the server.
+    assert!(publish(None, None).status.success());
+    // The environment beats the file.
+    let out = publish(Some(&nowhere), None);
+    assert!(
+        stderr(&out).contains(&format!("cannot reach NATS at {nowhere}")),
+        "{}",
+        stderr(&out)
+    );
+    // A flag beats the environment.
+    assert!(
+        publish(Some(&nowhere), Some(&server.url()))
+            .status
+            .success()
+    );
+
+    // A config file with an unknown key is named, with the key.
+    std::fs::write(dir.path().join("bad.toml"), "[nats]\nulr = \"x\"\n").unwrap();
+    let mut cmd = mapek("unused");
+    cmd.current_dir(dir.path())
+        .args(["--config", "bad.toml", "streams", "apply"]);
+    let out = run(cmd);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad.toml") && stderr(&out).contains("ulr"),
+        "{}",
+        stderr(&out)
+    );
+}

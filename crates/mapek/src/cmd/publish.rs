@@ -134,7 +134,7 @@ pub async fn run(args: PublishArgs, settings: &Settings) -> anyhow::Result<ExitC
 
     let report = publisher.finish().await;
     println!(
-        "published {} events: {} stored, {} duplicates, {} not acknowledged, {} lines refused; \
+        "published {} events: {} stored, {} duplicates, {} not acknowledged, {} refused; \
          {:.2} s, {:.0} events/s",
         report.sent,
         report.acked,
