@@ -94,9 +94,12 @@ pub fn encode_into<E: AvroEvent>(event: &E, buf: &mut Vec<u8>) -> Result<(), Cod
             schema: E::SCHEMA,
             detail: e.to_string(),
         })?;
-    let len = buf.len() - start;
+    check_size(buf.len() - start).inspect_err(|_| buf.truncate(start))
+}
+
+/// Refuses a message over [`MAX_EVENT_BYTES`].
+fn check_size(len: usize) -> Result<(), CodecError> {
     if len > MAX_EVENT_BYTES {
-        buf.truncate(start);
         return Err(Invalid::TooLarge {
             len,
             max: MAX_EVENT_BYTES,
@@ -130,13 +133,7 @@ pub fn peek_schema(bytes: &[u8]) -> Result<&'static KnownSchema, CodecError> {
 /// Decodes a single-object encoded `E`, written with any known version of its schema, and
 /// checks it.
 pub fn decode<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
-    if bytes.len() > MAX_EVENT_BYTES {
-        return Err(Invalid::TooLarge {
-            len: bytes.len(),
-            max: MAX_EVENT_BYTES,
-        }
-        .into());
-    }
+    check_size(bytes.len())?;
     let known = peek_schema(bytes)?;
     if known.name != E::SCHEMA {
         return Err(CodecError::WrongSchema {
@@ -176,13 +173,7 @@ pub fn decode<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
 /// Decodes a JSON `E` (field names as in its schema) and checks it against the same rules and
 /// the same schema as the Avro form: what decodes here would encode, and the other way round.
 pub fn decode_json<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
-    if bytes.len() > MAX_EVENT_BYTES {
-        return Err(Invalid::TooLarge {
-            len: bytes.len(),
-            max: MAX_EVENT_BYTES,
-        }
-        .into());
-    }
+    check_size(bytes.len())?;
     let event: E = serde_json::from_slice(bytes).map_err(|e| CodecError::Json {
         schema: E::SCHEMA,
         detail: e.to_string(),
