@@ -204,3 +204,50 @@ async fn a_subscriber_shows_an_undecodable_message_and_goes_on() {
         "a viewer dead-letters nothing"
     );
 }
+
+#[tokio::test]
+async fn json_is_refused_outside_the_monitor_subjects() {
+    let (_server, js) = server_with_streams().await;
+    let mut json = HeaderMap::new();
+    json.insert("Content-Type", "application/json");
+    let decision = samples::decision();
+    raw(
+        &js,
+        "mapek.plan.n1",
+        json,
+        serde_json::to_vec(&decision).unwrap(),
+    )
+    .await;
+    raw(
+        &js,
+        "mapek.plan.n1",
+        HeaderMap::new(),
+        encode(&decision).unwrap(),
+    )
+    .await;
+
+    let mut inbox = Inbox::<mapek_domain::Decision>::open(&js, InboxConfig::new("execute-test"))
+        .await
+        .unwrap();
+    let got = inbox.next_batch(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event, decision);
+    assert_eq!(inbox.rejected(), 1);
+    let mut dead = Subscriber::<Rejected>::open(
+        &js,
+        SubscriberConfig {
+            node: None,
+            start: StartAt::All,
+        },
+    )
+    .await
+    .unwrap();
+    let r = dead.next().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(r.phase, "plan");
+    assert!(
+        r.reason
+            .contains("JSON is accepted only on the monitor subjects"),
+        "{}",
+        r.reason
+    );
+}

@@ -1,8 +1,8 @@
 //! The headers every mapek message carries.
 
 use async_nats::HeaderMap;
-use mapek_codec::JSON_CONTENT_TYPE;
-use mapek_domain::Event;
+use mapek_codec::{AvroEvent, CodecError, JSON_CONTENT_TYPE, decode, decode_json};
+use mapek_domain::{Event, Phase};
 
 /// JetStream's dedup key: the event id.
 pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -36,4 +36,25 @@ pub fn is_json(headers: Option<&HeaderMap>) -> bool {
     headers
         .and_then(|h| h.get(CONTENT_TYPE))
         .is_some_and(|v| v.as_str().starts_with(JSON_CONTENT_TYPE))
+}
+
+/// Decodes a message body as `E`: Avro, or JSON when its headers say so and `E` is published
+/// on the monitor subjects (the only ones that take JSON, from simple agents).
+pub fn decode_body<E: AvroEvent>(
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Result<E, CodecError> {
+    if !is_json(headers) {
+        return decode(body);
+    }
+    if E::PHASE != Phase::Monitor {
+        return Err(CodecError::Json {
+            schema: E::SCHEMA,
+            detail: format!(
+                "JSON is accepted only on the monitor subjects; {} must be Avro",
+                E::PHASE
+            ),
+        });
+    }
+    decode_json(body)
 }

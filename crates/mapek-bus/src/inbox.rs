@@ -13,7 +13,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use futures::StreamExt;
-use mapek_codec::{AvroEvent, decode, decode_json};
+use mapek_codec::AvroEvent;
 use mapek_domain::Phase;
 
 use crate::{BusError, DeadLetters, JetStream, headers};
@@ -143,11 +143,7 @@ impl<E: AvroEvent> Inbox<E> {
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| failed(e.to_string()))?;
             let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let decoded = if headers::is_json(message.headers.as_ref()) {
-                decode_json::<E>(&message.payload)
-            } else {
-                decode::<E>(&message.payload)
-            };
+            let decoded = headers::decode_body::<E>(message.headers.as_ref(), &message.payload);
             match decoded {
                 Ok(event) => good.push(Delivery {
                     event,

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use futures::StreamExt;
-use mapek_codec::{AvroEvent, CodecError, decode, decode_json};
+use mapek_codec::{AvroEvent, CodecError};
 use mapek_domain::{NodeId, Phase};
 use time::OffsetDateTime;
 
@@ -215,11 +215,7 @@ impl<E: AvroEvent> Subscriber<E> {
             Ok(i) => (i.stream_sequence, i.published, i.pending),
             Err(_) => (0, OffsetDateTime::UNIX_EPOCH, 0),
         };
-        let event = if headers::is_json(message.headers.as_ref()) {
-            decode_json(&message.payload)
-        } else {
-            decode(&message.payload)
-        };
+        let event = headers::decode_body::<E>(message.headers.as_ref(), &message.payload);
         Some(Ok(Received {
             stream_seq,
             subject: message.subject.to_string(),
