@@ -11,13 +11,17 @@
 //! - [`event`]: the events themselves ([`Telemetry`], [`Symptom`], [`Decision`],
 //!   [`ActionResult`], [`Outcome`], [`Rejected`]) and the [`Event`] trait they share.
 //! - [`invalid`]: [`Invalid`], why an event was refused before it reached a subject.
+//! - [`analyze`]: the analyze phase, [`Analyzer`]: per-node windows, detectors and
+//!   hysteresis that turn telemetry into symptoms.
 
+pub mod analyze;
 pub mod event;
 pub mod id;
 pub mod invalid;
 pub mod node;
 pub mod phase;
 
+pub use analyze::{AnalyzeConfig, Analyzer};
 pub use event::{
     Action, ActionKind, ActionResult, ActionStatus, Decision, Event, LinkSample, Neighbour,
     Outcome, OutcomeResult, Rejected, Symptom, SymptomKind, SymptomState, Telemetry,

@@ -1,0 +1,150 @@
+//! What the analyzer keeps per node, and the table of node names.
+//!
+//! Node names are interned once: windows, links and indexes refer to nodes by a `u32`, so a
+//! node's state holds no strings and no maps, only fixed-size rings and a short sorted list of
+//! links.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::mem::size_of;
+
+use super::AnalyzeConfig;
+use super::hysteresis::Tracker;
+use super::window::{Baseline, Link, Ring};
+use crate::{NodeId, SymptomKind, Telemetry};
+
+/// Every node name seen, as a node or as a peer, by index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names {
+    ids: Vec<NodeId>,
+    /// Lookup only; never iterated, so its order never reaches the output.
+    index: HashMap<NodeId, u32>,
+}
+
+impl Names {
+    /// The index of `id`, adding it if new.
+    pub(crate) fn intern(&mut self, id: &NodeId) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(id.clone());
+        self.index.insert(id.clone(), i);
+        i
+    }
+
+    /// The name at index `i`.
+    pub(crate) fn get(&self, i: u32) -> &NodeId {
+        &self.ids[i as usize]
+    }
+
+    /// How many names.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Orders two indexes by name.
+    pub(crate) fn cmp(&self, a: u32, b: u32) -> Ordering {
+        self.get(a).cmp(self.get(b))
+    }
+
+    /// Heap and inline bytes: each name is stored twice (list and lookup), plus the map's
+    /// slots and control bytes.
+    pub(crate) fn approx_bytes(&self) -> usize {
+        let text: usize = self.ids.iter().map(|id| id.as_str().len()).sum();
+        let slot = size_of::<NodeId>() + size_of::<u32>() + 1;
+        self.ids.capacity() * size_of::<NodeId>() + 2 * text + self.index.capacity() * slot
+    }
+}
+
+/// One node's windows, baseline, links and hysteresis.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeState {
+    /// Metric `latency_ms`.
+    pub(crate) latency: Ring,
+    /// Metric `loss`.
+    pub(crate) loss: Ring,
+    /// Metric `cpu`.
+    pub(crate) cpu: Ring,
+    /// Metric `mem`.
+    pub(crate) mem: Ring,
+    /// The node's normal latency.
+    pub(crate) baseline: Baseline,
+    /// One per [`SymptomKind`], in [`SymptomKind::ALL`] order.
+    pub(crate) trackers: [Tracker; 6],
+    /// Links reported in the last `window` samples, sorted by peer name.
+    pub(crate) links: Vec<Link>,
+    /// The highest event time this node reported; `None` for a name seen only as a peer.
+    pub(crate) last_seen: Option<i64>,
+    /// How many samples the node reported (wrapping), to age links out.
+    pub(crate) seq: u32,
+}
+
+/// Where a kind's tracker sits in [`NodeState::trackers`].
+pub(crate) fn slot(kind: SymptomKind) -> usize {
+    match kind {
+        SymptomKind::HighLatency => 0,
+        SymptomKind::PacketLoss => 1,
+        SymptomKind::NodeSilent => 2,
+        SymptomKind::CpuSaturation => 3,
+        SymptomKind::MemorySaturation => 4,
+        SymptomKind::LinkFlapping => 5,
+    }
+}
+
+impl NodeState {
+    /// The hysteresis of one kind.
+    pub(crate) fn tracker(&self, kind: SymptomKind) -> Tracker {
+        self.trackers[slot(kind)]
+    }
+
+    /// Folds one sample's metrics and links into the windows. Non-finite values (which
+    /// validation refuses upstream) are skipped rather than poisoning a window.
+    pub(crate) fn fold(&mut self, t: &Telemetry, config: &AnalyzeConfig, names: &mut Names) {
+        self.seq = self.seq.wrapping_add(1);
+        self.last_seen = Some(self.last_seen.map_or(t.ts_ms, |seen| seen.max(t.ts_ms)));
+        let window = config.window;
+        for (name, ring) in [
+            ("latency_ms", &mut self.latency),
+            ("loss", &mut self.loss),
+            ("cpu", &mut self.cpu),
+            ("mem", &mut self.mem),
+        ] {
+            if let Some(x) = metric(t, name) {
+                ring.push(window, x);
+            }
+        }
+        for sample in &t.links {
+            let peer = names.intern(&sample.peer);
+            let found = self.links.binary_search_by(|l| names.cmp(l.peer, peer));
+            match found {
+                // Reported twice in one sample: the first report counts.
+                Ok(i) if self.links[i].seen == self.seq => {}
+                Ok(i) => self.links[i].observe(sample, config.link_alpha, self.seq),
+                Err(i) => {
+                    let mut link = Link::new(peer, self.seq);
+                    link.observe(sample, config.link_alpha, self.seq);
+                    self.links.insert(i, link);
+                }
+            }
+        }
+        let seq = self.seq;
+        self.links
+            .retain(|l| (seq.wrapping_sub(l.seen) as usize) < window);
+    }
+
+    /// Approximate bytes this node costs: the struct, its rings and its links.
+    pub(crate) fn approx_bytes(&self) -> usize {
+        size_of::<Self>()
+            + [&self.latency, &self.loss, &self.cpu, &self.mem]
+                .iter()
+                .map(|r| r.heap_bytes())
+                .sum::<usize>()
+            + self.links.capacity() * size_of::<Link>()
+    }
+}
+
+/// A metric of the sample, if present and finite.
+pub(crate) fn metric(t: &Telemetry, name: &str) -> Option<f64> {
+    t.metrics.get(name).copied().filter(|x| x.is_finite())
+}
