@@ -139,7 +139,10 @@ impl AnalyzeConfig {
             unit,
         )?;
         let silent = self.silent_after_ms as f64;
-        check("silent_after_ms", silent, "at least 1", |x| x >= 1.0)?;
+        // Bounded so that it fits event-time arithmetic in i64 with room to spare.
+        check("silent_after_ms", silent, "between 1 and 10^12", |x| {
+            (1.0..=1e12).contains(&x)
+        })?;
         check("link_alpha", self.link_alpha, "above 0 and at most 1", unit)?;
         // A window of n samples holds n - 1 transitions; a higher threshold could never fire.
         let flaps = self.flap_transitions.into();

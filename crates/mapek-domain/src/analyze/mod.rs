@@ -8,7 +8,7 @@
 //! a recorded incident. `docs/analyze.md` describes the detectors and their settings.
 //!
 //! Each step first folds the sample into the node's windows, then asks every detector for a
-//! reading, then lets each kind's [`hysteresis`] decide whether the reading opens, updates or
+//! reading, then lets each kind's `hysteresis` decide whether the reading opens, updates or
 //! resolves an incident.
 //!
 //! # Layout
