@@ -22,10 +22,13 @@
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
+//! - [`command`]: the actuator protocol, [`command::Command`] and
+//!   [`command::CommandReply`] over request/reply on `mapek.cmd.<node>`.
 //! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
 //! - [`headers`]: the mapek headers every message carries.
 //! - [`error`]: [`BusError`], what can go wrong.
 
+pub mod command;
 mod connect;
 pub mod dlq;
 pub mod error;
