@@ -108,7 +108,7 @@ impl Emit<'_> {
                             )
                         };
                         if let (Some(peer), Some(x), true) = (peer, links.blamed, over) {
-                            s += &format!("; worst link to {peer} at {x:.1} ms");
+                            s += &format!("; link to {peer} at {x:.1} ms");
                         }
                         s
                     }
@@ -136,7 +136,7 @@ impl Emit<'_> {
                     Some(m) if node_led => {
                         let mut s = format!("mean loss {} {verb} {} threshold", pc(m), pc(t));
                         if let (Some(peer), Some(x), true) = (peer, links.blamed, over) {
-                            s += &format!("; worst link to {peer} at {}", pc(x));
+                            s += &format!("; link to {peer} at {}", pc(x));
                         }
                         s
                     }

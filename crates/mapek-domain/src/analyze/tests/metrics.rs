@@ -156,6 +156,24 @@ fn a_slow_link_names_its_peer_on_high_latency() {
 }
 
 #[test]
+fn a_slow_node_with_one_slow_link_names_the_link_too() {
+    let slow = |s: Sample| {
+        s.latency(300.0)
+            .link("n2", true, 200.0, 0.0)
+            .link("n3", true, 20.0, 0.0)
+    };
+    given(series("n1", 0..3, slow)).then_expect(|out| {
+        let s = only(out, HighLatency, Open);
+        assert_eq!(s.peer, Some(id("n2")));
+        assert_eq!(s.severity, 3.0);
+        assert_eq!(
+            s.summary,
+            "p95 latency 300.0 ms over 100 ms threshold (no baseline yet); link to n2 at 200.0 ms"
+        );
+    });
+}
+
+#[test]
 fn a_down_link_is_not_blamed_for_loss() {
     let down = |s: Sample| {
         s.loss(0.0)
