@@ -12,10 +12,10 @@ mod symptom;
 mod telemetry;
 
 pub use decision::{Action, ActionKind, Decision, Neighbour};
-pub use rejected::Rejected;
+pub use rejected::{MAX_KEPT_BYTES, Rejected};
 pub use result::{ActionResult, ActionStatus, Outcome, OutcomeResult};
 pub use symptom::{Symptom, SymptomKind, SymptomState};
-pub use telemetry::{LinkSample, Telemetry};
+pub use telemetry::{LinkSample, MAX_LINKS, MAX_METRICS, Telemetry};
 
 use crate::{Invalid, NodeId, Phase};
 
