@@ -165,6 +165,16 @@ impl<E: AvroEvent> Inbox<E> {
         Ok(good)
     }
 
+    /// The stream sequence up to which every message has been acknowledged: where a worker
+    /// that rebuilds its state by replaying the stream must stop replaying.
+    pub async fn acked_through(&mut self) -> Result<u64, BusError> {
+        let info = self.consumer.info().await.map_err(|e| BusError::Consumer {
+            stream: self.phase.stream().to_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(info.ack_floor.stream_sequence)
+    }
+
     /// How many messages this inbox has dead-lettered.
     pub fn rejected(&self) -> u64 {
         self.rejected

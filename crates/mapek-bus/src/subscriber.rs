@@ -136,6 +136,24 @@ pub struct Subscriber<E> {
 impl<E: AvroEvent> Subscriber<E> {
     /// Starts following `E`'s family (`Telemetry` → `mapek.monitor.>`).
     pub async fn open(js: &JetStream, config: SubscriberConfig) -> Result<Self, BusError> {
+        // Dead letters are stored by phase, not by node: filter them here instead.
+        let phase = E::PHASE;
+        let (filter, node_filter) = match phase {
+            Phase::Dlq => (phase.stored_filter(None), config.node),
+            _ => (phase.stored_filter(config.node.as_ref()), None),
+        };
+        let mut subscriber = Self::open_subject(js, filter, config.start).await?;
+        subscriber.node_filter = node_filter;
+        Ok(subscriber)
+    }
+
+    /// Follows `E`'s stream through any stored-subject filter (`mapek.monitor.3.>` for one
+    /// partition), from `start`.
+    pub async fn open_subject(
+        js: &JetStream,
+        filter_subject: String,
+        start: StartAt,
+    ) -> Result<Self, BusError> {
         let phase = E::PHASE;
         let failed = |detail: String| BusError::Consumer {
             stream: phase.stream().to_owned(),
@@ -146,12 +164,7 @@ impl<E: AvroEvent> Subscriber<E> {
                 "{e}; has `mapek streams apply` been run on this server?"
             ))
         })?;
-        // Dead letters are stored by phase, not by node: filter them here instead.
-        let (filter_subject, node_filter) = match phase {
-            Phase::Dlq => (phase.stored_filter(None), config.node.clone()),
-            _ => (phase.stored_filter(config.node.as_ref()), None),
-        };
-        let deliver_policy = match config.start {
+        let deliver_policy = match start {
             StartAt::New => DeliverPolicy::New,
             StartAt::All => DeliverPolicy::All,
             StartAt::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
@@ -177,7 +190,7 @@ impl<E: AvroEvent> Subscriber<E> {
         Ok(Self {
             messages,
             pending_at_start,
-            node_filter,
+            node_filter: None,
             _event: PhantomData,
         })
     }

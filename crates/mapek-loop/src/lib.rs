@@ -1,0 +1,12 @@
+//! mapek's phase workers: the pure logic of `mapek-domain` wired to JetStream.
+//!
+//! A worker reads its phase's input through a durable [`mapek_bus::Inbox`], folds each event
+//! into the phase's state, publishes what the phase emits (with deterministic ids, so a
+//! retried publish is stored once), waits until those are stored, and only then acknowledges
+//! its input. A crash at any point therefore redelivers input whose output may already be
+//! stored, and the ids make the second copy a duplicate: nothing is lost, nothing doubled.
+//!
+//! # Layout
+//! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
+
+pub mod analyze;

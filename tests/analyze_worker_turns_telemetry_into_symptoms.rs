@@ -1,0 +1,168 @@
+//! The analyze worker turns telemetry on the monitor stream into symptoms on the analyze
+//! stream, and a worker stopped mid-stream and restarted emits every symptom exactly once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Symptom, SymptomState, Telemetry};
+use mapek_loop::analyze::{self, AnalyzeWorkerConfig};
+use mapek_testkit::NatsServer;
+
+const T0: i64 = 1_795_867_200_000;
+
+/// n1 at 1 Hz: 5 normal samples, 6 at 500 ms, then 30 normal; n2 normal throughout.
+fn telemetry() -> Vec<Telemetry> {
+    let mut out = Vec::new();
+    for i in 0..41 {
+        let n1_latency = if (5..11).contains(&i) { 500.0 } else { 10.0 };
+        for (node, latency) in [("n1", n1_latency), ("n2", 12.0)] {
+            let metrics = BTreeMap::from([("latency_ms".to_owned(), latency)]);
+            out.push(Telemetry::new(
+                NodeId::new(node).unwrap(),
+                T0 + i * 1000,
+                metrics,
+            ));
+        }
+    }
+    out
+}
+
+fn expected(telemetry: &[Telemetry]) -> Vec<Symptom> {
+    let mut analyzer = Analyzer::new(AnalyzeConfig::default());
+    telemetry.iter().flat_map(|t| analyzer.step(t)).collect()
+}
+
+async fn setup() -> (NatsServer, JetStream) {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    (server, js)
+}
+
+async fn publish(js: &JetStream, events: &[Telemetry]) {
+    let mut publisher = Publisher::new(js.clone());
+    for e in events {
+        publisher.publish(e).await.unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+}
+
+/// Runs a worker until its consumer has acknowledged everything stored so far.
+async fn run_until_caught_up(js: &JetStream) -> analyze::AnalyzeStats {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(analyze::run(
+        js.clone(),
+        AnalyzeWorkerConfig {
+            fetch_wait: Duration::from_millis(100),
+            ..Default::default()
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let stored = js
+        .get_stream("MAPEK_MONITOR")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let floor = match js
+            .get_stream("MAPEK_MONITOR")
+            .await
+            .unwrap()
+            .consumer_info("analyze")
+            .await
+        {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(_) => 0,
+        };
+        if floor >= stored {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker stuck at {floor} of {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(()).unwrap();
+    worker.await.unwrap().unwrap()
+}
+
+async fn stored_symptoms(js: &JetStream) -> Vec<Symptom> {
+    let mut sub = Subscriber::<Symptom>::open(
+        js,
+        SubscriberConfig {
+            node: None,
+            start: StartAt::All,
+        },
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..sub.pending_at_start() {
+        out.push(sub.next().await.unwrap().unwrap().event.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn high_latency_opens_an_incident_and_its_end_resolves_it() {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    publish(&js, &telemetry).await;
+    let stats = run_until_caught_up(&js).await;
+    assert_eq!(stats.processed, telemetry.len() as u64);
+
+    let symptoms = stored_symptoms(&js).await;
+    assert_eq!(
+        symptoms,
+        expected(&telemetry),
+        "the worker emits what the pure analyzer does"
+    );
+    let states: Vec<(&str, SymptomState)> = symptoms
+        .iter()
+        .map(|s| (s.node.as_str(), s.state))
+        .collect();
+    assert_eq!(states.first(), Some(&("n1", SymptomState::Open)));
+    assert_eq!(states.last(), Some(&("n1", SymptomState::Resolve)));
+    assert!(
+        symptoms.iter().all(|s| s.node.as_str() == "n1"),
+        "n2 stayed healthy"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_restarted_mid_incident_emits_every_symptom_once() {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    // Stop after the incident opened, before it resolved.
+    let (first, second) = telemetry.split_at(30);
+    publish(&js, first).await;
+    let before = run_until_caught_up(&js).await;
+    assert_eq!((before.replayed, before.processed), (0, 30));
+
+    publish(&js, second).await;
+    let after = run_until_caught_up(&js).await;
+    assert_eq!(
+        after.replayed, 30,
+        "the restarted worker rebuilt its state from the log"
+    );
+    assert_eq!(after.processed, second.len() as u64);
+
+    let symptoms = stored_symptoms(&js).await;
+    assert_eq!(
+        symptoms,
+        expected(&telemetry),
+        "no symptom doubled, none missing"
+    );
+    assert!(symptoms.iter().any(|s| s.state == SymptomState::Resolve));
+}
