@@ -13,6 +13,8 @@
 //! - [`invalid`]: [`Invalid`], why an event was refused before it reached a subject.
 //! - [`analyze`]: the analyze phase, [`Analyzer`]: per-node windows, detectors and
 //!   hysteresis that turn telemetry into symptoms.
+//! - [`plan`]: the plan phase, [`Planner`]: a TOML [`Policy`], cooldowns and blast radius
+//!   from past decisions, and past incidents ([`KnowledgeView`]) turn symptoms into decisions.
 
 pub mod analyze;
 pub mod event;
@@ -20,6 +22,7 @@ pub mod id;
 pub mod invalid;
 pub mod node;
 pub mod phase;
+pub mod plan;
 
 pub use analyze::{AnalyzeConfig, Analyzer};
 pub use event::{
@@ -30,6 +33,7 @@ pub use id::EventId;
 pub use invalid::Invalid;
 pub use node::NodeId;
 pub use phase::Phase;
+pub use plan::{KnowledgeView, Planner, Policy};
 
 /// The largest encoded event mapek accepts, in bytes.
 ///

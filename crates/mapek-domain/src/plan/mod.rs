@@ -1,0 +1,75 @@
+//! The plan phase: a policy, the planner's history and the knowledge of past incidents turn
+//! symptoms into decisions.
+//!
+//! [`Planner::decide`] takes one [`Symptom`] and returns at most one [`Decision`]. It is pure:
+//! time is the symptom's event time (cooldowns and the blast radius are judged against the
+//! decisions already made, by their `ts_ms`), there is no randomness, and every map is
+//! ordered. What the decision depended on beyond the symptom is recorded in it: the policy's
+//! name and hash, and the past incidents consulted. Replay in verify mode feeds those back
+//! ([`RecordedKnowledge`]) and must get the same decision, to the byte; `docs/policy.md`
+//! describes the policy file and how the planner uses it.
+//!
+//! Deciding ([`handle`]) is split from folding ([`PlanState::observe`] for symptoms,
+//! [`PlanState::apply`] for decisions); [`Planner`] holds a policy and a state and does both.
+//!
+//! # Layout
+//! - [`policy`]: [`Policy`], the TOML policy file, its checks and its hash.
+//! - [`knowledge`]: [`KnowledgeView`], the planner's window on past incidents, with
+//!   [`NoKnowledge`] and [`RecordedKnowledge`].
+//! - [`state`]: [`PlanState`], the fold of symptoms and decisions that cooldowns and the
+//!   blast radius are judged from.
+//! - [`planner`]: [`handle`], the decision itself: trigger, rule, ranking, interlocks.
+
+pub mod knowledge;
+pub mod planner;
+pub mod policy;
+pub mod state;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use knowledge::{KnowledgeView, NoKnowledge, RecordedKnowledge};
+pub use planner::{decision_id, handle};
+pub use policy::{
+    BlastRadius, Candidate, DEFAULT_POLICY, Fallback, KnowledgeSettings, NO_RULE, Policy,
+    PolicyError, PolicyFile, Rule,
+};
+pub use state::{OpenIncident, PlanState};
+
+use crate::{Decision, Symptom};
+
+/// The plan phase's logic with its policy and state: feed it symptoms in stream order.
+#[derive(Clone, Debug)]
+pub struct Planner {
+    policy: Policy,
+    state: PlanState,
+}
+
+impl Planner {
+    /// A planner with `policy` and no history.
+    pub fn new(policy: Policy) -> Self {
+        let state = PlanState::new(&policy);
+        Self { policy, state }
+    }
+
+    /// The policy it decides by.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What it remembers.
+    pub fn state(&self) -> &PlanState {
+        &self.state
+    }
+
+    /// Decides about `symptom` ([`handle`]), then folds the symptom and the decision into the
+    /// state, so the next symptom sees this decision's cooldown and blast radius.
+    pub fn decide(&mut self, symptom: &Symptom, knowledge: &dyn KnowledgeView) -> Option<Decision> {
+        let decision = handle(&self.policy, &self.state, symptom, knowledge);
+        self.state.observe(symptom);
+        if let Some(d) = &decision {
+            self.state.apply(d);
+        }
+        decision
+    }
+}

@@ -1,0 +1,474 @@
+//! The policy file: which symptoms get which candidate actions, under which limits.
+//!
+//! A policy is TOML (`policies/default.toml` is the shipped one, `docs/policy.md` the manual).
+//! It is parsed with unknown fields refused, so a misspelt limit is an error rather than a
+//! limit silently not applied, then checked field by field; every error names the field.
+//!
+//! The policy's identity is the SHA-256 of the file's exact bytes ([`Policy::hash`]): a
+//! decision records it, so a replay knows which policy, to the byte, made each decision, and a
+//! comment edited in the file is a new policy too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::id::hex;
+use crate::{ActionKind, Symptom, SymptomKind};
+
+/// The shipped policy, `policies/default.toml`, as text.
+pub const DEFAULT_POLICY: &str = include_str!("../../../../policies/default.toml");
+
+/// The rule name a decision records when no rule matched its symptom. It is not a valid rule
+/// name, so it can never be mistaken for one.
+pub const NO_RULE: &str = "(no rule)";
+
+/// The most neighbours a policy may ask the knowledge for per symptom: each one is recorded
+/// in the decision.
+pub const MAX_NEIGHBOURS: usize = 64;
+
+/// The longest cooldown or window, in seconds (one year): longer ones are surely a unit
+/// mistake (milliseconds written as seconds).
+pub const MAX_SECS: u64 = 366 * 24 * 3600;
+
+/// A policy file as written, before its fields are checked. See `docs/policy.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// The policy's name, recorded in every decision so an operator sees which policy acted
+    /// without looking up a hash. `[A-Za-z0-9_.-]{1,64}`.
+    pub name: String,
+    /// What the policy is for, for the people who review it; the planner ignores it.
+    #[serde(default)]
+    pub description: String,
+    /// Limits on how much of the mesh may be under action at once: the guard against a bad
+    /// detector or a bad rule acting on every node at the same time.
+    pub blast_radius: BlastRadius,
+    /// How past incidents are consulted to rank a rule's candidates.
+    #[serde(default)]
+    pub knowledge: KnowledgeSettings,
+    /// The escalation taken when no rule matches or every candidate of a rule is skipped,
+    /// unless the rule has its own.
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// The rules, tried in file order; the first that matches a symptom decides it.
+    pub rules: Vec<Rule>,
+}
+
+/// How much of the mesh may be under action. Counted from the decisions the planner made,
+/// by event time; escalations do not count, since they do not touch a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlastRadius {
+    /// The window, in seconds of event time, over which actions are counted. An action is
+    /// *in flight* from its decision until its incident resolves or this window passes,
+    /// whichever comes first.
+    pub window_secs: u64,
+    /// At most this percentage (0 to 100] of the known nodes may have an action in flight at
+    /// once, rounded down. A candidate that would exceed it is skipped.
+    #[serde(default)]
+    pub max_node_percent: Option<f64>,
+    /// The known nodes are those seen in symptoms (as the node or its peer), but never fewer
+    /// than this: a planner that has seen three nodes must not take one of them for a third
+    /// of the mesh. Set it to the mesh's size.
+    #[serde(default)]
+    pub min_known_nodes: u32,
+    /// At most this many actions may be decided within the window, over all nodes, in
+    /// flight or not: a rate limit on the planner itself.
+    #[serde(default)]
+    pub max_actions: Option<u32>,
+}
+
+/// How past incidents rank a rule's candidates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeSettings {
+    /// How many similar past incidents to ask for (0 to 64); 0 turns knowledge off, and
+    /// every rule keeps its policy order.
+    pub neighbours: usize,
+    /// Past incidents less similar than this (scores are the knowledge store's, higher is
+    /// closer) are ignored and not recorded, so a distant incident cannot reorder actions.
+    pub min_score: f64,
+}
+
+impl Default for KnowledgeSettings {
+    fn default() -> Self {
+        Self {
+            neighbours: 5,
+            min_score: 0.0,
+        }
+    }
+}
+
+/// The escalation to a human: the one action that never touches a node, so it is never
+/// refused by a cooldown or the blast radius.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Parameters passed with the escalation (`team`, `urgency`, …), for whatever pages a
+    /// human. Keys are `[A-Za-z0-9_.-]{1,64}`.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// One rule: which symptoms it matches, and what to try, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique in the policy; recorded in each decision it makes. `[A-Za-z0-9_.-]{1,64}`.
+    pub name: String,
+    /// The symptom kind it matches (`high_latency`, `packet_loss`, `node_silent`,
+    /// `cpu_saturation`, `memory_saturation`, `link_flapping`).
+    pub symptom: SymptomKind,
+    /// It matches only symptoms at least this severe (1.0 = at the detector's threshold).
+    /// A rule with a higher minimum placed before a milder one handles the bad cases apart.
+    #[serde(default)]
+    pub min_severity: Option<f64>,
+    /// `true`: it matches only link-scoped symptoms, those that name a peer; `false`: only
+    /// those that do not; absent: both. A rule with a `reroute` candidate must set `true`,
+    /// since rerouting needs a peer to route around.
+    #[serde(default)]
+    pub has_peer: Option<bool>,
+    /// Whether past incidents may reorder the candidates. `false` pins the policy order,
+    /// for rules where the order is a safety choice (least invasive first) rather than a
+    /// guess.
+    #[serde(default = "yes")]
+    pub rank_by_knowledge: bool,
+    /// The actions to try, in order of preference. A candidate in cooldown for the node, or
+    /// one the blast radius refuses, is skipped for the next.
+    pub candidates: Vec<Candidate>,
+    /// The escalation when every candidate is skipped; the policy's `[fallback]` if absent.
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One candidate action of a rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// The action: `reroute`, `restart_service`, `quarantine`, `rate_limit` or `escalate`.
+    pub action: ActionKind,
+    /// After this action is decided for a node, the same action is not decided again for
+    /// that node for this many seconds of event time (by any rule), so the loop does not
+    /// restart a service every time a symptom updates. 0 means no cooldown.
+    pub cooldown_secs: u64,
+    /// The service to restart: required by `restart_service`, refused by the others.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The rate to limit the node's traffic to, in packets per second: required by
+    /// `rate_limit`, refused by the others. Passed to the node agent as param `rate_pps`.
+    #[serde(default)]
+    pub rate_pps: Option<u64>,
+    /// Further parameters passed to the node agent as given. Keys are `[A-Za-z0-9_.-]{1,64}`.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// Why a policy file was refused. The message names the field (or the line), so it can be
+/// shown to a user as it is.
+///
+/// ### Handling
+/// Never retried: the same file fails the same way. The CLI prints it and exits non-zero; a
+/// plan worker refuses to start, and replay refuses the policy it was given.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    /// Not TOML, or not a policy: an unknown or missing field, or a value of the wrong type.
+    #[error("policy file, {at}: {message}")]
+    Syntax {
+        /// Where: the line and the line's text.
+        at: String,
+        /// What is wrong, as the TOML parser says it (it names the field).
+        message: String,
+    },
+    /// A field whose value the planner cannot use.
+    #[error("policy field {field}: {why}")]
+    Field {
+        /// The field's path, as `rules[2].candidates[0].service` (counting from 0).
+        field: String,
+        /// The rule it breaks.
+        why: String,
+    },
+}
+
+/// A checked policy and the hash of the file it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    file: PolicyFile,
+    hash: String,
+}
+
+impl Policy {
+    /// Parses and checks a policy file's text. The hash is over `text`'s exact bytes.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| syntax(text, &e))?;
+        file.validate()?;
+        Ok(Self {
+            file,
+            hash: hash(text.as_bytes()),
+        })
+    }
+
+    /// The shipped policy, [`DEFAULT_POLICY`].
+    pub fn builtin() -> Self {
+        match Self::parse(DEFAULT_POLICY) {
+            Ok(p) => p,
+            // A test parses it, so this is unreachable in a released build.
+            Err(e) => panic!("policies/default.toml is invalid: {e}"),
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// SHA-256 of the policy file's bytes, 64 lowercase hex digits.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The checked file.
+    pub fn file(&self) -> &PolicyFile {
+        &self.file
+    }
+
+    /// The rule named `name`.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.file.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The first rule, in file order, that matches `symptom`.
+    pub fn matching(&self, symptom: &Symptom) -> Option<&Rule> {
+        self.file.rules.iter().find(|r| r.matches(symptom))
+    }
+}
+
+impl Rule {
+    /// Whether the rule applies to `symptom`: its kind, its severity, its peer.
+    pub fn matches(&self, symptom: &Symptom) -> bool {
+        symptom.kind == self.symptom
+            && self.min_severity.is_none_or(|min| symptom.severity >= min)
+            && self
+                .has_peer
+                .is_none_or(|want| symptom.peer.is_some() == want)
+    }
+
+    /// The severity a symptom must reach for the rule to match, `-inf` when it has none.
+    pub fn threshold(&self) -> f64 {
+        self.min_severity.unwrap_or(f64::NEG_INFINITY)
+    }
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn syntax(text: &str, e: &toml::de::Error) -> PolicyError {
+    let at = match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count();
+            let source = text.lines().nth(line).unwrap_or("").trim();
+            format!("line {} (`{source}`)", line + 1)
+        }
+        None => "whole file".to_owned(),
+    };
+    PolicyError::Syntax {
+        at,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+impl PolicyFile {
+    /// Checks every field; the first error found names its field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        name("name", &self.name)?;
+        self.blast_radius.validate()?;
+        self.knowledge.validate()?;
+        params("fallback.params", &self.fallback.params)?;
+        if self.rules.is_empty() {
+            return Err(field(
+                "rules",
+                "a policy needs at least one [[rules]] entry",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate(&format!("rules[{i}]"))?;
+            if !names.insert(rule.name.as_str()) {
+                let why = format!(
+                    "rule name `{}` is used twice; names must be unique",
+                    rule.name
+                );
+                return Err(field(format!("rules[{i}].name"), why));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlastRadius {
+    fn validate(&self) -> Result<(), PolicyError> {
+        secs("blast_radius.window_secs", self.window_secs, 1)?;
+        if let Some(p) = self.max_node_percent
+            && !(p.is_finite() && p > 0.0 && p <= 100.0)
+        {
+            let why = format!("is {p}, but must be above 0 and at most 100");
+            return Err(field("blast_radius.max_node_percent", why));
+        }
+        if self.max_actions == Some(0) {
+            let why = "is 0, which would refuse every action; use escalate-only rules instead";
+            return Err(field("blast_radius.max_actions", why));
+        }
+        if self.max_node_percent.is_none() && self.max_actions.is_none() {
+            let why = "set max_node_percent, max_actions or both: a policy without a limit \
+                       could act on every node at once";
+            return Err(field("blast_radius", why));
+        }
+        Ok(())
+    }
+}
+
+impl KnowledgeSettings {
+    fn validate(&self) -> Result<(), PolicyError> {
+        if self.neighbours > MAX_NEIGHBOURS {
+            let why = format!(
+                "is {}, but must be at most {MAX_NEIGHBOURS}",
+                self.neighbours
+            );
+            return Err(field("knowledge.neighbours", why));
+        }
+        if !self.min_score.is_finite() {
+            return Err(field("knowledge.min_score", "must be a finite number"));
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    fn validate(&self, at: &str) -> Result<(), PolicyError> {
+        name(&format!("{at}.name"), &self.name)?;
+        let rule = &self.name;
+        if let Some(min) = self.min_severity
+            && !(min.is_finite() && min >= 0.0)
+        {
+            let why = format!("is {min}, but must be a number at least 0");
+            return Err(field(format!("{at}.min_severity"), why));
+        }
+        if self.candidates.is_empty() {
+            let why = format!("rule `{rule}` needs at least one candidate");
+            return Err(field(format!("{at}.candidates"), why));
+        }
+        let mut seen = BTreeSet::new();
+        for (j, c) in self.candidates.iter().enumerate() {
+            let at = format!("{at}.candidates[{j}]");
+            c.validate(&at, rule)?;
+            if !seen.insert(c.action) {
+                let why = format!(
+                    "rule `{rule}` lists {} twice; cooldowns and knowledge are per action, so \
+                     the second could never be chosen",
+                    c.action.as_str()
+                );
+                return Err(field(format!("{at}.action"), why));
+            }
+            if c.action == ActionKind::Reroute && self.has_peer != Some(true) {
+                let why = format!(
+                    "rule `{rule}` offers reroute, which needs the symptom's peer; set \
+                     has_peer = true on the rule"
+                );
+                return Err(field(format!("{at}.action"), why));
+            }
+        }
+        if let Some(f) = &self.fallback {
+            params(&format!("{at}.fallback.params"), &f.params)?;
+        }
+        Ok(())
+    }
+}
+
+impl Candidate {
+    fn validate(&self, at: &str, rule: &str) -> Result<(), PolicyError> {
+        let action = self.action.as_str();
+        secs(&format!("{at}.cooldown_secs"), self.cooldown_secs, 0)?;
+        match (&self.service, self.action) {
+            (None, ActionKind::RestartService) => {
+                let why = format!("rule `{rule}`: restart_service needs the service to restart");
+                return Err(field(format!("{at}.service"), why));
+            }
+            (Some(s), ActionKind::RestartService) => name(&format!("{at}.service"), s)?,
+            (Some(_), _) => {
+                let why =
+                    format!("rule `{rule}`: only restart_service takes a service, not {action}");
+                return Err(field(format!("{at}.service"), why));
+            }
+            (None, _) => {}
+        }
+        match (self.rate_pps, self.action) {
+            (None, ActionKind::RateLimit) => {
+                let why =
+                    format!("rule `{rule}`: rate_limit needs the rate, in packets per second");
+                return Err(field(format!("{at}.rate_pps"), why));
+            }
+            (Some(0), ActionKind::RateLimit) => {
+                let why = format!("rule `{rule}`: a rate of 0 cuts the node off; use quarantine");
+                return Err(field(format!("{at}.rate_pps"), why));
+            }
+            (Some(_), ActionKind::RateLimit) | (None, _) => {}
+            (Some(_), _) => {
+                let why = format!("rule `{rule}`: only rate_limit takes a rate, not {action}");
+                return Err(field(format!("{at}.rate_pps"), why));
+            }
+        }
+        params(&format!("{at}.params"), &self.params)?;
+        if self.params.contains_key(RATE_PARAM) {
+            let why = format!("`{RATE_PARAM}` is set by the rate_pps field; set it there");
+            return Err(field(format!("{at}.params.{RATE_PARAM}"), why));
+        }
+        Ok(())
+    }
+}
+
+/// The action parameter that carries [`Candidate::rate_pps`].
+pub const RATE_PARAM: &str = "rate_pps";
+
+fn field(field: impl Into<String>, why: impl Into<String>) -> PolicyError {
+    PolicyError::Field {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+fn name(at: &str, value: &str) -> Result<(), PolicyError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        let why = format!("{value:?} must be 1 to 64 letters, digits, '_', '.' or '-'");
+        Err(field(at, why))
+    }
+}
+
+fn params(at: &str, params: &BTreeMap<String, String>) -> Result<(), PolicyError> {
+    for key in params.keys() {
+        name(&format!("{at}.{key}"), key)?;
+    }
+    Ok(())
+}
+
+fn secs(at: &str, value: u64, min: u64) -> Result<(), PolicyError> {
+    if (min..=MAX_SECS).contains(&value) {
+        Ok(())
+    } else {
+        let why = format!("is {value}, but must be between {min} and {MAX_SECS} seconds");
+        Err(field(at, why))
+    }
+}
