@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Symptom, SymptomState, Telemetry};
-use mapek_loop::analyze::{self, AnalyzeWorkerConfig};
+use mapek_loop::{StageConfig, StageStats, run_stage};
 use mapek_testkit::NatsServer;
 
 const T0: i64 = 1_795_867_200_000;
@@ -51,14 +51,14 @@ async fn publish(js: &JetStream, events: &[Telemetry]) {
 }
 
 /// Runs a worker until its consumer has acknowledged everything stored so far.
-async fn run_until_caught_up(js: &JetStream) -> analyze::AnalyzeStats {
+async fn run_until_caught_up(js: &JetStream) -> StageStats {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(analyze::run(
+    let mut config = StageConfig::new("analyze", None);
+    config.fetch_wait = Duration::from_millis(100);
+    let worker = tokio::spawn(run_stage(
         js.clone(),
-        AnalyzeWorkerConfig {
-            fetch_wait: Duration::from_millis(100),
-            ..Default::default()
-        },
+        Analyzer::new(AnalyzeConfig::default()),
+        config,
         async {
             let _ = stop_rx.await;
         },
@@ -121,6 +121,7 @@ async fn high_latency_opens_an_incident_and_its_end_resolves_it() {
     publish(&js, &telemetry).await;
     let stats = run_until_caught_up(&js).await;
     assert_eq!(stats.processed, telemetry.len() as u64);
+    assert!(stats.emitted >= 2);
 
     let symptoms = stored_symptoms(&js).await;
     assert_eq!(

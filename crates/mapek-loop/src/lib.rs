@@ -7,6 +7,10 @@
 //! stored, and the ids make the second copy a duplicate: nothing is lost, nothing doubled.
 //!
 //! # Layout
+//! - [`stage`]: [`Stage`], a phase's pure step, and [`run_stage`], the worker loop.
 //! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
 
 pub mod analyze;
+pub mod stage;
+
+pub use stage::{Stage, StageConfig, StageStats, run_stage};
