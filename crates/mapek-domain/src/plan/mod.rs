@@ -72,4 +72,16 @@ impl Planner {
         }
         decision
     }
+
+    /// Folds a symptom without deciding about it, as [`PlanState::observe`]: for rebuilding
+    /// the state from a log whose decisions are folded with [`Planner::apply`].
+    pub fn observe(&mut self, symptom: &Symptom) {
+        self.state.observe(symptom);
+    }
+
+    /// Folds a decision already made, as [`PlanState::apply`]: for rebuilding the state from
+    /// the plan stream, each decision right after the symptom it answers.
+    pub fn apply(&mut self, decision: &Decision) {
+        self.state.apply(decision);
+    }
 }

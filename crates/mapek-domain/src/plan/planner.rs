@@ -4,7 +4,7 @@
 //! [`PlanState::apply`]'s job. The steps:
 //! 1. **Trigger.** An open symptom is decided; an update only when it now matches a rule with
 //!    a higher `min_severity` than the rule that last decided its incident (the incident got
-//!    worse past a threshold); a resolve never.
+//!    worse past a threshold), or matches a rule when none matched before; a resolve never.
 //! 2. **Rule.** The first rule in file order that matches. None: escalate with the policy's
 //!    fallback.
 //! 3. **Rank.** The rule's candidates, reordered by the evidence of similar past incidents
@@ -118,10 +118,15 @@ fn trigger(
         SymptomState::Update => {
             let previous = incident?.rule.as_deref()?;
             let rule = rule?;
-            let before = match previous {
-                NO_RULE => f64::NEG_INFINITY,
-                name => policy.rule(name).map_or(f64::INFINITY, Rule::threshold),
-            };
+            if previous == NO_RULE {
+                return Some(format!(
+                    "{what} now matches rule `{}` (no rule matched before)",
+                    rule.name
+                ));
+            }
+            // A rule this policy does not have (the state came from another policy) counts
+            // as the strictest: nothing is decided twice on a guess.
+            let before = policy.rule(previous).map_or(f64::INFINITY, Rule::threshold);
             (rule.threshold() > before).then(|| {
                 format!(
                     "{what} escalated past min_severity {:.2} of rule `{}` (was rule `{previous}`)",
@@ -175,8 +180,12 @@ fn rank<'r>(rule: &'r Rule, consulted: &[Neighbour], reason: &mut String) -> Vec
 
 /// Why `candidate` is in cooldown for the symptom's node, if it is.
 fn cooldown(state: &PlanState, symptom: &Symptom, candidate: &Candidate) -> Option<String> {
-    let last = state.last_action(&symptom.node, candidate.action)?;
     let cooldown_ms = millis(candidate.cooldown_secs);
+    if cooldown_ms == 0 {
+        return None;
+    }
+    let last = state.last_action(&symptom.node, candidate.action)?;
+    // Negative when the log holds a later decision than this symptom: still in cooldown.
     let elapsed = symptom.ts_ms.saturating_sub(last);
     if elapsed >= cooldown_ms {
         return None;

@@ -71,7 +71,8 @@ pub struct BlastRadius {
     pub max_node_percent: Option<f64>,
     /// The known nodes are those seen in symptoms (as the node or its peer), but never fewer
     /// than this: a planner that has seen three nodes must not take one of them for a third
-    /// of the mesh. Set it to the mesh's size.
+    /// of the mesh. Set it to the mesh's size; with `max_node_percent` it must allow at least
+    /// one node, or nothing could act at start.
     #[serde(default)]
     pub min_known_nodes: u32,
     /// At most this many actions may be decided within the window, over all nodes, in
@@ -320,6 +321,17 @@ impl BlastRadius {
         {
             let why = format!("is {p}, but must be above 0 and at most 100");
             return Err(field("blast_radius.max_node_percent", why));
+        }
+        if let Some(p) = self.max_node_percent
+            && (p * f64::from(self.min_known_nodes) / 100.0) < 1.0
+        {
+            let why = format!(
+                "is {}, and {p}% of it is under one node, so nothing could act until more \
+                 nodes are seen; set it to the mesh's size (at least {})",
+                self.min_known_nodes,
+                (100.0 / p).ceil()
+            );
+            return Err(field("blast_radius.min_known_nodes", why));
         }
         if self.max_actions == Some(0) {
             let why = "is 0, which would refuse every action; use escalate-only rules instead";

@@ -59,9 +59,37 @@ fn an_update_that_now_matches_a_rule_after_none_matched_decides() {
         "[[rules]]\nname = \"slow\"\nmin_severity = 2.0\n",
     );
     let s = slow(0, 1.5);
-    given(&policy, [s.clone()])
+    let d = given(&policy, [s.clone()])
         .when(update(&s, 30, 2.5))
         .then_chooses(ActionKind::RestartService);
+    let opening = "high_latency at severity 2.50 without peer now matches rule `slow` (no rule \
+                   matched before)";
+    assert!(d.reason.starts_with(opening), "{}", d.reason);
+}
+
+#[test]
+fn an_update_that_names_a_peer_no_rule_wanted_before_decides() {
+    let s = open("n1", SymptomKind::PacketLoss, 0, 2.0);
+    let blamed = Symptom {
+        peer: Some(id("n2")),
+        ..update(&s, 30, 2.0)
+    };
+    let d = given(POLICY, [s])
+        .when(blamed)
+        .then_chooses(ActionKind::Reroute);
+    assert_eq!(d.rule, "lossy-link");
+}
+
+#[test]
+fn a_state_from_another_policy_decides_no_update_twice() {
+    let s = slow(0, 1.5);
+    let mut scenario = given(POLICY, [s.clone()]);
+    let mut foreign = scenario.decisions[0].clone();
+    foreign.rule = "a-rule-this-policy-lacks".to_owned();
+    scenario.planner = Planner::new(Policy::parse(POLICY).unwrap());
+    scenario.planner.observe(&s);
+    scenario.planner.apply(&foreign);
+    scenario.when(update(&s, 30, 9.0)).then_nothing();
 }
 
 #[test]

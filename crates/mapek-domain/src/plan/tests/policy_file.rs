@@ -121,6 +121,11 @@ fn a_bad_policy_gets_an_error_naming_the_field() {
         ),
         (
             "max_actions = 5",
+            "max_node_percent = 10\nmin_known_nodes = 5",
+            &["blast_radius.min_known_nodes: is 5", "(at least 10)"],
+        ),
+        (
+            "max_actions = 5",
             "",
             &["policy field blast_radius: set max_node_percent"],
         ),
