@@ -249,6 +249,13 @@ impl Policy {
     }
 }
 
+impl Default for Policy {
+    /// The shipped policy, as [`Policy::builtin`].
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
 impl Rule {
     /// Whether the rule applies to `symptom`: its kind, its severity, its peer.
     pub fn matches(&self, symptom: &Symptom) -> bool {
