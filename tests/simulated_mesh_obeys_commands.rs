@@ -148,3 +148,30 @@ async fn a_node_that_does_not_answer_gives_a_clear_error() -> anyhow::Result<()>
     assert!(err.contains("n3 did not answer within 300ms"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_run_with_the_same_seed_and_start_publishes_the_same_events() -> anyhow::Result<()>
+{
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await?;
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin()).await?;
+    let client = mapek_bus::connect_client(&server.url()).await?;
+    let script = mapek_sim::default_script(12);
+    let mut reports = Vec::new();
+    for run_for in [Duration::from_millis(300), Duration::from_millis(500)] {
+        let mesh = Mesh::new(MeshConfig::default(), 7)?.with_faults(&script)?;
+        let stop = tokio::time::sleep(run_for);
+        reports.push(run(js.clone(), client.clone(), mesh, 100.0, T0, stop).await?);
+    }
+    let (first, second) = (&reports[0], &reports[1]);
+    assert!(first.ticks > 0 && first.published.all_acked(), "{first:?}");
+    // Every event the first run stored, the second made again with the same id: JetStream
+    // dropped them as duplicates.
+    let overlap = first.ticks.min(second.ticks) * 12;
+    assert_eq!(second.published.duplicates, overlap, "{second:?}");
+    assert_eq!(
+        second.published.acked,
+        (second.ticks * 12).saturating_sub(overlap)
+    );
+    Ok(())
+}
