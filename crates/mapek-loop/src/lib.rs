@@ -8,9 +8,11 @@
 //!
 //! # Layout
 //! - [`stage`]: [`Stage`], a phase's pure step, and [`run_stage`], the worker loop.
+//! - [`lease`]: partition leases, and [`lease::run_partitioned`], one stage per leased partition.
 //! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
 
 pub mod analyze;
+pub mod lease;
 pub mod stage;
 
 pub use stage::{Stage, StageConfig, StageStats, run_stage};

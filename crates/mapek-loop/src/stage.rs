@@ -18,9 +18,9 @@ use mapek_domain::Event;
 /// A phase's pure logic: one input in, the events it causes out.
 pub trait Stage {
     /// What the stage reads.
-    type In: AvroEvent;
+    type In: AvroEvent + Send + Sync + 'static;
     /// What it emits.
-    type Out: AvroEvent;
+    type Out: AvroEvent + Send + Sync + 'static;
 
     /// Folds `input` into the state and returns what it causes, in a deterministic order.
     fn step(&mut self, input: &Self::In) -> Vec<Self::Out>;

@@ -1,0 +1,232 @@
+//! Partition leases: several copies of a phase share its partitions, one owner each.
+//!
+//! A lease is a key in the JetStream key-value bucket `MAPEK_LEASES` (`analyze.p3`), created
+//! only if absent and renewed by revision, so two workers can never both hold it. The bucket
+//! forgets a key `ttl` after its last renewal: a worker that dies loses its leases within one
+//! `ttl`, and another worker takes its partitions from where their durable consumers stopped.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Store};
+use futures::StreamExt;
+use mapek_bus::{BusError, JetStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::stage::{Stage, StageConfig, StageStats, run_stage};
+
+/// The bucket of partition leases.
+pub const BUCKET: &str = "MAPEK_LEASES";
+/// How long a lease outlives its last renewal.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
+
+fn failed(detail: String) -> BusError {
+    BusError::Consumer {
+        stream: format!("KV_{BUCKET}"),
+        detail,
+    }
+}
+
+/// Leases held by one worker process.
+pub struct Leases {
+    kv: Store,
+    owner: String,
+    held: BTreeMap<String, u64>,
+}
+
+impl Leases {
+    /// Opens the lease bucket (creating it with `ttl` if missing) for the worker `owner`.
+    pub async fn open(js: &JetStream, owner: &str, ttl: Duration) -> Result<Self, BusError> {
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.into(),
+                    description: "Which worker owns which phase partition".into(),
+                    history: 1,
+                    max_age: ttl,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        };
+        Ok(Self {
+            kv,
+            owner: owner.to_owned(),
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// Takes the lease `key` if nobody holds it; `false` if somebody does.
+    pub async fn try_acquire(&mut self, key: &str) -> Result<bool, BusError> {
+        match self.kv.create(key, self.owner.clone().into()).await {
+            Ok(revision) => {
+                self.held.insert(key.to_owned(), revision);
+                Ok(true)
+            }
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(failed(format!("cannot take lease {key}: {e}"))),
+        }
+    }
+
+    /// Renews every lease held; returns the keys that were lost (taken over or expired).
+    pub async fn renew(&mut self) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (key, revision) in self.held.iter_mut() {
+            match self
+                .kv
+                .update(key, self.owner.clone().into(), *revision)
+                .await
+            {
+                Ok(r) => *revision = r,
+                Err(_) => lost.push(key.clone()),
+            }
+        }
+        for key in &lost {
+            self.held.remove(key);
+        }
+        lost
+    }
+
+    /// Gives every lease back, so another worker need not wait for them to expire.
+    pub async fn release_all(&mut self) {
+        for (key, revision) in std::mem::take(&mut self.held) {
+            let _ = self.kv.update(&key, Vec::new().into(), revision).await;
+            let _ = self.kv.purge(&key).await;
+        }
+    }
+
+    /// The keys held.
+    pub fn held(&self) -> impl Iterator<Item = &str> {
+        self.held.keys().map(String::as_str)
+    }
+
+    /// Gives one lease back.
+    pub async fn release(&mut self, key: &str) {
+        if self.held.remove(key).is_some() {
+            let _ = self.kv.purge(key).await;
+        }
+    }
+
+    /// Says this worker is alive for `phase` (a key that expires with the leases) and returns
+    /// how many workers of `phase` are alive, this one included.
+    pub async fn heartbeat(&self, phase: &str) -> Result<usize, BusError> {
+        let prefix = format!("{phase}.worker.");
+        self.kv
+            .put(format!("{prefix}{}", self.owner), self.owner.clone().into())
+            .await
+            .map_err(|e| failed(format!("heartbeat: {e}")))?;
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| failed(format!("listing workers: {e}")))?;
+        let mut alive = 0;
+        while let Some(key) = keys.next().await {
+            if key.is_ok_and(|k| k.starts_with(&prefix)) {
+                alive += 1;
+            }
+        }
+        Ok(alive.max(1))
+    }
+}
+
+/// A partition's stage: how to stop it, and its task.
+type Running = (oneshot::Sender<()>, JoinHandle<Result<StageStats, BusError>>);
+
+/// Runs one stage per partition of `phase` that this process can lease, until `shutdown`.
+///
+/// Every `ttl / 3` it renews its leases, stops the stages whose lease it lost, counts the
+/// live workers of `phase`, gives back partitions beyond its fair share (the partition count
+/// divided by the live workers, rounded up) and takes free ones up to it. `make` builds a fresh stage for a partition; the stage
+/// rebuilds its state from the log before it takes new input.
+pub async fn run_partitioned<S, F>(
+    js: JetStream,
+    phase: &str,
+    partitions: u32,
+    owner: String,
+    ttl: Duration,
+    make: F,
+    shutdown: impl Future<Output = ()>,
+) -> Result<StageStats, BusError>
+where
+    S: Stage + Send + 'static,
+    F: Fn(u32) -> S,
+{
+    let mut leases = Leases::open(&js, &owner, ttl).await?;
+    let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+    let mut total = StageStats::default();
+    let mut tick = tokio::time::interval(ttl / 3);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => break,
+        }
+        for key in leases.renew().await {
+            tracing::warn!(lease = %key, "lost a partition lease; stopping that partition");
+            if let Some(p) = key.rsplit(".p").next().and_then(|p| p.parse().ok())
+                && let Some((stop, task)) = running.remove(&p)
+            {
+                let _ = stop.send(());
+                add(&mut total, task.await);
+            }
+        }
+        let share = (partitions as usize).div_ceil(leases.heartbeat(phase).await?);
+        while running.len() > share {
+            let (p, (stop, task)) = running.pop_last().expect("more than share > 0");
+            let _ = stop.send(());
+            add(&mut total, task.await);
+            leases.release(&format!("{phase}.p{p}")).await;
+        }
+        for p in 0..partitions {
+            if running.len() >= share
+                || running.contains_key(&p)
+                || !leases.try_acquire(&format!("{phase}.p{p}")).await?
+            {
+                continue;
+            }
+            let (stop, stopped) = oneshot::channel::<()>();
+            let stage = make(p);
+            let config = StageConfig::new(phase, Some(p));
+            let task = tokio::spawn(run_stage(js.clone(), stage, config, async {
+                let _ = stopped.await;
+            }));
+            running.insert(p, (stop, task));
+        }
+        // A stage that failed gives its partition back, to be retried at the next tick.
+        let finished: Vec<u32> = running
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in finished {
+            let (_, task) = running.remove(&p).expect("listed above");
+            add(&mut total, task.await);
+        }
+    }
+    for (_, (stop, task)) in std::mem::take(&mut running) {
+        let _ = stop.send(());
+        add(&mut total, task.await);
+    }
+    leases.release_all().await;
+    let _ = leases.kv.purge(format!("{phase}.worker.{owner}")).await;
+    Ok(total)
+}
+
+fn add(
+    total: &mut StageStats,
+    result: Result<Result<StageStats, BusError>, tokio::task::JoinError>,
+) {
+    match result {
+        Ok(Ok(s)) => {
+            total.replayed += s.replayed;
+            total.processed += s.processed;
+            total.emitted += s.emitted;
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "a partition stage stopped"),
+        Err(e) => tracing::error!(error = %e, "a partition stage panicked"),
+    }
+}
