@@ -10,9 +10,11 @@
 //! - [`stage`]: [`Stage`], a phase's pure step, and [`run_stage`], the worker loop.
 //! - [`lease`]: partition leases, and [`lease::run_partitioned`], one stage per leased partition.
 //! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
+//! - [`plan`]: symptoms → decisions, with [`mapek_domain::Planner`] and a knowledge view.
 
 pub mod analyze;
 pub mod lease;
+pub mod plan;
 pub mod stage;
 
 pub use stage::{Stage, StageConfig, StageStats, run_stage};
