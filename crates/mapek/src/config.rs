@@ -23,6 +23,19 @@ pub struct FileConfig {
     pub nats: NatsSection,
     /// `[publish]`
     pub publish: PublishSection,
+    /// `[analyze]`: the detectors' settings (docs/analyze.md).
+    pub analyze: mapek_domain::AnalyzeConfig,
+    /// `[plan]`
+    pub plan: PlanSection,
+}
+
+/// `[plan]`: what the planner decides with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSection {
+    /// The policy file (`MAPEK_POLICY`, `--policy`); default the built-in
+    /// `policies/default.toml`.
+    pub policy: Option<PathBuf>,
 }
 
 /// `[nats]`: where the bus is.
@@ -51,6 +64,12 @@ impl FileConfig {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        let config: Self =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        config
+            .analyze
+            .validate()
+            .with_context(|| format!("config file {}: [analyze]", path.display()))?;
+        Ok(config)
     }
 }

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod config;
+mod shutdown;
 mod time_arg;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Command {
     Publish(cmd::publish::PublishArgs),
     /// Follow a subject family live, or from a time or a sequence
     Subscribe(cmd::subscribe::SubscribeArgs),
+    /// Run the loop's workers: every phase, or one
+    Run(cmd::run::RunArgs),
+    /// Run the simulated mesh alone, against any running loop
+    Sim(cmd::sim::SimArgs),
 }
 
 /// Settings resolved from the file, the environment and the flags.
@@ -106,5 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams(c) => cmd::streams::run(c, &settings).await,
         Command::Publish(a) => cmd::publish::run(a, &settings).await,
         Command::Subscribe(a) => cmd::subscribe::run(a, &settings).await,
+        Command::Run(a) => cmd::run::run(a, &settings).await,
+        Command::Sim(a) => cmd::sim::run(a, &settings).await,
     }
 }

@@ -2,5 +2,7 @@
 
 pub mod publish;
 pub mod render;
+pub mod run;
+pub mod sim;
 pub mod streams;
 pub mod subscribe;
