@@ -75,7 +75,8 @@ impl From<NodeId> for String {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad` honours width and alignment, so ids line up in tables.
+        f.pad(&self.0)
     }
 }
 

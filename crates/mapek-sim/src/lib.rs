@@ -31,7 +31,7 @@ pub mod run;
 pub use config::MeshConfig;
 pub use fault::{Fault, FaultScript, default_script};
 pub use mesh::Mesh;
-pub use run::{RunReport, run};
+pub use run::{RunReport, run, run_faster};
 
 use thiserror::Error;
 

@@ -16,7 +16,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_CONFIG_FILE: &str = "mapek.toml";
 
 /// The config file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     /// `[nats]`
@@ -30,7 +30,7 @@ pub struct FileConfig {
 }
 
 /// `[plan]`: what the planner decides with.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlanSection {
     /// The policy file (`MAPEK_POLICY`, `--policy`); default the built-in
@@ -39,7 +39,7 @@ pub struct PlanSection {
 }
 
 /// `[nats]`: where the bus is.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSection {
     /// The NATS URL (`MAPEK_NATS_URL`, `--nats-url`); default `nats://127.0.0.1:4222`.
@@ -47,7 +47,7 @@ pub struct NatsSection {
 }
 
 /// `[publish]`: how `mapek publish` sends.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishSection {
     /// The most acks in flight (`MAPEK_PUBLISH_WINDOW`, `--window`); default 1024.

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod config;
+mod embedded;
 mod shutdown;
 mod time_arg;
 
@@ -63,12 +64,17 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Run the simulated mesh alone, against any running loop
     Sim(cmd::sim::SimArgs),
+    /// The whole loop on a simulated mesh, with an embedded nats-server
+    Demo(cmd::demo::DemoArgs),
 }
 
 /// Settings resolved from the file, the environment and the flags.
 pub struct Settings {
     /// The NATS URL.
     pub nats_url: String,
+    /// Whether a flag, the environment or the config file named it (the demo starts its own
+    /// server otherwise).
+    pub nats_url_given: bool,
     /// The config file's contents.
     pub file: FileConfig,
 }
@@ -100,11 +106,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let file = FileConfig::load(cli.config.as_deref())?;
+    let given = cli.nats_url.or_else(|| file.nats.url.clone());
     let settings = Settings {
-        nats_url: cli
-            .nats_url
-            .or_else(|| file.nats.url.clone())
-            .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+        nats_url_given: given.is_some(),
+        nats_url: given.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
         file,
     };
     match cli.command {
@@ -113,5 +118,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscribe(a) => cmd::subscribe::run(a, &settings).await,
         Command::Run(a) => cmd::run::run(a, &settings).await,
         Command::Sim(a) => cmd::sim::run(a, &settings).await,
+        Command::Demo(a) => cmd::demo::run(a, &settings).await,
     }
 }

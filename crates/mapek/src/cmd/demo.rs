@@ -1,0 +1,348 @@
+//! `mapek demo`: the whole loop on a simulated mesh, on one machine, with nothing running.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
+use mapek_codec::AvroEvent;
+use mapek_domain::{
+    ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Symptom, SymptomState,
+};
+use mapek_sim::{Fault, Mesh, MeshConfig, default_script};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::run::{Loop, PhaseArg};
+use crate::Settings;
+use crate::embedded::EmbeddedNats;
+use crate::shutdown::Shutdown;
+use crate::time_arg::now_ms;
+
+/// `mapek demo`
+#[derive(Debug, Args)]
+#[command(after_long_help = DEMO_HELP)]
+pub struct DemoArgs {
+    /// How many simulated nodes
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+
+    /// How many times faster than the clock simulated time runs
+    #[arg(long, default_value_t = 5.0)]
+    speed: f64,
+
+    /// The simulation's seed: the same seed gives the same mesh, faults and noise
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Where the embedded nats-server keeps its store (ignored with MAPEK_NATS_URL)
+    #[arg(long, default_value = "mapek-data", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+const DEMO_HELP: &str = "\
+The demo starts a nats-server child process with its store under ./mapek-data (or uses the
+server at MAPEK_NATS_URL / --nats-url), creates the streams, and runs every phase of the loop
+against a simulated mesh whose nodes obey the loop's commands. A scripted series of faults
+(a degraded link, a CPU hog, a flapping link, a node crash, a partition) plays out over two
+minutes of simulated time; each decision, action and outcome is printed as it happens, and a
+summary ends the run.";
+
+/// One line for the screen, from whichever stream it came.
+enum Seen {
+    Symptom(Symptom),
+    Decision(Decision),
+    Action(ActionResult),
+    Outcome(Outcome),
+}
+
+async fn forward<E: AvroEvent + Send + 'static>(
+    js: JetStream,
+    wrap: fn(E) -> Seen,
+    tx: mpsc::UnboundedSender<Seen>,
+    since: time::OffsetDateTime,
+) -> anyhow::Result<()> {
+    let config = SubscriberConfig {
+        node: None,
+        start: StartAt::Since(since),
+    };
+    let mut sub = Subscriber::<E>::open(&js, config).await?;
+    while let Some(received) = sub.next().await {
+        if let Ok(event) = received?.event
+            && tx.send(wrap(event)).is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `mapek demo`.
+pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    // The embedded server lives as long as this function: dropping it stops the child.
+    let (_embedded, url) = if settings.nats_url_given {
+        (None, settings.nats_url.clone())
+    } else {
+        let nats = EmbeddedNats::start(&args.data_dir.join("nats"))?;
+        let url = nats.url().to_owned();
+        (Some(nats), url)
+    };
+    let js = mapek_bus::connect(&url).await?;
+    let client = mapek_bus::connect_client(&url).await?;
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin()).await?;
+
+    let script = default_script(args.nodes);
+    let mesh = Mesh::new(
+        MeshConfig {
+            nodes: args.nodes,
+            ..MeshConfig::default()
+        },
+        args.seed,
+    )?
+    .with_faults(&script)?;
+    let last_fault_ends = script
+        .fault
+        .iter()
+        .map(|f| f.start_s() + f.duration_s().unwrap_or(15.0))
+        .fold(0.0, f64::max);
+    // Time for the last incident to resolve (a window of clean samples) after its fault ends.
+    let simulated_s = last_fault_ends + 30.0;
+    let wall = Duration::from_secs_f64(simulated_s / args.speed.max(0.1));
+
+    println!(
+        "mapek demo: {} simulated nodes (seed {}), NATS at {url}, simulated time {:.0}x",
+        args.nodes, args.seed, args.speed
+    );
+    for fault in &script.fault {
+        println!("  fault at {:>5.0} s: {}", fault.start_s(), describe(fault));
+    }
+    println!(
+        "  running for {:.0} s of simulated time ({:.0} s here)\n",
+        simulated_s,
+        wall.as_secs_f64()
+    );
+
+    let mut file = settings.file.clone();
+    // A crash lasts 15 s in the script: judge silence after 10 s of simulated time.
+    file.analyze.silent_after_ms = 10_000;
+    let demo_settings = Settings {
+        nats_url: url.clone(),
+        nats_url_given: true,
+        file,
+    };
+    let workers = Loop::from_settings(
+        None,
+        Some(format!("demo-{}", std::process::id())),
+        &demo_settings,
+    )?;
+
+    let shutdown = Shutdown::on_ctrl_c(Some(wall));
+    let since = time::OffsetDateTime::now_utc();
+    let start_ms = now_ms();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut viewers = JoinSet::new();
+    viewers.spawn(forward::<Symptom>(
+        js.clone(),
+        Seen::Symptom,
+        tx.clone(),
+        since,
+    ));
+    viewers.spawn(forward::<Decision>(
+        js.clone(),
+        Seen::Decision,
+        tx.clone(),
+        since,
+    ));
+    viewers.spawn(forward::<ActionResult>(
+        js.clone(),
+        Seen::Action,
+        tx.clone(),
+        since,
+    ));
+    viewers.spawn(forward::<Outcome>(js.clone(), Seen::Outcome, tx, since));
+
+    let mut tasks = JoinSet::new();
+    workers.spawn(&js, PhaseArg::All, &shutdown, &mut tasks);
+    let sim_stop = shutdown.clone();
+    let hz = args.speed.max(0.1);
+    let sim = tokio::spawn(mapek_sim::run_faster(
+        js.clone(),
+        client,
+        mesh,
+        hz,
+        1000,
+        start_ms,
+        sim_stop.wait(),
+    ));
+
+    let mut tally = Tally::default();
+    let done = shutdown.clone().wait();
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            seen = rx.recv() => match seen {
+                Some(seen) => tally.show(seen, start_ms),
+                None => break,
+            },
+            () = &mut done => break,
+        }
+    }
+    let report = sim.await??;
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            eprintln!("error: {e:#}");
+        }
+    }
+    // What was stored just before the stop is still on its way to the screen.
+    while let Ok(Some(seen)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        tally.show(seen, start_ms);
+    }
+    viewers.abort_all();
+    println!("\n{}", tally.summary(report.ticks, report.commands));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(fault: &Fault) -> String {
+    match fault {
+        Fault::LinkDegradation {
+            a,
+            b,
+            added_latency_ms,
+            added_loss,
+            ..
+        } => format!(
+            "link {a}-{b} degrades (+{added_latency_ms} ms, +{:.0}% loss)",
+            added_loss * 100.0
+        ),
+        Fault::NodeCrash { node, .. } => format!("node {node} crashes"),
+        Fault::CpuHog { node, .. } => format!("a hung service spins {node}'s CPU"),
+        Fault::FlappingLink { a, b, .. } => format!("link {a}-{b} flaps"),
+        Fault::Partition { nodes, .. } => format!(
+            "nodes {} are cut off",
+            nodes
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// What the demo saw, for the running display and the summary.
+#[derive(Default)]
+struct Tally {
+    symptoms: BTreeMap<String, Symptom>,
+    opened: u64,
+    resolved: u64,
+    decisions: u64,
+    applied: u64,
+    refused: u64,
+    failed: u64,
+    outcomes_resolved: u64,
+    outcomes_unresolved: u64,
+    recovery_ms: Vec<i64>,
+}
+
+impl Tally {
+    fn show(&mut self, seen: Seen, start_ms: i64) {
+        let at = |ts: i64| format!("t+{:>5.1}s", (ts - start_ms) as f64 / 1000.0);
+        match seen {
+            Seen::Symptom(s) => {
+                match s.state {
+                    SymptomState::Open => self.opened += 1,
+                    SymptomState::Resolve => self.resolved += 1,
+                    SymptomState::Update => {}
+                }
+                if s.state != SymptomState::Update {
+                    println!(
+                        "{}  {:<5}  {:<9} {:<18} {}",
+                        at(s.ts_ms),
+                        s.node,
+                        s.state.as_str().to_uppercase(),
+                        s.kind.as_str(),
+                        s.summary
+                    );
+                }
+                self.symptoms.insert(s.symptom_id.clone(), s);
+            }
+            Seen::Decision(d) => {
+                self.decisions += 1;
+                let action = match (&d.action.peer, &d.action.service) {
+                    (Some(p), _) => format!("{} {p}", d.action.kind.as_str()),
+                    (_, Some(s)) => format!("{} {s}", d.action.kind.as_str()),
+                    _ => d.action.kind.as_str().to_owned(),
+                };
+                println!(
+                    "{}  {:<5}  DECIDE    {:<18} {}",
+                    at(d.ts_ms),
+                    d.node,
+                    action,
+                    d.reason
+                );
+            }
+            Seen::Action(r) => {
+                match r.status {
+                    ActionStatus::Applied => self.applied += 1,
+                    ActionStatus::Refused => self.refused += 1,
+                    ActionStatus::Failed => self.failed += 1,
+                }
+                let detail = if r.reason.is_empty() {
+                    format!("{} attempt(s)", r.attempts)
+                } else {
+                    r.reason.clone()
+                };
+                println!(
+                    "{}  {:<5}  {:<9} {:<18} {}",
+                    at(r.ts_ms),
+                    r.node,
+                    r.status.as_str().to_uppercase(),
+                    r.action.kind.as_str(),
+                    detail
+                );
+            }
+            Seen::Outcome(o) => {
+                match o.result {
+                    OutcomeResult::Resolved => self.outcomes_resolved += 1,
+                    OutcomeResult::NotResolved => self.outcomes_unresolved += 1,
+                }
+                if let Some(ms) = o.recovery_ms {
+                    self.recovery_ms.push(ms);
+                }
+                println!(
+                    "{}  {:<5}  OUTCOME   {:<18} {}",
+                    at(o.ts_ms),
+                    o.node,
+                    o.result.as_str(),
+                    o.detail
+                );
+            }
+        }
+    }
+
+    fn summary(&self, ticks: u64, commands: u64) -> String {
+        let mttr = if self.recovery_ms.is_empty() {
+            "no recovery measured".to_owned()
+        } else {
+            let mean = self.recovery_ms.iter().sum::<i64>() as f64 / self.recovery_ms.len() as f64;
+            format!(
+                "mean time to recover {:.1} s of simulated time",
+                mean / 1000.0
+            )
+        };
+        format!(
+            "summary: {} incidents opened, {} resolved; {} decisions; actions: {} applied, {} \
+             refused, {} failed; outcomes: {} resolved, {} not resolved; {mttr}. \
+             ({ticks} ticks simulated, {commands} commands answered by the mesh)",
+            self.opened,
+            self.resolved,
+            self.decisions,
+            self.applied,
+            self.refused,
+            self.failed,
+            self.outcomes_resolved,
+            self.outcomes_unresolved
+        )
+    }
+}
