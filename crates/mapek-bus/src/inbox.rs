@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mapek_codec::AvroEvent;
 use mapek_domain::Phase;
 
@@ -33,13 +33,14 @@ pub struct InboxConfig {
 }
 
 impl InboxConfig {
-    /// A config for the durable consumer `durable`, with a batch of 256 and a 30 s ack wait.
+    /// A config for the durable consumer `durable`, with a batch of 256 and a 10 s ack wait
+    /// (how long a message taken by a worker that died waits before it is delivered again).
     pub fn new(durable: impl Into<String>) -> Self {
         Self {
             durable: durable.into(),
             filter: None,
             batch: 256,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(10),
         }
     }
 }
@@ -82,6 +83,7 @@ impl<E> Delivery<E> {
 /// A durable consumer of one phase that yields decoded events and dead-letters the rest.
 pub struct Inbox<E> {
     consumer: PullConsumer,
+    messages: pull::Stream,
     dead_letters: DeadLetters,
     phase: Phase,
     batch: usize,
@@ -114,8 +116,17 @@ impl<E: AvroEvent> Inbox<E> {
             )
             .await
             .map_err(|e| failed(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(config.batch.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         Ok(Self {
             consumer,
+            messages,
             dead_letters: DeadLetters::new(js.clone()),
             phase,
             batch: config.batch.max(1),
@@ -127,42 +138,60 @@ impl<E: AvroEvent> Inbox<E> {
     /// Fetches up to a batch of messages, waiting at most `max_wait` for the first. Returns
     /// the good ones decoded; the bad ones are already dead-lettered and terminated.
     pub async fn next_batch(&mut self, max_wait: Duration) -> Result<Vec<Delivery<E>>, BusError> {
-        let failed = |detail: String| BusError::Consumer {
-            stream: self.phase.stream().to_owned(),
-            detail,
-        };
-        let mut messages = self
-            .consumer
-            .fetch()
-            .max_messages(self.batch)
-            .expires(max_wait)
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        // Wait for the first message, then take whatever else has already arrived, up to a
+        // batch: a quiet stream costs one open pull request, a busy one is read in batches,
+        // and no message waits for a batch to fill.
         let mut good = Vec::new();
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| failed(e.to_string()))?;
-            let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let decoded = headers::decode_body::<E>(message.headers.as_ref(), &message.payload);
-            match decoded {
-                Ok(event) => good.push(Delivery {
-                    event,
-                    stream_seq,
-                    message,
-                }),
-                Err(e) => {
-                    self.dead_letters
-                        .reject(self.phase, &message, e.to_string())
-                        .await?;
-                    message
-                        .ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| failed(format!("terminating a dead letter: {e}")))?;
-                    self.rejected += 1;
-                }
+        let first = match tokio::time::timeout(max_wait, self.messages.next()).await {
+            Err(_) => return Ok(good),
+            Ok(None) => return Err(self.failed("the consumer's message stream ended".into())),
+            Ok(Some(m)) => m,
+        };
+        self.take(first, &mut good).await?;
+        let mut taken = 1;
+        while taken < self.batch {
+            match self.messages.next().now_or_never() {
+                Some(Some(m)) => self.take(m, &mut good).await?,
+                _ => break,
             }
+            taken += 1;
         }
         Ok(good)
+    }
+
+    fn failed(&self, detail: String) -> BusError {
+        BusError::Consumer {
+            stream: self.phase.stream().to_owned(),
+            detail,
+        }
+    }
+
+    /// Decodes one message into `good`, or dead-letters it.
+    async fn take(
+        &mut self,
+        message: Result<Message, pull::MessagesError>,
+        good: &mut Vec<Delivery<E>>,
+    ) -> Result<(), BusError> {
+        let message = message.map_err(|e| self.failed(e.to_string()))?;
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        match headers::decode_body::<E>(message.headers.as_ref(), &message.payload) {
+            Ok(event) => good.push(Delivery {
+                event,
+                stream_seq,
+                message,
+            }),
+            Err(e) => {
+                self.dead_letters
+                    .reject(self.phase, &message, e.to_string())
+                    .await?;
+                message
+                    .ack_with(AckKind::Term)
+                    .await
+                    .map_err(|e| self.failed(format!("terminating a dead letter: {e}")))?;
+                self.rejected += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The stream sequence up to which every message has been acknowledged: where a worker
@@ -173,6 +202,14 @@ impl<E: AvroEvent> Inbox<E> {
             detail: e.to_string(),
         })?;
         Ok(info.ack_floor.stream_sequence)
+    }
+
+    /// Stops reading: messages already delivered to this inbox but not handed out are given
+    /// back at once (not after the ack wait), so whoever takes over gets them without delay.
+    pub async fn close(mut self) {
+        while let Some(Some(Ok(message))) = self.messages.next().now_or_never() {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
     }
 
     /// How many messages this inbox has dead-lettered.

@@ -90,7 +90,10 @@ pub async fn run_stage<S: Stage>(
     loop {
         let batch = tokio::select! {
             batch = inbox.next_batch(config.fetch_wait) => batch?,
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                inbox.close().await;
+                break;
+            }
         };
         for delivery in &batch {
             for out in stage.step(&delivery.event) {

@@ -1,0 +1,306 @@
+//! The loop under load, on one machine.
+//!
+//! `cargo bench -p mapek --bench loop_cycle` (MAPEK_BENCH_SECONDS sets the length of part 1,
+//! default 60; MAPEK_BENCH_BURST the events of part 2, default 200 000).
+//!
+//! 1. Cycle time: 1 000 simulated nodes at 10 Hz for 60 s, with a link degrading every 2 s
+//!    somewhere in the mesh, through the analyze and plan workers (8 partitions each, in this
+//!    process). For every decision, the time from the moment the server stored the telemetry
+//!    that tipped the detector to the moment it stored the decision: p50 and p99. The
+//!    analyze consumers' backlog is sampled every second; its maximum shows whether the loop
+//!    keeps up.
+//! 2. Sustained rate: a burst of telemetry published as fast as possible while the workers
+//!    run; the loop's rate is the burst size over the time until analyze has acknowledged all
+//!    of it. The raw baseline, in the same run, is async-nats JetStream publishing the same
+//!    bytes with the same Nats-Msg-Id and nothing consuming them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, headers, streams};
+use mapek_domain::{AnalyzeConfig, Analyzer, Decision, NodeId, Policy, Symptom, Telemetry};
+use mapek_loop::lease::run_partitioned;
+use mapek_loop::plan::PlanStage;
+use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
+use mapek_testkit::NatsServer;
+use tokio::sync::watch;
+
+const NODES: usize = 1000;
+const HZ: f64 = 10.0;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fresh_streams(js: &JetStream) {
+    for def in streams::builtin() {
+        let _ = js.delete_stream(def.name()).await;
+    }
+    let _ = js.delete_key_value(mapek_loop::lease::BUCKET).await;
+    streams::apply(js, &streams::builtin()).await.unwrap();
+}
+
+/// Starts analyze and plan workers; they stop when `stop` turns true.
+fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let analyze = tokio::spawn(run_partitioned(
+        js.clone(),
+        "analyze",
+        8,
+        "bench".into(),
+        mapek_loop::lease::DEFAULT_TTL,
+        |_| Analyzer::new(AnalyzeConfig::default()),
+        wait(stop.clone()),
+    ));
+    let plan = tokio::spawn(run_partitioned(
+        js.clone(),
+        "plan",
+        8,
+        "bench".into(),
+        mapek_loop::lease::DEFAULT_TTL,
+        |_| PlanStage::without_knowledge(Policy::builtin()),
+        wait(stop.clone()),
+    ));
+    vec![
+        tokio::spawn(async move {
+            analyze.await.unwrap().unwrap();
+        }),
+        tokio::spawn(async move {
+            plan.await.unwrap().unwrap();
+        }),
+    ]
+}
+
+/// Messages the analyze consumers have yet to take.
+async fn analyze_backlog(js: &JetStream) -> u64 {
+    let mut stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
+    let mut total = 0;
+    for p in 0..8 {
+        if let Ok(info) = stream.consumer_info(format!("analyze-p{p}")).await {
+            total += info.num_pending + info.num_ack_pending as u64;
+        } else {
+            // Not created yet: everything in that partition is backlog, counted when it is.
+        }
+    }
+    let _ = stream.info().await;
+    total
+}
+
+async fn wait_drained(js: &JetStream) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while analyze_backlog(js).await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stored_times<E: mapek_codec::AvroEvent>(
+    js: &JetStream,
+    key: impl Fn(&E) -> String,
+) -> HashMap<String, (time::OffsetDateTime, E)> {
+    let mut sub = Subscriber::<E>::open_subject(js, E::PHASE.stored_filter(None), StartAt::All)
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for _ in 0..sub.pending_at_start() {
+        let r = sub.next().await.unwrap().unwrap();
+        if let Ok(e) = r.event {
+            out.insert(key(&e), (r.stored, e));
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
+    fresh_streams(js).await;
+    let script = FaultScript {
+        fault: (0..seconds / 2)
+            .map(|k| {
+                let a = (k * 37) % NODES;
+                Fault::LinkDegradation {
+                    start_s: 2.0 + 2.0 * k as f64,
+                    duration_s: Some(6.0),
+                    a: NodeId::new(format!("n{a}")).unwrap(),
+                    b: NodeId::new(format!("n{}", (a + 1) % NODES)).unwrap(),
+                    added_latency_ms: 150.0,
+                    added_loss: 0.3,
+                }
+            })
+            .collect(),
+    };
+    let mesh = Mesh::new(
+        MeshConfig {
+            nodes: NODES,
+            ..MeshConfig::default()
+        },
+        7,
+    )
+    .unwrap()
+    .with_faults(&script)
+    .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = start_loop(js, &stop_rx);
+    let (sim_tx, mut sim_rx) = watch::channel(false);
+    let client = mapek_bus::connect_client(url).await.unwrap();
+    let start_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let sim = tokio::spawn(mapek_sim::run(
+        js.clone(),
+        client,
+        mesh,
+        HZ,
+        start_ms,
+        async move {
+            let _ = sim_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let mut max_backlog = 0;
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        max_backlog = max_backlog.max(analyze_backlog(js).await);
+    }
+    sim_tx.send(true).unwrap();
+    let report = sim.await.unwrap().unwrap();
+    wait_drained(js).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let decisions = stored_times::<Decision>(js, |d| d.decision_id.clone()).await;
+    let symptoms = stored_times::<Symptom>(js, |s| s.symptom_id.clone()).await;
+    let telemetry = stored_times::<Telemetry>(js, |t| t.event_id.clone()).await;
+    let ms = |d: time::Duration| d.as_seconds_f64() * 1000.0;
+    let legs: Vec<(f64, f64)> = decisions
+        .values()
+        .filter_map(|(decided, d)| {
+            let (found, symptom) = symptoms.get(&d.symptom_id)?;
+            let (sampled, _) = telemetry.get(&symptom.caused_by)?;
+            Some((ms(*found - *sampled), ms(*decided - *found)))
+        })
+        .collect();
+    let mut cycles: Vec<f64> = legs.iter().map(|(a, b)| a + b).collect();
+    let mut analyze: Vec<f64> = legs.iter().map(|(a, _)| *a).collect();
+    let mut plan: Vec<f64> = legs.iter().map(|(_, b)| *b).collect();
+    for v in [&mut cycles, &mut analyze, &mut plan] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    println!(
+        "1. cycle time, {NODES} nodes at {HZ} Hz for {seconds} s ({} telemetry events, {} symptoms, {} decisions):",
+        report.published.acked,
+        symptoms.len(),
+        decisions.len()
+    );
+    println!(
+        "   telemetry stored -> decision stored: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p50 <= 2, p99 <= 10)",
+        percentile(&cycles, 0.5),
+        percentile(&cycles, 0.99),
+        cycles.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "   of which telemetry -> symptom p50 {:.2} ms, symptom -> decision p50 {:.2} ms",
+        percentile(&analyze, 0.5),
+        percentile(&plan, 0.5)
+    );
+    println!("   analyze backlog, sampled each second: at most {max_backlog} messages");
+}
+
+async fn sustained_rate(js: &JetStream, burst: usize) {
+    let mut mesh = Mesh::new(
+        MeshConfig {
+            nodes: NODES,
+            ..MeshConfig::default()
+        },
+        7,
+    )
+    .unwrap();
+    let mut events = Vec::with_capacity(burst);
+    let mut tick = 0i64;
+    while events.len() < burst {
+        events.extend(mesh.tick(1_795_867_200_000 + tick * 100));
+        tick += 1;
+    }
+    events.truncate(burst);
+    let messages: Vec<(String, String, Bytes)> = events
+        .iter()
+        .map(|e| {
+            (
+                format!("mapek.monitor.{}", e.node),
+                e.event_id.clone(),
+                Bytes::from(mapek_codec::encode(e).unwrap()),
+            )
+        })
+        .collect();
+
+    // Raw: the same bytes, the same dedup header, nobody consuming.
+    fresh_streams(js).await;
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    for (subject, id, payload) in &messages {
+        if in_flight.len() >= 1024 {
+            let ack: async_nats::jetstream::context::PublishAckFuture =
+                in_flight.pop_front().unwrap();
+            ack.await.unwrap();
+        }
+        let mut h = HeaderMap::new();
+        h.insert(headers::MSG_ID, id.as_str());
+        in_flight.push_back(
+            js.publish_with_headers(subject.clone(), h, payload.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in in_flight {
+        ack.await.unwrap();
+    }
+    let raw = burst as f64 / start.elapsed().as_secs_f64();
+
+    // The loop: publish through the library while analyze and plan run; done when analyze
+    // has acknowledged every event.
+    fresh_streams(js).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = start_loop(js, &stop_rx);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
+    let start = Instant::now();
+    let mut publisher = Publisher::new(js.clone());
+    for e in &events {
+        publisher.publish(e).await.unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+    wait_drained(js).await;
+    let looped = burst as f64 / start.elapsed().as_secs_f64();
+    stop_tx.send(true).unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    println!("2. sustained rate, a burst of {burst} telemetry events from {NODES} nodes:");
+    println!("   raw JetStream publish, same bytes and Nats-Msg-Id: {raw:>9.0} events/s");
+    println!("   published and analyzed by the loop:               {looped:>9.0} events/s");
+    println!("   ratio loop/raw: {:.2} (goal >= 0.5)", looped / raw);
+}
+
+fn main() {
+    let seconds = env("MAPEK_BENCH_SECONDS", 60);
+    let burst = env("MAPEK_BENCH_BURST", 200_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = NatsServer::start();
+        let js = mapek_bus::connect(&server.url()).await.unwrap();
+        println!("loop_cycle: nats-server and the loop on the same 2-core machine");
+        cycle_time(&js, &server.url(), seconds).await;
+        sustained_rate(&js, burst).await;
+    });
+}
