@@ -27,7 +27,9 @@ use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
 use mapek_testkit::NatsServer;
 use tokio::sync::watch;
 
-const NODES: usize = 1000;
+fn nodes() -> usize {
+    env("MAPEK_BENCH_NODES", 1000)
+}
 const HZ: f64 = 10.0;
 
 fn env(name: &str, default: usize) -> usize {
@@ -129,12 +131,12 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
     let script = FaultScript {
         fault: (0..seconds / 2)
             .map(|k| {
-                let a = (k * 37) % NODES;
+                let a = (k * 37) % nodes();
                 Fault::LinkDegradation {
                     start_s: 2.0 + 2.0 * k as f64,
                     duration_s: Some(6.0),
                     a: NodeId::new(format!("n{a}")).unwrap(),
-                    b: NodeId::new(format!("n{}", (a + 1) % NODES)).unwrap(),
+                    b: NodeId::new(format!("n{}", (a + 1) % nodes())).unwrap(),
                     added_latency_ms: 150.0,
                     added_loss: 0.3,
                 }
@@ -143,7 +145,7 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
     };
     let mesh = Mesh::new(
         MeshConfig {
-            nodes: NODES,
+            nodes: nodes(),
             ..MeshConfig::default()
         },
         7,
@@ -199,7 +201,8 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
         v.sort_by(|a, b| a.total_cmp(b));
     }
     println!(
-        "1. cycle time, {NODES} nodes at {HZ} Hz for {seconds} s ({} telemetry events, {} symptoms, {} decisions):",
+        "1. cycle time, {} nodes at {HZ} Hz for {seconds} s ({} telemetry events, {} symptoms, {} decisions):",
+        nodes(),
         report.published.acked,
         symptoms.len(),
         decisions.len()
@@ -221,7 +224,7 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
 async fn sustained_rate(js: &JetStream, burst: usize) {
     let mut mesh = Mesh::new(
         MeshConfig {
-            nodes: NODES,
+            nodes: nodes(),
             ..MeshConfig::default()
         },
         7,
@@ -286,7 +289,10 @@ async fn sustained_rate(js: &JetStream, burst: usize) {
     for w in workers {
         w.await.unwrap();
     }
-    println!("2. sustained rate, a burst of {burst} telemetry events from {NODES} nodes:");
+    println!(
+        "2. sustained rate, a burst of {burst} telemetry events from {} nodes:",
+        nodes()
+    );
     println!("   raw JetStream publish, same bytes and Nats-Msg-Id: {raw:>9.0} events/s");
     println!("   published and analyzed by the loop:               {looped:>9.0} events/s");
     println!("   ratio loop/raw: {:.2} (goal >= 0.5)", looped / raw);

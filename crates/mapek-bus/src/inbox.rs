@@ -55,7 +55,8 @@ pub struct Delivery<E> {
 }
 
 impl<E> Delivery<E> {
-    /// Acknowledges it: the consumer will not deliver it again.
+    /// Acknowledges it and every delivery before it (the consumer acknowledges cumulatively,
+    /// as a worker handles its input in order): none of them will be delivered again.
     pub async fn ack(&self) -> Result<(), BusError> {
         self.message.ack().await.map_err(|e| BusError::Consumer {
             stream: String::new(),
@@ -109,7 +110,8 @@ impl<E: AvroEvent> Inbox<E> {
                 pull::Config {
                     durable_name: Some(config.durable.clone()),
                     filter_subject: config.filter.clone().unwrap_or_default(),
-                    ack_policy: AckPolicy::Explicit,
+                    // Cumulative acks: one per batch instead of one per message.
+                    ack_policy: AckPolicy::All,
                     ack_wait: config.ack_wait,
                     ..Default::default()
                 },

@@ -112,8 +112,9 @@ pub async fn run_stage<S: Stage>(
                 ),
             });
         }
-        for delivery in &batch {
-            delivery.ack().await?;
+        // One cumulative ack covers the whole batch.
+        if let Some(last) = batch.last() {
+            last.ack().await?;
         }
         stats.processed += batch.len() as u64;
     }
