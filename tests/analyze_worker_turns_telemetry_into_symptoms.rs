@@ -167,3 +167,32 @@ async fn a_worker_restarted_mid_incident_emits_every_symptom_once() {
     );
     assert!(symptoms.iter().any(|s| s.state == SymptomState::Resolve));
 }
+
+#[tokio::test]
+async fn malformed_telemetry_is_dead_lettered_and_the_loop_goes_on() {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    let (first, second) = telemetry.split_at(10);
+    publish(&js, first).await;
+    for junk in [&b"not avro"[..], &[0xC3, 0x01, 1, 2, 3]] {
+        js.publish("mapek.monitor.n1", bytes::Bytes::copy_from_slice(junk))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    publish(&js, second).await;
+    run_until_caught_up(&js).await;
+
+    assert_eq!(stored_symptoms(&js).await, expected(&telemetry));
+    let dlq = js
+        .get_stream("MAPEK_DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dlq, 2);
+}
