@@ -9,9 +9,6 @@ use tokio::time::MissedTickBehavior;
 
 use crate::{Mesh, SimError};
 
-/// How many parts a tick's samples are published in, spread over the tick.
-const SLICES: u32 = 10;
-
 /// What a run came to.
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
@@ -32,7 +29,7 @@ pub struct RunReport {
 /// Tick `k` carries event time `start_ms + k * period`, with the period `1000 / hz` ms
 /// rounded to whole milliseconds (at least 1), so a run with the same seed, start and
 /// commands publishes the same events. Wall-clock pacing comes from a tokio interval; the
-/// model never reads the clock. A late tick is delayed, not skipped, so no event time is
+/// model never reads the clock. A late slice fires at once, so no event time is
 /// missing.
 pub async fn run(
     js: JetStream,
@@ -72,9 +69,13 @@ pub async fn run_faster(
     let wall_period = Duration::from_secs_f64(1.0 / hz);
     let mut commands = Commands::subscribe(&client, None).await?;
     let mut publisher = Publisher::new(js);
-    let mut interval = tokio::time::interval(wall_period / SLICES);
+    // Real nodes report at their own moment in the period: publish a tick's samples in slices
+    // of at least a millisecond each, up to 100 a tick.
+    let slices = (wall_period.as_millis() as u32).clamp(1, 100);
+    let mut interval = tokio::time::interval(wall_period / slices);
     let (mut slice, mut per_slice, mut pending) = (0u32, 0usize, std::collections::VecDeque::new());
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A late slice fires at once: event time comes from the tick count, never the clock.
+    interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut report = RunReport::default();
     tokio::pin!(shutdown);
     loop {
@@ -87,12 +88,12 @@ pub async fn run_faster(
                     let t_ms = start_ms + report.ticks as i64 * period_ms;
                     report.ticks += 1;
                     pending.extend(mesh.tick(t_ms));
-                    per_slice = pending.len().div_ceil(SLICES as usize);
+                    per_slice = pending.len().div_ceil(slices as usize);
                 }
                 for sample in pending.drain(..per_slice.min(pending.len())) {
                     publisher.publish(&sample).await?;
                 }
-                slice = (slice + 1) % SLICES;
+                slice = (slice + 1) % slices;
             }
             incoming = commands.next() => {
                 let Some(incoming) = incoming else { break };
