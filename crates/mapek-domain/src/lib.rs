@@ -15,9 +15,12 @@
 //!   hysteresis that turn telemetry into symptoms.
 //! - [`plan`]: the plan phase, [`Planner`]: a TOML [`Policy`], cooldowns and blast radius
 //!   from past decisions, and past incidents ([`KnowledgeView`]) turn symptoms into decisions.
+//! - [`execute`]: the execute phase, [`Interlocks`] (lease, cooldown, rate limit, blast
+//!   radius, dry run, approval) and [`Evaluator`], which turns applied actions into outcomes.
 
 pub mod analyze;
 pub mod event;
+pub mod execute;
 pub mod id;
 pub mod invalid;
 pub mod node;
@@ -29,6 +32,7 @@ pub use event::{
     Action, ActionKind, ActionResult, ActionStatus, Decision, Event, LinkSample, Neighbour,
     Outcome, OutcomeResult, Rejected, Symptom, SymptomKind, SymptomState, Telemetry,
 };
+pub use execute::{Evaluator, ExecuteConfig, Interlocks};
 pub use id::EventId;
 pub use invalid::Invalid;
 pub use node::NodeId;

@@ -1,0 +1,306 @@
+//! The interlocks every action passes before it reaches a node, and the state they are judged
+//! from: a fold of the action results.
+//!
+//! The state is folded from [`ActionResult`]s ([`Interlocks::apply`]), in log order, plus the
+//! leases the executor takes while a command is out ([`Interlocks::begin`]). Time is the
+//! decision's event time (`ts_ms`), never a clock, so the same log gives the same verdicts.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use super::{ExecuteConfig, secs};
+use crate::{ActionKind, ActionResult, ActionStatus, Decision, NodeId};
+
+/// How long the ids of decisions already acted on are remembered, in ms of event time, at
+/// least: a decision delivered again within that time (a crash before its ack) is recognised
+/// and not acted on twice.
+pub const REMEMBER_MS: i64 = 24 * 3600 * 1000;
+
+/// The interlocks, in the order they are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Interlock {
+    /// Another action is in flight on the node.
+    Lease,
+    /// The node had an action applied too recently.
+    Cooldown,
+    /// Too many actions were applied within the window, over all nodes.
+    RateLimit,
+    /// Too many nodes would be under action at once.
+    BlastRadius,
+    /// The executor records what it would do and sends nothing.
+    DryRun,
+    /// The action waits for a human's approval.
+    Approval,
+}
+
+impl Interlock {
+    /// Its name in reasons and docs: `lease`, `cooldown`, `rate limit`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interlock::Lease => "lease",
+            Interlock::Cooldown => "cooldown",
+            Interlock::RateLimit => "rate limit",
+            Interlock::BlastRadius => "blast radius",
+            Interlock::DryRun => "dry run",
+            Interlock::Approval => "approval",
+        }
+    }
+}
+
+/// Why an interlock stopped an action: which one, and a sentence for the operator that starts
+/// with its name (`cooldown: n7 had restart_service applied 12.0 s ago, cooldown is 60 s`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The first interlock that failed.
+    pub interlock: Interlock,
+    /// Why, in one readable sentence.
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// An action that reached a node (or would have, in dry-run), remembered for the rate limit
+/// and the blast radius.
+#[derive(Clone, Debug, PartialEq)]
+struct Applied {
+    ts_ms: i64,
+    node: NodeId,
+}
+
+/// A command out to a node, not yet recorded.
+#[derive(Clone, Debug, PartialEq)]
+struct Lease {
+    decision_id: String,
+    kind: ActionKind,
+}
+
+/// The interlocks' state: leases, the last action applied to each node, the actions applied
+/// recently, and which decisions were already acted on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interlocks {
+    config: ExecuteConfig,
+    /// The highest event time folded.
+    watermark: Option<i64>,
+    /// Every node named by a result or a lease.
+    nodes: BTreeSet<NodeId>,
+    leases: BTreeMap<NodeId, Lease>,
+    /// The latest applied action on each node: when, and what.
+    last: BTreeMap<NodeId, (i64, ActionKind)>,
+    /// Node-touching actions applied within the retention, in log order.
+    applied: VecDeque<Applied>,
+    /// Decisions already acted on (any status), with their time.
+    done: BTreeMap<String, i64>,
+}
+
+impl Interlocks {
+    /// No history, judged by `config`.
+    pub fn new(config: ExecuteConfig) -> Self {
+        Self {
+            config,
+            watermark: None,
+            nodes: BTreeSet::new(),
+            leases: BTreeMap::new(),
+            last: BTreeMap::new(),
+            applied: VecDeque::new(),
+            done: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration it judges by.
+    pub fn config(&self) -> &ExecuteConfig {
+        &self.config
+    }
+
+    /// Checks `decision` against every interlock in order (lease, cooldown, rate limit,
+    /// blast radius, dry run, approval) and returns the first that fails. `approved` says
+    /// whether a human approved this decision; it matters only when the config asks for it.
+    ///
+    /// An escalation touches no node and passes every interlock.
+    pub fn check(&self, decision: &Decision, approved: bool) -> Result<(), Refusal> {
+        let kind = decision.action.kind;
+        if kind == ActionKind::Escalate {
+            return Ok(());
+        }
+        let node = &decision.node;
+        let now = decision.ts_ms;
+        let refuse = |interlock: Interlock, why: String| {
+            Err(Refusal {
+                interlock,
+                reason: format!("{}: {why}", interlock.as_str()),
+            })
+        };
+        if let Some(lease) = self.leases.get(node)
+            && lease.decision_id != decision.decision_id
+        {
+            return refuse(
+                Interlock::Lease,
+                format!(
+                    "{node} has {} in flight (decision {})",
+                    lease.kind.as_str(),
+                    lease.decision_id
+                ),
+            );
+        }
+        if let Some(&(at, what)) = self.last.get(node) {
+            let ago = now - at;
+            if ago < self.config.cooldown_ms {
+                return refuse(
+                    Interlock::Cooldown,
+                    format!(
+                        "{node} had {} applied {:.1} s ago, cooldown is {}",
+                        what.as_str(),
+                        ago as f64 / 1000.0,
+                        secs(self.config.cooldown_ms)
+                    ),
+                );
+            }
+        }
+        let rate = &self.config.rate_limit;
+        let recent = self.applied_since(now - rate.window_ms).count();
+        if recent >= rate.max_actions as usize {
+            return refuse(
+                Interlock::RateLimit,
+                format!(
+                    "{recent} actions applied in the last {}, the limit is {} per {}",
+                    secs(rate.window_ms),
+                    rate.max_actions,
+                    secs(rate.window_ms)
+                ),
+            );
+        }
+        let busy = self.under_action(now);
+        let allowed = self.blast_limit();
+        if !busy.contains(node) && busy.len() + 1 > allowed {
+            let names: Vec<&str> = busy.iter().map(|n| n.as_str()).collect();
+            return refuse(
+                Interlock::BlastRadius,
+                format!(
+                    "{} of {} known nodes are under action ({}), the limit is {}% ({} {})",
+                    busy.len(),
+                    self.known_nodes(),
+                    names.join(", "),
+                    self.config.blast_radius * 100.0,
+                    allowed,
+                    if allowed == 1 { "node" } else { "nodes" }
+                ),
+            );
+        }
+        if self.config.dry_run {
+            return refuse(
+                Interlock::DryRun,
+                format!("{} on {node} would be sent; nothing was", kind.as_str()),
+            );
+        }
+        if self.config.require_approval.required_for(kind) && !approved {
+            return refuse(
+                Interlock::Approval,
+                format!(
+                    "{} on {node} waits for approval: mapek approve {}",
+                    kind.as_str(),
+                    decision.decision_id
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes `decision`'s node lease while its command is out: until its result is applied,
+    /// other decisions for the node are refused by [`Interlock::Lease`].
+    pub fn begin(&mut self, decision: &Decision) {
+        self.nodes.insert(decision.node.clone());
+        self.leases.insert(
+            decision.node.clone(),
+            Lease {
+                decision_id: decision.decision_id.clone(),
+                kind: decision.action.kind,
+            },
+        );
+    }
+
+    /// Folds a result: it releases its decision's lease, marks the decision as acted on, and,
+    /// when applied (dry runs included, so a dry run is refused exactly where a live run
+    /// would be) to a node, starts the node's cooldown and counts toward the rate limit and
+    /// the blast radius. Escalations count toward none of them. Folding the same result twice
+    /// changes nothing more.
+    pub fn apply(&mut self, result: &ActionResult) {
+        self.nodes.insert(result.node.clone());
+        if self
+            .leases
+            .get(&result.node)
+            .is_some_and(|l| l.decision_id == result.decision_id)
+        {
+            self.leases.remove(&result.node);
+        }
+        let seen = self
+            .done
+            .insert(result.decision_id.clone(), result.ts_ms)
+            .is_some();
+        let touches = result.action.kind != ActionKind::Escalate;
+        if !seen && touches && result.status == ActionStatus::Applied {
+            let last = self
+                .last
+                .entry(result.node.clone())
+                .or_insert((result.ts_ms, result.action.kind));
+            if result.ts_ms >= last.0 {
+                *last = (result.ts_ms, result.action.kind);
+            }
+            self.applied.push_back(Applied {
+                ts_ms: result.ts_ms,
+                node: result.node.clone(),
+            });
+        }
+        self.watermark = Some(self.watermark.map_or(result.ts_ms, |w| w.max(result.ts_ms)));
+        self.prune();
+    }
+
+    /// Whether `decision_id` was already acted on (a result of any status was folded).
+    pub fn has_result(&self, decision_id: &str) -> bool {
+        self.done.contains_key(decision_id)
+    }
+
+    /// The nodes the blast radius is measured against: the configured count, or the nodes
+    /// seen, whichever is larger.
+    pub fn known_nodes(&self) -> usize {
+        self.config.known_nodes.max(self.nodes.len())
+    }
+
+    /// How many nodes may be under action at once: the fraction of the known nodes, rounded
+    /// down, but at least one.
+    pub fn blast_limit(&self) -> usize {
+        let n = (self.config.blast_radius * self.known_nodes() as f64).floor() as usize;
+        n.max(1)
+    }
+
+    /// The nodes under action at `now_ms`: an action applied less than the evaluation window
+    /// before (or after, if the log is out of time order), or a command out.
+    pub fn under_action(&self, now_ms: i64) -> BTreeSet<&NodeId> {
+        let since = now_ms - self.config.evaluate_window_ms;
+        self.applied_since(since)
+            .map(|a| &a.node)
+            .chain(self.leases.keys())
+            .collect()
+    }
+
+    fn applied_since(&self, since: i64) -> impl Iterator<Item = &Applied> {
+        self.applied.iter().filter(move |a| a.ts_ms > since)
+    }
+
+    /// Forgets what no later decision can be refused by.
+    fn prune(&mut self) {
+        let Some(w) = self.watermark else { return };
+        let keep = self
+            .config
+            .cooldown_ms
+            .max(self.config.rate_limit.window_ms)
+            .max(self.config.evaluate_window_ms);
+        let since = w.saturating_sub(keep);
+        self.applied.retain(|a| a.ts_ms > since);
+        self.last.retain(|_, (ts, _)| *ts > since);
+        let remember = w.saturating_sub(keep.max(REMEMBER_MS));
+        self.done.retain(|_, ts| *ts > remember);
+    }
+}

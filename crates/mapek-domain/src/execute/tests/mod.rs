@@ -1,0 +1,148 @@
+//! Given / when / then for the execute phase.
+//!
+//! Interlocks: `given(config, history)` folds earlier results into fresh [`Interlocks`];
+//! `.when(decision)` (or `.when_approved`) asks what to do with a decision; `.then_send()`,
+//! `.then_record(|result| …)`, `.then_refused(interlock, reason)` and `.then_wait()` check the
+//! verdict. The evaluator has its own harness in `evaluate.rs`. Every event made anywhere
+//! must pass its schema's own validation.
+
+mod config;
+mod evaluate;
+mod interlocks;
+
+use std::collections::BTreeMap;
+
+use super::{ExecuteConfig, Interlock, Interlocks, Verdict, applied, failed};
+use crate::{Action, ActionKind, ActionResult, ActionStatus, Decision, Event, NodeId};
+
+/// Far from any wall clock (2001-09-09), so a test that passes cannot lean on one.
+pub(super) const T0: i64 = 1_000_000_000_000;
+
+/// A node id.
+pub(super) fn id(node: &str) -> NodeId {
+    NodeId::new(node).unwrap()
+}
+
+/// A decision to take `kind` on `node`, `secs` seconds after [`T0`], named `name`.
+pub(super) fn decision(name: &str, node: &str, kind: ActionKind, secs: f64) -> Decision {
+    Decision {
+        decision_id: format!("d-{name}"),
+        symptom_id: format!("s-{name}"),
+        incident_id: format!("i-{node}"),
+        node: id(node),
+        ts_ms: T0 + (secs * 1000.0) as i64,
+        action: Action {
+            kind,
+            peer: None,
+            service: (kind == ActionKind::RestartService).then(|| "routing".to_owned()),
+            params: BTreeMap::new(),
+        },
+        rule: "test-rule".into(),
+        reason: "a test".into(),
+        policy_name: "test".into(),
+        policy_hash: "ab".repeat(32),
+        knowledge: Vec::new(),
+        prev_hash: String::new(),
+        signature: Vec::new(),
+    }
+}
+
+/// The result of `kind` applied on `node` at `secs`.
+pub(super) fn done(name: &str, node: &str, kind: ActionKind, secs: f64) -> ActionResult {
+    applied(&decision(name, node, kind, secs), 1)
+}
+
+/// The result of `kind` failed on `node` at `secs`.
+pub(super) fn failed_at(name: &str, node: &str, kind: ActionKind, secs: f64) -> ActionResult {
+    failed(&decision(name, node, kind, secs), "agent said no", 1)
+}
+
+/// Interlocks and the verdict on the latest decision.
+pub(super) struct Scenario {
+    pub(super) interlocks: Interlocks,
+    verdict: Option<Verdict>,
+}
+
+/// Interlocks with `config` that folded `history`.
+pub(super) fn given(config: ExecuteConfig, history: Vec<ActionResult>) -> Scenario {
+    let mut interlocks = Interlocks::new(config);
+    for r in &history {
+        r.validate().expect("test results are valid");
+        interlocks.apply(r);
+    }
+    Scenario {
+        interlocks,
+        verdict: None,
+    }
+}
+
+impl Scenario {
+    /// Asks about `d`, not approved.
+    pub(super) fn when(self, d: &Decision) -> Self {
+        self.ask(d, false)
+    }
+
+    /// Asks about `d`, approved by a human.
+    pub(super) fn when_approved(self, d: &Decision) -> Self {
+        self.ask(d, true)
+    }
+
+    fn ask(mut self, d: &Decision, approved: bool) -> Self {
+        let verdict = self.interlocks.handle(d, approved);
+        if let Verdict::Record(r) = &verdict {
+            r.validate()
+                .expect("every result passes its schema's checks");
+            assert_eq!(r.result_id, super::result_id(&d.decision_id));
+        }
+        self.verdict = Some(verdict);
+        self
+    }
+
+    /// Folds `r`, as the worker does with every result it records.
+    pub(super) fn and_then(mut self, r: &ActionResult) -> Self {
+        self.interlocks.apply(r);
+        self
+    }
+
+    fn verdict(&self) -> &Verdict {
+        self.verdict.as_ref().expect("call when() first")
+    }
+
+    /// Expects the command to be sent.
+    pub(super) fn then_send(self) -> Self {
+        assert_eq!(self.verdict(), &Verdict::Send);
+        self
+    }
+
+    /// Expects a result recorded without a command, and checks it.
+    pub(super) fn then_record(self, check: impl FnOnce(&ActionResult)) -> Self {
+        match self.verdict() {
+            Verdict::Record(r) => check(r),
+            other => panic!("expected a result to record, got {other:?}"),
+        }
+        self
+    }
+
+    /// Expects a refusal by `interlock`, recorded with exactly `reason`.
+    pub(super) fn then_refused(self, interlock: Interlock, reason: &str) -> Self {
+        match self.verdict() {
+            Verdict::Record(r) => {
+                assert_eq!(r.status, ActionStatus::Refused, "{r:#?}");
+                assert_eq!(r.reason, reason);
+                assert_eq!(r.attempts, 0);
+                assert!(r.reason.starts_with(interlock.as_str()), "{}", r.reason);
+            }
+            other => panic!("expected a refusal by {interlock:?}, got {other:?}"),
+        }
+        self
+    }
+
+    /// Expects the decision to wait for approval.
+    pub(super) fn then_wait(self) -> Self {
+        match self.verdict() {
+            Verdict::AwaitApproval(r) => assert_eq!(r.interlock, Interlock::Approval),
+            other => panic!("expected to wait for approval, got {other:?}"),
+        }
+        self
+    }
+}
