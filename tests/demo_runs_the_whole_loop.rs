@@ -1,0 +1,69 @@
+//! `mapek demo`, the README's first command, runs the whole loop on a simulated mesh and ends
+//! with a summary.
+
+mod common;
+
+use common::{mapek, run, stderr, stdout};
+use mapek_testkit::NatsServer;
+
+fn summary_number(summary: &str, after: &str) -> u64 {
+    let start = summary
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in {summary}"));
+    summary[..start]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number before {after:?} in {summary}"))
+}
+
+#[test]
+fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
+    let server = NatsServer::start();
+    let mut demo = mapek(&server.url());
+    demo.args(["demo", "--nodes", "32", "--speed", "20"]);
+    let out = run(demo);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    for fault in ["degrades", "hung service", "flaps", "crashes", "cut off"] {
+        assert!(
+            text.contains(fault),
+            "the script announces {fault:?}:\n{text}"
+        );
+    }
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .expect("a summary");
+    assert!(
+        summary_number(summary, "incidents opened") >= 4,
+        "{summary}"
+    );
+    assert!(summary_number(summary, "decisions") >= 4, "{summary}");
+    for kind in ["packet_loss", "cpu_saturation", "node_silent"] {
+        assert!(text.contains(kind), "{kind} is found:\n{text}");
+    }
+    assert!(
+        text.contains("DECIDE    reroute n1"),
+        "the degraded link is rerouted:\n{text}"
+    );
+}
+
+#[test]
+fn the_demo_starts_its_own_nats_server_when_none_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = mapek("unused");
+    demo.env_remove("MAPEK_NATS_URL")
+        .current_dir(dir.path())
+        .args(["demo", "--nodes", "16", "--speed", "40"]);
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        demo.env("NATS_SERVER_BIN", bin);
+    }
+    let out = run(demo);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("summary:"));
+    assert!(
+        dir.path().join("mapek-data/nats/jetstream").is_dir(),
+        "the store is under ./mapek-data"
+    );
+}
