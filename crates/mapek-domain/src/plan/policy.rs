@@ -463,17 +463,11 @@ fn field(field: impl Into<String>, why: impl Into<String>) -> PolicyError {
 }
 
 fn name(at: &str, value: &str) -> Result<(), PolicyError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
+    // The same rule as names in events: a policy's names end up in decisions.
+    crate::event::name("name", value).map_err(|_| {
         let why = format!("{value:?} must be 1 to 64 letters, digits, '_', '.' or '-'");
-        Err(field(at, why))
-    }
+        field(at, why)
+    })
 }
 
 fn params(at: &str, params: &BTreeMap<String, String>) -> Result<(), PolicyError> {
