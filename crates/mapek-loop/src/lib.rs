@@ -11,8 +11,13 @@
 //! - [`lease`]: partition leases, and [`lease::run_partitioned`], one stage per leased partition.
 //! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
 //! - [`plan`]: symptoms → decisions, with [`mapek_domain::Planner`] and a knowledge view.
+//! - [`execute`]: decisions → commands to node agents → action results, through
+//!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`].
+//! - [`evaluate`]: action results and symptoms → outcomes, with [`mapek_domain::Evaluator`].
 
 pub mod analyze;
+pub mod evaluate;
+pub mod execute;
 pub mod lease;
 pub mod plan;
 pub mod stage;

@@ -1,0 +1,76 @@
+//! With the approval gate on, an action waits until a human approves its decision
+//! (`mapek approve <decision>`), then is sent; actions that need no approval go on meanwhile.
+
+mod agent;
+
+use std::time::Duration;
+
+use agent::{
+    Running, decision, publish, quick, setup, start_agent, stored, wait_caught_up, wait_for,
+};
+use mapek_domain::ActionKind::{RateLimit, Reroute};
+use mapek_domain::execute::Approval;
+use mapek_domain::{ActionResult, ActionStatus, ExecuteConfig};
+use mapek_loop::execute;
+
+#[tokio::test]
+async fn an_action_waits_for_approval_then_is_applied() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let config = ExecuteConfig {
+        require_approval: Approval::Kinds([RateLimit].into()),
+        ..quick()
+    };
+    let worker = {
+        let (js, client) = (js.clone(), client.clone());
+        Running::start(move |shutdown| execute::run(js, client, config, shutdown))
+    };
+    // d-a needs approval; d-b, after it in the stream, does not.
+    publish(
+        &js,
+        &[
+            decision("a", "n1", RateLimit, 0),
+            decision("b", "n2", Reroute, 1),
+        ],
+    )
+    .await;
+    let first: Vec<ActionResult> = wait_for(&js, 1).await;
+    assert_eq!(first[0].decision_id, "d-b", "d-b does not wait behind d-a");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        stored::<ActionResult>(&js).await.len(),
+        1,
+        "d-a still waits"
+    );
+    assert!(!received.lock().unwrap().iter().any(|(_, d)| d == "d-a"));
+
+    execute::approve(&js, "d-a", "alice").await.unwrap();
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    wait_caught_up(&js, "MAPEK_PLAN", execute::DURABLE).await;
+    let stats = worker.stop().await.unwrap();
+
+    let a = &results[1];
+    assert_eq!(
+        (a.decision_id.as_str(), a.status),
+        ("d-a", ActionStatus::Applied)
+    );
+    assert_eq!(a.attempts, 1);
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .contains(&("n1".into(), "d-a".into()))
+    );
+    assert!(
+        stats.held >= 3,
+        "d-a was looked at again while it waited: {stats:?}"
+    );
+    assert_eq!(stats.applied, 2);
+}
+
+#[tokio::test]
+async fn approving_something_that_is_not_a_decision_id_is_an_error() {
+    let (_server, js, _client) = setup().await;
+    let err = execute::approve(&js, "d a/b", "alice").await.unwrap_err();
+    assert!(err.to_string().contains("is not a decision id"), "{err}");
+}

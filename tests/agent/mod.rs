@@ -1,0 +1,200 @@
+//! What the execute and evaluate tests share: a server with the streams, a node agent that
+//! answers commands over real NATS, and ways to publish decisions and read results back.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mapek_bus::command::{Command, CommandReply, Commands};
+use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_codec::AvroEvent;
+use mapek_domain::{Action, ActionKind, Decision, ExecuteConfig, NodeId};
+use mapek_testkit::NatsServer;
+
+/// Event time of the tests' first decision: 2026-11-28T12:00:00Z.
+pub const T0: i64 = 1_795_867_200_000;
+
+/// The node whose agent listens but never answers.
+pub const SILENT: &str = "n9";
+
+/// A fresh nats-server with mapek's streams, a JetStream context and a plain client.
+pub async fn setup() -> (NatsServer, JetStream, async_nats::Client) {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let client = mapek_bus::connect_client(&server.url()).await.unwrap();
+    (server, js, client)
+}
+
+/// A config with short timeouts, so a test that waits for a missing reply is quick.
+pub fn quick() -> ExecuteConfig {
+    ExecuteConfig {
+        known_nodes: 10,
+        blast_radius: 1.0,
+        command_timeout_ms: 200,
+        approval_poll_ms: 100,
+        ..ExecuteConfig::default()
+    }
+}
+
+/// The commands an agent received, in order: (node, decision id).
+pub type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Starts a node agent for every node (`mapek.cmd.*`) on its own connection. It applies every
+/// action but quarantine, which it refuses; the agent of [`SILENT`] never answers.
+pub async fn start_agent(url: &str) -> Received {
+    let client = mapek_bus::connect_client(url).await.unwrap();
+    let mut commands = Commands::subscribe(&client, None).await.unwrap();
+    client.flush().await.unwrap();
+    let received: Received = Arc::default();
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = commands.next().await {
+            let Ok(Command {
+                decision_id,
+                action,
+            }) = &incoming.command
+            else {
+                continue;
+            };
+            log.lock()
+                .unwrap()
+                .push((incoming.node.to_string(), decision_id.clone()));
+            let reply = match action.kind {
+                _ if incoming.node.as_str() == SILENT => continue,
+                ActionKind::Quarantine => {
+                    CommandReply::failed(format!("{} refuses to leave the mesh", incoming.node))
+                }
+                kind => CommandReply::applied(format!("{} on {}", kind.as_str(), incoming.node)),
+            };
+            incoming.respond(&client, &reply).await.unwrap();
+        }
+    });
+    received
+}
+
+/// A decision named `name` to take `kind` on `node`, `secs` seconds after [`T0`].
+pub fn decision(name: &str, node: &str, kind: ActionKind, secs: i64) -> Decision {
+    Decision {
+        decision_id: format!("d-{name}"),
+        symptom_id: format!("s-{name}"),
+        incident_id: format!("i-{node}"),
+        node: NodeId::new(node).unwrap(),
+        ts_ms: T0 + secs * 1000,
+        action: Action {
+            kind,
+            peer: None,
+            service: None,
+            params: BTreeMap::new(),
+        },
+        rule: "test".into(),
+        reason: "a test".into(),
+        policy_name: "test".into(),
+        policy_hash: "ab".repeat(32),
+        knowledge: Vec::new(),
+        prev_hash: String::new(),
+        signature: Vec::new(),
+    }
+}
+
+/// Publishes `events` and waits until they are stored.
+pub async fn publish<E: AvroEvent>(js: &JetStream, events: &[E]) {
+    let mut publisher = Publisher::new(js.clone());
+    for e in events {
+        publisher.publish(e).await.unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+}
+
+/// Every `E` stored so far.
+pub async fn stored<E: AvroEvent>(js: &JetStream) -> Vec<E> {
+    let config = SubscriberConfig {
+        node: None,
+        start: StartAt::All,
+    };
+    let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
+    let mut out = Vec::new();
+    for _ in 0..sub.pending_at_start() {
+        out.push(sub.next().await.unwrap().unwrap().event.unwrap());
+    }
+    out
+}
+
+/// Waits until `E`'s stream holds at least `n` events, and returns them.
+pub async fn wait_for<E: AvroEvent>(js: &JetStream, n: usize) -> Vec<E> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = stored::<E>(js).await;
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} events stored after 20 s",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the durable consumer `durable` of `stream` acknowledged everything stored.
+pub async fn wait_caught_up(js: &JetStream, stream: &str, durable: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = js.get_stream(stream).await.unwrap();
+        let stored = s.info().await.unwrap().state.last_sequence;
+        let floor = match s.consumer_info(durable).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(_) => 0,
+        };
+        if floor >= stored {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{durable} stuck at {floor} of {stored}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A worker running in a task, and the switch that stops it.
+pub struct Running<T> {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<T>,
+}
+
+/// A shutdown future and the switch that completes it.
+pub fn switch() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+impl<T: Send + 'static> Running<T> {
+    /// Runs `worker`, built from a shutdown future.
+    pub fn start<F>(
+        worker: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (stop, shutdown) = switch();
+        let task = tokio::spawn(worker(Box::pin(shutdown)));
+        Self { stop, task }
+    }
+
+    /// Stops it and returns what it returned.
+    pub async fn stop(self) -> T {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
+    }
+}

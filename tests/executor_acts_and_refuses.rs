@@ -1,0 +1,180 @@
+//! The executor sends decisions to node agents over NATS and records what came of them:
+//! applied, refused by an interlock with the reason, failed by the agent or for want of a
+//! reply; in dry-run mode it sends nothing; restarted, it remembers what it did.
+
+mod agent;
+
+use agent::{
+    Received, Running, SILENT, decision, publish, quick, setup, start_agent, wait_caught_up,
+    wait_for,
+};
+use mapek_bus::{BusError, JetStream};
+use mapek_domain::ActionKind::{Escalate, Quarantine, Reroute, RestartService};
+use mapek_domain::execute::result_id;
+use mapek_domain::{ActionResult, ActionStatus, ExecuteConfig};
+use mapek_loop::execute::{self, ExecuteStats};
+
+fn start(
+    js: &JetStream,
+    client: &async_nats::Client,
+    config: ExecuteConfig,
+) -> Running<Result<ExecuteStats, BusError>> {
+    let (js, client) = (js.clone(), client.clone());
+    Running::start(move |shutdown| execute::run(js, client, config, shutdown))
+}
+
+fn commands(received: &Received) -> Vec<(String, String)> {
+    received.lock().unwrap().clone()
+}
+
+fn pair(node: &str, decision: &str) -> (String, String) {
+    (node.to_owned(), decision.to_owned())
+}
+
+#[tokio::test]
+async fn a_decision_is_applied_and_the_next_for_its_node_meets_the_cooldown() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let worker = start(&js, &client, quick());
+    let decisions = [
+        decision("a", "n1", Reroute, 0),
+        decision("b", "n1", RestartService, 12),
+        decision("c", "n1", Escalate, 13),
+    ];
+    publish(&js, &decisions).await;
+    let results: Vec<ActionResult> = wait_for(&js, 3).await;
+    let stats = worker.stop().await.unwrap();
+
+    let a = &results[0];
+    assert_eq!(
+        (a.decision_id.as_str(), a.status),
+        ("d-a", ActionStatus::Applied)
+    );
+    assert_eq!((a.attempts, a.dry_run, a.reason.as_str()), (1, false, ""));
+    assert_eq!(a.result_id, result_id("d-a"));
+    assert_eq!(
+        a.ts_ms, decisions[0].ts_ms,
+        "results carry their decision's event time"
+    );
+
+    let b = &results[1];
+    assert_eq!(
+        (b.decision_id.as_str(), b.status),
+        ("d-b", ActionStatus::Refused)
+    );
+    assert_eq!(
+        b.reason,
+        "cooldown: n1 had reroute applied 12.0 s ago, cooldown is 60 s"
+    );
+    assert_eq!(b.attempts, 0);
+
+    let c = &results[2];
+    assert_eq!(
+        (c.status, c.attempts),
+        (ActionStatus::Applied, 0),
+        "escalations pass"
+    );
+
+    assert_eq!(
+        commands(&received),
+        [pair("n1", "d-a")],
+        "only d-a reached the node"
+    );
+    assert_eq!((stats.applied, stats.refused, stats.commands), (2, 1, 1));
+}
+
+#[tokio::test]
+async fn an_agent_that_fails_or_never_answers_gives_a_failed_result() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let worker = start(&js, &client, quick());
+    publish(
+        &js,
+        &[
+            decision("a", "n2", Quarantine, 0),
+            decision("b", SILENT, Reroute, 0),
+        ],
+    )
+    .await;
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    let stats = worker.stop().await.unwrap();
+
+    let refused_by_agent = &results[0];
+    assert_eq!(refused_by_agent.status, ActionStatus::Failed);
+    assert_eq!(refused_by_agent.reason, "n2 refuses to leave the mesh");
+    assert_eq!(refused_by_agent.attempts, 1, "an answer is not asked again");
+
+    let silent = &results[1];
+    assert_eq!(silent.status, ActionStatus::Failed);
+    assert_eq!(silent.attempts, 3);
+    assert!(
+        silent
+            .reason
+            .starts_with("no reply within 200 ms after 3 attempts: "),
+        "{}",
+        silent.reason
+    );
+    let to_silent = commands(&received)
+        .iter()
+        .filter(|(node, _)| node == SILENT)
+        .count();
+    assert_eq!(to_silent, 3);
+    assert_eq!((stats.failed, stats.commands), (2, 4));
+}
+
+#[tokio::test]
+async fn dry_run_records_the_action_and_sends_nothing() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let config = ExecuteConfig {
+        dry_run: true,
+        ..quick()
+    };
+    let worker = start(&js, &client, config);
+    publish(
+        &js,
+        &[
+            decision("a", "n3", Reroute, 0),
+            decision("b", "n3", Reroute, 5),
+        ],
+    )
+    .await;
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(results[0].status, ActionStatus::Applied);
+    assert!(results[0].dry_run);
+    assert_eq!(results[0].attempts, 0);
+    // The dry run is refused where a live run would be.
+    assert_eq!(results[1].status, ActionStatus::Refused);
+    assert!(
+        results[1].reason.starts_with("cooldown: n3"),
+        "{}",
+        results[1].reason
+    );
+    assert_eq!(commands(&received), [], "nothing reached any node");
+}
+
+#[tokio::test]
+async fn a_restarted_executor_rebuilds_its_interlocks_from_the_results() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let worker = start(&js, &client, quick());
+    publish(&js, &[decision("a", "n4", Reroute, 0)]).await;
+    wait_for::<ActionResult>(&js, 1).await;
+    wait_caught_up(&js, "MAPEK_PLAN", execute::DURABLE).await;
+    worker.stop().await.unwrap();
+
+    publish(&js, &[decision("b", "n4", Reroute, 30)]).await;
+    let worker = start(&js, &client, quick());
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    let stats = worker.stop().await.unwrap();
+
+    assert_eq!(stats.replayed, 1);
+    assert_eq!(results[1].status, ActionStatus::Refused);
+    assert_eq!(
+        results[1].reason,
+        "cooldown: n4 had reroute applied 30.0 s ago, cooldown is 60 s"
+    );
+    assert_eq!(commands(&received), [pair("n4", "d-a")]);
+}
