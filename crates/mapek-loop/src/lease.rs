@@ -133,8 +133,8 @@ impl Leases {
     }
 }
 
-/// A partition's stage: how to stop it, and its task.
-type Running = (oneshot::Sender<()>, JoinHandle<Result<StageStats, BusError>>);
+/// A running piece of work: how to stop it, and its task.
+type Running<T = StageStats> = (oneshot::Sender<()>, JoinHandle<Result<T, BusError>>);
 
 /// Runs one stage per partition of `phase` that this process can lease, until `shutdown`.
 ///
@@ -228,5 +228,67 @@ fn add(
         }
         Ok(Err(e)) => tracing::error!(error = %e, "a partition stage stopped"),
         Err(e) => tracing::error!(error = %e, "a partition stage panicked"),
+    }
+}
+
+/// Runs `work` in one process at a time among every process that calls this with the same
+/// `name`: the one holding the lease `name` runs it, the others stand by and take over within
+/// `ttl` when it dies. Returns when `shutdown` completes (or `work` ends).
+///
+/// The executor and the evaluator run this way: their interlocks and pending evaluations are
+/// kept in process, so two copies at once would each see half the picture.
+pub async fn run_singleton<W, Fut, T>(
+    js: JetStream,
+    name: &str,
+    owner: String,
+    ttl: Duration,
+    work: W,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<T>, BusError>
+where
+    W: Fn(oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = Result<T, BusError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut leases = Leases::open(&js, &owner, ttl).await?;
+    let mut tick = tokio::time::interval(ttl / 3);
+    let mut running: Option<Running<T>> = None;
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => break None,
+        }
+        if !leases.renew().await.is_empty()
+            && let Some((stop, task)) = running.take()
+        {
+            tracing::warn!(lease = name, "lost the lease; standing by");
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        if running.is_none() && leases.try_acquire(name).await? {
+            let (stop, stopped) = oneshot::channel();
+            running = Some((stop, tokio::spawn(work(stopped))));
+        }
+        if running.as_ref().is_some_and(|(_, task)| task.is_finished()) {
+            let (_, task) = running.take().expect("checked above");
+            leases.release_all().await;
+            break Some(task.await);
+        }
+    };
+    let result = match (outcome, running.take()) {
+        (Some(done), _) => Some(done),
+        (None, Some((stop, task))) => {
+            let _ = stop.send(());
+            Some(task.await)
+        }
+        (None, None) => None,
+    };
+    leases.release_all().await;
+    match result {
+        Some(Ok(Ok(value))) => Ok(Some(value)),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(failed(format!("{name} panicked: {e}"))),
+        None => Ok(None),
     }
 }

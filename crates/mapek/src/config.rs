@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub analyze: mapek_domain::AnalyzeConfig,
     /// `[plan]`
     pub plan: PlanSection,
+    /// `[execute]`: interlocks, dry run, approvals, the actuator and the evaluation window
+    /// (docs/execute.md).
+    pub execute: mapek_domain::ExecuteConfig,
 }
 
 /// `[plan]`: what the planner decides with.
@@ -70,6 +73,10 @@ impl FileConfig {
             .analyze
             .validate()
             .with_context(|| format!("config file {}: [analyze]", path.display()))?;
+        config
+            .execute
+            .check()
+            .with_context(|| format!("config file {}: [execute]", path.display()))?;
         Ok(config)
     }
 }

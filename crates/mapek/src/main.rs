@@ -66,6 +66,8 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// The whole loop on a simulated mesh, with an embedded nats-server
     Demo(cmd::demo::DemoArgs),
+    /// Approve an action the executor holds for approval
+    Approve(cmd::approve::ApproveArgs),
 }
 
 /// Settings resolved from the file, the environment and the flags.
@@ -119,5 +121,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => cmd::run::run(a, &settings).await,
         Command::Sim(a) => cmd::sim::run(a, &settings).await,
         Command::Demo(a) => cmd::demo::run(a, &settings).await,
+        Command::Approve(a) => cmd::approve::run(a, &settings).await,
     }
 }

@@ -108,7 +108,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         .map(|f| f.start_s() + f.duration_s().unwrap_or(15.0))
         .fold(0.0, f64::max);
     // Time for the last incident to resolve (a window of clean samples) after its fault ends.
-    let simulated_s = last_fault_ends + 30.0;
+    let simulated_s = last_fault_ends + 40.0;
     let wall = Duration::from_secs_f64(simulated_s / args.speed.max(0.1));
 
     println!(
@@ -125,8 +125,12 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     );
 
     let mut file = settings.file.clone();
-    // A crash lasts 15 s in the script: judge silence after 10 s of simulated time.
+    // A crash lasts 15 s in the script: judge silence after 10 s of simulated time; and
+    // judge an action after 30 s, so the last incidents get their outcome before the end.
     file.analyze.silent_after_ms = 10_000;
+    file.execute.evaluate_window_ms = 30_000;
+    // The executor's blast radius counts against the whole mesh, not only the nodes it saw.
+    file.execute.known_nodes = args.nodes;
     let demo_settings = Settings {
         nats_url: url.clone(),
         nats_url_given: true,
@@ -164,12 +168,12 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     viewers.spawn(forward::<Outcome>(js.clone(), Seen::Outcome, tx, since));
 
     let mut tasks = JoinSet::new();
-    workers.spawn(&js, PhaseArg::All, &shutdown, &mut tasks);
+    workers.spawn(&js, &client, PhaseArg::All, &shutdown, &mut tasks);
     let sim_stop = shutdown.clone();
     let hz = args.speed.max(0.1);
     let sim = tokio::spawn(mapek_sim::run_faster(
         js.clone(),
-        client,
+        client.clone(),
         mesh,
         hz,
         1000,

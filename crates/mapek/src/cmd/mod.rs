@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod approve;
 pub mod demo;
 pub mod publish;
 pub mod render;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use mapek_bus::JetStream;
-use mapek_domain::{AnalyzeConfig, Analyzer, Policy};
-use mapek_loop::lease::{DEFAULT_TTL, run_partitioned};
+use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
+use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
 use mapek_loop::plan::PlanStage;
+use mapek_loop::{evaluate, execute};
 use tokio::task::JoinSet;
 
 use crate::Settings;
@@ -27,6 +28,10 @@ pub enum PhaseArg {
     Analyze,
     /// Symptoms → decisions
     Plan,
+    /// Decisions → actions on the nodes, through the interlocks (one active copy at a time)
+    Execute,
+    /// Actions and symptoms → outcomes (one active copy at a time)
+    Evaluate,
 }
 
 /// `mapek run`
@@ -69,6 +74,8 @@ pub struct Loop {
     pub analyze: AnalyzeConfig,
     /// The policy.
     pub policy: Policy,
+    /// The interlocks and the actuator's settings.
+    pub execute: ExecuteConfig,
     /// The name in the leases.
     pub worker: String,
 }
@@ -94,6 +101,7 @@ impl Loop {
         });
         Ok(Self {
             analyze: settings.file.analyze.clone(),
+            execute: settings.file.execute.clone(),
             policy,
             worker,
         })
@@ -103,6 +111,7 @@ impl Loop {
     pub fn spawn(
         &self,
         js: &JetStream,
+        client: &async_nats::Client,
         phase: PhaseArg,
         shutdown: &Shutdown,
         tasks: &mut JoinSet<anyhow::Result<String>>,
@@ -129,6 +138,67 @@ impl Loop {
                     "analyze: {} telemetry in, {} symptoms out ({} replayed at start)",
                     stats.processed, stats.emitted, stats.replayed
                 ))
+            });
+        }
+        if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
+            let (js, client, config, worker, stop) = (
+                js.clone(),
+                client.clone(),
+                self.execute.clone(),
+                self.worker.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                let stats = run_singleton(
+                    js.clone(),
+                    "execute",
+                    worker,
+                    DEFAULT_TTL,
+                    move |stopped| {
+                        execute::run(js.clone(), client.clone(), config.clone(), async {
+                            let _ = stopped.await;
+                        })
+                    },
+                    stop.wait(),
+                )
+                .await?;
+                Ok(match stats {
+                    Some(s) => format!(
+                        "execute: {} decisions, {} applied, {} failed, {} refused",
+                        s.processed, s.applied, s.failed, s.refused
+                    ),
+                    None => "execute: stood by (another process held the lease)".to_owned(),
+                })
+            });
+        }
+        if matches!(phase, PhaseArg::All | PhaseArg::Evaluate) {
+            let (js, config, worker, stop) = (
+                js.clone(),
+                self.execute.clone(),
+                self.worker.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                let stats = run_singleton(
+                    js.clone(),
+                    "evaluate",
+                    worker,
+                    DEFAULT_TTL,
+                    move |stopped| {
+                        evaluate::run(js.clone(), config.clone(), async {
+                            let _ = stopped.await;
+                        })
+                    },
+                    stop.wait(),
+                )
+                .await?;
+                Ok(match stats {
+                    Some(s) => format!(
+                        "evaluate: {} results and {} symptoms in, {} resolved, {} not resolved",
+                        s.results, s.symptoms, s.resolved, s.not_resolved
+                    ),
+                    None => "evaluate: stood by (another process held the lease)".to_owned(),
+                })
             });
         }
         if matches!(phase, PhaseArg::All | PhaseArg::Plan) {
@@ -162,9 +232,10 @@ impl Loop {
 pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let workers = Loop::from_settings(args.policy, args.worker, settings)?;
     let js = mapek_bus::connect(&settings.nats_url).await?;
+    let client = mapek_bus::connect_client(&settings.nats_url).await?;
     let shutdown = Shutdown::on_ctrl_c(args.duration);
     let mut tasks = JoinSet::new();
-    workers.spawn(&js, args.phase, &shutdown, &mut tasks);
+    workers.spawn(&js, &client, args.phase, &shutdown, &mut tasks);
     eprintln!(
         "mapek run: {:?} as {} with policy {} ({}); Ctrl-C stops",
         args.phase,
