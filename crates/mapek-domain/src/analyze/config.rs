@@ -27,6 +27,10 @@ pub struct AnalyzeConfig {
     /// How much an open incident's severity must change, relative to the last severity sent,
     /// before an update is sent (0.2 = 20 %): enough to tell the planner, not every sample.
     pub update_ratio: f64,
+    /// How often, in event time, an open incident whose evidence has not changed is restated
+    /// with an update (0: never). Followers see that it is still open, and the evaluation of
+    /// an action on it sees time go by, even when no other symptom is sent.
+    pub update_every_ms: i64,
     /// Which percentile of the latency window is judged (95 = p95, nearest rank): a high
     /// percentile ignores a single outlier but not a tail.
     pub latency_percentile: f64,
@@ -69,6 +73,7 @@ impl Default for AnalyzeConfig {
             open_after: 3,
             resolve_after: 5,
             update_ratio: 0.2,
+            update_every_ms: 10_000,
             latency_percentile: 95.0,
             latency_threshold_ms: 100.0,
             baseline_factor: 3.0,
@@ -103,6 +108,12 @@ impl AnalyzeConfig {
             |x| x >= 1.0,
         )?;
         check("update_ratio", self.update_ratio, "above 0", |x| x > 0.0)?;
+        check(
+            "update_every_ms",
+            self.update_every_ms as f64,
+            "0 or more",
+            |x| x >= 0.0,
+        )?;
         let pct = self.latency_percentile;
         check("latency_percentile", pct, "above 0 and at most 100", |x| {
             x > 0.0 && x <= 100.0

@@ -29,9 +29,12 @@ pub(crate) struct Rules {
     pub(crate) resolve_after: u16,
     /// Relative severity change that makes an update.
     pub(crate) update_ratio: f64,
+    /// Event time after which an open, still breaching incident is restated even if nothing
+    /// changed; 0 never.
+    pub(crate) update_every_ms: i64,
 }
 
-/// The hysteresis state of one node and kind: 32 bytes.
+/// The hysteresis state of one node and kind: 40 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Tracker {
     /// Consecutive breaching evaluations so far.
@@ -42,6 +45,8 @@ pub(crate) struct Tracker {
     severity: f32,
     /// The peer last sent, while open ([`NO_PEER`] when none).
     peer: u32,
+    /// Event time of the last symptom sent, while open.
+    sent_at: i64,
     /// Event time of the telemetry that opened the incident: with the node and kind it makes
     /// the incident id, so the id need not be stored.
     opened_at: Option<i64>,
@@ -53,7 +58,9 @@ impl Tracker {
     ///
     /// - closed: `open_after` breaches in a row open; a clean evaluation restarts the count.
     /// - open and breaching: an update when the severity moved by at least `update_ratio` of
-    ///   the severity last sent, or the blamed peer changed; otherwise nothing.
+    ///   the severity last sent, or the blamed peer changed, or `update_every_ms` of event
+    ///   time passed since the last symptom sent (so followers, and the evaluation of an
+    ///   action, see that it is still open and time goes by); otherwise nothing.
     /// - open and clean: `resolve_after` clean evaluations in a row resolve; a breach
     ///   restarts the count.
     pub(crate) fn next(
@@ -71,13 +78,14 @@ impl Tracker {
                     return (t, None);
                 }
                 t.opened_at = Some(ts_ms);
-                t.sent(verdict);
+                t.sent(verdict, ts_ms);
                 return (t, Some(SymptomState::Open));
             }
             let last = f64::from(t.severity);
             let moved = (verdict.severity - last).abs() >= rules.update_ratio * last;
-            if moved || verdict.peer != t.peer {
-                t.sent(verdict);
+            let due = rules.update_every_ms > 0 && ts_ms - t.sent_at >= rules.update_every_ms;
+            if moved || verdict.peer != t.peer || due {
+                t.sent(verdict, ts_ms);
                 return (t, Some(SymptomState::Update));
             }
             return (t, None);
@@ -93,9 +101,10 @@ impl Tracker {
         (Tracker::default(), Some(SymptomState::Resolve))
     }
 
-    fn sent(&mut self, verdict: Verdict) {
+    fn sent(&mut self, verdict: Verdict, ts_ms: i64) {
         self.severity = verdict.severity as f32;
         self.peer = verdict.peer;
+        self.sent_at = ts_ms;
     }
 
     /// When the open incident was opened, if one is open.
@@ -126,6 +135,7 @@ mod tests {
         open_after: 3,
         resolve_after: 2,
         update_ratio: 0.2,
+        update_every_ms: 0,
     };
 
     fn run(severities: &[f64]) -> Vec<Option<SymptomState>> {
@@ -180,5 +190,29 @@ mod tests {
             Some(Update),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_unchanged_open_incident_is_restated_every_period_of_event_time() {
+        use SymptomState::*;
+        let rules = Rules {
+            update_every_ms: 10_000,
+            ..RULES
+        };
+        let mut t = Tracker::default();
+        let verdict = Verdict {
+            breach: true,
+            severity: 2.0,
+            peer: NO_PEER,
+        };
+        let mut sent = Vec::new();
+        for second in 0..35 {
+            let (next, state) = t.next(verdict, rules, second * 1000);
+            t = next;
+            if let Some(state) = state {
+                sent.push((second, state));
+            }
+        }
+        assert_eq!(sent, [(2, Open), (12, Update), (22, Update), (32, Update)]);
     }
 }

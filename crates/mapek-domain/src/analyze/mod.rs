@@ -87,6 +87,7 @@ impl Analyzer {
                 open_after: config.open_after,
                 resolve_after: config.resolve_after,
                 update_ratio: config.update_ratio,
+                update_every_ms: config.update_every_ms,
             },
             config,
             names: Names::default(),

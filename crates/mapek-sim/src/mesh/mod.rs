@@ -403,7 +403,12 @@ impl Mesh {
         let links: Vec<LinkSample> = self.neighbours[i]
             .iter()
             .map(|&j| {
-                let s = self.link_state(i, j, tick, crashed);
+                // A link the node routes around is out of service on its side: it reports
+                // it down, as a router reports an interface taken out of the routing table.
+                let mut s = self.link_state(i, j, tick, crashed);
+                if self.nodes[i].avoided.contains(&j) {
+                    s.up = false;
+                }
                 let (latency_ms, loss) = if s.up {
                     (
                         s.latency_ms * wobble(&[j as u64, 0]),

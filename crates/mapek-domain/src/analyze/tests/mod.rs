@@ -99,9 +99,17 @@ pub(super) struct Scenario {
     mark: usize,
 }
 
-/// Feeds `history` to an analyzer with the default config.
+/// Feeds `history` to an analyzer with the default config, but no periodic restatement of
+/// open incidents (`update_every_ms`: tested on its own), so a scenario's updates are the
+/// ones its evidence calls for.
 pub(super) fn given(history: Vec<Telemetry>) -> Scenario {
-    given_config(AnalyzeConfig::default(), history)
+    given_config(
+        AnalyzeConfig {
+            update_every_ms: 0,
+            ..AnalyzeConfig::default()
+        },
+        history,
+    )
 }
 
 /// Feeds `history` to an analyzer with `config`.

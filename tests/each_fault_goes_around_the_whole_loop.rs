@@ -1,0 +1,339 @@
+//! Each kind of fault, injected in a small simulated mesh, goes around the whole loop: analyze
+//! finds it, plan answers with the action the default policy gives it, execute sends it to the
+//! simulated node (which really changes), and evaluate judges whether it cleared the symptom.
+
+use std::time::Duration;
+
+use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
+use mapek_domain::{
+    ActionKind, ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig,
+    NodeId, Outcome, OutcomeResult, Policy, SymptomKind,
+};
+use mapek_loop::lease::run_partitioned;
+use mapek_loop::plan::PlanStage;
+use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
+use mapek_testkit::NatsServer;
+
+const T0: i64 = 1_795_867_200_000;
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// What the loop did about one fault on one node.
+struct Story {
+    decision: Decision,
+    kind: SymptomKind,
+    result: ActionResult,
+    outcome: Option<Outcome>,
+}
+
+/// Runs a 32-node mesh (every partition has nodes whose telemetry moves its watermark) with
+/// `fault` (starting at 5 s) through every phase, 20 times faster than the clock, and tells
+/// what happened to the first decision on `node`.
+async fn story(fault: Fault, node: &str) -> Story {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    let client = mapek_bus::connect_client(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let script = FaultScript { fault: vec![fault] };
+    let mesh = Mesh::new(
+        MeshConfig {
+            nodes: 32,
+            ..MeshConfig::default()
+        },
+        3,
+    )
+    .unwrap()
+    .with_faults(&script)
+    .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let analyze = AnalyzeConfig {
+        silent_after_ms: 10_000,
+        ..AnalyzeConfig::default()
+    };
+    let mut tasks = vec![
+        tokio::spawn(mapek_sim::run_faster(
+            js.clone(),
+            client.clone(),
+            mesh,
+            20.0,
+            1000,
+            T0,
+            wait(stopped.clone()),
+        ))
+        .abort_handle(),
+    ];
+    tasks.push(
+        tokio::spawn(run_partitioned(
+            js.clone(),
+            "analyze",
+            8,
+            "t".into(),
+            Duration::from_secs(3),
+            move |_| Analyzer::new(analyze.clone()),
+            wait(stopped.clone()),
+        ))
+        .abort_handle(),
+    );
+    tasks.push(
+        tokio::spawn(run_partitioned(
+            js.clone(),
+            "plan",
+            8,
+            "t".into(),
+            Duration::from_secs(3),
+            |_| PlanStage::without_knowledge(Policy::builtin()),
+            wait(stopped.clone()),
+        ))
+        .abort_handle(),
+    );
+    let execute = ExecuteConfig {
+        known_nodes: 32,
+        evaluate_window_ms: 30_000,
+        command_timeout_ms: 500,
+        ..ExecuteConfig::default()
+    };
+    let config = execute.clone();
+    tasks.push(
+        tokio::spawn(mapek_loop::execute::run(
+            js.clone(),
+            client.clone(),
+            config,
+            wait(stopped.clone()),
+        ))
+        .abort_handle(),
+    );
+    tasks.push(
+        tokio::spawn(mapek_loop::evaluate::run(
+            js.clone(),
+            execute,
+            wait(stopped.clone()),
+        ))
+        .abort_handle(),
+    );
+    let (decision, kind) = first_decision(&js, node).await;
+    let result =
+        first_where::<ActionResult>(&js, node, |r| r.decision_id == decision.decision_id).await;
+    let outcome = if result.status == ActionStatus::Applied {
+        Some(first_where::<Outcome>(&js, node, |o| o.decision_id == decision.decision_id).await)
+    } else {
+        None
+    };
+    stop.send(true).unwrap();
+    drop(tasks);
+    Story {
+        decision,
+        kind,
+        result,
+        outcome,
+    }
+}
+
+/// The first stored `E` about `node` that passes `want`, within 20 s.
+async fn first_where<E: mapek_codec::AvroEvent>(
+    js: &JetStream,
+    node: &str,
+    want: impl Fn(&E) -> bool,
+) -> E {
+    let config = SubscriberConfig {
+        node: Some(id(node)),
+        start: StartAt::All,
+    };
+    let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let e = sub.next().await.unwrap().unwrap().event.unwrap();
+            if want(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {} for {node} within 20 s", E::SCHEMA))
+}
+
+async fn first_decision(js: &JetStream, node: &str) -> (Decision, SymptomKind) {
+    let mut decisions = Subscriber::<Decision>::open(
+        js,
+        SubscriberConfig {
+            node: Some(id(node)),
+            start: StartAt::All,
+        },
+    )
+    .await
+    .unwrap();
+    let decision = tokio::time::timeout(Duration::from_secs(20), decisions.next())
+        .await
+        .unwrap_or_else(|_| panic!("no decision for {node} within 20 s"))
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    let mut symptoms = Subscriber::<mapek_domain::Symptom>::open(
+        js,
+        SubscriberConfig {
+            node: Some(id(node)),
+            start: StartAt::All,
+        },
+    )
+    .await
+    .unwrap();
+    loop {
+        let s = symptoms.next().await.unwrap().unwrap().event.unwrap();
+        if s.symptom_id == decision.symptom_id {
+            return (decision, s.kind);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_degraded_link_is_rerouted_around() {
+    let fault = Fault::LinkDegradation {
+        start_s: 5.0,
+        duration_s: None,
+        a: id("n0"),
+        b: id("n1"),
+        added_latency_ms: 80.0,
+        added_loss: 0.3,
+    };
+    let s = story(fault, "n0").await;
+    assert_eq!(s.kind, SymptomKind::PacketLoss);
+    assert_eq!(s.decision.action.kind, ActionKind::Reroute);
+    assert_eq!(
+        s.decision.action.peer,
+        Some(id("n1")),
+        "{}",
+        s.decision.reason
+    );
+    assert_eq!(
+        s.result.status,
+        ActionStatus::Applied,
+        "{}",
+        s.result.reason
+    );
+    let outcome = s.outcome.unwrap();
+    assert_eq!(
+        outcome.result,
+        OutcomeResult::Resolved,
+        "{}",
+        outcome.detail
+    );
+    assert!(outcome.recovery_ms.is_some_and(|ms| ms > 0));
+}
+
+#[tokio::test]
+async fn a_cpu_hog_is_answered_on_its_node_and_stops() {
+    let fault = Fault::CpuHog {
+        start_s: 5.0,
+        duration_s: None,
+        node: id("n2"),
+    };
+    let s = story(fault, "n2").await;
+    assert_eq!(s.kind, SymptomKind::CpuSaturation);
+    let d = &s.decision;
+    assert!(
+        matches!(
+            d.action.kind,
+            ActionKind::RateLimit | ActionKind::RestartService
+        ),
+        "{:?}: {}",
+        d.action,
+        d.reason
+    );
+    assert_eq!(
+        s.result.status,
+        ActionStatus::Applied,
+        "{}",
+        s.result.reason
+    );
+    let outcome = s.outcome.unwrap();
+    assert_eq!(
+        outcome.result,
+        OutcomeResult::Resolved,
+        "the hog stops: {}",
+        outcome.detail
+    );
+}
+
+#[tokio::test]
+async fn a_flapping_link_is_acted_on_and_judged() {
+    let fault = Fault::FlappingLink {
+        start_s: 5.0,
+        duration_s: None,
+        a: id("n3"),
+        b: id("n4"),
+        every_ticks: 3,
+    };
+    let s = story(fault, "n3").await;
+    // Loss over the flapping link may be seen before the flapping itself.
+    assert!(
+        matches!(s.kind, SymptomKind::LinkFlapping | SymptomKind::PacketLoss),
+        "{:?}",
+        s.kind
+    );
+    if s.kind == SymptomKind::LinkFlapping {
+        assert_eq!(s.decision.action.kind, ActionKind::Reroute);
+        assert_eq!(s.decision.action.peer, Some(id("n4")));
+    }
+    assert_eq!(
+        s.result.status,
+        ActionStatus::Applied,
+        "{}",
+        s.result.reason
+    );
+    assert!(s.outcome.is_some(), "an applied action is judged");
+}
+
+#[tokio::test]
+async fn a_crashed_node_is_found_silent_and_acted_on() {
+    let fault = Fault::NodeCrash {
+        start_s: 5.0,
+        duration_s: None,
+        node: id("n5"),
+    };
+    let s = story(fault, "n5").await;
+    assert_eq!(s.kind, SymptomKind::NodeSilent);
+    assert_ne!(
+        s.decision.action.kind,
+        ActionKind::Reroute,
+        "{}",
+        s.decision.reason
+    );
+    // Nothing is applied to a crashed node: its agent cannot answer (failed), or an interlock
+    // holds the action first (its neighbours' symptoms may have used up the blast radius).
+    assert_ne!(s.result.status, ActionStatus::Applied, "{:?}", s.result);
+    assert!(!s.result.reason.is_empty());
+    assert!(s.outcome.is_none(), "an action not applied is not judged");
+}
+
+#[tokio::test]
+async fn a_lasting_partition_is_acted_on_and_judged_not_resolved() {
+    let fault = Fault::Partition {
+        start_s: 5.0,
+        duration_s: None,
+        nodes: vec![id("n6"), id("n7")],
+    };
+    let s = story(fault, "n6").await;
+    assert!(
+        matches!(s.kind, SymptomKind::PacketLoss | SymptomKind::HighLatency),
+        "{:?}",
+        s.kind
+    );
+    assert!(!s.decision.reason.is_empty());
+    // Restarting a service does not heal a partition that lasts.
+    if s.result.status == ActionStatus::Applied && s.decision.action.kind != ActionKind::Escalate {
+        let outcome = s.outcome.unwrap();
+        assert_eq!(
+            outcome.result,
+            OutcomeResult::NotResolved,
+            "{}",
+            outcome.detail
+        );
+    }
+}
