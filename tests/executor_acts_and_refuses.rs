@@ -178,3 +178,39 @@ async fn a_restarted_executor_rebuilds_its_interlocks_from_the_results() {
     );
     assert_eq!(commands(&received), [pair("n4", "d-a")]);
 }
+
+#[tokio::test]
+async fn decisions_that_waited_too_long_are_refused_as_stale_and_new_ones_applied() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    // The executor was down while this decision was taken.
+    publish(&js, &[decision("old", "n1", RestartService, 0)]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let config = ExecuteConfig {
+        max_decision_wait_ms: 300,
+        ..quick()
+    };
+    let worker = start(&js, &client, config);
+    let first: Vec<ActionResult> = wait_for(&js, 1).await;
+    publish(&js, &[decision("new", "n2", RestartService, 1)]).await;
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(first[0].status, ActionStatus::Refused);
+    assert!(
+        first[0].reason.starts_with("stale: the decision waited"),
+        "{}",
+        first[0].reason
+    );
+    assert_eq!(
+        results[1].status,
+        ActionStatus::Applied,
+        "{}",
+        results[1].reason
+    );
+    assert_eq!(
+        commands(&received),
+        [pair("n2", "d-new")],
+        "nothing old reached a node"
+    );
+}

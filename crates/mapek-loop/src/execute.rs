@@ -215,6 +215,16 @@ impl Executor {
         } else {
             false
         };
+        let max_wait = config.max_decision_wait_ms;
+        if max_wait > 0 && !approved {
+            let waited = waited_ms(&delivery);
+            if waited > max_wait as i64 {
+                let result = mapek_domain::execute::stale(decision, waited, max_wait as i64);
+                self.record(&result).await?;
+                self.held.remove(&seq);
+                return self.ack(delivery).await;
+            }
+        }
         let result = match self.interlocks.handle(decision, approved) {
             Verdict::AwaitApproval(refusal) => {
                 if self.held.insert(seq) {
@@ -360,4 +370,16 @@ fn duration(d: Duration) -> String {
     } else {
         format!("{ms} ms")
     }
+}
+
+/// How long a delivered message waited since the server stored it, by this machine's clock.
+fn waited_ms<E>(delivery: &Delivery<E>) -> i64 {
+    delivery
+        .message()
+        .info()
+        .map(|info| {
+            let waited = time::OffsetDateTime::now_utc() - info.published;
+            waited.whole_milliseconds() as i64
+        })
+        .unwrap_or(0)
 }

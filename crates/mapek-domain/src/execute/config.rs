@@ -51,6 +51,12 @@ pub struct ExecuteConfig {
     /// How long a decision waiting for approval waits before it is looked at again, in
     /// milliseconds.
     pub approval_poll_ms: u64,
+    /// The longest a decision may have waited in the stream (from the moment the server
+    /// stored it, by the server's and the executor's clocks) and still be acted on, in
+    /// milliseconds; 0: no limit. An executor that comes back after an outage refuses the
+    /// decisions it missed instead of acting on old news. Approved decisions are exempt: a
+    /// human looked at them.
+    pub max_decision_wait_ms: u64,
 }
 
 impl Default for ExecuteConfig {
@@ -66,6 +72,7 @@ impl Default for ExecuteConfig {
             command_timeout_ms: 2_000,
             command_attempts: 3,
             approval_poll_ms: 1_000,
+            max_decision_wait_ms: 300_000,
         }
     }
 }

@@ -96,6 +96,17 @@ pub fn failed(decision: &Decision, reason: &str, attempts: u32) -> ActionResult 
     result(decision, ActionStatus::Failed, reason, attempts, false)
 }
 
+/// The refusal of a decision that waited `waited_ms` in the stream, more than `max_ms`.
+pub fn stale(decision: &Decision, waited_ms: i64, max_ms: i64) -> ActionResult {
+    let reason = format!(
+        "stale: the decision waited {} in the stream, more than max_decision_wait_ms ({}); \
+         not acting on old news",
+        secs(waited_ms),
+        secs(max_ms)
+    );
+    result(decision, ActionStatus::Refused, &reason, 0, false)
+}
+
 /// A result for `decision`, timed at the decision's event time.
 fn result(
     decision: &Decision,
