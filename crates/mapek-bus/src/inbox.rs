@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::{FutureExt, StreamExt};
 use mapek_codec::AvroEvent;
 use mapek_domain::Phase;
@@ -83,7 +83,8 @@ impl<E> Delivery<E> {
 
 /// A durable consumer of one phase that yields decoded events and dead-letters the rest.
 pub struct Inbox<E> {
-    consumer: PullConsumer,
+    /// The ack floor when this inbox took the consumer over.
+    acked_through: u64,
     messages: pull::Stream,
     dead_letters: DeadLetters,
     phase: Phase,
@@ -104,18 +105,38 @@ impl<E: AvroEvent> Inbox<E> {
             .get_stream(phase.stream())
             .await
             .map_err(|e| failed(format!("{e}; run `mapek streams apply`")))?;
+        // Whoever opens the inbox takes it over: messages the previous reader took but never
+        // acknowledged (it died, or gave the partition away) are delivered again, in stream
+        // order, before anything newer. So the durable consumer is recreated to start right
+        // after its ack floor; the reader rebuilds its state from the log up to that floor.
+        let acked_through = match stream.consumer_info(&config.durable).await {
+            Ok(info) => {
+                let floor = info.ack_floor.stream_sequence;
+                stream
+                    .delete_consumer(&config.durable)
+                    .await
+                    .map_err(|e| failed(format!("cannot take over {}: {e}", config.durable)))?;
+                floor
+            }
+            Err(_) => 0,
+        };
+        let deliver_policy = if acked_through == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: acked_through + 1,
+            }
+        };
         let consumer = stream
-            .get_or_create_consumer(
-                &config.durable,
-                pull::Config {
-                    durable_name: Some(config.durable.clone()),
-                    filter_subject: config.filter.clone().unwrap_or_default(),
-                    // Cumulative acks: one per batch instead of one per message.
-                    ack_policy: AckPolicy::All,
-                    ack_wait: config.ack_wait,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(config.durable.clone()),
+                filter_subject: config.filter.clone().unwrap_or_default(),
+                deliver_policy,
+                // Cumulative acks: one per batch instead of one per message.
+                ack_policy: AckPolicy::All,
+                ack_wait: config.ack_wait,
+                ..Default::default()
+            })
             .await
             .map_err(|e| failed(e.to_string()))?;
         let messages = consumer
@@ -127,7 +148,7 @@ impl<E: AvroEvent> Inbox<E> {
             .await
             .map_err(|e| failed(e.to_string()))?;
         Ok(Self {
-            consumer,
+            acked_through,
             messages,
             dead_letters: DeadLetters::new(js.clone()),
             phase,
@@ -198,12 +219,8 @@ impl<E: AvroEvent> Inbox<E> {
 
     /// The stream sequence up to which every message has been acknowledged: where a worker
     /// that rebuilds its state by replaying the stream must stop replaying.
-    pub async fn acked_through(&mut self) -> Result<u64, BusError> {
-        let info = self.consumer.info().await.map_err(|e| BusError::Consumer {
-            stream: self.phase.stream().to_owned(),
-            detail: e.to_string(),
-        })?;
-        Ok(info.ack_floor.stream_sequence)
+    pub fn acked_through(&self) -> u64 {
+        self.acked_through
     }
 
     /// Stops reading: messages already delivered to this inbox but not handed out are given

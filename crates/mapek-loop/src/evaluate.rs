@@ -146,9 +146,9 @@ async fn rebuild(
     for o in &outcomes {
         evaluator.mark_judged(o);
     }
-    let through = results.acked_through().await?;
+    let through = results.acked_through();
     let old_results: Vec<ActionResult> = read_stored(js, through).await?;
-    let through = symptoms.acked_through().await?;
+    let through = symptoms.acked_through();
     let old_symptoms: Vec<Symptom> = read_stored(js, through).await?;
     let replayed = (outcomes.len() + old_results.len() + old_symptoms.len()) as u64;
     // Merge by event time, each stream keeping its own order; results first on a tie.

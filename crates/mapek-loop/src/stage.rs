@@ -128,7 +128,7 @@ async fn rebuild<S: Stage>(
     stage: &mut S,
     partition: Option<u32>,
 ) -> Result<u64, BusError> {
-    let through = inbox.acked_through().await?;
+    let through = inbox.acked_through();
     if through == 0 {
         return Ok(0);
     }
