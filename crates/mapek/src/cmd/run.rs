@@ -1,5 +1,6 @@
 //! `mapek run`: the loop's workers, all in one process or one phase at a time.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -141,65 +142,46 @@ impl Loop {
             });
         }
         if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
-            let (js, client, config, worker, stop) = (
-                js.clone(),
-                client.clone(),
-                self.execute.clone(),
+            let (js2, client, config) = (js.clone(), client.clone(), self.execute.clone());
+            spawn_singleton(
+                tasks,
+                js,
+                "execute",
                 self.worker.clone(),
                 shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                let stats = run_singleton(
-                    js.clone(),
-                    "execute",
-                    worker,
-                    DEFAULT_TTL,
-                    move |stopped| {
-                        execute::run(js.clone(), client.clone(), config.clone(), async {
-                            let _ = stopped.await;
-                        })
-                    },
-                    stop.wait(),
-                )
-                .await?;
-                Ok(match stats {
-                    Some(s) => format!(
-                        "execute: {} decisions, {} applied, {} failed, {} refused",
+                move |stopped| {
+                    execute::run(js2.clone(), client.clone(), config.clone(), async {
+                        let _ = stopped.await;
+                    })
+                },
+                |s: execute::ExecuteStats| {
+                    format!(
+                        "{} decisions, {} applied, {} failed, {} refused",
                         s.processed, s.applied, s.failed, s.refused
-                    ),
-                    None => "execute: stood by (another process held the lease)".to_owned(),
-                })
-            });
+                    )
+                },
+            );
         }
         if matches!(phase, PhaseArg::All | PhaseArg::Evaluate) {
-            let (js, config, worker, stop) = (
-                js.clone(),
-                self.execute.clone(),
+            let (js2, config) = (js.clone(), self.execute.clone());
+            spawn_singleton(
+                tasks,
+                js,
+                "evaluate",
                 self.worker.clone(),
                 shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                let stats = run_singleton(
-                    js.clone(),
-                    "evaluate",
-                    worker,
-                    DEFAULT_TTL,
-                    move |stopped| {
-                        evaluate::run(js.clone(), config.clone(), async {
-                            let _ = stopped.await;
-                        })
-                    },
-                    stop.wait(),
-                )
-                .await?;
-                Ok(match stats {
-                    Some(s) => format!(
-                        "evaluate: {} results and {} symptoms in, {} resolved, {} not resolved",
+                move |stopped| {
+                    evaluate::run(js2.clone(), config.clone(), async {
+                        let _ = stopped.await;
+                    })
+                },
+                |s: evaluate::EvaluateStats| {
+                    format!(
+                        "{} results and {} symptoms in, {} resolved, {} not resolved",
                         s.results, s.symptoms, s.resolved, s.not_resolved
-                    ),
-                    None => "evaluate: stood by (another process held the lease)".to_owned(),
-                })
-            });
+                    )
+                },
+            );
         }
         if matches!(phase, PhaseArg::All | PhaseArg::Plan) {
             let (js, policy, worker, stop) = (
@@ -226,6 +208,31 @@ impl Loop {
             });
         }
     }
+}
+
+/// Runs `work` on `tasks` under the lease `name`, so one process at a time runs it, and
+/// sums it up with `say` when it stops.
+fn spawn_singleton<W, Fut, T>(
+    tasks: &mut JoinSet<anyhow::Result<String>>,
+    js: &JetStream,
+    name: &'static str,
+    worker: String,
+    shutdown: Shutdown,
+    work: W,
+    say: fn(T) -> String,
+) where
+    W: Fn(tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, mapek_bus::BusError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let js = js.clone();
+    tasks.spawn(async move {
+        let stats = run_singleton(js, name, worker, DEFAULT_TTL, work, shutdown.wait()).await?;
+        Ok(match stats {
+            Some(s) => format!("{name}: {}", say(s)),
+            None => format!("{name}: stood by (another process held the lease)"),
+        })
+    });
 }
 
 /// Runs `mapek run`.
