@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Symptom, SymptomState, Telemetry};
 use mapek_loop::{StageConfig, StageStats, run_stage};
 use mapek_testkit::NatsServer;
@@ -98,15 +98,9 @@ async fn run_until_caught_up(js: &JetStream) -> StageStats {
 }
 
 async fn stored_symptoms(js: &JetStream) -> Vec<Symptom> {
-    let mut sub = Subscriber::<Symptom>::open(
-        js,
-        SubscriberConfig {
-            node: None,
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut sub = Subscriber::<Symptom>::open(js, SubscriberConfig::all())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for _ in 0..sub.pending_at_start() {
         out.push(sub.next().await.unwrap().unwrap().event.unwrap());

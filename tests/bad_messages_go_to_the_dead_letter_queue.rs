@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use common::{server_with_streams, stream_len};
-use mapek_bus::{Inbox, InboxConfig, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{Inbox, InboxConfig, Subscriber, SubscriberConfig};
 use mapek_codec::encode;
 use mapek_domain::{Rejected, Telemetry};
 use mapek_testkit::samples;
@@ -106,15 +106,9 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
     );
 
     assert_eq!(stream_len(&js, "MAPEK_DLQ").await, bad.len() as u64);
-    let mut dead = Subscriber::<Rejected>::open(
-        &js,
-        SubscriberConfig {
-            node: None,
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut dead = Subscriber::<Rejected>::open(&js, SubscriberConfig::all())
+        .await
+        .unwrap();
     for (headers, body, reason) in &bad {
         let r = dead.next().await.unwrap().unwrap().event.unwrap();
         assert_eq!(r.phase, "monitor");
@@ -179,15 +173,9 @@ async fn a_subscriber_shows_an_undecodable_message_and_goes_on() {
         encode(&samples::telemetry("n1", 5, 1.0)).unwrap(),
     )
     .await;
-    let mut sub = Subscriber::<Telemetry>::open(
-        &js,
-        SubscriberConfig {
-            node: None,
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut sub = Subscriber::<Telemetry>::open(&js, SubscriberConfig::all())
+        .await
+        .unwrap();
     let first = sub.next().await.unwrap().unwrap();
     assert!(
         first
@@ -233,15 +221,9 @@ async fn json_is_refused_outside_the_monitor_subjects() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].event, decision);
     assert_eq!(inbox.rejected(), 1);
-    let mut dead = Subscriber::<Rejected>::open(
-        &js,
-        SubscriberConfig {
-            node: None,
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut dead = Subscriber::<Rejected>::open(&js, SubscriberConfig::all())
+        .await
+        .unwrap();
     let r = dead.next().await.unwrap().unwrap().event.unwrap();
     assert_eq!(r.phase, "plan");
     assert!(

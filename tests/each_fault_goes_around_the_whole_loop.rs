@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{JetStream, Subscriber, SubscriberConfig};
 use mapek_domain::{
     ActionKind, ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig,
     NodeId, Outcome, OutcomeResult, Policy, SymptomKind,
@@ -141,10 +141,7 @@ async fn first_where<E: mapek_codec::AvroEvent>(
     node: &str,
     want: impl Fn(&E) -> bool,
 ) -> E {
-    let config = SubscriberConfig {
-        node: Some(id(node)),
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::node(id(node));
     let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -159,15 +156,9 @@ async fn first_where<E: mapek_codec::AvroEvent>(
 }
 
 async fn first_decision(js: &JetStream, node: &str) -> (Decision, SymptomKind) {
-    let mut decisions = Subscriber::<Decision>::open(
-        js,
-        SubscriberConfig {
-            node: Some(id(node)),
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut decisions = Subscriber::<Decision>::open(js, SubscriberConfig::node(id(node)))
+        .await
+        .unwrap();
     let decision = tokio::time::timeout(Duration::from_secs(20), decisions.next())
         .await
         .unwrap_or_else(|_| panic!("no decision for {node} within 20 s"))
@@ -175,15 +166,10 @@ async fn first_decision(js: &JetStream, node: &str) -> (Decision, SymptomKind) {
         .unwrap()
         .event
         .unwrap();
-    let mut symptoms = Subscriber::<mapek_domain::Symptom>::open(
-        js,
-        SubscriberConfig {
-            node: Some(id(node)),
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut symptoms =
+        Subscriber::<mapek_domain::Symptom>::open(js, SubscriberConfig::node(id(node)))
+            .await
+            .unwrap();
     loop {
         let s = symptoms.next().await.unwrap().unwrap().event.unwrap();
         if s.symptom_id == decision.symptom_id {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::plan::NoKnowledge;
 use mapek_domain::{
     AnalyzeConfig, Analyzer, Decision, NodeId, Planner, Policy, Symptom, Telemetry,
@@ -49,10 +49,7 @@ async fn publish<E: mapek_codec::AvroEvent>(js: &JetStream, events: &[E]) {
 
 /// Reads every stored event of `E`'s family with its stored subject.
 async fn stored<E: mapek_codec::AvroEvent>(js: &JetStream) -> Vec<(String, E)> {
-    let config = SubscriberConfig {
-        node: None,
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::all();
     let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
     let mut out = Vec::new();
     for _ in 0..sub.pending_at_start() {

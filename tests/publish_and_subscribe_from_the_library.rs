@@ -72,15 +72,10 @@ async fn a_pipelined_run_of_thousands_is_all_acknowledged_in_order() {
     assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 5_000);
 
     // Per node, the subscriber sees the node's events in publish order.
-    let mut subscriber = Subscriber::<Telemetry>::open(
-        &js,
-        SubscriberConfig {
-            node: Some(samples::node("n7")),
-            start: StartAt::All,
-        },
-    )
-    .await
-    .unwrap();
+    let mut subscriber =
+        Subscriber::<Telemetry>::open(&js, SubscriberConfig::node(samples::node("n7")))
+            .await
+            .unwrap();
     assert_eq!(subscriber.pending_at_start(), 100);
     let mut last = i64::MIN;
     for _ in 0..100 {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mapek_bus::command::{Command, Commands, send_command};
-use mapek_bus::{StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{Subscriber, SubscriberConfig};
 use mapek_domain::{Action, ActionKind, NodeId, Telemetry};
 use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig, run};
 use mapek_testkit::NatsServer;
@@ -69,14 +69,7 @@ async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::
     }));
 
     // Given: n0's telemetry on MAPEK_MONITOR shows the degraded link.
-    let mut sub = Subscriber::<Telemetry>::open(
-        &js,
-        SubscriberConfig {
-            node: Some(id("n0")),
-            start: StartAt::All,
-        },
-    )
-    .await?;
+    let mut sub = Subscriber::<Telemetry>::open(&js, SubscriberConfig::node(id("n0"))).await?;
     let degraded = next_where(&mut sub, |_| true).await;
     assert_eq!(degraded.ts_ms, T0, "the first tick carries the start time");
     assert!(degraded.metrics["loss"] > 0.05, "{:?}", degraded.metrics);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Symptom, Telemetry};
 use mapek_loop::lease::run_partitioned;
 use mapek_testkit::NatsServer;
@@ -73,15 +73,9 @@ fn worker(
 async fn stored_symptom_ids(js: &JetStream, want: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let mut sub = Subscriber::<Symptom>::open(
-            js,
-            SubscriberConfig {
-                node: None,
-                start: StartAt::All,
-            },
-        )
-        .await
-        .unwrap();
+        let mut sub = Subscriber::<Symptom>::open(js, SubscriberConfig::all())
+            .await
+            .unwrap();
         let n = sub.pending_at_start();
         if n as usize >= want || tokio::time::Instant::now() > deadline {
             let mut ids = Vec::new();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mapek_bus::command::{Command, CommandReply, Commands};
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{Action, ActionKind, Decision, ExecuteConfig, NodeId};
 use mapek_testkit::NatsServer;
@@ -112,10 +112,7 @@ pub async fn publish<E: AvroEvent>(js: &JetStream, events: &[E]) {
 
 /// Every `E` stored so far.
 pub async fn stored<E: AvroEvent>(js: &JetStream) -> Vec<E> {
-    let config = SubscriberConfig {
-        node: None,
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::all();
     let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
     let mut out = Vec::new();
     for _ in 0..sub.pending_at_start() {

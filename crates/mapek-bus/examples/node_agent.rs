@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mapek_bus::{Publisher, StartAt, Subscriber, SubscriberConfig};
+use mapek_bus::{Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{NodeId, Telemetry};
 
 #[tokio::main]
@@ -40,10 +40,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Subscribe: this node's telemetry, from the oldest the stream holds.
-    let config = SubscriberConfig {
-        node: Some(node.clone()),
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::node(node.clone());
     let mut subscriber = Subscriber::<Telemetry>::open(&js, config).await?;
     let mut seen = 0;
     while let Some(received) = subscriber.next().await {

@@ -110,6 +110,24 @@ pub struct SubscriberConfig {
     pub start: StartAt,
 }
 
+impl SubscriberConfig {
+    /// Everything the stream holds, from the oldest, for every node.
+    pub fn all() -> Self {
+        Self {
+            node: None,
+            start: StartAt::All,
+        }
+    }
+
+    /// Everything the stream holds about `node`, from the oldest.
+    pub fn node(node: NodeId) -> Self {
+        Self {
+            node: Some(node),
+            start: StartAt::All,
+        }
+    }
+}
+
 /// One message as it was stored, and what it decoded to.
 #[derive(Debug)]
 pub struct Received<E> {

@@ -24,8 +24,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use mapek_bus::{
-    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, StartAt, Subscriber,
-    SubscriberConfig,
+    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, Subscriber, SubscriberConfig,
 };
 use mapek_codec::AvroEvent;
 use mapek_domain::{
@@ -172,10 +171,7 @@ async fn read_stored<E: AvroEvent>(js: &JetStream, through: u64) -> Result<Vec<E
     if through == 0 {
         return Ok(Vec::new());
     }
-    let config = SubscriberConfig {
-        node: None,
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::all();
     let mut replay = Subscriber::<E>::open(js, config).await?;
     let mut left = replay.pending_at_start();
     let mut out = Vec::new();

@@ -38,8 +38,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Store};
 use mapek_bus::command::{Command, send_command};
 use mapek_bus::{
-    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, StartAt, Subscriber,
-    SubscriberConfig,
+    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, Subscriber, SubscriberConfig,
 };
 use mapek_domain::execute::{self, Verdict};
 use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig, Interlocks, Phase};
@@ -340,10 +339,7 @@ impl Executor {
 
 /// Folds every stored result into `interlocks`; returns how many.
 async fn rebuild(js: &JetStream, interlocks: &mut Interlocks) -> Result<u64, BusError> {
-    let config = SubscriberConfig {
-        node: None,
-        start: StartAt::All,
-    };
+    let config = SubscriberConfig::all();
     let mut replay = Subscriber::<ActionResult>::open(js, config).await?;
     let mut left = replay.pending_at_start();
     let mut replayed = 0;
