@@ -214,3 +214,62 @@ async fn decisions_that_waited_too_long_are_refused_as_stale_and_new_ones_applie
         "nothing old reached a node"
     );
 }
+
+#[tokio::test]
+async fn the_blast_radius_is_a_share_of_every_reporting_node() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    // Twenty nodes report; the config says nothing of the mesh's size.
+    let mut publisher = mapek_bus::Publisher::new(js.clone());
+    for n in 0..20 {
+        let node = mapek_domain::NodeId::new(format!("n{n}")).unwrap();
+        let metrics = [("cpu".to_owned(), 0.1)].into();
+        publisher
+            .publish(&mapek_domain::Telemetry::new(
+                node,
+                1_795_867_200_000,
+                metrics,
+            ))
+            .await
+            .unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+    let config = ExecuteConfig {
+        known_nodes: 0,
+        blast_radius: 0.1,
+        ..quick()
+    };
+    let worker = start(&js, &client, config);
+    publish(
+        &js,
+        &[
+            decision("a", "n1", RestartService, 0),
+            decision("b", "n2", RestartService, 1),
+            decision("c", "n3", RestartService, 2),
+        ],
+    )
+    .await;
+    let results: Vec<ActionResult> = wait_for(&js, 3).await;
+    worker.stop().await.unwrap();
+
+    // 10 % of 20 nodes: two at once; counting only the nodes decisions named, it would be one.
+    assert_eq!(
+        results[0].status,
+        ActionStatus::Applied,
+        "{}",
+        results[0].reason
+    );
+    assert_eq!(
+        results[1].status,
+        ActionStatus::Applied,
+        "{}",
+        results[1].reason
+    );
+    assert_eq!(results[2].status, ActionStatus::Refused);
+    assert!(
+        results[2].reason.contains("of 20 known nodes"),
+        "{}",
+        results[2].reason
+    );
+    assert_eq!(commands(&received).len(), 2);
+}

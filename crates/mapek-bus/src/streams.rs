@@ -234,3 +234,27 @@ fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     use async_nats::jetstream::context::GetStreamErrorKind;
     matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
+
+/// How many nodes have telemetry on the monitor stream (one stored subject per node), for
+/// limits that are a share of the mesh.
+pub async fn count_reporting_nodes(js: &JetStream) -> Result<usize, BusError> {
+    use futures::StreamExt;
+    let stream = mapek_domain::Phase::Monitor.stream();
+    let failed = |detail: String| BusError::Stream {
+        stream: stream.to_owned(),
+        detail,
+    };
+    let mut subjects = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .info_with_subjects("mapek.monitor.>")
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut nodes = 0;
+    while let Some(subject) = subjects.next().await {
+        subject.map_err(|e| failed(e.to_string()))?;
+        nodes += 1;
+    }
+    Ok(nodes)
+}

@@ -169,9 +169,18 @@ pub async fn run(
     worker.stats.replayed = rebuild(&js, &mut worker.interlocks).await?;
     info!(replayed = worker.stats.replayed, "executor ready");
     tokio::pin!(shutdown);
+    // The blast radius is a share of the whole mesh: count the reporting nodes now and
+    // every 30 s.
+    let every = Duration::from_secs(30);
+    worker.count_nodes(&js).await;
+    let mut count_nodes = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let batch = tokio::select! {
             batch = inbox.next_batch(FETCH_WAIT) => batch?,
+            _ = count_nodes.tick() => {
+                worker.count_nodes(&js).await;
+                continue;
+            }
             () = &mut shutdown => {
                 inbox.close().await;
                 break;
@@ -199,6 +208,13 @@ struct Executor {
 }
 
 impl Executor {
+    async fn count_nodes(&mut self, js: &JetStream) {
+        match mapek_bus::streams::count_reporting_nodes(js).await {
+            Ok(n) => self.interlocks.mesh_reports(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count the mesh's nodes"),
+        }
+    }
+
     async fn handle(&mut self, delivery: Delivery<Decision>) -> Result<(), BusError> {
         let decision = &delivery.event;
         let seq = delivery.stream_seq;

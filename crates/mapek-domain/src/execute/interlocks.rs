@@ -94,6 +94,8 @@ pub struct Interlocks {
     applied: VecDeque<Applied>,
     /// Decisions already acted on (any status), with their time.
     done: BTreeMap<String, i64>,
+    /// How many nodes the mesh reports, as last counted by the worker (0 before it counted).
+    reporting: usize,
 }
 
 impl Interlocks {
@@ -107,7 +109,15 @@ impl Interlocks {
             last: BTreeMap::new(),
             applied: VecDeque::new(),
             done: BTreeMap::new(),
+            reporting: 0,
         }
+    }
+
+    /// Tells how many nodes the mesh reports (the worker counts the nodes on the monitor
+    /// stream), so the blast radius is a share of the whole mesh, not only of the nodes that
+    /// decisions named.
+    pub fn mesh_reports(&mut self, nodes: usize) {
+        self.reporting = nodes;
     }
 
     /// The configuration it judges by.
@@ -262,10 +272,13 @@ impl Interlocks {
         self.done.contains_key(decision_id)
     }
 
-    /// The nodes the blast radius is measured against: the configured count, or the nodes
-    /// seen, whichever is larger.
+    /// The nodes the blast radius is measured against: the largest of the configured count,
+    /// the nodes the mesh reports ([`Interlocks::mesh_reports`]) and the nodes seen.
     pub fn known_nodes(&self) -> usize {
-        self.config.known_nodes.max(self.nodes.len())
+        self.config
+            .known_nodes
+            .max(self.reporting)
+            .max(self.nodes.len())
     }
 
     /// How many nodes may be under action at once: the fraction of the known nodes, rounded
