@@ -17,14 +17,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber, headers, streams};
+use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
 use mapek_domain::{AnalyzeConfig, Analyzer, Decision, NodeId, Policy, Symptom, Telemetry};
 use mapek_loop::lease::run_partitioned;
 use mapek_loop::plan::PlanStage;
 use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
 use mapek_testkit::NatsServer;
+
+mod common;
+use common::{encode_all, fresh_streams, raw_publish};
 use tokio::sync::watch;
 
 fn nodes() -> usize {
@@ -37,14 +38,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn fresh_streams(js: &JetStream) {
-    for def in streams::builtin() {
-        let _ = js.delete_stream(def.name()).await;
-    }
-    let _ = js.delete_key_value(mapek_loop::lease::BUCKET).await;
-    streams::apply(js, &streams::builtin()).await.unwrap();
 }
 
 /// Starts analyze and plan workers; they stop when `stop` turns true.
@@ -237,39 +230,11 @@ async fn sustained_rate(js: &JetStream, burst: usize) {
         tick += 1;
     }
     events.truncate(burst);
-    let messages: Vec<(String, String, Bytes)> = events
-        .iter()
-        .map(|e| {
-            (
-                format!("mapek.monitor.{}", e.node),
-                e.event_id.clone(),
-                Bytes::from(mapek_codec::encode(e).unwrap()),
-            )
-        })
-        .collect();
+    let messages = encode_all(&events);
 
     // Raw: the same bytes, the same dedup header, nobody consuming.
     fresh_streams(js).await;
-    let start = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    for (subject, id, payload) in &messages {
-        if in_flight.len() >= 1024 {
-            let ack: async_nats::jetstream::context::PublishAckFuture =
-                in_flight.pop_front().unwrap();
-            ack.await.unwrap();
-        }
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, id.as_str());
-        in_flight.push_back(
-            js.publish_with_headers(subject.clone(), h, payload.clone())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in in_flight {
-        ack.await.unwrap();
-    }
-    let raw = burst as f64 / start.elapsed().as_secs_f64();
+    let raw = burst as f64 / raw_publish(js, &messages, true, 1024).await.as_secs_f64();
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.

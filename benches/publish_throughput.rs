@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use mapek_bus::{JetStream, Publisher, headers, streams};
+use mapek_bus::{JetStream, Publisher};
 use mapek_domain::{NodeId, Telemetry};
 use mapek_testkit::NatsServer;
+
+mod common;
+use common::{RawMessage, encode_all, fresh_streams, raw_publish};
 
 const WINDOW: usize = 1024;
 
@@ -39,13 +40,6 @@ fn events(n: usize) -> Vec<Telemetry> {
         .collect()
 }
 
-async fn fresh_streams(js: &JetStream) {
-    for def in streams::builtin() {
-        let _ = js.delete_stream(def.name()).await;
-    }
-    streams::apply(js, &streams::builtin()).await.unwrap();
-}
-
 async fn library(js: &JetStream, events: &[Telemetry]) -> Duration {
     fresh_streams(js).await;
     let start = Instant::now();
@@ -63,30 +57,9 @@ async fn library(js: &JetStream, events: &[Telemetry]) -> Duration {
 }
 
 /// Raw async-nats: pre-encoded bytes, the same subject and `Nats-Msg-Id`, the same window.
-async fn raw(js: &JetStream, messages: &[(String, String, Bytes)], msg_id: bool) -> Duration {
+async fn raw(js: &JetStream, messages: &[RawMessage], msg_id: bool) -> Duration {
     fresh_streams(js).await;
-    let start = Instant::now();
-    let mut in_flight = std::collections::VecDeque::with_capacity(WINDOW);
-    for (subject, id, payload) in messages {
-        if in_flight.len() >= WINDOW {
-            let ack: async_nats::jetstream::context::PublishAckFuture =
-                in_flight.pop_front().unwrap();
-            ack.await.unwrap();
-        }
-        let ack = if msg_id {
-            let mut h = HeaderMap::new();
-            h.insert(headers::MSG_ID, id.as_str());
-            js.publish_with_headers(subject.clone(), h, payload.clone())
-                .await
-        } else {
-            js.publish(subject.clone(), payload.clone()).await
-        };
-        in_flight.push_back(ack.unwrap());
-    }
-    for ack in in_flight {
-        ack.await.unwrap();
-    }
-    start.elapsed()
+    raw_publish(js, messages, msg_id, WINDOW).await
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -103,16 +76,7 @@ fn main() {
         let server = NatsServer::start();
         let js = mapek_bus::connect(&server.url()).await.unwrap();
         let events = events(n);
-        let messages: Vec<(String, String, Bytes)> = events
-            .iter()
-            .map(|e| {
-                (
-                    format!("mapek.monitor.{}", e.node),
-                    e.event_id.clone(),
-                    Bytes::from(mapek_codec::encode(e).unwrap()),
-                )
-            })
-            .collect();
+        let messages = encode_all(&events);
         let bytes: usize = messages.iter().map(|m| m.2.len()).sum();
         println!(
             "publish_throughput: {n} telemetry events, {:.0} B each on average, window {WINDOW}, \

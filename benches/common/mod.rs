@@ -1,0 +1,66 @@
+//! What the benchmarks share: fresh streams, and the raw async-nats baseline.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+use mapek_bus::{JetStream, headers, streams};
+use mapek_domain::Telemetry;
+
+/// One pre-encoded message: subject, event id, body.
+pub type RawMessage = (String, String, Bytes);
+
+/// Deletes the streams (and the partition leases) and creates them again, empty.
+pub async fn fresh_streams(js: &JetStream) {
+    for def in streams::builtin() {
+        let _ = js.delete_stream(def.name()).await;
+    }
+    let _ = js.delete_key_value(mapek_loop::lease::BUCKET).await;
+    streams::apply(js, &streams::builtin()).await.unwrap();
+}
+
+/// The messages a publisher of `events` sends: the same subjects, ids and bytes.
+pub fn encode_all(events: &[Telemetry]) -> Vec<RawMessage> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                format!("mapek.monitor.{}", e.node),
+                e.event_id.clone(),
+                Bytes::from(mapek_codec::encode(e).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Raw async-nats JetStream publishing of `messages` with `window` acks in flight, with the
+/// `Nats-Msg-Id` header or with no header at all; returns how long until the last ack.
+pub async fn raw_publish(
+    js: &JetStream,
+    messages: &[RawMessage],
+    msg_id: bool,
+    window: usize,
+) -> Duration {
+    let start = Instant::now();
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
+    for (subject, id, payload) in messages {
+        if in_flight.len() >= window {
+            in_flight.pop_front().unwrap().await.unwrap();
+        }
+        let ack = if msg_id {
+            let mut h = HeaderMap::new();
+            h.insert(headers::MSG_ID, id.as_str());
+            js.publish_with_headers(subject.clone(), h, payload.clone())
+                .await
+        } else {
+            js.publish(subject.clone(), payload.clone()).await
+        };
+        in_flight.push_back(ack.unwrap());
+    }
+    for ack in in_flight {
+        ack.await.unwrap();
+    }
+    start.elapsed()
+}
