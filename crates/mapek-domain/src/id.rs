@@ -47,6 +47,12 @@ impl EventId {
     pub fn finish(self) -> String {
         hex(&self.hasher.finalize()[..16])
     }
+
+    /// The whole SHA-256, 64 lowercase hex digits: for hash chains, where 128 bits of an id
+    /// are not the point but resistance to a forged predecessor is.
+    pub fn finish_256(self) -> String {
+        hex(&self.hasher.finalize())
+    }
 }
 
 /// Lowercase hex of `bytes`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Event, finite, non_empty};
-use crate::{Invalid, NodeId, Phase};
+use crate::{EventId, Invalid, NodeId, Phase};
 
 /// The actions mapek can take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,11 +94,48 @@ pub struct Decision {
     pub policy_hash: String,
     /// The past incidents consulted, nearest first; empty when none were.
     pub knowledge: Vec<Neighbour>,
-    /// Hash of the previous decision in the chain, hex; empty for the first.
+    /// [`Decision::chain_hash`] of the previous decision of the same planner (one chain per
+    /// plan partition), hex; empty for the first. A decision removed from, inserted into or
+    /// altered in the log breaks the chain.
     pub prev_hash: String,
-    /// ML-DSA signature over the decision without this field; empty while unsigned.
+    /// ML-DSA-65 signature over [`Decision::chain_hash`]; empty while unsigned.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+}
+
+impl Decision {
+    /// SHA-256, hex, over every field but the signature, each length-prefixed in schema order:
+    /// what the next decision's `prev_hash` holds and what the signature signs. Pure, so a
+    /// replay that reproduces a decision reproduces its chain.
+    pub fn chain_hash(&self) -> String {
+        let mut h = EventId::builder("decision-chain")
+            .str(&self.decision_id)
+            .str(&self.symptom_id)
+            .str(&self.incident_id)
+            .str(self.node.as_str())
+            .i64(self.ts_ms)
+            .str(self.action.kind.as_str())
+            .str(self.action.peer.as_ref().map_or("", |p| p.as_str()))
+            .str(self.action.service.as_deref().unwrap_or(""))
+            .i64(self.action.params.len() as i64);
+        for (k, v) in &self.action.params {
+            h = h.str(k).str(v);
+        }
+        h = h
+            .str(&self.rule)
+            .str(&self.reason)
+            .str(&self.policy_name)
+            .str(&self.policy_hash)
+            .i64(self.knowledge.len() as i64);
+        for n in &self.knowledge {
+            h = h
+                .str(&n.incident_id)
+                .f64(n.score)
+                .str(n.action.as_str())
+                .i64(i64::from(n.resolved));
+        }
+        h.str(&self.prev_hash).finish_256()
+    }
 }
 
 impl Event for Decision {

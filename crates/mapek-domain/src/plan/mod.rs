@@ -14,12 +14,14 @@
 //!
 //! # Layout
 //! - [`policy`]: [`Policy`], the TOML policy file, its checks and its hash.
+//! - [`features`]: [`features()`], the feature vector the knowledge store compares incidents by.
 //! - [`knowledge`]: [`KnowledgeView`], the planner's window on past incidents, with
 //!   [`NoKnowledge`] and [`RecordedKnowledge`].
 //! - [`state`]: [`PlanState`], the fold of symptoms and decisions that cooldowns and the
 //!   blast radius are judged from.
 //! - [`planner`]: [`handle`], the decision itself: trigger, rule, ranking, interlocks.
 
+pub mod features;
 pub mod knowledge;
 pub mod planner;
 pub mod policy;
@@ -28,6 +30,7 @@ pub mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use features::{DIM as FEATURE_DIM, FEATURES, FEATURES_VERSION, features};
 pub use knowledge::{KnowledgeView, NoKnowledge, RecordedKnowledge};
 pub use planner::{decision_id, handle};
 pub use policy::{
@@ -43,13 +46,19 @@ use crate::{Decision, Symptom};
 pub struct Planner {
     policy: Policy,
     state: PlanState,
+    /// The chain hash of the last decision taken or folded: the next decision's `prev_hash`.
+    chain_head: String,
 }
 
 impl Planner {
     /// A planner with `policy` and no history.
     pub fn new(policy: Policy) -> Self {
         let state = PlanState::new(&policy);
-        Self { policy, state }
+        Self {
+            policy,
+            state,
+            chain_head: String::new(),
+        }
     }
 
     /// The policy it decides by.
@@ -65,9 +74,11 @@ impl Planner {
     /// Decides about `symptom` ([`handle`]), then folds the symptom and the decision into the
     /// state, so the next symptom sees this decision's cooldown and blast radius.
     pub fn decide(&mut self, symptom: &Symptom, knowledge: &dyn KnowledgeView) -> Option<Decision> {
-        let decision = handle(&self.policy, &self.state, symptom, knowledge);
+        let mut decision = handle(&self.policy, &self.state, symptom, knowledge);
         self.state.observe(symptom);
-        if let Some(d) = &decision {
+        if let Some(d) = &mut decision {
+            d.prev_hash = std::mem::take(&mut self.chain_head);
+            self.chain_head = d.chain_hash();
             self.state.apply(d);
         }
         decision
@@ -82,6 +93,7 @@ impl Planner {
     /// Folds a decision already made, as [`PlanState::apply`]: for rebuilding the state from
     /// the plan stream, each decision right after the symptom it answers.
     pub fn apply(&mut self, decision: &Decision) {
+        self.chain_head = decision.chain_hash();
         self.state.apply(decision);
     }
 }

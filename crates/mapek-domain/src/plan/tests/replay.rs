@@ -68,7 +68,7 @@ fn replay_with_the_recorded_knowledge_reproduces_every_decision() {
 }
 
 #[test]
-fn a_decision_records_its_policy_symptom_and_time_and_is_unsigned() {
+fn a_first_decision_records_its_policy_symptom_and_time_and_is_unsigned() {
     let policy = Policy::parse(POLICY).unwrap();
     let s = open_link("n1", "n2", SymptomKind::PacketLoss, 0, 2.0);
     let d = given(POLICY, [])
@@ -92,5 +92,38 @@ fn the_decision_id_changes_with_the_policy_hash() {
         assert_eq!(b.action, a.action, "the same rules decide the same");
         assert_ne!(b.decision_id, a.decision_id);
         assert_ne!(b.policy_hash, a.policy_hash);
+    }
+}
+
+#[test]
+fn each_decision_links_to_the_one_before_it() {
+    let decisions = live(POLICY);
+    assert_eq!(decisions[0].prev_hash, "", "the first decision starts the chain");
+    for pair in decisions.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].chain_hash());
+        assert_eq!(pair[1].prev_hash.len(), 64);
+    }
+}
+
+#[test]
+fn any_change_to_a_decision_changes_its_chain_hash() {
+    let d = live(POLICY).remove(1);
+    let hash = d.chain_hash();
+    let mut signed = d.clone();
+    signed.signature = vec![1, 2, 3];
+    assert_eq!(signed.chain_hash(), hash, "the signature is not part of what it signs");
+    let edits: [fn(&mut Decision); 5] = [
+        |d| d.reason.push('!'),
+        |d| d.ts_ms += 1,
+        |d| d.prev_hash = "0".repeat(64),
+        |d| {
+            d.action.params.insert("x".into(), "1".into());
+        },
+        |d| d.knowledge.clear(),
+    ];
+    for edit in edits {
+        let mut changed = d.clone();
+        edit(&mut changed);
+        assert_ne!(changed.chain_hash(), hash, "{changed:?}");
     }
 }
