@@ -3,9 +3,15 @@
 //! # Layout
 //! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
 //!   temporary store, stopped and removed on drop; tests can stop and restart it.
+//! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
+//! - [`redis`]: [`TestRedis`], the test Redis server and a key prefix of the test's own.
 //! - [`samples`]: one valid sample of every event type, for round trips.
 
 pub mod nats;
+pub mod postgres;
+pub mod redis;
 pub mod samples;
 
 pub use nats::NatsServer;
+pub use postgres::TestDatabase;
+pub use redis::TestRedis;

@@ -1,0 +1,538 @@
+//! The projections: one consumer per stream, one transaction per fetched batch.
+//!
+//! Each projection reads its stream from right after the sequence stored in the database
+//! (the database is the truth, not the consumer's ack floor), writes a batch's rows and its
+//! last sequence in one transaction, then acknowledges the batch. A crash between the commit
+//! and the ack brings the batch back; its sequences are at or below the stored one and change
+//! nothing. A store that goes away pauses the projection: it retries the same batch with
+//! backoff, counting the failures, and goes on with no gap when the store returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures::{FutureExt, StreamExt};
+use mapek_bus::JetStream;
+use mapek_bus::headers::decode_body;
+use mapek_domain::Phase;
+use sqlx::AnyConnection;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::redis::Redis;
+use crate::rows::{self, Events};
+use crate::store::int;
+use crate::{KnowledgeError, ReadModel};
+
+/// The streams projected into the read model, in loop order.
+pub const PROJECTED: [Phase; 5] = [
+    Phase::Monitor,
+    Phase::Analyze,
+    Phase::Plan,
+    Phase::Execute,
+    Phase::Knowledge,
+];
+
+/// A test hook: called with the stream and the batch's last sequence right after each
+/// commit; returning `true` stops the projection there, before the ack, as a crash would.
+pub type CrashHook = Arc<dyn Fn(Phase, u64) -> bool + Send + Sync>;
+
+/// How the projections read the log.
+#[derive(Clone)]
+pub struct ProjectionConfig {
+    /// Durable consumers named `<prefix>-<phase>` (their lag shows on the server), or
+    /// ephemeral ones when `None` (a rebuild, which must not disturb the live consumers).
+    pub durable_prefix: Option<String>,
+    /// The most messages written in one transaction.
+    pub batch: usize,
+    /// Stop each stream once it reaches the last sequence the stream held at start, instead
+    /// of following it until shutdown.
+    pub until_caught_up: bool,
+    /// The longest pause between two tries of a store that is down.
+    pub max_backoff: Duration,
+    /// Tests only: stop after a commit and before its ack (see [`CrashHook`]).
+    pub crash_after_commit: Option<CrashHook>,
+    /// Tests only: read from this sequence instead of after the stored one, so that messages
+    /// already applied come again (they must change nothing).
+    pub redeliver_from: Option<u64>,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            durable_prefix: Some("knowledge-sql".into()),
+            batch: 1000,
+            until_caught_up: false,
+            max_backoff: Duration::from_secs(5),
+            crash_after_commit: None,
+            redeliver_from: None,
+        }
+    }
+}
+
+/// Counters of one stream's projection.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Events written (their rows are in the read model).
+    pub applied: AtomicU64,
+    /// Messages that did not decode, skipped with a warning.
+    pub skipped: AtomicU64,
+    /// Messages at or below the stored sequence, delivered again and ignored.
+    pub redelivered: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Failed tries to write to the SQL store (each followed by a pause and a retry).
+    pub store_failures: AtomicU64,
+    /// Failed writes to Redis (the cache misses them; the SQL rows are there).
+    pub redis_failures: AtomicU64,
+    /// The last stream sequence committed.
+    pub last_seq: AtomicU64,
+}
+
+/// Live counters of every projection; clone it to watch them while they run.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectionStats {
+    streams: Arc<[StreamCounters; 5]>,
+}
+
+impl ProjectionStats {
+    /// The counters of `phase`'s projection (the monitor's for a phase not projected).
+    pub fn stream(&self, phase: Phase) -> &StreamCounters {
+        let i = PROJECTED.iter().position(|p| *p == phase).unwrap_or(0);
+        &self.streams[i]
+    }
+
+    /// The sum of a counter over every stream.
+    pub fn total(&self, counter: impl Fn(&StreamCounters) -> &AtomicU64) -> u64 {
+        self.streams
+            .iter()
+            .map(|c| counter(c).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Projects all five streams into `read_model` (and hot state into `redis`) until
+/// `shutdown` completes, with durable consumers named `knowledge-sql-<phase>`.
+pub async fn project(
+    js: JetStream,
+    read_model: ReadModel,
+    redis: Option<Redis>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ProjectionStats, KnowledgeError> {
+    let stats = ProjectionStats::default();
+    project_with(
+        js,
+        read_model,
+        redis,
+        ProjectionConfig::default(),
+        stats.clone(),
+        shutdown,
+    )
+    .await?;
+    Ok(stats)
+}
+
+/// [`project`] with a config and counters of the caller's. Returns when `shutdown`
+/// completes, when every stream is caught up (with `until_caught_up`), or at the first
+/// error a projection cannot wait out (the log failed, or a test hook fired).
+pub async fn project_with(
+    js: JetStream,
+    read_model: ReadModel,
+    redis: Option<Redis>,
+    config: ProjectionConfig,
+    stats: ProjectionStats,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KnowledgeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for phase in PROJECTED {
+        let p = Projection {
+            js: js.clone(),
+            read_model: read_model.clone(),
+            redis: redis.clone(),
+            config: config.clone(),
+            stats: stats.clone(),
+            phase,
+            stop: stop_rx.clone(),
+        };
+        tasks.spawn(async move { p.run().await });
+    }
+    let mut shutdown = std::pin::pin!(shutdown.fuse());
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                break;
+            }
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => { result = Err(e); let _ = stop_tx.send(true); break; }
+                Some(Err(e)) => {
+                    result = Err(KnowledgeError::Log { stream: "?".into(), detail: e.to_string() });
+                    let _ = stop_tx.send(true);
+                    break;
+                }
+            },
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let (Ok(Err(e)), Ok(())) = (joined, &result) {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// What one transaction did.
+enum Commit {
+    /// Written through this sequence.
+    Done,
+    /// Another writer advanced the stored sequence meanwhile: read it again.
+    Moved,
+}
+
+/// One stream's projection.
+struct Projection {
+    js: JetStream,
+    read_model: ReadModel,
+    redis: Option<Redis>,
+    config: ProjectionConfig,
+    stats: ProjectionStats,
+    phase: Phase,
+    stop: watch::Receiver<bool>,
+}
+
+impl Projection {
+    fn log_failed(&self, detail: impl ToString) -> KnowledgeError {
+        KnowledgeError::Log {
+            stream: self.phase.stream().to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn counters(&self) -> &StreamCounters {
+        self.stats.stream(self.phase)
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Waits `delay`, or less if asked to stop.
+    async fn pause(&mut self, delay: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    async fn run(mut self) -> Result<(), KnowledgeError> {
+        let stream_name = self.phase.stream();
+        let stream = self
+            .js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| self.log_failed(format!("{e}; run `mapek streams apply`")))?;
+        let target = stream
+            .get_info()
+            .await
+            .map_err(|e| self.log_failed(e))?
+            .state
+            .last_sequence;
+        let mut redeliver_from = self.config.redeliver_from;
+        'reopen: loop {
+            let Some(stored) = self.stored_seq().await else {
+                return Ok(());
+            };
+            self.counters().last_seq.store(stored, Ordering::Relaxed);
+            if self.config.until_caught_up && stored >= target {
+                return Ok(());
+            }
+            let start = redeliver_from.take().unwrap_or(stored + 1).max(1);
+            let durable = self
+                .config
+                .durable_prefix
+                .as_ref()
+                .map(|p| format!("{p}-{}", self.phase.token()));
+            if let Some(name) = &durable {
+                // Taking the consumer over at the stored sequence: whatever its ack floor
+                // says, the database knows what has been applied.
+                let _ = stream.delete_consumer(name).await;
+            }
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    durable_name: durable.clone(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                    ack_policy: if durable.is_some() {
+                        AckPolicy::All
+                    } else {
+                        AckPolicy::None
+                    },
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: 100_000,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.log_failed(e))?;
+            let batch = self.config.batch.max(1);
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| self.log_failed(e))?;
+            loop {
+                if self.stopped() {
+                    return Ok(());
+                }
+                let mut stop = self.stop.clone();
+                let first = tokio::select! {
+                    m = tokio::time::timeout(Duration::from_millis(500), messages.next()) => m,
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                };
+                let first = match first {
+                    Err(_) => continue,
+                    Ok(None) => return Err(self.log_failed("the consumer's messages ended")),
+                    Ok(Some(m)) => m.map_err(|e| self.log_failed(e))?,
+                };
+                let mut taken = vec![first];
+                while taken.len() < batch {
+                    match messages.next().now_or_never() {
+                        Some(Some(m)) => taken.push(m.map_err(|e| self.log_failed(e))?),
+                        _ => break,
+                    }
+                }
+                let last_seq = seq(taken.last().expect("one message at least"));
+                let (mut events, mut skipped) = self.decode(&taken);
+                let Some(commit) = self.commit(&mut events, &mut skipped, last_seq).await else {
+                    return Ok(());
+                };
+                match commit {
+                    Commit::Moved => continue 'reopen,
+                    Commit::Done => {}
+                }
+                if let Some(hook) = &self.config.crash_after_commit
+                    && hook(self.phase, last_seq)
+                {
+                    return Err(KnowledgeError::Crashed {
+                        stream: stream_name.to_owned(),
+                        seq: last_seq,
+                    });
+                }
+                if durable.is_some() {
+                    // One ack for the batch: the consumer acknowledges cumulatively.
+                    if let Err(e) = taken.last().expect("one message").ack().await {
+                        tracing::warn!(
+                            stream = stream_name,
+                            "ack failed (harmless: the batch is stored): {e}"
+                        );
+                    }
+                }
+                if let Some(redis) = &self.redis
+                    && events.len() > 0
+                    && let Err(e) = redis.project(&events).await
+                {
+                    self.counters()
+                        .redis_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(stream = stream_name, "hot state not written to Redis: {e}");
+                }
+                if self.config.until_caught_up && last_seq >= target {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The stored sequence, retried with backoff while the store is down; `None` if asked
+    /// to stop meanwhile.
+    async fn stored_seq(&mut self) -> Option<u64> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let got = sqlx::query("SELECT last_seq FROM projection_offsets WHERE stream = $1")
+                .bind(self.phase.stream())
+                .fetch_optional(self.read_model.pool())
+                .await
+                .and_then(|r| r.map(|r| int(&r, 0)).transpose());
+            match got {
+                Ok(seq) => return Some(seq.unwrap_or(0) as u64),
+                Err(e) => self.failed("reading its offset", e, &mut backoff).await,
+            }
+            if self.stopped() {
+                return None;
+            }
+        }
+    }
+
+    /// Counts a store failure and pauses before the next try.
+    async fn failed(&mut self, doing: &str, e: sqlx::Error, backoff: &mut Duration) {
+        self.counters()
+            .store_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            stream = self.phase.stream(),
+            "the read model at {} failed {doing}: {e}; trying again in {backoff:?}",
+            self.read_model.url()
+        );
+        self.pause(*backoff).await;
+        *backoff = (*backoff * 2).min(self.config.max_backoff);
+    }
+
+    /// Decodes a batch; what does not decode is logged and counted as skipped.
+    fn decode(&self, messages: &[Message]) -> (Events, Vec<u64>) {
+        let mut events = match self.phase {
+            Phase::Analyze => Events::Analyze(Vec::new()),
+            Phase::Plan => Events::Plan(Vec::new()),
+            Phase::Execute => Events::Execute(Vec::new()),
+            Phase::Knowledge => Events::Knowledge(Vec::new()),
+            _ => Events::Monitor(Vec::new()),
+        };
+        let mut skipped = Vec::new();
+        for m in messages {
+            let s = seq(m);
+            let h = m.headers.as_ref();
+            let body = &m.payload;
+            let ok = match &mut events {
+                Events::Monitor(v) => decode_body(h, body).map(|e| v.push((s, e))),
+                Events::Analyze(v) => decode_body(h, body).map(|e| v.push((s, e))),
+                Events::Plan(v) => decode_body(h, body).map(|e| v.push((s, e))),
+                Events::Execute(v) => decode_body(h, body).map(|e| v.push((s, e))),
+                Events::Knowledge(v) => decode_body(h, body).map(|e| v.push((s, e))),
+            };
+            if let Err(e) = ok {
+                tracing::warn!(stream = self.phase.stream(), seq = s, "skipped: {e}");
+                skipped.push(s);
+            }
+        }
+        (events, skipped)
+    }
+
+    /// Writes a batch and its last sequence in one transaction, retrying while the store is
+    /// down; `None` if asked to stop meanwhile.
+    async fn commit(
+        &mut self,
+        events: &mut Events,
+        skipped: &mut Vec<u64>,
+        last_seq: u64,
+    ) -> Option<Commit> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_commit(events, skipped, last_seq).await {
+                Ok(c) => return Some(c),
+                Err(e) => self.failed("writing a batch", e, &mut backoff).await,
+            }
+            if self.stopped() {
+                return None;
+            }
+        }
+    }
+
+    async fn try_commit(
+        &self,
+        events: &mut Events,
+        skipped: &mut Vec<u64>,
+        last_seq: u64,
+    ) -> Result<Commit, sqlx::Error> {
+        let mut tx = self.read_model.pool().begin().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let stored = sqlx::query("SELECT last_seq FROM projection_offsets WHERE stream = $1")
+            .bind(self.phase.stream())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| int(&r, 0))
+            .transpose()?;
+        let before = events.len() + skipped.len();
+        let floor = stored.unwrap_or(0) as u64;
+        events.retain_after(floor);
+        skipped.retain(|s| *s > floor);
+        let again = (before - events.len() - skipped.len()) as u64;
+        if again > 0 {
+            self.counters()
+                .redelivered
+                .fetch_add(again, Ordering::Relaxed);
+        }
+        if last_seq <= floor {
+            tx.rollback().await?;
+            return Ok(Commit::Done);
+        }
+        rows::write(conn, events).await?;
+        let applied = events.len() as i64;
+        let skip = skipped.len() as i64;
+        let moved = match stored {
+            None => sqlx::query(
+                "INSERT INTO projection_offsets (stream, last_seq, applied, skipped) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (stream) DO NOTHING",
+            )
+            .bind(self.phase.stream())
+            .bind(last_seq as i64)
+            .bind(applied)
+            .bind(skip)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+            Some(old) => sqlx::query(
+                "UPDATE projection_offsets SET last_seq = $1, applied = applied + $2, \
+                 skipped = skipped + $3 WHERE stream = $4 AND last_seq = $5",
+            )
+            .bind(last_seq as i64)
+            .bind(applied)
+            .bind(skip)
+            .bind(self.phase.stream())
+            .bind(old)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        } != 1;
+        if moved {
+            tx.rollback().await?;
+            return Ok(Commit::Moved);
+        }
+        tx.commit().await?;
+        let c = self.counters();
+        c.applied.fetch_add(applied as u64, Ordering::Relaxed);
+        c.skipped.fetch_add(skip as u64, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.last_seq.store(last_seq, Ordering::Relaxed);
+        Ok(Commit::Done)
+    }
+}
+
+fn seq(m: &Message) -> u64 {
+    m.info().map(|i| i.stream_sequence).unwrap_or(0)
+}
+
+/// Empties the read model and projects every stream again from the start of the log, with
+/// ephemeral consumers (the live projection's durable consumers are left alone); returns
+/// once each stream is caught up with what it held when the rebuild started.
+pub async fn rebuild(
+    js: &JetStream,
+    read_model: &ReadModel,
+) -> Result<ProjectionStats, KnowledgeError> {
+    read_model.reset().await?;
+    let stats = ProjectionStats::default();
+    let config = ProjectionConfig {
+        durable_prefix: None,
+        until_caught_up: true,
+        ..ProjectionConfig::default()
+    };
+    project_with(
+        js.clone(),
+        read_model.clone(),
+        None,
+        config,
+        stats.clone(),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(stats)
+}

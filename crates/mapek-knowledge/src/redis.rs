@@ -1,0 +1,434 @@
+//! [`Redis`]: hot node health for `mapek status`, and what several executors share: leases
+//! on nodes and token buckets.
+//!
+//! Every key starts with a prefix (`mapek:` by default) so that several meshes, or several
+//! tests, share one server without seeing each other.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{Config, Pool, Runtime};
+use mapek_domain::{SymptomState, Telemetry};
+use serde::{Deserialize, Serialize};
+
+use crate::KnowledgeError;
+use crate::error::redact;
+use crate::rows::{Events, health};
+
+/// How long a node's hot health lives without fresh telemetry: a node that stops
+/// reporting drops out of Redis by itself.
+pub const HEALTH_TTL: Duration = Duration::from_secs(120);
+
+/// How many recent actions Redis keeps.
+pub const RECENT_ACTIONS: isize = 50;
+
+/// Deletes a lease only if `owner` still holds it: a lease that expired and was taken by
+/// someone else is not theirs to release.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// A token bucket, refilled at ARGV[1] tokens a second up to ARGV[2], at time ARGV[3] (ms):
+/// takes one token if there is one. Atomic, so every executor sees one bucket.
+const TAKE: &str = r"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  ts = now
+end
+local ok = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok";
+
+/// A node's latest health as the monitor projection keeps it in Redis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// The node id.
+    pub node: String,
+    /// The time of its latest telemetry (Unix ms).
+    pub ts_ms: i64,
+    /// `ok`, `degraded`, or (computed when read) `silent`.
+    pub health: String,
+    /// CPU use, 0 to 1, if reported.
+    pub cpu: Option<f64>,
+    /// Memory use, 0 to 1, if reported.
+    pub mem: Option<f64>,
+    /// Latency in ms, if reported.
+    pub latency_ms: Option<f64>,
+    /// Packet loss, 0 to 1, if reported.
+    pub loss: Option<f64>,
+    /// Links reported.
+    pub links_total: i64,
+    /// Links reported down.
+    pub links_down: i64,
+}
+
+impl NodeHealth {
+    /// The health a telemetry sample shows.
+    pub fn of(t: &Telemetry) -> Self {
+        Self {
+            node: t.node.as_str().to_owned(),
+            ts_ms: t.ts_ms,
+            health: health(t).to_owned(),
+            cpu: t.metrics.get("cpu").copied(),
+            mem: t.metrics.get("mem").copied(),
+            latency_ms: t.metrics.get("latency_ms").copied(),
+            loss: t.metrics.get("loss").copied(),
+            links_total: t.links.len() as i64,
+            links_down: t.links.iter().filter(|l| !l.up).count() as i64,
+        }
+    }
+}
+
+/// An open incident, as `mapek status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenIncident {
+    /// The incident id.
+    pub incident_id: String,
+    /// The node it is on.
+    pub node: String,
+    /// The symptom kind (`packet_loss`, …).
+    pub kind: String,
+    /// The peer, for link symptoms.
+    pub peer: Option<String>,
+    /// Its latest severity.
+    pub severity: f64,
+    /// When it opened (Unix ms, event time).
+    pub opened_ms: i64,
+    /// Its latest symptom's time.
+    pub updated_ms: i64,
+    /// Its latest symptom's summary.
+    pub summary: String,
+}
+
+/// An action result, as `mapek status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecentAction {
+    /// The node acted on.
+    pub node: String,
+    /// When (Unix ms, event time).
+    pub ts_ms: i64,
+    /// The action (`reroute`, …).
+    pub action: String,
+    /// `applied`, `failed` or `refused`.
+    pub status: String,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// The incident it answered.
+    pub incident_id: String,
+}
+
+/// A pool of connections to Redis, with the key prefix.
+#[derive(Clone)]
+pub struct Redis {
+    pool: Pool,
+    url: String,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Connects to `url` (`redis://host:6379`) with the key prefix `mapek:`, and checks that
+    /// the server answers.
+    pub async fn connect(url: &str) -> Result<Self, KnowledgeError> {
+        Self::connect_with_prefix(url, "mapek:").await
+    }
+
+    /// Like [`Redis::connect`], with every key under `prefix`.
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, KnowledgeError> {
+        let shown = redact(url);
+        let pool = Config::from_url(url)
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| KnowledgeError::Redis {
+                url: shown.clone(),
+                doing: "setting up".into(),
+                detail: e.to_string(),
+            })?;
+        let redis = Self {
+            pool,
+            url: shown,
+            prefix: prefix.to_owned(),
+        };
+        let mut conn = redis.conn("connecting").await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis.failed("connecting", e))?;
+        Ok(redis)
+    }
+
+    fn failed(&self, doing: &str, e: impl ToString) -> KnowledgeError {
+        KnowledgeError::Redis {
+            url: self.url.clone(),
+            doing: doing.to_owned(),
+            detail: e.to_string(),
+        }
+    }
+
+    async fn conn(&self, doing: &str) -> Result<deadpool_redis::Connection, KnowledgeError> {
+        // A pool waits forever for a dead server by default; a caller wants an answer.
+        tokio::time::timeout(Duration::from_secs(5), self.pool.get())
+            .await
+            .map_err(|_| self.failed(doing, "no connection within 5 s"))?
+            .map_err(|e| self.failed(doing, e))
+    }
+
+    /// Takes the lease on `node` for `owner` for `ttl` if nobody holds it; `true` if taken.
+    /// The lease ends at [`Redis::release`] or when `ttl` runs out (an owner that died).
+    pub async fn try_lease(
+        &self,
+        node: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn("taking a lease").await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}lease:{node}", self.prefix))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("taking a lease", e))?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the lease on `node` if `owner` holds it; `true` if it did.
+    pub async fn release(&self, node: &str, owner: &str) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn("releasing a lease").await?;
+        let n: i64 = redis::cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(format!("{}lease:{node}", self.prefix))
+            .arg(owner)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("releasing a lease", e))?;
+        Ok(n == 1)
+    }
+
+    /// Takes one token from `bucket`, refilled at `rate_per_sec` up to `burst`, at time
+    /// `now_ms` (the caller's clock or event time); `true` if there was one.
+    pub async fn take(
+        &self,
+        bucket: &str,
+        rate_per_sec: f64,
+        burst: u32,
+        now_ms: i64,
+    ) -> Result<bool, KnowledgeError> {
+        if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
+            return Err(self.failed(
+                "taking a token",
+                format!("the rate of bucket {bucket} must be above 0, not {rate_per_sec}"),
+            ));
+        }
+        let mut conn = self.conn("taking a token").await?;
+        let n: i64 = redis::cmd("EVAL")
+            .arg(TAKE)
+            .arg(1)
+            .arg(format!("{}bucket:{bucket}", self.prefix))
+            .arg(rate_per_sec)
+            .arg(burst)
+            .arg(now_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("taking a token", e))?;
+        Ok(n == 1)
+    }
+
+    /// Writes the hot state a committed batch changes: node health (monitor), open
+    /// incidents (analyze), recent actions (execute). Idempotent but for the actions list;
+    /// a failure leaves the SQL rows as they are.
+    pub(crate) async fn project(&self, events: &Events) -> Result<(), KnowledgeError> {
+        let p = &self.prefix;
+        let mut pipe = redis::pipe();
+        match events {
+            Events::Monitor(v) => {
+                let mut latest = std::collections::BTreeMap::new();
+                for (_, t) in v {
+                    let slot = latest.entry(t.node.as_str()).or_insert(t);
+                    if t.ts_ms >= slot.ts_ms {
+                        *slot = t;
+                    }
+                }
+                for t in latest.into_values() {
+                    let h = NodeHealth::of(t);
+                    let json = serde_json::to_string(&h).unwrap_or_default();
+                    pipe.cmd("SET")
+                        .arg(format!("{p}node:{}", h.node))
+                        .arg(json)
+                        .arg("PX")
+                        .arg(HEALTH_TTL.as_millis() as u64)
+                        .ignore();
+                }
+            }
+            Events::Analyze(v) => {
+                for (_, s) in v {
+                    let key = format!("{p}incident:{}", s.incident_id);
+                    if s.state == SymptomState::Resolve {
+                        pipe.del(&key).ignore();
+                        pipe.srem(format!("{p}open"), &s.incident_id).ignore();
+                        continue;
+                    }
+                    pipe.hset_multiple(
+                        &key,
+                        &[
+                            ("node", s.node.as_str().to_owned()),
+                            ("kind", s.kind.as_str().to_owned()),
+                            (
+                                "peer",
+                                s.peer
+                                    .as_ref()
+                                    .map(|p| p.as_str().to_owned())
+                                    .unwrap_or_default(),
+                            ),
+                            ("severity", s.severity.to_string()),
+                            ("updated_ms", s.ts_ms.to_string()),
+                            ("summary", s.summary.clone()),
+                        ],
+                    )
+                    .ignore();
+                    pipe.hset_nx(&key, "opened_ms", s.ts_ms).ignore();
+                    pipe.sadd(format!("{p}open"), &s.incident_id).ignore();
+                }
+            }
+            Events::Execute(v) => {
+                for (_, a) in v {
+                    let r = RecentAction {
+                        node: a.node.as_str().to_owned(),
+                        ts_ms: a.ts_ms,
+                        action: a.action.kind.as_str().to_owned(),
+                        status: a.status.as_str().to_owned(),
+                        reason: a.reason.clone(),
+                        incident_id: a.incident_id.clone(),
+                    };
+                    pipe.lpush(
+                        format!("{p}actions"),
+                        serde_json::to_string(&r).unwrap_or_default(),
+                    )
+                    .ignore();
+                }
+                pipe.ltrim(format!("{p}actions"), 0, RECENT_ACTIONS - 1)
+                    .ignore();
+            }
+            Events::Plan(_) | Events::Knowledge(_) => return Ok(()),
+        }
+        let mut conn = self.conn("writing hot state").await?;
+        let () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("writing hot state", e))?;
+        Ok(())
+    }
+
+    /// Every node's hot health, by node id.
+    pub async fn nodes(&self) -> Result<Vec<NodeHealth>, KnowledgeError> {
+        let doing = "reading node health";
+        let mut conn = self.conn(doing).await?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}node:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(doing, e))?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(doing, e))?;
+        let mut nodes: Vec<NodeHealth> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// The open incidents, the most recently opened first.
+    pub async fn open_incidents(&self) -> Result<Vec<OpenIncident>, KnowledgeError> {
+        let doing = "reading open incidents";
+        let mut conn = self.conn(doing).await?;
+        let ids: Vec<String> = conn
+            .smembers(format!("{}open", self.prefix))
+            .await
+            .map_err(|e| self.failed(doing, e))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let h: std::collections::HashMap<String, String> = conn
+                .hgetall(format!("{}incident:{id}", self.prefix))
+                .await
+                .map_err(|e| self.failed(doing, e))?;
+            if h.is_empty() {
+                continue;
+            }
+            let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+            out.push(OpenIncident {
+                incident_id: id,
+                node: get("node"),
+                kind: get("kind"),
+                peer: Some(get("peer")).filter(|p| !p.is_empty()),
+                severity: get("severity").parse().unwrap_or(0.0),
+                opened_ms: get("opened_ms").parse().unwrap_or(0),
+                updated_ms: get("updated_ms").parse().unwrap_or(0),
+                summary: get("summary"),
+            });
+        }
+        out.sort_by(|a, b| (b.opened_ms, &a.incident_id).cmp(&(a.opened_ms, &b.incident_id)));
+        Ok(out)
+    }
+
+    /// The latest actions, newest first, at most `limit`.
+    pub async fn recent_actions(&self, limit: usize) -> Result<Vec<RecentAction>, KnowledgeError> {
+        let doing = "reading recent actions";
+        let mut conn = self.conn(doing).await?;
+        let items: Vec<String> = conn
+            .lrange(format!("{}actions", self.prefix), 0, limit as isize - 1)
+            .await
+            .map_err(|e| self.failed(doing, e))?;
+        Ok(items
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+}

@@ -1,0 +1,236 @@
+//! [`ReadModel`]: the SQL read model, Postgres or SQLite through the same queries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::KnowledgeError;
+use crate::error::redact;
+
+/// Which engine holds the read model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Postgres: the production read model, shared by every process.
+    Postgres,
+    /// SQLite: a file on one machine, the embedded default.
+    Sqlite,
+}
+
+/// The SQL read model: a pool of connections to Postgres or SQLite.
+///
+/// Cloning is cheap and shares the pool.
+#[derive(Clone, Debug)]
+pub struct ReadModel {
+    pool: AnyPool,
+    url: String,
+    backend: Backend,
+}
+
+/// The tables of the read model, emptied by [`ReadModel::reset`].
+pub const TABLES: [&str; 7] = [
+    "nodes",
+    "incidents",
+    "symptoms",
+    "decisions",
+    "actions",
+    "outcomes",
+    "projection_offsets",
+];
+
+impl ReadModel {
+    /// Connects to `url_or_path`: a `postgres://` or `postgresql://` URL, a `sqlite:` URL,
+    /// or the path of a SQLite file (created with its directory if missing).
+    pub async fn connect(url_or_path: &str) -> Result<Self, KnowledgeError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = normalise(url_or_path)?;
+        let shown = redact(&url);
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let options = match backend {
+            Backend::Postgres => options.max_connections(5),
+            // One writer at a time is all SQLite allows: a single connection queues writers
+            // in the pool instead of failing them with "database is locked"; WAL lets other
+            // processes (`mapek status`) read meanwhile.
+            Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| KnowledgeError::Connect {
+                url: shown.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            pool,
+            url: shown,
+            backend,
+        })
+    }
+
+    /// Brings the schema up to date (the migrations in the crate's `migrations/`).
+    pub async fn migrate(&self) -> Result<(), KnowledgeError> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| KnowledgeError::Migrate {
+                url: self.url.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Empties every table, offsets included, in one transaction: the projections then
+    /// start again from the beginning of the log.
+    pub async fn reset(&self) -> Result<(), KnowledgeError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.query_failed("emptying", e))?;
+        for table in TABLES {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.query_failed("emptying", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.query_failed("emptying", e))
+    }
+
+    /// The last stream sequence each projection applied, by stream name.
+    pub async fn offsets(&self) -> Result<Vec<(String, u64)>, KnowledgeError> {
+        let rows = sqlx::query("SELECT stream, last_seq FROM projection_offsets ORDER BY stream")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.query_failed("reading the offsets", e))?;
+        rows.iter()
+            .map(|r| Ok((text(r, 0)?, int(r, 1)? as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.query_failed("reading the offsets", e))
+    }
+
+    /// Every row of every table as text, in key order: two read models hold the same
+    /// knowledge exactly when their snapshots are equal (tests compare Postgres with
+    /// SQLite, and a crashed-and-resumed projection with a rebuild).
+    pub async fn snapshot(&self) -> Result<Vec<String>, KnowledgeError> {
+        let mut out = Vec::new();
+        for table in TABLES {
+            let rows = sqlx::query(&format!("SELECT * FROM {table} ORDER BY 1"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.query_failed("taking a snapshot", e))?;
+            for row in rows {
+                let cells: Vec<String> = (0..row.len()).map(|i| cell(&row, i)).collect();
+                out.push(format!("{table}: {}", cells.join(" | ")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The pool, for queries of other parts (`mapek status`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL, password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A query error as a [`KnowledgeError::Query`] naming this store.
+    pub(crate) fn query_failed(&self, doing: &str, e: sqlx::Error) -> KnowledgeError {
+        KnowledgeError::Query {
+            url: self.url.clone(),
+            doing: doing.to_owned(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The URL to connect to and its engine.
+fn normalise(url_or_path: &str) -> Result<(String, Backend), KnowledgeError> {
+    let s = url_or_path.trim();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return Ok((s.to_owned(), Backend::Postgres));
+    }
+    let path = match s
+        .strip_prefix("sqlite://")
+        .or_else(|| s.strip_prefix("sqlite:"))
+    {
+        Some(rest) => rest.split('?').next().unwrap_or(rest).to_owned(),
+        None if s.contains("://") => {
+            return Err(KnowledgeError::Connect {
+                url: redact(s),
+                detail: "only postgres:// and sqlite: URLs (or a file path) are supported".into(),
+            });
+        }
+        None => s.to_owned(),
+    };
+    if let Some(dir) = Path::new(&path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| KnowledgeError::Connect {
+            url: format!("sqlite://{path}"),
+            detail: format!("cannot create the directory {}: {e}", dir.display()),
+        })?;
+    }
+    Ok((format!("sqlite://{path}?mode=rwc"), Backend::Sqlite))
+}
+
+/// A text column.
+pub(crate) fn text(row: &AnyRow, i: usize) -> Result<String, sqlx::Error> {
+    row.try_get::<String, _>(i)
+}
+
+/// An integer column, whatever width the engine reports.
+pub(crate) fn int(row: &AnyRow, i: usize) -> Result<i64, sqlx::Error> {
+    row.try_get::<i64, _>(i)
+        .or_else(|_| row.try_get::<i32, _>(i).map(i64::from))
+}
+
+/// A nullable integer column.
+pub(crate) fn opt_int(row: &AnyRow, i: usize) -> Result<Option<i64>, sqlx::Error> {
+    match row.try_get::<Option<i64>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(_) => row.try_get::<Option<i32>, _>(i).map(|v| v.map(i64::from)),
+    }
+}
+
+/// A nullable float column (SQLite may hand back an integer for a whole number).
+pub(crate) fn opt_float(row: &AnyRow, i: usize) -> Result<Option<f64>, sqlx::Error> {
+    match row.try_get::<Option<f64>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(e) => opt_int(row, i).map(|v| v.map(|v| v as f64)).map_err(|_| e),
+    }
+}
+
+/// Any cell as text, the same for both engines.
+fn cell(row: &AnyRow, i: usize) -> String {
+    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+        return v.unwrap_or_else(|| "NULL".into());
+    }
+    if let Ok(v) = opt_int(row, i) {
+        return v.map_or_else(|| "NULL".into(), |v| v.to_string());
+    }
+    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+        return v.map_or_else(|| "NULL".into(), |v| format!("{v:?}"));
+    }
+    "?".into()
+}

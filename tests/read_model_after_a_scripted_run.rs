@@ -1,0 +1,140 @@
+//! A user runs the loop and queries the read model with SQL: nodes with their latest health,
+//! incidents with their timeline, decisions with their reasons, actions, outcomes. Postgres
+//! and SQLite hold the same rows.
+
+mod knowledge_log;
+
+use knowledge_log::{project_all, publish_scripted_run, rows, server_with_streams};
+use mapek_knowledge::{Backend, PROJECTED, ReadModel};
+use mapek_testkit::TestDatabase;
+use mapek_testkit::samples::TS_MS;
+
+#[tokio::test]
+async fn postgres_and_sqlite_hold_the_scripted_run() {
+    let (_server, js) = server_with_streams().await;
+    let script = publish_scripted_run(&js).await;
+
+    let db = TestDatabase::create().await;
+    let pg = ReadModel::connect(db.url())
+        .await
+        .expect("connect to Postgres");
+    assert_eq!(pg.backend(), Backend::Postgres);
+    pg.migrate().await.expect("migrate Postgres");
+    let stats = project_all(&js, &pg).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let lite = ReadModel::connect(dir.path().join("data/knowledge.sqlite").to_str().unwrap())
+        .await
+        .expect("open SQLite");
+    assert_eq!(lite.backend(), Backend::Sqlite);
+    lite.migrate().await.expect("migrate SQLite");
+    // Twice: migrations are idempotent.
+    lite.migrate().await.expect("migrate SQLite again");
+    project_all(&js, &lite).await;
+
+    for model in [&pg, &lite] {
+        let which = model.url();
+        assert_eq!(
+            rows(
+                model,
+                "SELECT node, health, ts_ms, links_down FROM nodes ORDER BY node"
+            )
+            .await,
+            vec![
+                format!("n1|ok|{}|0", TS_MS + 19_000),
+                format!("n2|degraded|{}|0", TS_MS + 19_000),
+                format!("n3|degraded|{}|1", TS_MS + 2_000),
+            ],
+            "nodes in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT incident_id, node, kind, peer, state, opened_ms, resolved_ms, symptoms \
+                 FROM incidents ORDER BY incident_id"
+            )
+            .await,
+            vec![
+                format!(
+                    "inc-a|n1|packet_loss|n2|resolved|{}|{}|3",
+                    TS_MS + 2_000,
+                    TS_MS + 9_000
+                ),
+                format!("inc-b|n2|cpu_saturation|NULL|open|{}|NULL|1", TS_MS + 4_000),
+            ],
+            "incidents in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT symptom_id, state FROM symptoms WHERE incident_id = 'inc-a' ORDER BY ts_ms"
+            )
+            .await,
+            vec!["s-a1|open", "s-a2|update", "s-a3|resolve"],
+            "the timeline in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT decision_id, action, rule, policy_name, knowledge FROM decisions \
+                 ORDER BY decision_id"
+            )
+            .await,
+            vec![
+                "d-a|reroute|latency-on-link|default|[{\"action\":\"reroute\",\"incident_id\":\"i-0\",\"resolved\":true,\"score\":0.93}]".to_owned(),
+                "d-b|rate_limit|cpu-saturated|default|[{\"action\":\"rate_limit\",\"incident_id\":\"old-1\",\"resolved\":true,\"score\":0.8},{\"action\":\"restart_service\",\"incident_id\":\"old-2\",\"resolved\":false,\"score\":0.5}]".to_owned(),
+            ],
+            "decisions in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT result_id, status, attempts, dry_run, reason FROM actions ORDER BY result_id"
+            )
+            .await,
+            vec![
+                "r-a|applied|1|0|",
+                "r-b|refused|0|1|cooldown: n2 was acted on 10 s ago",
+            ],
+            "actions in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT outcome_id, result, recovery_ms FROM outcomes"
+            )
+            .await,
+            vec!["o-a|resolved|7000"],
+            "outcomes in {which}"
+        );
+        let offsets = model.offsets().await.unwrap();
+        assert_eq!(
+            offsets.len(),
+            PROJECTED.len(),
+            "an offset per stream in {which}"
+        );
+        assert_eq!(
+            rows(
+                model,
+                "SELECT stream, last_seq, applied, skipped FROM projection_offsets ORDER BY stream"
+            )
+            .await,
+            vec![
+                "MAPEK_ANALYZE|4|4|0".to_owned(),
+                "MAPEK_EXECUTE|2|2|0".to_owned(),
+                "MAPEK_KNOWLEDGE|1|1|0".to_owned(),
+                format!("MAPEK_MONITOR|{0}|{0}|0", script.telemetry),
+                format!("MAPEK_PLAN|3|2|{}", script.garbage),
+            ],
+            "offsets in {which}"
+        );
+    }
+    assert_eq!(
+        stats.total(|c| &c.skipped),
+        1,
+        "the undecodable message is counted"
+    );
+    let (a, b) = (pg.snapshot().await.unwrap(), lite.snapshot().await.unwrap());
+    assert!(a.len() > 10, "the snapshot holds the rows: {a:?}");
+    assert_eq!(a, b, "Postgres and SQLite hold the same read model");
+}
