@@ -22,6 +22,8 @@
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
+//! - [`config_store`]: the policies and analyze settings the workers ran with, in the
+//!   `MAPEK_CONFIG` bucket, for replay.
 //! - [`command`]: the actuator protocol, [`command::Command`] and
 //!   [`command::CommandReply`] over request/reply on `mapek.cmd.<node>`.
 //! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
@@ -29,6 +31,7 @@
 //! - [`error`]: [`BusError`], what can go wrong.
 
 pub mod command;
+pub mod config_store;
 mod connect;
 pub mod dlq;
 pub mod error;

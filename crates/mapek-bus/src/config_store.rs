@@ -1,0 +1,184 @@
+//! What the workers ran with, recorded beside the log so a replay can run with it again.
+//!
+//! Decisions record only their policy's name and hash, and symptoms nothing of the analyze
+//! settings. The workers write both here when they start, in the JetStream key-value bucket
+//! `MAPEK_CONFIG`:
+//! - `policy.<hash>`: the policy file's exact bytes (the hash is SHA-256 over them, as
+//!   [`mapek_domain::Policy::hash`]), so `Policy::parse` gives back the same policy and hash;
+//! - `plan.policy`: the hash of the policy the plan workers run with, its history the policies
+//!   in force over time;
+//! - `analyze.<hash>`: an analyze configuration as JSON, the hash over that JSON;
+//! - `analyze`: the hash of the configuration the analyze workers run with, with history.
+//!
+//! A value is written only when it changed, so the history of `plan.policy` and `analyze` is a
+//! list of changes, each with the time the server stored it. docs/adr/0005 says how a replay
+//! chooses among them.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::kv::{self, Operation, Store};
+use futures::StreamExt;
+use mapek_domain::AnalyzeConfig;
+use mapek_domain::plan::policy::hash;
+use time::OffsetDateTime;
+
+use crate::{BusError, JetStream};
+
+/// The key-value bucket.
+pub const BUCKET: &str = "MAPEK_CONFIG";
+/// The key whose history is the policies the plan workers ran with.
+pub const PLAN_POLICY: &str = "plan.policy";
+/// The key whose history is the analyze configurations the analyze workers ran with.
+pub const ANALYZE: &str = "analyze";
+/// How many changes of each key the bucket keeps (the server's most).
+const HISTORY: i64 = 64;
+
+/// One value a key held, and since when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The hash the key pointed to.
+    pub hash: String,
+    /// When the server stored it, in milliseconds since the Unix epoch.
+    pub since_ms: i64,
+}
+
+/// Everything the bucket holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordedConfig {
+    /// Policy file texts, by hash.
+    pub policies: BTreeMap<String, String>,
+    /// Analyze configurations, by hash.
+    pub analyze: BTreeMap<String, AnalyzeConfig>,
+    /// The policies in force, oldest first.
+    pub policy_history: Vec<Change>,
+    /// The analyze configurations in force, oldest first.
+    pub analyze_history: Vec<Change>,
+}
+
+impl RecordedConfig {
+    /// The analyze configuration in force last, if any was recorded.
+    pub fn current_analyze(&self) -> Option<(&str, &AnalyzeConfig)> {
+        let last = self.analyze_history.last()?;
+        self.analyze
+            .get(&last.hash)
+            .map(|c| (last.hash.as_str(), c))
+    }
+
+    /// The hash of the policy in force last, if any was recorded.
+    pub fn current_policy(&self) -> Option<&str> {
+        self.policy_history.last().map(|c| c.hash.as_str())
+    }
+}
+
+fn failed(detail: String) -> BusError {
+    BusError::Stream {
+        stream: format!("KV_{BUCKET}"),
+        detail,
+    }
+}
+
+/// Opens the bucket, creating it if missing.
+pub async fn open(js: &JetStream) -> Result<Store, BusError> {
+    match js.get_key_value(BUCKET).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.into(),
+                description: "The policies and analyze settings the workers ran with, for replay"
+                    .into(),
+                history: HISTORY,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.to_string())),
+    }
+}
+
+/// Opens the bucket if it exists: a replay must not create anything on a live server.
+pub async fn open_existing(js: &JetStream) -> Option<Store> {
+    js.get_key_value(BUCKET).await.ok()
+}
+
+/// Records `text`, the policy file the plan workers run with; returns its hash.
+pub async fn record_policy(js: &JetStream, text: &str) -> Result<String, BusError> {
+    let kv = open(js).await?;
+    let h = hash(text.as_bytes());
+    put_if_changed(&kv, &format!("policy.{h}"), text.as_bytes()).await?;
+    put_if_changed(&kv, PLAN_POLICY, h.as_bytes()).await?;
+    Ok(h)
+}
+
+/// Records `config`, the analyze configuration the analyze workers run with; returns its
+/// hash.
+pub async fn record_analyze(js: &JetStream, config: &AnalyzeConfig) -> Result<String, BusError> {
+    let kv = open(js).await?;
+    let json = serde_json::to_vec(config).map_err(|e| failed(e.to_string()))?;
+    let h = hash(&json);
+    put_if_changed(&kv, &format!("analyze.{h}"), &json).await?;
+    put_if_changed(&kv, ANALYZE, h.as_bytes()).await?;
+    Ok(h)
+}
+
+async fn put_if_changed(kv: &Store, key: &str, value: &[u8]) -> Result<(), BusError> {
+    let current = kv.get(key).await.map_err(|e| failed(e.to_string()))?;
+    if current.as_deref() == Some(value) {
+        return Ok(());
+    }
+    kv.put(key, value.to_vec().into())
+        .await
+        .map_err(|e| failed(format!("cannot write {key}: {e}")))?;
+    Ok(())
+}
+
+/// Reads everything the bucket holds; empty if there is no bucket.
+pub async fn read(js: &JetStream) -> Result<RecordedConfig, BusError> {
+    let Some(kv) = open_existing(js).await else {
+        return Ok(RecordedConfig::default());
+    };
+    let mut out = RecordedConfig::default();
+    let mut keys = kv.keys().await.map_err(|e| failed(e.to_string()))?;
+    let mut names = Vec::new();
+    while let Some(key) = keys.next().await {
+        names.push(key.map_err(|e| failed(e.to_string()))?);
+    }
+    names.sort();
+    for key in names {
+        if let Some(h) = key.strip_prefix("policy.") {
+            if let Some(v) = kv.get(&key).await.map_err(|e| failed(e.to_string()))? {
+                out.policies
+                    .insert(h.to_owned(), String::from_utf8_lossy(&v).into_owned());
+            }
+        } else if let Some(h) = key.strip_prefix("analyze.") {
+            if let Some(v) = kv.get(&key).await.map_err(|e| failed(e.to_string()))?
+                && let Ok(config) = serde_json::from_slice::<AnalyzeConfig>(&v)
+            {
+                out.analyze.insert(h.to_owned(), config);
+            }
+        } else if key == PLAN_POLICY {
+            out.policy_history = history(&kv, &key).await?;
+        } else if key == ANALYZE {
+            out.analyze_history = history(&kv, &key).await?;
+        }
+    }
+    Ok(out)
+}
+
+async fn history(kv: &Store, key: &str) -> Result<Vec<Change>, BusError> {
+    let mut entries = kv.history(key).await.map_err(|e| failed(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.map_err(|e| failed(e.to_string()))?;
+        if entry.operation != Operation::Put {
+            continue;
+        }
+        out.push(Change {
+            hash: String::from_utf8_lossy(&entry.value).into_owned(),
+            since_ms: to_ms(entry.created),
+        });
+    }
+    Ok(out)
+}
+
+fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}

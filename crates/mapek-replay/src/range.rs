@@ -1,0 +1,48 @@
+//! Which part of the log a replay compares: a range of event time.
+//!
+//! State is a fold of the whole log, so a replay always reads each stream from its first
+//! message (the analyzer's windows, baselines and silence watermark, and the planner's
+//! cooldowns and open incidents all reach back): the range only says which symptoms and
+//! decisions are compared and reported. Event time is the one clock every phase agrees on; a
+//! stream sequence on the command line means the event time of the telemetry stored there.
+
+use serde::{Deserialize, Serialize};
+
+/// Inclusive bounds on event time, in milliseconds since the Unix epoch; `None` is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// The earliest event time compared.
+    pub from_ms: Option<i64>,
+    /// The latest event time compared.
+    pub to_ms: Option<i64>,
+}
+
+impl Range {
+    /// The whole log.
+    pub const ALL: Range = Range {
+        from_ms: None,
+        to_ms: None,
+    };
+
+    /// Whether an event at `ts_ms` lies in the range.
+    pub fn contains(&self, ts_ms: i64) -> bool {
+        self.from_ms.is_none_or(|f| ts_ms >= f) && self.to_ms.is_none_or(|t| ts_ms <= t)
+    }
+
+    /// Each bound of `self`, or else of `other`.
+    pub fn or(self, other: Range) -> Range {
+        Range {
+            from_ms: self.from_ms.or(other.from_ms),
+            to_ms: self.to_ms.or(other.to_ms),
+        }
+    }
+}
+
+/// A bound as a user gives it: an event time, or a sequence of the telemetry stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Milliseconds since the Unix epoch.
+    Time(i64),
+    /// A stream sequence of `MAPEK_MONITOR`: the event time of the telemetry stored there.
+    Seq(u64),
+}

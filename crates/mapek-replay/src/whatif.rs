@@ -1,0 +1,269 @@
+//! `replay what-if`: the recorded symptoms through another policy, and how its decisions
+//! differ from the recorded ones.
+//!
+//! Each partition's recorded symptoms go, in stream order, through a planner with the
+//! candidate policy, consulting `knowledge`; the [`KnowledgeView`] contract makes it answer
+//! only with what was known before each symptom's time, so the past is not judged with
+//! knowledge from its future.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use mapek_domain::{Action, Decision, KnowledgeView, NodeId, Planner, Policy};
+use serde::Serialize;
+
+use crate::log::Log;
+use crate::{Range, ReplayError, Source};
+
+/// How many examples of each kind of change a report keeps.
+pub const EXAMPLES: usize = 5;
+
+/// Same, changed, added or removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// The same action.
+    Same,
+    /// Another action (or target, or parameters).
+    Changed,
+    /// Decided under the candidate only.
+    Added,
+    /// Decided under the recorded policy only.
+    Removed,
+}
+
+/// Counts of each change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Same action.
+    pub same: u64,
+    /// Another action.
+    pub changed: u64,
+    /// Decided only under the candidate.
+    pub added: u64,
+    /// Decided only under the recorded policy.
+    pub removed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, c: Change) {
+        match c {
+            Change::Same => self.same += 1,
+            Change::Changed => self.changed += 1,
+            Change::Added => self.added += 1,
+            Change::Removed => self.removed += 1,
+        }
+    }
+}
+
+/// A decision, shortly.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Brief {
+    /// The action (`reroute n1`, `restart_service agent`).
+    pub action: String,
+    /// The rule behind it.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Brief {
+    fn of(d: &Decision) -> Self {
+        Self {
+            action: describe(&d.action),
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// An action in a few words: `reroute n1`, `restart_service agent`, `rate_limit`.
+pub fn describe(a: &Action) -> String {
+    let mut s = a.kind.as_str().to_owned();
+    for x in a.peer.iter().map(|p| p.as_str()).chain(a.service.as_deref()) {
+        s.push(' ');
+        s.push_str(x);
+    }
+    s
+}
+
+/// One symptom whose decision changed, was added or removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Example {
+    /// What changed.
+    pub change: Change,
+    /// The symptom.
+    pub symptom_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its node.
+    pub node: String,
+    /// Its event time.
+    pub ts_ms: i64,
+    /// The recorded decision.
+    pub recorded: Option<Brief>,
+    /// The candidate's decision.
+    pub what_if: Option<Brief>,
+}
+
+/// What `replay what-if` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WhatIfReport {
+    /// The candidate policy's name.
+    pub policy: String,
+    /// Its hash.
+    pub policy_hash: String,
+    /// The range compared.
+    pub range: Range,
+    /// Symptoms decided on (in the range).
+    pub symptoms: u64,
+    /// All changes.
+    pub total: Counts,
+    /// Decisions per action: `[recorded, what-if]`.
+    pub per_action: BTreeMap<String, [u64; 2]>,
+    /// Changes per symptom kind.
+    pub per_kind: BTreeMap<String, Counts>,
+    /// The first [`EXAMPLES`] of each change but `same`, in stream order.
+    pub examples: Vec<Example>,
+}
+
+impl WhatIfReport {
+    /// Whether the candidate decides exactly as recorded (actions, targets, parameters).
+    pub fn unchanged(&self) -> bool {
+        self.total.changed + self.total.added + self.total.removed == 0
+    }
+}
+
+/// Runs `range` of `source`'s recorded symptoms through `policy`, consulting `knowledge`,
+/// and compares with the recorded decisions.
+pub async fn what_if(
+    source: &Source,
+    range: Range,
+    node: Option<&NodeId>,
+    policy: &Policy,
+    knowledge: &dyn KnowledgeView,
+) -> Result<WhatIfReport, ReplayError> {
+    let log = Log::load(source).await?;
+    Ok(compare(&log, range, node, policy, knowledge))
+}
+
+fn compare(
+    log: &Log,
+    range: Range,
+    node: Option<&NodeId>,
+    policy: &Policy,
+    knowledge: &dyn KnowledgeView,
+) -> WhatIfReport {
+    let mut report = WhatIfReport {
+        policy: policy.name().to_owned(),
+        policy_hash: policy.hash().to_owned(),
+        range,
+        ..Default::default()
+    };
+    let mut planners: BTreeMap<u32, Planner> = BTreeMap::new();
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    let mut shown: BTreeMap<Change, usize> = BTreeMap::new();
+    for s in &log.symptoms {
+        let e = &s.event;
+        let planner = planners
+            .entry(s.partition)
+            .or_insert_with(|| Planner::new(policy.clone()));
+        let decided = planner.decide(e, knowledge);
+        if seen.insert(e.symptom_id.as_str(), ()).is_some()
+            || !range.contains(e.ts_ms)
+            || node.is_some_and(|n| n != &e.node)
+        {
+            continue;
+        }
+        report.symptoms += 1;
+        let recorded = log.decisions_on(&e.symptom_id).first().map(|d| &d.event);
+        let change = match (recorded, &decided) {
+            (None, None) => continue,
+            (Some(r), Some(d)) if r.action == d.action => Change::Same,
+            (Some(_), Some(_)) => Change::Changed,
+            (None, Some(_)) => Change::Added,
+            (Some(_), None) => Change::Removed,
+        };
+        if let Some(r) = recorded {
+            report.per_action.entry(r.action.kind.as_str().into()).or_default()[0] += 1;
+        }
+        if let Some(d) = &decided {
+            report.per_action.entry(d.action.kind.as_str().into()).or_default()[1] += 1;
+        }
+        report.total.add(change);
+        report
+            .per_kind
+            .entry(e.kind.as_str().into())
+            .or_default()
+            .add(change);
+        let n = shown.entry(change).or_default();
+        if change != Change::Same && *n < EXAMPLES {
+            *n += 1;
+            report.examples.push(Example {
+                change,
+                symptom_id: e.symptom_id.clone(),
+                kind: e.kind.as_str().into(),
+                node: e.node.to_string(),
+                ts_ms: e.ts_ms,
+                recorded: recorded.map(Brief::of),
+                what_if: decided.as_ref().map(Brief::of),
+            });
+        }
+    }
+    report.examples.sort_by_key(|x| x.change);
+    report
+}
+
+impl fmt::Display for WhatIfReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.total;
+        writeln!(
+            f,
+            "what-if policy {} ({}): {} symptoms decided on",
+            self.policy,
+            &self.policy_hash[..self.policy_hash.len().min(12)],
+            self.symptoms
+        )?;
+        writeln!(
+            f,
+            "decisions: {} same, {} changed, {} added, {} removed",
+            t.same, t.changed, t.added, t.removed
+        )?;
+        writeln!(f, "per action (recorded -> what-if):")?;
+        for (action, [r, w]) in &self.per_action {
+            writeln!(f, "  {action:<16} {r:>6} -> {w}")?;
+        }
+        writeln!(f, "per symptom kind (same/changed/added/removed):")?;
+        for (kind, c) in &self.per_kind {
+            writeln!(
+                f,
+                "  {kind:<18} {}/{}/{}/{}",
+                c.same, c.changed, c.added, c.removed
+            )?;
+        }
+        for x in &self.examples {
+            let b = |b: &Option<Brief>| match b {
+                Some(b) => format!("{} (rule `{}`)", b.action, b.rule),
+                None => "nothing".to_owned(),
+            };
+            writeln!(
+                f,
+                "{:?}: {} {} at {}: recorded {}; what-if {}",
+                x.change,
+                x.kind,
+                x.node,
+                x.ts_ms,
+                b(&x.recorded),
+                b(&x.what_if)
+            )?;
+            if let Some(w) = &x.what_if {
+                writeln!(f, "    why: {}", w.reason)?;
+            }
+        }
+        if self.unchanged() {
+            writeln!(f, "verdict: no change")
+        } else {
+            writeln!(f, "verdict: {} decisions would change", t.changed + t.added + t.removed)
+        }
+    }
+}

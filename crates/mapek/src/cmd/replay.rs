@@ -1,0 +1,222 @@
+//! `mapek replay`: verify recorded decisions, backtest a policy, tell an incident's story.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use mapek_domain::plan::NoKnowledge;
+use mapek_domain::{NodeId, Policy};
+use mapek_replay::{Bound, Progress, Range, Source, VerifyOptions};
+
+use crate::Settings;
+use crate::time_arg::parse_ts_ms;
+
+/// `mapek replay` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Run analyze and plan again over the log; every symptom and decision must come out
+    /// byte for byte as recorded (exit 1 if not)
+    #[command(after_long_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
+    /// Run the recorded symptoms through another policy and show how the decisions change
+    WhatIf(WhatIfArgs),
+    /// Tell an incident's story: telemetry, symptoms, decision, interlocks, action, outcome
+    Incident(IncidentArgs),
+}
+
+/// Which part of which log.
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    /// Compare from this event time: RFC 3339, Unix ms, or a sequence of MAPEK_MONITOR
+    /// (`seq:1200`, or a number below 100000000000)
+    #[arg(long, value_name = "TIME|SEQ", value_parser = parse_bound)]
+    from: Option<Bound>,
+
+    /// Compare up to this event time (same forms as --from)
+    #[arg(long, value_name = "TIME|SEQ", value_parser = parse_bound)]
+    to: Option<Bound>,
+
+    /// Compare only this node's symptoms and decisions
+    #[arg(long, value_name = "NODE")]
+    node: Option<NodeId>,
+
+    /// Read a slice file from `mapek export` instead of the live streams
+    #[arg(long, value_name = "SLICE")]
+    file: Option<PathBuf>,
+}
+
+/// `mapek replay verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    range: RangeArgs,
+
+    /// A policy file some decisions were taken under but whose text was not recorded
+    #[arg(long, value_name = "FILE")]
+    policy: Vec<PathBuf>,
+
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mapek replay what-if`
+#[derive(Debug, Args)]
+pub struct WhatIfArgs {
+    /// The candidate policy file
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+
+    #[command(flatten)]
+    range: RangeArgs,
+
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mapek replay incident`
+#[derive(Debug, Args)]
+pub struct IncidentArgs {
+    /// The incident id (a symptom's or decision's `incident_id`)
+    id: String,
+
+    /// Read a slice file instead of the live streams
+    #[arg(long, value_name = "SLICE")]
+    file: Option<PathBuf>,
+
+    /// Print the story as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+const VERIFY_HELP: &str = "\
+Each stream is replayed from its first message, because the analyzers' windows and the
+planners' cooldowns reach back; --from/--to/--node only choose what is compared. Replay reads
+through ordered consumers: it publishes nothing and acts on nothing. docs/replay.md has more.
+
+Examples:
+  mapek replay verify
+  mapek replay verify --from 2026-11-28T12:00:00Z --to 2026-11-28T13:00:00Z --node n17
+  mapek export --to 2026-11-28T13:00:00Z > incident.slice
+  mapek replay verify --file incident.slice";
+
+fn parse_bound(s: &str) -> Result<Bound, String> {
+    if let Some(seq) = s.strip_prefix("seq:") {
+        return seq
+            .parse()
+            .map(Bound::Seq)
+            .map_err(|_| format!("{s:?}: seq: takes a stream sequence, a whole number"));
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n < 100_000_000_000 => Ok(Bound::Seq(n)),
+        _ => parse_ts_ms(s).map(Bound::Time),
+    }
+}
+
+async fn source(file: Option<&PathBuf>, settings: &Settings) -> anyhow::Result<Source> {
+    match file {
+        Some(path) => Ok(Source::file(path)?),
+        None => Ok(Source::Live(mapek_bus::connect(&settings.nats_url).await?)),
+    }
+}
+
+async fn range(args: &RangeArgs, source: &Source) -> anyhow::Result<Range> {
+    let given = Range {
+        from_ms: match args.from {
+            Some(b) => Some(source.resolve(b).await?),
+            None => None,
+        },
+        to_ms: match args.to {
+            Some(b) => Some(source.resolve(b).await?),
+            None => None,
+        },
+    };
+    Ok(given.or(source.default_range()))
+}
+
+fn read_policy(path: &PathBuf) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the policy {}", path.display()))?;
+    Policy::parse(&text).with_context(|| format!("policy {}", path.display()))
+}
+
+/// Runs `mapek replay`.
+pub async fn run(command: ReplayCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        ReplayCommand::Verify(args) => verify(args, settings).await,
+        ReplayCommand::WhatIf(args) => what_if(args, settings).await,
+        ReplayCommand::Incident(args) => incident(args, settings).await,
+    }
+}
+
+async fn verify(args: VerifyArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let source = source(args.range.file.as_ref(), settings).await?;
+    let range = range(&args.range, &source).await?;
+    let options = VerifyOptions {
+        node: args.range.node.clone(),
+        policies: args.policy.iter().map(read_policy).collect::<Result<_, _>>()?,
+        plan_only: false,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |p: Progress| {
+        if tty {
+            eprint!("\r{}", progress_line(p));
+        }
+    };
+    let report = mapek_replay::verify_with(&source, range, &options, &mut progress).await?;
+    if tty {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `verify: 412000/1000000 telemetry  210000/s  ETA 3s`
+fn progress_line(p: Progress) -> String {
+    let secs = p.elapsed.as_secs_f64().max(1e-3);
+    let rate = p.done as f64 / secs;
+    let left = p.total.saturating_sub(p.done) as f64 / rate.max(1.0);
+    format!(
+        "verify: {}/{} telemetry  {:.0}/s  ETA {:.0}s   ",
+        p.done, p.total, rate, left
+    )
+}
+
+async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let policy = read_policy(&args.policy)?;
+    let source = source(args.range.file.as_ref(), settings).await?;
+    let range = range(&args.range, &source).await?;
+    // The knowledge store's view plugs in here; it must answer only with what was known
+    // before each symptom (the KnowledgeView contract).
+    let report =
+        mapek_replay::what_if(&source, range, args.range.node.as_ref(), &policy, &NoKnowledge)
+            .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn incident(args: IncidentArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    let source = source(args.file.as_ref(), settings).await?;
+    let story = mapek_replay::incident_story(&source, &args.id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&story)?);
+    } else {
+        print!("{story}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
