@@ -1,5 +1,21 @@
-//! Connecting to NATS.
+//! Connecting to NATS: plain, with TLS (mutual TLS when a client certificate is given), and
+//! with credentials.
+//!
+//! [`connect`] and [`connect_client`] take their security settings from the environment,
+//! under the names the `nats` CLI uses, so one set of variables serves both tools:
+//!
+//! | variable | what |
+//! |---|---|
+//! | `NATS_CA` | PEM file of the CA that signed the server's certificate; implies TLS |
+//! | `NATS_CERT`, `NATS_KEY` | PEM client certificate and key, for mutual TLS |
+//! | `NATS_CREDS` | a `.creds` file (JWT and NKey seed) from `nsc` |
+//! | `NATS_USER`, `NATS_PASSWORD` | user and password (also possible in the URL) |
+//! | `NATS_TOKEN` | an auth token |
+//!
+//! A `tls://` URL requires TLS even without `NATS_CA` (the system roots then apply).
+//! [`connect_with`] takes the settings explicitly.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{BusError, JetStream};
@@ -8,9 +24,79 @@ use crate::{BusError, JetStream};
 /// window must stay under it.
 pub(crate) const MAX_ACKS_IN_FLIGHT: usize = 16_384;
 
-/// Connects to NATS at `url` and checks that JetStream is there.
+/// How to authenticate to NATS and secure the connection. The default is plain and
+/// anonymous.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsSecurity {
+    /// CA certificate (PEM) to verify the server with; setting it requires TLS.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// A credentials file (JWT + NKey seed).
+    pub creds: Option<PathBuf>,
+    /// User and password.
+    pub user_password: Option<(String, String)>,
+    /// An auth token.
+    pub token: Option<String>,
+}
+
+impl NatsSecurity {
+    /// Reads `NATS_CA`, `NATS_CERT`/`NATS_KEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD` and
+    /// `NATS_TOKEN`; unset or empty variables are left out.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            ca: var("NATS_CA").map(PathBuf::from),
+            client_cert: var("NATS_CERT")
+                .zip(var("NATS_KEY"))
+                .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
+            creds: var("NATS_CREDS").map(PathBuf::from),
+            user_password: var("NATS_USER").zip(var("NATS_PASSWORD")),
+            token: var("NATS_TOKEN"),
+        }
+    }
+
+    async fn options(&self, url: &str) -> Result<async_nats::ConnectOptions, BusError> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = &self.creds {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| BusError::Connect {
+                    url: url.to_owned(),
+                    detail: format!("cannot read the credentials {}: {e}", path.display()),
+                })?;
+        }
+        if let Some((user, password)) = &self.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        if url.starts_with("tls://") {
+            options = options.require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
+/// Connects to NATS at `url`, secured as the environment says ([`NatsSecurity::from_env`]),
+/// and checks that JetStream is there.
 pub async fn connect(url: &str) -> Result<JetStream, BusError> {
-    let client = connect_client(url).await?;
+    connect_with(url, &NatsSecurity::from_env()).await
+}
+
+/// Connects to NATS at `url` secured by `security`, and checks that JetStream is there.
+pub async fn connect_with(url: &str, security: &NatsSecurity) -> Result<JetStream, BusError> {
+    let client = connect_client_with(url, security).await?;
     let version = client.server_info().version;
     if !at_least_2_10(&version) {
         return Err(BusError::NoJetStream {
@@ -30,10 +116,20 @@ pub async fn connect(url: &str) -> Result<JetStream, BusError> {
     Ok(js)
 }
 
-/// Connects a plain NATS client (for request/reply and core subjects), failing fast with a
-/// clear error when nobody listens at `url`.
+/// Connects a plain NATS client (for request/reply and core subjects), secured as the
+/// environment says, failing fast with a clear error when nobody listens at `url`.
 pub async fn connect_client(url: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+    connect_client_with(url, &NatsSecurity::from_env()).await
+}
+
+/// Connects a plain NATS client secured by `security`.
+pub async fn connect_client_with(
+    url: &str,
+    security: &NatsSecurity,
+) -> Result<async_nats::Client, BusError> {
+    security
+        .options(url)
+        .await?
         .name("mapek")
         .connection_timeout(Duration::from_secs(3))
         .connect(url)

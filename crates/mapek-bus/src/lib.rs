@@ -17,7 +17,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`connect`]: connecting, with an error that says what to do.
+//! - [`connect`]: connecting (TLS, mutual TLS, credentials: [`NatsSecurity`]), with an error
+//!   that says what to do.
 //! - [`streams`]: the stream definitions of `streams/` and [`streams::apply`].
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
@@ -41,7 +42,7 @@ pub mod publisher;
 pub mod streams;
 pub mod subscriber;
 
-pub use connect::{connect, connect_client};
+pub use connect::{NatsSecurity, connect, connect_client, connect_client_with, connect_with};
 pub use dlq::DeadLetters;
 pub use error::BusError;
 pub use inbox::{Delivery, Inbox, InboxConfig};

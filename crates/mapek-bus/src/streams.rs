@@ -84,6 +84,15 @@ impl StreamDef {
         })
     }
 
+    /// The same definition with `replicas` copies of each message (3 on a 3-node cluster,
+    /// so a stream survives the loss of one node).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.config.num_replicas = replicas;
+        self.wanted
+            .insert("num_replicas".to_owned(), Value::from(replicas));
+        self
+    }
+
     /// The stream's name.
     pub fn name(&self) -> &str {
         &self.config.name

@@ -28,6 +28,12 @@
 //! waits. Should the worker stop meanwhile, they come back, are recognised by their result,
 //! and are acknowledged without acting again.
 //!
+//! # Signatures
+//! With a verifying key ([`run_audited`]), a decision is acted on only if its ML-DSA-65
+//! signature verifies and its `prev_hash` links to the previous decision of its partition
+//! ([`mapek_audit::Chain`]); one that fails is recorded as refused ("audit: …"). After a
+//! restart, the first decision of each partition starts the chain again.
+//!
 //! One executor runs for the whole mesh: the rate limit and the blast radius are global.
 //! Sharing leases and buckets between several executors (Redis, per DESIGN.md) is not done.
 
@@ -140,11 +146,25 @@ pub async fn approver(kv: &Store, decision_id: &str) -> Result<Option<String>, B
 }
 
 /// Runs the executor until `shutdown` completes. `client` is the connection commands are
-/// sent over (the one `js` was made from will do).
+/// sent over (the one `js` was made from will do). Checks neither signatures nor links; see
+/// [`run_audited`].
 pub async fn run(
     js: JetStream,
     client: async_nats::Client,
     config: ExecuteConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ExecuteStats, BusError> {
+    run_audited(js, client, config, None, shutdown).await
+}
+
+/// Like [`run`]; with `key`, acting only on decisions signed by the holder of its secret half
+/// and linked to the decision before them (links without signatures prove nothing: anyone
+/// can compute a hash).
+pub async fn run_audited(
+    js: JetStream,
+    client: async_nats::Client,
+    config: ExecuteConfig,
+    key: Option<mapek_audit::VerifyingKey>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
     config.check()?;
@@ -164,6 +184,7 @@ pub async fn run(
         kv,
         held: BTreeSet::new(),
         deferred: None,
+        chain: key.map(|k| mapek_audit::Chain::new(Some(k))),
         stats: ExecuteStats::default(),
     };
     worker.stats.replayed = rebuild(&js, &mut worker.interlocks).await?;
@@ -204,6 +225,8 @@ struct Executor {
     /// The latest decision acted on whose ack a waiting decision blocks; acknowledged (with
     /// everything before it) as soon as nothing before it waits.
     deferred: Option<Delivery<Decision>>,
+    /// Signatures and links of the decisions seen, per partition, with a verifying key.
+    chain: Option<mapek_audit::Chain>,
     stats: ExecuteStats,
 }
 
@@ -222,6 +245,13 @@ impl Executor {
         if self.interlocks.has_result(&decision.decision_id) {
             self.held.remove(&seq);
             self.stats.skipped += 1;
+            return self.ack(delivery).await;
+        }
+        let partition = mapek_audit::audit::partition_of(&delivery.message().subject);
+        if let Some(Err(broken)) = self.chain.as_mut().map(|c| c.check(partition, decision)) {
+            let result = execute::unverified(decision, &broken.to_string());
+            self.record(&result).await?;
+            self.held.remove(&seq);
             return self.ack(delivery).await;
         }
         let config = self.interlocks.config();

@@ -13,12 +13,14 @@
 //! - [`plan`]: symptoms → decisions, with [`mapek_domain::Planner`] and a knowledge view.
 //! - [`execute`]: decisions → commands to node agents → action results, through
 //!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`].
+//! - [`metrics`]: the Prometheus metrics every worker keeps, and the `/metrics` endpoint.
 //! - [`evaluate`]: action results and symptoms → outcomes, with [`mapek_domain::Evaluator`].
 
 pub mod analyze;
 pub mod evaluate;
 pub mod execute;
 pub mod lease;
+pub mod metrics;
 pub mod plan;
 pub mod stage;
 

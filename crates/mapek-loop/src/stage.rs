@@ -9,11 +9,13 @@
 //! copy is dropped as a duplicate. Nothing is lost and nothing doubled.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mapek_bus::{BusError, Inbox, InboxConfig, JetStream, Publisher, StartAt, Subscriber};
 use mapek_codec::AvroEvent;
-use mapek_domain::Event;
+use mapek_domain::{Event, Phase};
+
+use crate::metrics;
 
 /// A phase's pure logic: one input in, the events it causes out.
 pub trait Stage {
@@ -24,6 +26,25 @@ pub trait Stage {
 
     /// Folds `input` into the state and returns what it causes, in a deterministic order.
     fn step(&mut self, input: &Self::In) -> Vec<Self::Out>;
+
+    /// Folds an input its consumer already acknowledged, while the state is rebuilt at
+    /// start; what it causes was published then and is not published again. The default is
+    /// [`Stage::step`]; a stage whose step consults something outside the log (the planner's
+    /// knowledge) overrides it to fold what was recorded instead.
+    fn rebuild_step(&mut self, input: &Self::In) {
+        self.step(input);
+    }
+
+    /// Called once before a rebuild with acknowledged input, to load what
+    /// [`Stage::rebuild_step`] needs from the log. The default loads nothing.
+    fn prepare_rebuild(
+        &mut self,
+        js: &JetStream,
+        partition: Option<u32>,
+    ) -> impl Future<Output = Result<(), BusError>> + Send {
+        let _ = (js, partition);
+        async { Ok(()) }
+    }
 }
 
 /// Where a stage reads from.
@@ -95,10 +116,23 @@ pub async fn run_stage<S: Stage>(
                 break;
             }
         };
+        let started = Instant::now();
+        let phase = S::In::PHASE.token();
+        let mut outputs = 0;
+        let mut decided_at = Vec::new();
         for delivery in &batch {
-            for out in stage.step(&delivery.event) {
+            let step_started = Instant::now();
+            let outs = stage.step(&delivery.event);
+            metrics::STEP_SECONDS
+                .with_label_values(&[phase])
+                .observe(step_started.elapsed().as_secs_f64());
+            if S::Out::PHASE == Phase::Plan && !outs.is_empty() {
+                decided_at.push(delivery.event.ts_ms());
+            }
+            for out in outs {
                 publisher.publish(&out).await?;
                 stats.emitted += 1;
+                outputs += 1;
             }
         }
         // Acknowledge the input only once its output is stored.
@@ -115,10 +149,39 @@ pub async fn run_stage<S: Stage>(
         // One cumulative ack covers the whole batch.
         if let Some(last) = batch.last() {
             last.ack().await?;
+            if let Ok(info) = last.message().info() {
+                metrics::CONSUMER_PENDING
+                    .with_label_values(&[phase, &config.durable])
+                    .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+            }
         }
         stats.processed += batch.len() as u64;
+        metrics::EVENTS_IN
+            .with_label_values(&[phase])
+            .inc_by(batch.len() as u64);
+        metrics::EVENTS_OUT.with_label_values(&[phase]).inc_by(outputs);
+        metrics::BATCH_SECONDS
+            .with_label_values(&[phase])
+            .observe(started.elapsed().as_secs_f64());
+        observe_cycle(&decided_at);
     }
     Ok(stats)
+}
+
+/// Records the cycle time of the decisions of a plan batch: from each symptom's event time
+/// (the time of the telemetry that caused it) to now, when its decision is stored. Wall clock
+/// against event time: it includes the agents' clock skew, which an operator wants to see.
+fn observe_cycle(symptom_times_ms: &[i64]) {
+    if symptom_times_ms.is_empty() {
+        return;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for ts_ms in symptom_times_ms {
+        let age_ms = now_ms.saturating_sub(*ts_ms).max(0);
+        metrics::CYCLE_SECONDS.observe(age_ms as f64 / 1000.0);
+    }
 }
 
 /// Feeds the stage everything its consumer already acknowledged, publishing nothing.
@@ -132,6 +195,7 @@ async fn rebuild<S: Stage>(
     if through == 0 {
         return Ok(0);
     }
+    stage.prepare_rebuild(js, partition).await?;
     let filter = partition_filter::<S::In>(partition);
     let mut replay = Subscriber::<S::In>::open_subject(js, filter, StartAt::All).await?;
     let mut replayed = 0;
@@ -142,7 +206,7 @@ async fn rebuild<S: Stage>(
         }
         // What did not decode was dead-lettered when it was first consumed.
         if let Ok(input) = received.event {
-            stage.step(&input);
+            stage.rebuild_step(&input);
             replayed += 1;
         }
         if received.stream_seq == through || received.pending == 0 {

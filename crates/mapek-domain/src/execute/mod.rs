@@ -107,6 +107,13 @@ pub fn stale(decision: &Decision, waited_ms: i64, max_ms: i64) -> ActionResult {
     result(decision, ActionStatus::Refused, &reason, 0, false)
 }
 
+/// The refusal of a decision that fails the audit: unsigned, a signature that does not
+/// verify, or a broken link to the decision before it (`why` says which).
+pub fn unverified(decision: &Decision, why: &str) -> ActionResult {
+    let reason = format!("audit: {why}; not acting on a decision that cannot be proven");
+    result(decision, ActionStatus::Refused, &reason, 0, false)
+}
+
 /// A result for `decision`, timed at the decision's event time.
 fn result(
     decision: &Decision,

@@ -1,0 +1,203 @@
+//! Decision keys: an ML-DSA-65 key pair, generated once and kept in two files.
+//!
+//! Files hold the raw key bytes behind a one-line header (`mapek ML-DSA-65 secret key\n`), so
+//! a key of another kind or a truncated file is refused with a clear error instead of
+//! producing signatures nobody can check. The secret key file is written with mode 0600.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mapek_domain::Decision;
+use oqs::sig::{Algorithm, Sig};
+
+use crate::AuditError;
+
+const SECRET_HEADER: &[u8] = b"mapek ML-DSA-65 secret key\n";
+const PUBLIC_HEADER: &[u8] = b"mapek ML-DSA-65 public key\n";
+
+/// The file names [`generate`] writes in its directory.
+pub const SECRET_FILE: &str = "decision.key";
+/// The public half's file name.
+pub const PUBLIC_FILE: &str = "decision.pub";
+
+fn sig() -> Result<Sig, AuditError> {
+    oqs::init();
+    Sig::new(Algorithm::MlDsa65).map_err(|e| AuditError::Crypto(e.to_string()))
+}
+
+/// What a decision's signature signs: its chain hash, as text.
+fn message(decision: &Decision) -> Vec<u8> {
+    decision.chain_hash().into_bytes()
+}
+
+/// Signs decisions. Held by the plan worker.
+pub struct SigningKey {
+    sig: Sig,
+    secret: Vec<u8>,
+}
+
+/// Checks decisions' signatures. Held by the executor and `mapek audit verify`.
+pub struct VerifyingKey {
+    sig: Sig,
+    public: Vec<u8>,
+}
+
+/// Generates a key pair into `dir` ([`SECRET_FILE`], [`PUBLIC_FILE`]), refusing to overwrite
+/// an existing secret key (a lost key makes the old signatures unverifiable only if the
+/// public key is lost too, but an overwritten one is a silent rotation). Returns both paths.
+pub fn generate(dir: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
+    let (secret_path, public_path) = (dir.join(SECRET_FILE), dir.join(PUBLIC_FILE));
+    if secret_path.exists() {
+        return Err(AuditError::KeyFile {
+            path: secret_path,
+            detail: "exists already; remove it first to make a new key".into(),
+        });
+    }
+    let sig = sig()?;
+    let (public, secret) = sig
+        .keypair()
+        .map_err(|e| AuditError::Crypto(e.to_string()))?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e: std::io::Error| AuditError::KeyFile {
+            path,
+            detail: e.to_string(),
+        }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    write_private(&secret_path, &[SECRET_HEADER, secret.as_ref()].concat())
+        .map_err(io(&secret_path))?;
+    fs::write(&public_path, [PUBLIC_HEADER, public.as_ref()].concat()).map_err(io(&public_path))?;
+    Ok((secret_path, public_path))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    fs::write(path, bytes)
+}
+
+/// Reads a key file: its header must be `header` and its body `len` bytes.
+fn read_key(path: &Path, header: &[u8], len: usize) -> Result<Vec<u8>, AuditError> {
+    let bad = |detail: String| AuditError::KeyFile {
+        path: path.to_owned(),
+        detail,
+    };
+    let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let Some(body) = bytes.strip_prefix(header) else {
+        return Err(bad(format!(
+            "is not a {}",
+            String::from_utf8_lossy(header).trim()
+        )));
+    };
+    if body.len() != len {
+        return Err(bad(format!(
+            "holds {} key bytes, an ML-DSA-65 key has {len}",
+            body.len()
+        )));
+    }
+    Ok(body.to_vec())
+}
+
+impl SigningKey {
+    /// Reads the secret key file.
+    pub fn load(path: &Path) -> Result<Self, AuditError> {
+        let sig = sig()?;
+        let secret = read_key(path, SECRET_HEADER, sig.length_secret_key())?;
+        Ok(Self { sig, secret })
+    }
+
+    /// Signs `decision` in place: its signature covers its chain hash (every field but the
+    /// signature, its link to the previous decision included).
+    pub fn sign(&self, decision: &mut Decision) -> Result<(), AuditError> {
+        let key = self
+            .sig
+            .secret_key_from_bytes(&self.secret)
+            .ok_or_else(|| AuditError::Crypto("the secret key has the wrong size".into()))?;
+        let signature = self
+            .sig
+            .sign(&message(decision), key)
+            .map_err(|e| AuditError::Crypto(e.to_string()))?;
+        decision.signature = signature.into_vec();
+        Ok(())
+    }
+}
+
+impl VerifyingKey {
+    /// Reads the public key file.
+    pub fn load(path: &Path) -> Result<Self, AuditError> {
+        let sig = sig()?;
+        let public = read_key(path, PUBLIC_HEADER, sig.length_public_key())?;
+        Ok(Self { sig, public })
+    }
+
+    /// Whether `decision`'s signature is a valid ML-DSA-65 signature of its chain hash by
+    /// this key's owner.
+    pub fn verifies(&self, decision: &Decision) -> bool {
+        let (Some(key), Some(signature)) = (
+            self.sig.public_key_from_bytes(&self.public),
+            self.sig.signature_from_bytes(&decision.signature),
+        ) else {
+            return false;
+        };
+        self.sig.verify(&message(decision), signature, key).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision() -> Decision {
+        mapek_testkit::samples::decision()
+    }
+
+    #[test]
+    fn a_signed_decision_verifies_and_any_change_breaks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = generate(dir.path()).unwrap();
+        let (signer, checker) = (
+            SigningKey::load(&secret).unwrap(),
+            VerifyingKey::load(&public).unwrap(),
+        );
+        let mut d = decision();
+        assert!(!checker.verifies(&d), "unsigned");
+        signer.sign(&mut d).unwrap();
+        assert_eq!(d.signature.len(), 3309);
+        assert!(checker.verifies(&d));
+        let mut changed = d.clone();
+        changed.reason.push('!');
+        assert!(!checker.verifies(&changed));
+
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_public) = generate(other.path()).unwrap();
+        assert!(!VerifyingKey::load(&other_public).unwrap().verifies(&d));
+    }
+
+    #[test]
+    fn a_key_is_never_overwritten_and_a_wrong_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = generate(dir.path()).unwrap();
+        let again = generate(dir.path()).unwrap_err().to_string();
+        assert!(again.contains("exists already"), "{again}");
+        let wrong = SigningKey::load(&public).err().unwrap().to_string();
+        assert!(
+            wrong.contains("decision.pub") && wrong.contains("secret key"),
+            "{wrong}"
+        );
+        fs::write(&secret, b"mapek ML-DSA-65 secret key\nshort").unwrap();
+        let short = SigningKey::load(&secret).err().unwrap().to_string();
+        assert!(short.contains("holds 5 key bytes"), "{short}");
+    }
+}

@@ -1,0 +1,27 @@
+//! mapek's audit trail: every decision signed with ML-DSA-65 and linked to the one before it.
+//!
+//! The planner links each decision to the previous one of its partition (`prev_hash`, see
+//! [`mapek_domain::Decision::chain_hash`]); the plan worker signs the chain hash with the
+//! decision key; the executor acts only on decisions whose signature verifies and whose link
+//! holds; `mapek audit verify` checks a whole plan stream. ML-DSA (FIPS 204) is a
+//! post-quantum signature: a decision log kept for years stays provable.
+//!
+//! Signatures are randomised (hedged signing), so they are not part of what replay
+//! reproduces: replay compares decisions without their signatures, and this crate checks the
+//! signatures.
+//!
+//! # Layout
+//! - [`keys`]: [`SigningKey`] and [`VerifyingKey`], generated and kept in files.
+//! - [`chain`]: [`Chain`], checking signatures and links decision by decision, one chain per
+//!   plan partition.
+//! - [`audit`]: [`audit::verify_stream`], the whole MAPEK_PLAN stream through a [`Chain`].
+//! - [`error`]: what can go wrong, [`AuditError`].
+
+pub mod audit;
+pub mod chain;
+pub mod error;
+pub mod keys;
+
+pub use chain::{Broken, Chain};
+pub use error::AuditError;
+pub use keys::{SigningKey, VerifyingKey};
