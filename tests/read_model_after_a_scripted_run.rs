@@ -4,7 +4,7 @@
 
 mod knowledge_log;
 
-use knowledge_log::{project_all, publish_scripted_run, rows, server_with_streams};
+use knowledge_log::{project_all, publish_scripted_run, server_with_streams};
 use mapek_knowledge::{Backend, PROJECTED, ReadModel};
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
@@ -137,4 +137,24 @@ async fn postgres_and_sqlite_hold_the_scripted_run() {
     let (a, b) = (pg.snapshot().await.unwrap(), lite.snapshot().await.unwrap());
     assert!(a.len() > 10, "the snapshot holds the rows: {a:?}");
     assert_eq!(a, b, "Postgres and SQLite hold the same read model");
+}
+
+/// Rows of a query as text, one string per row, cells joined by `|`.
+async fn rows(model: &ReadModel, sql: &str) -> Vec<String> {
+    use sqlx::Row;
+    let rows = sqlx::query(sql).fetch_all(model.pool()).await.expect(sql);
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                        .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                        .or_else(|_| r.try_get::<f64, _>(i).map(|v| v.to_string()))
+                        .unwrap_or_else(|_| "?".into())
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
 }

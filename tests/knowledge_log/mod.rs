@@ -217,25 +217,5 @@ pub async fn project_all(js: &JetStream, model: &ReadModel) -> ProjectionStats {
     stats
 }
 
-/// Rows of a query as text, one string per row, cells joined by `|`.
-pub async fn rows(model: &ReadModel, sql: &str) -> Vec<String> {
-    use sqlx::Row;
-    let rows = sqlx::query(sql).fetch_all(model.pool()).await.expect(sql);
-    rows.iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| {
-                    r.try_get::<Option<String>, _>(i)
-                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
-                        .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
-                        .or_else(|_| r.try_get::<f64, _>(i).map(|v| v.to_string()))
-                        .unwrap_or_else(|_| "?".into())
-                })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
-
 /// Keeps `_` imports that only some tests use from warning.
 pub fn _unused(_: Decision) {}

@@ -1,0 +1,171 @@
+//! A user asks `mapek status` how the mesh is: nodes by health, open incidents, recent
+//! actions; from the SQL read model, from Redis, and after `mapek knowledge rebuild`.
+
+mod common;
+mod knowledge_log;
+
+use std::time::Duration;
+
+use common::{mapek, run, stderr, stdout};
+use knowledge_log::{publish_scripted_run, server_with_streams};
+use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, Redis, project_with};
+use mapek_testkit::TestRedis;
+
+fn status(url: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = mapek(url);
+    cmd.arg("status").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "mapek status failed: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn check_json(text: &str, source: &str) {
+    let v: serde_json::Value = serde_json::from_str(text).expect("status --json is JSON");
+    assert_eq!(v["source"], source);
+    let nodes: Vec<(String, String)> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().into(),
+                n["health"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("n1", "ok"), ("n2", "degraded"), ("n3", "silent")]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(nodes, want, "nodes from {source}");
+    let open = v["open_incidents"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "one open incident from {source}");
+    assert_eq!(open[0]["incident_id"], "inc-b");
+    assert_eq!(open[0]["kind"], "cpu_saturation");
+    let actions: Vec<&str> = v["recent_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["refused", "applied"],
+        "newest first, from {source}"
+    );
+}
+
+#[tokio::test]
+async fn status_shows_nodes_incidents_and_actions() {
+    let (server, js) = server_with_streams().await;
+    publish_scripted_run(&js).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("knowledge.sqlite");
+    let sqlite = sqlite.to_str().unwrap();
+    let redis = TestRedis::new();
+
+    let model = ReadModel::connect(sqlite).await.unwrap();
+    model.migrate().await.unwrap();
+    let hot = Redis::connect_with_prefix(redis.url(), redis.prefix())
+        .await
+        .unwrap();
+    let config = ProjectionConfig {
+        until_caught_up: true,
+        ..ProjectionConfig::default()
+    };
+    let stats = ProjectionStats::default();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        project_with(
+            js.clone(),
+            model,
+            Some(hot),
+            config,
+            stats.clone(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.total(|c| &c.redis_failures), 0);
+
+    let url = server.url();
+    let text = status(&url, &["--database-url", sqlite], &[]);
+    assert!(
+        text.contains("nodes: 3 (1 ok, 1 degraded, 1 silent), from sql"),
+        "{text}"
+    );
+    assert!(text.contains("open incidents: 1"), "{text}");
+    assert!(text.contains("cpu_saturation"), "{text}");
+    assert!(text.contains("recent actions: 2"), "{text}");
+    assert!(
+        text.contains("cooldown: n2 was acted on 10 s ago"),
+        "{text}"
+    );
+    check_json(
+        &status(&url, &["--database-url", sqlite, "--json"], &[]),
+        "sql",
+    );
+
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("MAPEK_REDIS_PREFIX", redis.prefix()),
+    ];
+    let text = status(&url, &[], &env);
+    assert!(
+        text.contains("nodes: 3 (1 ok, 1 degraded, 1 silent), from redis"),
+        "{text}"
+    );
+    check_json(&status(&url, &["--json"], &env), "redis");
+
+    // A rebuild from the log into another file reads the same.
+    let rebuilt = dir.path().join("rebuilt.sqlite");
+    let rebuilt = rebuilt.to_str().unwrap();
+    let mut cmd = mapek(&url);
+    cmd.args(["knowledge", "rebuild", "--database-url", rebuilt]);
+    let out = run(cmd);
+    assert!(out.status.success(), "rebuild failed: {}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("MAPEK_MONITOR 44 events"), "{said}");
+    assert!(said.contains("MAPEK_PLAN 2 events (1 skipped"), "{said}");
+    check_json(
+        &status(&url, &["--database-url", rebuilt, "--json"], &[]),
+        "sql",
+    );
+}
+
+#[test]
+fn status_without_a_read_model_says_what_to_do() {
+    let mut cmd = mapek("nats://127.0.0.1:1");
+    let dir = tempfile::tempdir().unwrap();
+    cmd.arg("status").current_dir(dir.path());
+    let out = run(cmd);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no read model at mapek-data/knowledge.sqlite")
+            && err.contains("mapek knowledge rebuild"),
+        "{err}"
+    );
+
+    let mut cmd = mapek("nats://127.0.0.1:1");
+    cmd.args([
+        "status",
+        "--database-url",
+        "postgres://me:secret@127.0.0.1:1/x",
+    ]);
+    let out = run(cmd);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach the read model at postgres://me:***@127.0.0.1:1/x")
+            && !err.contains("secret"),
+        "{err}"
+    );
+}
