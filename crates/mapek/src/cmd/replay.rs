@@ -171,9 +171,9 @@ async fn verify(args: VerifyArgs, settings: &Settings) -> anyhow::Result<ExitCod
         eprintln!();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{report}");
+        emit(&report.to_string())?;
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -203,9 +203,9 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
         mapek_replay::what_if(&source, range, args.range.node.as_ref(), &policy, &NoKnowledge)
             .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{report}");
+        emit(&report.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -214,9 +214,21 @@ async fn incident(args: IncidentArgs, settings: &Settings) -> anyhow::Result<Exi
     let source = source(args.file.as_ref(), settings).await?;
     let story = mapek_replay::incident_story(&source, &args.id).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&story)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&story)?))?;
     } else {
-        print!("{story}");
+        emit(&story.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
 }

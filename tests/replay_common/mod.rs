@@ -1,0 +1,67 @@
+//! What the replay tests share: a live log recorded by `mapek demo`, and `mapek replay`.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+
+use mapek_bus::JetStream;
+use mapek_domain::Phase;
+use mapek_testkit::NatsServer;
+
+use crate::common::{mapek, run, stderr, stdout};
+
+/// A fresh server holding the log of a whole `mapek demo` run on 32 nodes: telemetry,
+/// symptoms, decisions, actions, outcomes, and the policy and analyze settings the workers
+/// recorded at start.
+pub async fn recorded_demo() -> (NatsServer, JetStream) {
+    let server = NatsServer::start();
+    let mut demo = mapek(&server.url());
+    demo.args(["demo", "--nodes", "32", "--speed", "20"]);
+    let out = run(demo);
+    assert!(out.status.success(), "the demo failed: {}", stderr(&out));
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    (server, js)
+}
+
+/// Runs `mapek <args>` against `url`.
+pub fn mapek_run(url: &str, args: &[&str]) -> Output {
+    let mut cmd = mapek(url);
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Runs `mapek <args> --json` and parses what it prints, whatever the exit code.
+pub fn mapek_json(url: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = mapek_run(url, &all);
+    let json = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| {
+        panic!(
+            "mapek {args:?} --json printed no JSON ({e}):\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        )
+    });
+    (out, json)
+}
+
+/// How many messages each phase's stream holds, in phase order.
+pub async fn stream_counts(js: &JetStream) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
+    for phase in Phase::ALL {
+        let n = match js.get_stream(phase.stream()).await {
+            Ok(mut s) => s.info().await.unwrap().state.messages,
+            Err(_) => 0,
+        };
+        counts.push((phase.stream().to_owned(), n));
+    }
+    counts
+}
+
+/// Every recorded decision, as `mapek subscribe decisions --json` prints them.
+pub fn decisions(url: &str) -> Vec<serde_json::Value> {
+    crate::common::subscribe_all(url, "decisions", &[])
+        .into_iter()
+        .map(|m| m["event"].clone())
+        .collect()
+}

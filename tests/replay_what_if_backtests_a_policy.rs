@@ -1,0 +1,72 @@
+//! `mapek replay what-if` backtests a policy on the recorded symptoms: the policy in force
+//! changes nothing; a rule's threshold raised out of reach turns exactly its decisions into
+//! escalations.
+
+mod common;
+mod replay_common;
+
+use common::{stderr, stdout};
+use replay_common::{decisions, mapek_json, mapek_run, recorded_demo};
+
+const DEFAULT: &str = include_str!("../policies/default.toml");
+
+fn write_policy(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn what_if_with_the_policy_in_force_changes_nothing() {
+    let (server, _js) = recorded_demo().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let same = write_policy(&dir, "same.toml", DEFAULT);
+    let out = mapek_run(&url, &["replay", "what-if", "--policy", &same]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("verdict: no change"), "{text}");
+
+    let (_, report) = mapek_json(&url, &["replay", "what-if", "--policy", &same]);
+    let recorded = decisions(&url).len() as u64;
+    assert_eq!(report["total"]["same"], recorded, "{report}");
+    for change in ["changed", "added", "removed"] {
+        assert_eq!(report["total"][change], 0, "{report}");
+    }
+}
+
+#[tokio::test]
+async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
+    let (server, _js) = recorded_demo().await;
+    let url = server.url();
+    let rule = "name = \"lossy-link\"\nsymptom = \"packet_loss\"\nhas_peer = true\n";
+    assert!(DEFAULT.contains(rule), "the default policy has the lossy-link rule");
+    let raised = DEFAULT.replace(rule, &format!("{rule}min_severity = 100.0\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = write_policy(&dir, "candidate.toml", &raised);
+
+    let recorded = decisions(&url);
+    let lossy = recorded.iter().filter(|d| d["rule"] == "lossy-link").count() as u64;
+    assert!(lossy >= 1, "the degraded link was decided by lossy-link");
+
+    let (out, report) = mapek_json(&url, &["replay", "what-if", "--policy", &candidate]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["total"]["changed"], lossy, "{report}");
+    assert_eq!(report["total"]["same"], recorded.len() as u64 - lossy);
+    assert_eq!(report["total"]["added"], 0);
+    assert_eq!(report["total"]["removed"], 0);
+    assert_eq!(report["per_kind"]["packet_loss"]["changed"], lossy);
+    let reroutes = report["per_action"]["reroute"].as_array().unwrap();
+    assert_eq!(
+        reroutes[0].as_u64().unwrap() - reroutes[1].as_u64().unwrap(),
+        lossy,
+        "{report}"
+    );
+    for x in report["examples"].as_array().unwrap() {
+        assert_eq!(x["change"], "changed");
+        assert_eq!(x["recorded"]["rule"], "lossy-link");
+        assert!(x["what_if"]["action"].as_str().unwrap().starts_with("escalate"), "{x}");
+    }
+    let text = stdout(&mapek_run(&url, &["replay", "what-if", "--policy", &candidate]));
+    assert!(text.contains("decisions would change"), "{text}");
+}
