@@ -1,0 +1,335 @@
+//! [`EdgeIndex`]: the incident index in process, on disk, with qdrant-edge.
+//!
+//! qdrant-edge is the Qdrant engine as a library: a shard in a directory (a write-ahead log
+//! and segments), no server. Its API is synchronous; the async trait methods run it on
+//! tokio's blocking pool, and [`IncidentIndex::search_now`] calls it directly (a search of
+//! a few thousand points takes well under a millisecond).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use mapek_domain::plan::FEATURE_DIM;
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::external::uuid::Uuid;
+use qdrant_edge::{
+    Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfigBuilder,
+    EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, Match,
+    NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStructPersisted, QueryEnum, Range, ScoredPoint, SearchRequest,
+    UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, VectorStructPersisted,
+    WithPayloadInterface, WithVector,
+};
+
+use crate::error::VectorError;
+use crate::incident::{
+    Incident, Offsets, Similar, SimilarQuery, offsets_point_id, point_id, settle_hits,
+};
+use crate::index::{
+    IncidentIndex, from_payload, offsets_from_payload, offsets_payload, to_payload,
+};
+
+/// The incident index in a directory, with qdrant-edge.
+#[derive(Clone)]
+pub struct EdgeIndex {
+    shard: Arc<EdgeShard>,
+    at: String,
+}
+
+impl std::fmt::Debug for EdgeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeIndex").field("at", &self.at).finish()
+    }
+}
+
+impl EdgeIndex {
+    /// Opens the index in `dir`, creating it (and the directory) if it does not exist.
+    pub fn open(dir: &Path) -> Result<Self, VectorError> {
+        let at = dir.display().to_string();
+        let failed = |detail: String| VectorError::Open {
+            at: at.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| failed(format!("cannot create the directory: {e}")))?;
+        let shard = if dir.join("edge_config.json").exists() {
+            EdgeShard::load(dir, None).map_err(|e| {
+                failed(format!(
+                    "{e}; is it an incident index? Move it away to start a new one"
+                ))
+            })?
+        } else {
+            let config = EdgeConfigBuilder::new()
+                .vector(
+                    DEFAULT_VECTOR_NAME,
+                    EdgeVectorParams::builder(FEATURE_DIM, Distance::Cosine).build(),
+                )
+                .build();
+            let shard = EdgeShard::new(dir, config).map_err(|e| failed(e.to_string()))?;
+            // Payload indexes for what every search filters on, so a search of a large index
+            // visits only the candidates.
+            for (field, ty) in [
+                ("kind", PayloadSchemaType::Keyword),
+                ("ready", PayloadSchemaType::Bool),
+                ("outcome_ms", PayloadSchemaType::Float),
+            ] {
+                let op = UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(
+                    CreateIndex {
+                        field_name: key(field),
+                        field_schema: Some(PayloadFieldSchema::FieldType(ty)),
+                    },
+                ));
+                shard
+                    .update(op)
+                    .map_err(|e| failed(format!("cannot index {field}: {e}")))?;
+            }
+            shard
+        };
+        let size = shard
+            .config()
+            .vectors
+            .get(DEFAULT_VECTOR_NAME)
+            .map(|v| v.size);
+        if size != Some(FEATURE_DIM) {
+            return Err(failed(format!(
+                "its vectors have {size:?} dimensions, this mapek's features {FEATURE_DIM}: \
+                 move it away and run `mapek knowledge rebuild`"
+            )));
+        }
+        Ok(Self {
+            shard: Arc::new(shard),
+            at,
+        })
+    }
+
+    /// The default location under a data directory: `<data_dir>/incidents`.
+    pub fn default_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("incidents")
+    }
+
+    /// The engine itself, for benchmarks that compare with its raw search.
+    pub fn shard(&self) -> &EdgeShard {
+        &self.shard
+    }
+
+    /// Builds HNSW indexes and merges segments, blocking: worth it after a bulk load.
+    pub fn optimize(&self) -> Result<(), VectorError> {
+        self.shard.optimize().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> VectorError {
+        VectorError::Index {
+            at: self.at.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Runs `f` on the blocking pool.
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EdgeIndex) -> Result<T, VectorError> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, VectorError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let at = this.at.clone();
+            tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(|e| VectorError::Index {
+                    at,
+                    detail: format!("the index task failed: {e}"),
+                })?
+        })
+    }
+
+    fn write_now(&self, incidents: Vec<Incident>, offsets: Offsets) -> Result<(), VectorError> {
+        let mut points: Vec<PointStructPersisted> = incidents
+            .iter()
+            .map(|i| point(&point_id(&i.incident_id), i.vector(), to_payload(i)))
+            .collect();
+        points.push(point(&offsets_point_id(), placeholder(), offsets_payload(offsets)));
+        let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(points),
+        ));
+        self.shard.update(op).map_err(|e| self.err(e))
+    }
+
+    /// The request the index sends to the engine for `query`: exposed for the benchmark's
+    /// raw baseline.
+    pub fn request(query: &SimilarQuery) -> SearchRequest {
+        let mut must = vec![field_match("ready", ValueVariants::Bool(true))];
+        if let Some(kind) = query.kind {
+            must.push(field_match(
+                "kind",
+                ValueVariants::String(kind.as_str().to_owned()),
+            ));
+        }
+        if let Some(before) = query.known_before_ms {
+            must.push(Condition::Field(FieldCondition::new_range(
+                key("outcome_ms"),
+                Range {
+                    lt: Some(OrderedFloat(before as f64)),
+                    gt: None,
+                    gte: None,
+                    lte: None,
+                },
+            )));
+        }
+        SearchRequest {
+            query: QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Dense(query.vector.clone()),
+                using: None,
+            }),
+            filter: Some(Filter {
+                must: Some(must),
+                ..Filter::default()
+            }),
+            params: None,
+            limit: query.fetch(),
+            offset: 0,
+            with_payload: Some(WithPayloadInterface::Bool(true)),
+            with_vector: None,
+            score_threshold: None,
+        }
+    }
+
+    fn hits(&self, found: Vec<ScoredPoint>, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
+        let mut hits = Vec::with_capacity(found.len());
+        for p in found {
+            let payload = p.payload.map(|p| p.0).unwrap_or_default();
+            let incident = from_payload(&self.at, &p.id.to_string(), payload, None)?;
+            hits.push(Similar {
+                score: f64::from(p.score),
+                incident,
+            });
+        }
+        Ok(settle_hits(hits, query))
+    }
+
+    fn get_now(&self, id: &str) -> Result<Option<(Payload, Option<Vec<f32>>)>, VectorError> {
+        let found = self
+            .shard
+            .retrieve(
+                &[uuid(id)],
+                Some(WithPayloadInterface::Bool(true)),
+                Some(WithVector::Bool(true)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(found.into_iter().next().map(|r| {
+            let vector = r.vector.and_then(dense);
+            (r.payload.unwrap_or_default(), vector)
+        }))
+    }
+}
+
+impl IncidentIndex for EdgeIndex {
+    fn location(&self) -> &str {
+        &self.at
+    }
+
+    fn write(
+        &self,
+        incidents: Vec<Incident>,
+        offsets: Offsets,
+    ) -> BoxFuture<'_, Result<(), VectorError>> {
+        self.blocking(move |me| me.write_now(incidents, offsets))
+    }
+
+    fn search(&self, query: SimilarQuery) -> BoxFuture<'_, Result<Vec<Similar>, VectorError>> {
+        self.blocking(move |me| me.search_now(&query))
+    }
+
+    fn search_now(&self, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        let found = self
+            .shard
+            .search(Self::request(query))
+            .map_err(|e| self.err(e))?;
+        self.hits(found, query)
+    }
+
+    fn get(&self, incident_id: &str) -> BoxFuture<'_, Result<Option<Incident>, VectorError>> {
+        let id = point_id(incident_id);
+        self.blocking(move |me| match me.get_now(&id)? {
+            Some((payload, vector)) => from_payload(&me.at, &id, payload.0, vector).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    fn offsets(&self) -> BoxFuture<'_, Result<Offsets, VectorError>> {
+        self.blocking(|me| match me.get_now(&offsets_point_id())? {
+            Some((payload, _)) => offsets_from_payload(&me.at, &payload.0),
+            None => Ok(Offsets::default()),
+        })
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, VectorError>> {
+        self.blocking(|me| {
+            let all = me
+                .shard
+                .count(CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map_err(|e| me.err(e))?;
+            let offsets = usize::from(me.get_now(&offsets_point_id())?.is_some());
+            Ok(all.saturating_sub(offsets) as u64)
+        })
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<(), VectorError>> {
+        self.blocking(|me| {
+            let op = UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(
+                Filter::default(),
+            ));
+            me.shard.update(op).map_err(|e| me.err(e))
+        })
+    }
+}
+
+fn field_match(key: &str, value: ValueVariants) -> Condition {
+    Condition::Field(FieldCondition::new_match(
+        self::key(key),
+        Match::from(value),
+    ))
+}
+
+/// A payload key. Ours are plain names, which always parse.
+fn key(name: &str) -> JsonPath {
+    name.parse().expect("a plain field name is a valid JSON path")
+}
+
+fn uuid(id: &str) -> PointId {
+    // Our ids are always well-formed UUIDs (see `point_id`).
+    PointId::Uuid(Uuid::parse_str(id).unwrap_or_default())
+}
+
+fn point(
+    id: &str,
+    vector: Vec<f32>,
+    payload: serde_json::Map<String, serde_json::Value>,
+) -> PointStructPersisted {
+    PointStructPersisted {
+        id: uuid(id),
+        vector: VectorStructPersisted::from(VectorStructInternal::Single(vector)),
+        payload: Some(Payload(payload)),
+    }
+}
+
+fn placeholder() -> Vec<f32> {
+    let mut v = vec![0.0; FEATURE_DIM];
+    v[0] = 1.0;
+    v
+}
+
+fn dense(v: VectorStructInternal) -> Option<Vec<f32>> {
+    match v {
+        VectorStructInternal::Single(v) => Some(v),
+        VectorStructInternal::Named(mut m) => match m.remove(DEFAULT_VECTOR_NAME) {
+            Some(VectorInternal::Dense(v)) => Some(v),
+            _ => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}

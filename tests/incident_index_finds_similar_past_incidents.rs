@@ -1,0 +1,148 @@
+//! The incident index on qdrant-edge (the embedded default): a user's past incidents go in,
+//! and the nearest ones the planner may use come out, filtered by kind and by what was known
+//! at a moment, ties broken by incident id, and they survive a reopen.
+
+use std::collections::BTreeMap;
+
+use mapek_domain::{
+    Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
+};
+use mapek_testkit::samples;
+use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery};
+
+const T0: i64 = 1_795_867_200_000;
+
+fn cpu_symptom(incident: &str, node: &str, ts_ms: i64, cpu: f64) -> Symptom {
+    Symptom {
+        symptom_id: format!("s-{incident}"),
+        incident_id: incident.into(),
+        node: samples::node(node),
+        ts_ms,
+        kind: SymptomKind::CpuSaturation,
+        state: SymptomState::Open,
+        severity: cpu / 0.9,
+        peer: None,
+        evidence: BTreeMap::from([
+            ("mean_cpu".to_owned(), cpu),
+            ("cpu_threshold".to_owned(), 0.9),
+        ]),
+        summary: format!("mean cpu {cpu}"),
+        caused_by: "t".into(),
+    }
+}
+
+/// A closed incident: opened at `ts_ms`, `action` decided, judged 30 s later.
+fn incident(s: &Symptom, action: ActionKind, resolved: Option<bool>) -> Incident {
+    let mut i = Incident::new(&s.incident_id, s.node.as_str());
+    assert!(i.apply_symptom(s));
+    let mut d: Decision = samples::decision();
+    d.decision_id = format!("d-{}", s.incident_id);
+    d.incident_id = s.incident_id.clone();
+    d.ts_ms = s.ts_ms;
+    d.action = Action {
+        kind: action,
+        peer: None,
+        service: None,
+        params: BTreeMap::new(),
+    };
+    assert!(i.apply_decision(&d));
+    if let Some(resolved) = resolved {
+        let mut o: Outcome = samples::outcome();
+        o.decision_id = d.decision_id.clone();
+        o.incident_id = s.incident_id.clone();
+        o.ts_ms = s.ts_ms + 30_000;
+        o.result = if resolved {
+            OutcomeResult::Resolved
+        } else {
+            OutcomeResult::NotResolved
+        };
+        assert!(i.apply_outcome(&o));
+        assert!(!i.apply_outcome(&o), "the same outcome twice changes nothing");
+    }
+    i
+}
+
+fn ids(hits: &[mapek_vectors::Similar]) -> Vec<&str> {
+    hits.iter().map(|h| h.incident.incident_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incidents");
+    let index = EdgeIndex::open(&path).unwrap();
+
+    let a = cpu_symptom("a", "n1", T0, 0.97);
+    let b = cpu_symptom("b", "n2", T0 + 60_000, 0.97);
+    let c = cpu_symptom("c", "n3", T0 + 120_000, 0.92);
+    let later = cpu_symptom("later", "n4", T0 + 600_000, 0.97);
+    let open = cpu_symptom("open", "n5", T0 + 10_000, 0.97);
+    let mut other = samples::symptom();
+    other.incident_id = "latency".into();
+    let incidents = vec![
+        incident(&a, ActionKind::Escalate, Some(false)),
+        incident(&b, ActionKind::RestartService, Some(true)),
+        incident(&c, ActionKind::RestartService, Some(true)),
+        incident(&later, ActionKind::RestartService, Some(true)),
+        incident(&open, ActionKind::RestartService, None),
+        incident(&other, ActionKind::Reroute, Some(true)),
+    ];
+    assert!(!incidents[4].ready, "no outcome yet: not for the planner");
+    let offsets = Offsets {
+        analyze: 7,
+        plan: 5,
+        knowledge: 3,
+    };
+    index.write(incidents, offsets).await.unwrap();
+    assert_eq!(index.count().await.unwrap(), 6);
+    assert_eq!(index.offsets().await.unwrap(), offsets);
+
+    // A new CPU incident at T0 + 200 s: a and b are identical to it (0.97), c is a little
+    // further; `later` was judged after it, `open` has no outcome, `latency` is another kind.
+    let now = cpu_symptom("now", "n9", T0 + 200_000, 0.97);
+    let hits = index
+        .search(SimilarQuery::for_symptom(&now, 5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&hits), ["a", "b", "c"], "ties by incident id, nearest first");
+    assert!(hits[0].score > 0.999 && hits[0].score == hits[1].score);
+    assert!(hits[2].score < hits[1].score);
+    assert_eq!(hits[0].incident.action, Some(ActionKind::Escalate));
+    assert_eq!(hits[0].incident.resolved, Some(false));
+    assert_eq!(hits[1].incident.resolved, Some(true));
+
+    // What was known at T0 + 100 s: a (judged at T0 + 30 s) and b (T0 + 90 s), not c
+    // (T0 + 150 s): replay asks this way, so the past is never judged with the future.
+    let then = cpu_symptom("then", "n9", T0 + 100_000, 0.97);
+    let hits = index.search_now(&SimilarQuery::for_symptom(&then, 5)).unwrap();
+    assert_eq!(ids(&hits), ["a", "b"]);
+
+    // At most k, and the incident itself is left out.
+    let hits = index.search_now(&SimilarQuery::for_symptom(&b, 1)).unwrap();
+    assert_eq!(ids(&hits), ["a"]);
+
+    let got = index.get("c").await.unwrap().expect("c is stored");
+    assert_eq!(got.kind, Some(SymptomKind::CpuSaturation));
+    assert_eq!(got.features.len(), mapek_domain::plan::FEATURE_DIM);
+    assert!(index.get("nope").await.unwrap().is_none());
+
+    drop(index);
+    let index = EdgeIndex::open(&path).unwrap();
+    assert_eq!(index.offsets().await.unwrap(), offsets, "offsets survive a reopen");
+    let hits = index.search_now(&SimilarQuery::for_symptom(&now, 5)).unwrap();
+    assert_eq!(ids(&hits), ["a", "b", "c"], "and so do the points");
+
+    index.clear().await.unwrap();
+    assert_eq!(index.count().await.unwrap(), 0);
+    assert_eq!(index.offsets().await.unwrap(), Offsets::default());
+}
+
+#[test]
+fn an_index_that_cannot_be_opened_names_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let err = EdgeIndex::open(&file).unwrap_err().to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.starts_with("cannot open the incident index at"), "{err}");
+}
