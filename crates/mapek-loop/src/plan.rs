@@ -5,16 +5,29 @@
 //! same decisions again, so rebuilding from the log (see [`crate::stage`]) restores it exactly.
 //! With several partitions, each partition's planner counts the blast radius over its own
 //! nodes; the executor's interlocks count it over all of them.
+//!
+//! Replaying with the live knowledge would not be exact: the knowledge grows as outcomes come
+//! in, so a symptom decided on yesterday's knowledge could be decided differently today, and
+//! the rebuilt state (which action is in cooldown) would not be the state the published
+//! decisions came from. A rebuild therefore answers each symptom with the knowledge its
+//! recorded decision consulted ([`RecordedKnowledge`]), read from the partition's decisions
+//! before the replay starts.
 
-use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{Decision, KnowledgeView, Planner, Policy, Symptom};
+use std::collections::BTreeMap;
+use std::future::Future;
 
-use crate::stage::Stage;
+use mapek_bus::{BusError, JetStream, StartAt, Subscriber};
+use mapek_domain::plan::{NoKnowledge, RecordedKnowledge};
+use mapek_domain::{Decision, KnowledgeView, Neighbour, Planner, Policy, Symptom};
+
+use crate::stage::{Stage, partition_filter};
 
 /// A planner and the knowledge it consults.
 pub struct PlanStage {
     planner: Planner,
     knowledge: Box<dyn KnowledgeView + Send>,
+    /// While rebuilding: the knowledge each recorded decision consulted, by symptom id.
+    recorded: BTreeMap<String, Vec<Neighbour>>,
 }
 
 impl PlanStage {
@@ -23,12 +36,18 @@ impl PlanStage {
         Self {
             planner: Planner::new(policy),
             knowledge,
+            recorded: BTreeMap::new(),
         }
     }
 
     /// A planner for `policy` with no past incidents to learn from.
     pub fn without_knowledge(policy: Policy) -> Self {
         Self::new(policy, Box::new(NoKnowledge))
+    }
+
+    /// The planner, for inspection.
+    pub fn planner(&self) -> &Planner {
+        &self.planner
     }
 }
 
@@ -37,9 +56,67 @@ impl Stage for PlanStage {
     type Out = Decision;
 
     fn step(&mut self, symptom: &Symptom) -> Vec<Decision> {
+        if !self.recorded.is_empty() {
+            self.recorded = BTreeMap::new();
+        }
         self.planner
             .decide(symptom, self.knowledge.as_ref())
             .into_iter()
             .collect()
     }
+
+    fn rebuild_step(&mut self, symptom: &Symptom) {
+        // A symptom with no recorded decision was decided on without consulting anything
+        // (or not decided at all): no knowledge reproduces that.
+        let knowledge = self
+            .recorded
+            .get(&symptom.symptom_id)
+            .map(|n| RecordedKnowledge::new(n.clone()))
+            .unwrap_or_default();
+        let _ = self.planner.decide(symptom, &knowledge);
+    }
+
+    fn prepare_rebuild(
+        &mut self,
+        js: &JetStream,
+        partition: Option<u32>,
+    ) -> impl Future<Output = Result<(), BusError>> + Send {
+        let hash = self.planner.policy().hash().to_owned();
+        let recorded = &mut self.recorded;
+        async move {
+            *recorded = recorded_knowledge(js, partition, &hash).await?;
+            Ok(())
+        }
+    }
+}
+
+/// The knowledge each decision stored in the partition consulted, by symptom id. Where a
+/// symptom was decided under several policies, this policy's decision wins.
+async fn recorded_knowledge(
+    js: &JetStream,
+    partition: Option<u32>,
+    policy_hash: &str,
+) -> Result<BTreeMap<String, Vec<Neighbour>>, BusError> {
+    let filter = partition_filter::<Decision>(partition);
+    let mut decisions = Subscriber::<Decision>::open_subject(js, filter, StartAt::All).await?;
+    let mut found: BTreeMap<String, (bool, Vec<Neighbour>)> = BTreeMap::new();
+    if decisions.pending_at_start() == 0 {
+        return Ok(BTreeMap::new());
+    }
+    while let Some(received) = decisions.next().await {
+        let received = received?;
+        if let Ok(d) = received.event {
+            let ours = d.policy_hash == policy_hash;
+            let keep = found
+                .get(&d.symptom_id)
+                .is_none_or(|(was_ours, _)| ours || !was_ours);
+            if keep {
+                found.insert(d.symptom_id, (ours, d.knowledge));
+            }
+        }
+        if received.pending == 0 {
+            break;
+        }
+    }
+    Ok(found.into_iter().map(|(k, (_, n))| (k, n)).collect())
 }
