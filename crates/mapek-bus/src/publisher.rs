@@ -88,12 +88,33 @@ impl Publisher {
     /// cannot make (connection gone) is an error too. An ack that fails later is counted in
     /// the report that [`Publisher::finish`] returns.
     pub async fn publish<E: AvroEvent>(&mut self, event: &E) -> Result<(), BusError> {
+        self.publish_caused_by(event, None).await
+    }
+
+    /// Like [`Publisher::publish`], for an event caused by a message whose headers were
+    /// `cause`: the event carries the W3C trace context on (a child `traceparent`, the same
+    /// `tracestate`; see [`headers::child_traceparent`]). With no cause, the event starts
+    /// its incident's trace.
+    pub async fn publish_caused_by<E: AvroEvent>(
+        &mut self,
+        event: &E,
+        cause: Option<&HeaderMap>,
+    ) -> Result<(), BusError> {
         let payload = encode(event)?;
         let label = Registry::global()
             .latest(E::SCHEMA)
             .map(|k| k.label())
             .unwrap_or_default();
-        let headers = headers::for_event(event, &label);
+        let mut headers = headers::for_event(event, &label);
+        if E::PHASE != mapek_domain::Phase::Monitor || cause.is_some() {
+            headers.insert(
+                headers::TRACEPARENT,
+                headers::child_traceparent(event, cause).as_str(),
+            );
+            if let Some(state) = cause.and_then(|h| h.get(headers::TRACESTATE)) {
+                headers.insert(headers::TRACESTATE, state.as_str());
+            }
+        }
         let subject = E::PHASE.subject(event.node());
         self.publish_raw(subject, headers, payload.into(), event.event_id())
             .await

@@ -81,15 +81,18 @@ pub async fn run(
                 break;
             }
         };
+        // Each outcome with the headers of the message that caused it, for its trace.
         let mut outcomes = Vec::new();
         for d in &got_results {
-            outcomes.extend(evaluator.apply(&d.event));
+            let cause = d.message().headers.as_ref();
+            outcomes.extend(evaluator.apply(&d.event).into_iter().map(|o| (o, cause)));
         }
         for d in &got_symptoms {
-            outcomes.extend(evaluator.observe(&d.event));
+            let cause = d.message().headers.as_ref();
+            outcomes.extend(evaluator.observe(&d.event).into_iter().map(|o| (o, cause)));
         }
-        for o in &outcomes {
-            publisher.publish(o).await?;
+        for (o, cause) in &outcomes {
+            publisher.publish_caused_by(o, *cause).await?;
             match o.result {
                 OutcomeResult::Resolved => stats.resolved += 1,
                 OutcomeResult::NotResolved => stats.not_resolved += 1,

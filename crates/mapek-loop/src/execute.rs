@@ -250,7 +250,8 @@ impl Executor {
         let partition = mapek_audit::audit::partition_of(&delivery.message().subject);
         if let Some(Err(broken)) = self.chain.as_mut().map(|c| c.check(partition, decision)) {
             let result = execute::unverified(decision, &broken.to_string());
-            self.record(&result).await?;
+            self.record(&result, delivery.message().headers.as_ref())
+                .await?;
             self.held.remove(&seq);
             return self.ack(delivery).await;
         }
@@ -265,7 +266,8 @@ impl Executor {
             let waited = waited_ms(&delivery);
             if waited > max_wait as i64 {
                 let result = mapek_domain::execute::stale(decision, waited, max_wait as i64);
-                self.record(&result).await?;
+                self.record(&result, delivery.message().headers.as_ref())
+                    .await?;
                 self.held.remove(&seq);
                 return self.ack(delivery).await;
             }
@@ -285,7 +287,8 @@ impl Executor {
                 self.actuate(decision).await
             }
         };
-        self.record(&result).await?;
+        self.record(&result, delivery.message().headers.as_ref())
+            .await?;
         self.held.remove(&seq);
         self.ack(delivery).await
     }
@@ -323,9 +326,14 @@ impl Executor {
         execute::failed(decision, &reason, attempts)
     }
 
-    /// Publishes `result`, waits until it is stored, and folds it into the interlocks.
-    async fn record(&mut self, result: &ActionResult) -> Result<(), BusError> {
-        self.publisher.publish(result).await?;
+    /// Publishes `result` (in the trace of the decision's message, `cause`), waits until it
+    /// is stored, and folds it into the interlocks.
+    async fn record(
+        &mut self,
+        result: &ActionResult,
+        cause: Option<&async_nats::HeaderMap>,
+    ) -> Result<(), BusError> {
+        self.publisher.publish_caused_by(result, cause).await?;
         self.publisher.flush().await;
         let failed = self.publisher.report().failed;
         if failed > 0 {

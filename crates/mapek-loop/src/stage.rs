@@ -129,8 +129,9 @@ pub async fn run_stage<S: Stage>(
             if S::Out::PHASE == Phase::Plan && !outs.is_empty() {
                 decided_at.push(delivery.event.ts_ms());
             }
+            let cause = delivery.message().headers.as_ref();
             for out in outs {
-                publisher.publish(&out).await?;
+                publisher.publish_caused_by(&out, cause).await?;
                 stats.emitted += 1;
                 outputs += 1;
             }
@@ -159,7 +160,9 @@ pub async fn run_stage<S: Stage>(
         metrics::EVENTS_IN
             .with_label_values(&[phase])
             .inc_by(batch.len() as u64);
-        metrics::EVENTS_OUT.with_label_values(&[phase]).inc_by(outputs);
+        metrics::EVENTS_OUT
+            .with_label_values(&[phase])
+            .inc_by(outputs);
         metrics::BATCH_SECONDS
             .with_label_values(&[phase])
             .observe(started.elapsed().as_secs_f64());
