@@ -15,17 +15,21 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
+use mapek_audit::SigningKey;
 use mapek_bus::{BusError, JetStream, StartAt, Subscriber};
 use mapek_domain::plan::{NoKnowledge, RecordedKnowledge};
 use mapek_domain::{Decision, KnowledgeView, Neighbour, Planner, Policy, Symptom};
 
 use crate::stage::{Stage, partition_filter};
 
-/// A planner and the knowledge it consults.
+/// A planner, the knowledge it consults, and the key it signs its decisions with.
 pub struct PlanStage {
     planner: Planner,
     knowledge: Box<dyn KnowledgeView + Send>,
+    /// Signs each decision's chain hash (ADR 0006); `None` publishes them unsigned.
+    signer: Option<Arc<SigningKey>>,
     /// While rebuilding: the knowledge each recorded decision consulted, by symptom id.
     recorded: BTreeMap<String, Vec<Neighbour>>,
 }
@@ -36,8 +40,16 @@ impl PlanStage {
         Self {
             planner: Planner::new(policy),
             knowledge,
+            signer: None,
             recorded: BTreeMap::new(),
         }
+    }
+
+    /// Signs every decision with `key` (ML-DSA-65 over its chain hash), so executors with the
+    /// public key act on it and `mapek audit verify` proves it.
+    pub fn signed_by(mut self, key: Arc<SigningKey>) -> Self {
+        self.signer = Some(key);
+        self
     }
 
     /// A planner for `policy` with no past incidents to learn from.
@@ -59,10 +71,22 @@ impl Stage for PlanStage {
         if !self.recorded.is_empty() {
             self.recorded = BTreeMap::new();
         }
-        self.planner
+        let mut decisions: Vec<Decision> = self
+            .planner
             .decide(symptom, self.knowledge.as_ref())
             .into_iter()
-            .collect()
+            .collect();
+        if let Some(key) = &self.signer {
+            for d in &mut decisions {
+                // Only a broken liboqs fails here (the key's size was checked when it was
+                // loaded); the decision then goes out unsigned and executors with the public
+                // key refuse it, which is the safe side.
+                if let Err(e) = key.sign(d) {
+                    tracing::error!(decision = %d.decision_id, error = %e, "cannot sign");
+                }
+            }
+        }
+        decisions
     }
 
     fn rebuild_step(&mut self, symptom: &Symptom) {

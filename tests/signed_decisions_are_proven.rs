@@ -1,0 +1,145 @@
+//! An auditor proves every decision: the plan worker signs each one (ML-DSA-65) and links it
+//! to the one before it; `verify_stream` passes the genuine log and names a forged decision;
+//! an executor holding the public key acts on genuine decisions and refuses the forgery.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mapek_audit::{SigningKey, VerifyingKey, keys};
+use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
+use mapek_domain::{
+    ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig, NodeId, Policy,
+    Telemetry,
+};
+use mapek_loop::plan::PlanStage;
+use mapek_loop::{StageConfig, execute, run_stage};
+use mapek_testkit::NatsServer;
+
+const T0: i64 = 1_795_867_200_000;
+
+async fn stored<E: mapek_codec::AvroEvent>(js: &JetStream, filter: &str) -> Vec<E> {
+    let mut sub = Subscriber::<E>::open_subject(js, filter.to_owned(), StartAt::All)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..sub.pending_at_start() {
+        out.push(sub.next().await.unwrap().unwrap().event.unwrap());
+    }
+    out
+}
+
+async fn wait_for<E: mapek_codec::AvroEvent>(js: &JetStream, filter: &str, n: usize) -> Vec<E> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = stored::<E>(js, filter).await;
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, public) = keys::generate(dir.path()).unwrap();
+    let signer = Arc::new(SigningKey::load(&secret).unwrap());
+
+    // Three nodes lose packets; analyze and a signing plan worker decide.
+    let mut publisher = Publisher::new(js.clone());
+    for i in 0..10 {
+        for node in ["n1", "n2", "n3"] {
+            let metrics = BTreeMap::from([("loss".to_owned(), 0.3)]);
+            let t = Telemetry::new(NodeId::new(node).unwrap(), T0 + i * 1000, metrics);
+            publisher.publish(&t).await.unwrap();
+        }
+    }
+    assert!(publisher.finish().await.all_acked());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut config = StageConfig::new("analyze", None);
+    config.fetch_wait = Duration::from_millis(100);
+    let analyze = tokio::spawn(run_stage(
+        js.clone(),
+        Analyzer::new(AnalyzeConfig::default()),
+        config,
+        wait(stopped.clone()),
+    ));
+    let mut config = StageConfig::new("plan", None);
+    config.fetch_wait = Duration::from_millis(100);
+    let plan = tokio::spawn(run_stage(
+        js.clone(),
+        PlanStage::without_knowledge(Policy::builtin()).signed_by(signer),
+        config,
+        wait(stopped.clone()),
+    ));
+    let decisions: Vec<Decision> = wait_for(&js, "mapek.plan.>", 3).await;
+    let _ = stop.send(true);
+    analyze.await.unwrap().unwrap();
+    plan.await.unwrap().unwrap();
+    assert!(decisions.iter().all(|d| d.signature.len() == 3309));
+
+    let key = || Some(VerifyingKey::load(&public).unwrap());
+    let report = mapek_audit::audit::verify_stream(&js, key()).await.unwrap();
+    assert_eq!((report.decisions, report.passed), (3, 3), "{report:?}");
+    assert!(report.failures.is_empty());
+
+    // Someone with access to the stream but not the key changes what n1 gets.
+    let mut forged = decisions[0].clone();
+    forged.decision_id = "forged-1".into();
+    forged.reason = "trust me".into();
+    let mut publisher = Publisher::new(js.clone());
+    publisher.publish(&forged).await.unwrap();
+    assert!(publisher.finish().await.all_acked());
+    let report = mapek_audit::audit::verify_stream(&js, key()).await.unwrap();
+    assert_eq!((report.decisions, report.passed), (4, 3));
+    assert_eq!(report.failures[0].decision, "forged-1");
+    assert!(
+        report.failures[0]
+            .broken
+            .contains("signature does not verify"),
+        "{:?}",
+        report.failures
+    );
+
+    // The executor with the public key refuses the forgery and only the forgery.
+    let client = mapek_bus::connect_client(&server.url()).await.unwrap();
+    let config = ExecuteConfig {
+        command_timeout_ms: 100,
+        command_attempts: 1,
+        ..ExecuteConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let executor = tokio::spawn(execute::run_audited(
+        js.clone(),
+        client,
+        config,
+        key(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let results: Vec<ActionResult> = wait_for(&js, "mapek.execute.>", 4).await;
+    let _ = stop.send(());
+    executor.await.unwrap().unwrap();
+    for r in &results {
+        let audited = r.reason.starts_with("audit:");
+        assert_eq!(audited, r.decision_id == "forged-1", "{r:?}");
+        if audited {
+            assert_eq!(r.status, ActionStatus::Refused);
+        }
+    }
+}
