@@ -128,7 +128,10 @@ async fn main() {
     for _ in 0..2 {
         let (_db, model) = fresh_model().await;
         let (secs, stats) = project(&js, &model).await;
-        assert_eq!(stats.stream(Phase::Plan).applied.load(Ordering::Relaxed), rows as u64);
+        assert_eq!(
+            stats.stream(Phase::Plan).applied.load(Ordering::Relaxed),
+            rows as u64
+        );
         best_projection = best_projection.min(secs);
         let (db, _model) = fresh_model().await;
         best_baseline = best_baseline.min(baseline(db.url(), &events).await);

@@ -306,10 +306,24 @@ impl Projection {
                     Ok(Some(m)) => m.map_err(|e| self.log_failed(e))?,
                 };
                 let mut taken = vec![first];
+                // While the stream holds more, wait a little for a full batch: a transaction
+                // costs a handful of round trips, so a backlog drains in big ones. Caught up,
+                // the batch is written at once.
+                let fill_until = tokio::time::Instant::now() + FILL_WAIT;
                 while taken.len() < batch {
-                    match messages.next().now_or_never() {
-                        Some(Some(m)) => taken.push(m.map_err(|e| self.log_failed(e))?),
-                        _ => break,
+                    let next = match messages.next().now_or_never() {
+                        Some(next) => next,
+                        None if pending(taken.last().expect("one message")) > 0 => {
+                            match tokio::time::timeout_at(fill_until, messages.next()).await {
+                                Ok(next) => next,
+                                Err(_) => break,
+                            }
+                        }
+                        None => break,
+                    };
+                    match next {
+                        Some(m) => taken.push(m.map_err(|e| self.log_failed(e))?),
+                        None => break,
                     }
                 }
                 let last_seq = seq(taken.last().expect("one message at least"));
@@ -507,8 +521,16 @@ impl Projection {
     }
 }
 
+/// The longest a batch waits to fill while the stream holds more.
+const FILL_WAIT: Duration = Duration::from_millis(50);
+
 fn seq(m: &Message) -> u64 {
     m.info().map(|i| i.stream_sequence).unwrap_or(0)
+}
+
+/// How many messages the consumer had yet to deliver after `m`.
+fn pending(m: &Message) -> u64 {
+    m.info().map(|i| i.pending).unwrap_or(0)
 }
 
 /// Empties the read model and projects every stream again from the start of the log, with

@@ -46,7 +46,11 @@ impl ReadModel {
         sqlx::any::install_default_drivers();
         let (url, backend) = normalise(url_or_path)?;
         let shown = redact(&url);
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        // No ping before each use: a projection retries a failed transaction anyway, and the
+        // ping would add a round trip to every batch.
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false);
         let options = match backend {
             Backend::Postgres => options.max_connections(5),
             // One writer at a time is all SQLite allows: a single connection queues writers
