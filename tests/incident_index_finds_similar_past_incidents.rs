@@ -57,13 +57,18 @@ fn incident(s: &Symptom, action: ActionKind, resolved: Option<bool>) -> Incident
             OutcomeResult::NotResolved
         };
         assert!(i.apply_outcome(&o));
-        assert!(!i.apply_outcome(&o), "the same outcome twice changes nothing");
+        assert!(
+            !i.apply_outcome(&o),
+            "the same outcome twice changes nothing"
+        );
     }
     i
 }
 
 fn ids(hits: &[mapek_vectors::Similar]) -> Vec<&str> {
-    hits.iter().map(|h| h.incident.incident_id.as_str()).collect()
+    hits.iter()
+        .map(|h| h.incident.incident_id.as_str())
+        .collect()
 }
 
 #[tokio::test]
@@ -104,7 +109,11 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
         .search(SimilarQuery::for_symptom(&now, 5))
         .await
         .unwrap();
-    assert_eq!(ids(&hits), ["a", "b", "c"], "ties by incident id, nearest first");
+    assert_eq!(
+        ids(&hits),
+        ["a", "b", "c"],
+        "ties by incident id, nearest first"
+    );
     assert!(hits[0].score > 0.999 && hits[0].score == hits[1].score);
     assert!(hits[2].score < hits[1].score);
     assert_eq!(hits[0].incident.action, Some(ActionKind::Escalate));
@@ -114,7 +123,9 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
     // What was known at T0 + 100 s: a (judged at T0 + 30 s) and b (T0 + 90 s), not c
     // (T0 + 150 s): replay asks this way, so the past is never judged with the future.
     let then = cpu_symptom("then", "n9", T0 + 100_000, 0.97);
-    let hits = index.search_now(&SimilarQuery::for_symptom(&then, 5)).unwrap();
+    let hits = index
+        .search_now(&SimilarQuery::for_symptom(&then, 5))
+        .unwrap();
     assert_eq!(ids(&hits), ["a", "b"]);
 
     // At most k, and the incident itself is left out.
@@ -128,8 +139,14 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
 
     drop(index);
     let index = EdgeIndex::open(&path).unwrap();
-    assert_eq!(index.offsets().await.unwrap(), offsets, "offsets survive a reopen");
-    let hits = index.search_now(&SimilarQuery::for_symptom(&now, 5)).unwrap();
+    assert_eq!(
+        index.offsets().await.unwrap(),
+        offsets,
+        "offsets survive a reopen"
+    );
+    let hits = index
+        .search_now(&SimilarQuery::for_symptom(&now, 5))
+        .unwrap();
     assert_eq!(ids(&hits), ["a", "b", "c"], "and so do the points");
 
     index.clear().await.unwrap();
@@ -144,5 +161,8 @@ fn an_index_that_cannot_be_opened_names_its_path() {
     std::fs::write(&file, "x").unwrap();
     let err = EdgeIndex::open(&file).unwrap_err().to_string();
     assert!(err.contains(&file.display().to_string()), "{err}");
-    assert!(err.starts_with("cannot open the incident index at"), "{err}");
+    assert!(
+        err.starts_with("cannot open the incident index at"),
+        "{err}"
+    );
 }

@@ -24,7 +24,8 @@ fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Inc
         params: BTreeMap::new(),
     };
     let mut o = samples::outcome();
-    (o.decision_id, o.incident_id, o.ts_ms) = (d.decision_id.clone(), incident.into(), ts_ms + 30_000);
+    (o.decision_id, o.incident_id, o.ts_ms) =
+        (d.decision_id.clone(), incident.into(), ts_ms + 30_000);
     o.result = if resolved {
         OutcomeResult::Resolved
     } else {
@@ -60,12 +61,25 @@ async fn the_server_index_stores_searches_and_clears_like_the_embedded_one() {
     assert_eq!(index.offsets().await.unwrap(), offsets);
     assert_eq!(index.count().await.unwrap(), 3);
     let mut now = samples::symptom();
-    (now.incident_id, now.ts_ms, now.kind) = ("now".into(), T0 + 200_000, SymptomKind::CpuSaturation);
+    (now.incident_id, now.ts_ms, now.kind) =
+        ("now".into(), T0 + 200_000, SymptomKind::CpuSaturation);
     now.evidence = BTreeMap::from([("mean_cpu".into(), 0.97), ("cpu_threshold".into(), 0.9)]);
-    let hits = index.search(SimilarQuery::for_symptom(&now, 5)).await.unwrap();
-    let ids: Vec<_> = hits.iter().map(|h| h.incident.incident_id.as_str()).collect();
+    let hits = index
+        .search(SimilarQuery::for_symptom(&now, 5))
+        .await
+        .unwrap();
+    let ids: Vec<_> = hits
+        .iter()
+        .map(|h| h.incident.incident_id.as_str())
+        .collect();
     assert_eq!(ids, ["a", "b"]);
-    assert_eq!(index.search_now(&SimilarQuery::for_symptom(&now, 1)).unwrap().len(), 1);
+    assert_eq!(
+        index
+            .search_now(&SimilarQuery::for_symptom(&now, 1))
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(index.get("b").await.unwrap().unwrap().ready);
     index.clear().await.unwrap();
     assert_eq!(index.count().await.unwrap(), 0);

@@ -87,7 +87,12 @@ async fn project_until_caught_up(
     task.await.unwrap().unwrap()
 }
 
-async fn publish_all(js: &JetStream, symptoms: &[Symptom], decisions: &[Decision], outcomes: &[Outcome]) {
+async fn publish_all(
+    js: &JetStream,
+    symptoms: &[Symptom],
+    decisions: &[Decision],
+    outcomes: &[Outcome],
+) {
     let mut p = Publisher::new(js.clone());
     for s in symptoms {
         p.publish(s).await.unwrap();
@@ -120,7 +125,7 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     let b = symptom("b", "n2", T0 + 60_000, SymptomState::Open);
     let db = decision(&b, ActionKind::RestartService);
     let ob = outcome(&db, true);
-    publish_all(&js, &[], &[], &[ob.clone()]).await;
+    publish_all(&js, &[], &[], std::slice::from_ref(&ob)).await;
     publish_all(&js, &[a.clone(), a_update, b.clone()], &[da, db], &[oa]).await;
 
     let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&path).unwrap());
@@ -135,11 +140,24 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     let got_a = index.get("a").await.unwrap().unwrap();
     assert!(got_a.ready);
     assert_eq!(
-        (got_a.action, got_a.resolved, got_a.opened_ms, got_a.outcome_ms),
-        (Some(ActionKind::Escalate), Some(false), Some(T0), Some(T0 + 30_000))
+        (
+            got_a.action,
+            got_a.resolved,
+            got_a.opened_ms,
+            got_a.outcome_ms
+        ),
+        (
+            Some(ActionKind::Escalate),
+            Some(false),
+            Some(T0),
+            Some(T0 + 30_000)
+        )
     );
     let got_b = index.get("b").await.unwrap().unwrap();
-    assert!(got_b.ready, "out of order across streams, b still comes together");
+    assert!(
+        got_b.ready,
+        "out of order across streams, b still comes together"
+    );
     assert_eq!(got_b.action, Some(ActionKind::RestartService));
     assert_eq!(got_b.resolved, Some(true));
 
@@ -147,7 +165,7 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     drop(index);
     let c = symptom("c", "n3", T0 + 120_000, SymptomState::Open);
     let dc = decision(&c, ActionKind::RestartService);
-    publish_all(&js, &[c], &[dc.clone()], &[outcome(&dc, true)]).await;
+    publish_all(&js, &[c], std::slice::from_ref(&dc), &[outcome(&dc, true)]).await;
     let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&path).unwrap());
     let second = Offsets {
         analyze: 4,

@@ -147,5 +147,8 @@ async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recor
     assert_eq!(d2.knowledge[0].incident_id, "past");
     stop.send(()).unwrap();
     let stats = task.await.unwrap().unwrap();
-    assert_eq!(stats.replayed, 1, "the first symptom was replayed, not decided again");
+    assert_eq!(
+        stats.replayed, 1,
+        "the first symptom was replayed, not decided again"
+    );
 }

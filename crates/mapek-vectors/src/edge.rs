@@ -29,6 +29,9 @@ use crate::index::{
     IncidentIndex, from_payload, offsets_from_payload, offsets_payload, to_payload,
 };
 
+/// A stored point: its payload and, if it has one, its dense vector.
+type Stored = (Payload, Option<Vec<f32>>);
+
 /// The incident index in a directory, with qdrant-edge.
 #[derive(Clone)]
 pub struct EdgeIndex {
@@ -146,7 +149,11 @@ impl EdgeIndex {
             .iter()
             .map(|i| point(&point_id(&i.incident_id), i.vector(), to_payload(i)))
             .collect();
-        points.push(point(&offsets_point_id(), placeholder(), offsets_payload(offsets)));
+        points.push(point(
+            &offsets_point_id(),
+            placeholder(),
+            offsets_payload(offsets),
+        ));
         let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
             PointInsertOperations::PointsList(points),
         ));
@@ -192,7 +199,11 @@ impl EdgeIndex {
         }
     }
 
-    fn hits(&self, found: Vec<ScoredPoint>, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
+    fn hits(
+        &self,
+        found: Vec<ScoredPoint>,
+        query: &SimilarQuery,
+    ) -> Result<Vec<Similar>, VectorError> {
         let mut hits = Vec::with_capacity(found.len());
         for p in found {
             let payload = p.payload.map(|p| p.0).unwrap_or_default();
@@ -205,7 +216,7 @@ impl EdgeIndex {
         Ok(settle_hits(hits, query))
     }
 
-    fn get_now(&self, id: &str) -> Result<Option<(Payload, Option<Vec<f32>>)>, VectorError> {
+    fn get_now(&self, id: &str) -> Result<Option<Stored>, VectorError> {
         let found = self
             .shard
             .retrieve(
@@ -297,7 +308,8 @@ fn field_match(key: &str, value: ValueVariants) -> Condition {
 
 /// A payload key. Ours are plain names, which always parse.
 fn key(name: &str) -> JsonPath {
-    name.parse().expect("a plain field name is a valid JSON path")
+    name.parse()
+        .expect("a plain field name is a valid JSON path")
 }
 
 fn uuid(id: &str) -> PointId {

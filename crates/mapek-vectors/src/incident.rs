@@ -139,7 +139,8 @@ impl Incident {
             recovery_ms: o.recovery_ms,
         };
         let newer = self.outcome.as_ref().is_none_or(|old| {
-            (note.ts_ms, &note.decision_id, note.resolved) > (old.ts_ms, &old.decision_id, old.resolved)
+            (note.ts_ms, &note.decision_id, note.resolved)
+                > (old.ts_ms, &old.decision_id, old.resolved)
         });
         if !newer {
             return false;
@@ -161,7 +162,11 @@ impl Incident {
             .as_ref()
             .and_then(|o| self.decisions.get(&o.decision_id))
             .map(|d| d.action);
-        self.action = if self.outcome.is_some() { judged } else { latest };
+        self.action = if self.outcome.is_some() {
+            judged
+        } else {
+            latest
+        };
         self.resolved = self.outcome.as_ref().map(|o| o.resolved);
         self.outcome_ms = self.outcome.as_ref().map(|o| o.ts_ms);
         self.ready = self.opened_ms.is_some() && judged.is_some() && self.outcome.is_some();

@@ -38,7 +38,10 @@ impl KnowledgeView for IndexKnowledge {
         if k == 0 {
             return Vec::new();
         }
-        match self.index.search_now(&SimilarQuery::for_symptom(symptom, k)) {
+        match self
+            .index
+            .search_now(&SimilarQuery::for_symptom(symptom, k))
+        {
             Ok(hits) => hits
                 .iter()
                 .filter_map(|h| h.incident.neighbour(h.score))

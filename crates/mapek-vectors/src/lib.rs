@@ -16,7 +16,7 @@
 //! - [`server`]: [`ServerIndex`], a Qdrant server through qdrant-client (`QDRANT_URL`).
 //! - [`project`](mod@project): the projection from the streams, and [`rebuild`].
 //! - [`knowledge`]: [`IndexKnowledge`], the planner's [`KnowledgeView`] over an index.
-//! - [`error`]: [`VectorError`].
+//! - [`error`]: the crate's error, [`VectorError`].
 
 pub mod edge;
 pub mod error;
@@ -45,7 +45,9 @@ pub async fn open(
     data_dir: &Path,
 ) -> Result<Arc<dyn IncidentIndex>, VectorError> {
     match qdrant_url {
-        Some(url) => Ok(Arc::new(ServerIndex::connect(url, server::COLLECTION).await?)),
+        Some(url) => Ok(Arc::new(
+            ServerIndex::connect(url, server::COLLECTION).await?,
+        )),
         None => {
             let dir = EdgeIndex::default_dir(data_dir);
             let index = tokio::task::spawn_blocking(move || EdgeIndex::open(&dir))

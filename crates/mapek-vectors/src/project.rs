@@ -117,7 +117,9 @@ async fn run(
         ..ProjectStats::default()
     };
     let done = |o: &Offsets| {
-        until.is_some_and(|u| o.analyze >= u.analyze && o.plan >= u.plan && o.knowledge >= u.knowledge)
+        until.is_some_and(|u| {
+            o.analyze >= u.analyze && o.plan >= u.plan && o.knowledge >= u.knowledge
+        })
     };
     if done(&offsets) {
         return Ok(stats);
@@ -138,9 +140,18 @@ async fn run(
         // Take whatever else is already here, without waiting, up to a batch.
         while batch.len() < BATCH {
             let more = [
-                symptoms.next().now_or_never().map(|n| wrap(n, Input::Symptom)),
-                decisions.next().now_or_never().map(|n| wrap(n, Input::Decision)),
-                outcomes.next().now_or_never().map(|n| wrap(n, Input::Outcome)),
+                symptoms
+                    .next()
+                    .now_or_never()
+                    .map(|n| wrap(n, Input::Symptom)),
+                decisions
+                    .next()
+                    .now_or_never()
+                    .map(|n| wrap(n, Input::Decision)),
+                outcomes
+                    .next()
+                    .now_or_never()
+                    .map(|n| wrap(n, Input::Outcome)),
             ];
             let mut got = false;
             for m in more.into_iter().flatten() {
@@ -173,9 +184,21 @@ async fn apply(
     for input in batch {
         stats.events += 1;
         let (seq, stored, fold): (u64, &mut u64, Option<Fold>) = match input {
-            Input::Symptom(r) => (r.stream_seq, &mut offsets.analyze, r.event.ok().map(Fold::Symptom)),
-            Input::Decision(r) => (r.stream_seq, &mut offsets.plan, r.event.ok().map(Fold::Decision)),
-            Input::Outcome(r) => (r.stream_seq, &mut offsets.knowledge, r.event.ok().map(Fold::Outcome)),
+            Input::Symptom(r) => (
+                r.stream_seq,
+                &mut offsets.analyze,
+                r.event.ok().map(Fold::Symptom),
+            ),
+            Input::Decision(r) => (
+                r.stream_seq,
+                &mut offsets.plan,
+                r.event.ok().map(Fold::Decision),
+            ),
+            Input::Outcome(r) => (
+                r.stream_seq,
+                &mut offsets.knowledge,
+                r.event.ok().map(Fold::Outcome),
+            ),
         };
         if seq <= *stored {
             stats.skipped += 1;

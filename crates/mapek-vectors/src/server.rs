@@ -25,6 +25,9 @@ use crate::index::{
     IncidentIndex, from_payload, offsets_from_payload, offsets_payload, to_payload,
 };
 
+/// A stored point: its payload as JSON and, if it has one, its dense vector.
+type Stored = (serde_json::Map<String, serde_json::Value>, Option<Vec<f32>>);
+
 /// The collection the incidents live in.
 pub const COLLECTION: &str = "mapek_incidents";
 
@@ -74,8 +77,9 @@ impl ServerIndex {
     async fn create(&self) -> Result<(), qdrant_client::QdrantError> {
         self.client
             .create_collection(
-                CreateCollectionBuilder::new(&self.collection)
-                    .vectors_config(VectorParamsBuilder::new(FEATURE_DIM as u64, Distance::Cosine)),
+                CreateCollectionBuilder::new(&self.collection).vectors_config(
+                    VectorParamsBuilder::new(FEATURE_DIM as u64, Distance::Cosine),
+                ),
             )
             .await?;
         for (field, ty) in [
@@ -99,7 +103,11 @@ impl ServerIndex {
         }
     }
 
-    async fn write_async(&self, incidents: Vec<Incident>, offsets: Offsets) -> Result<(), VectorError> {
+    async fn write_async(
+        &self,
+        incidents: Vec<Incident>,
+        offsets: Offsets,
+    ) -> Result<(), VectorError> {
         let mut points: Vec<PointStruct> = incidents
             .iter()
             .map(|i| PointStruct::new(point_id(&i.incident_id), i.vector(), to_payload(i)))
@@ -157,11 +165,7 @@ impl ServerIndex {
         Ok(settle_hits(hits, query))
     }
 
-    async fn get_raw(
-        &self,
-        id: &str,
-    ) -> Result<Option<(serde_json::Map<String, serde_json::Value>, Option<Vec<f32>>)>, VectorError>
-    {
+    async fn get_raw(&self, id: &str) -> Result<Option<Stored>, VectorError> {
         let found = self
             .client
             .get_points(
@@ -197,9 +201,8 @@ impl IncidentIndex for ServerIndex {
     }
 
     fn search_now(&self, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            self.err("a search from synchronous code needs a tokio runtime")
-        })?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| self.err("a search from synchronous code needs a tokio runtime"))?;
         tokio::task::block_in_place(|| handle.block_on(self.search_async(query)))
     }
 

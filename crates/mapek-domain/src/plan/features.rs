@@ -118,7 +118,10 @@ mod tests {
             state: SymptomState::Open,
             severity,
             peer: None,
-            evidence: evidence.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            evidence: evidence
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             summary: String::new(),
             caused_by: "t".into(),
         }
@@ -141,7 +144,10 @@ mod tests {
         assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{v:?}");
         assert_eq!(v[0], KIND_WEIGHT);
         assert!((v[8] - 7.5 / 8.5).abs() < 1e-6, "{}", v[8]);
-        assert!(v[9] > v[8], "37.5x the baseline is further out than 7.5x the limit");
+        assert!(
+            v[9] > v[8],
+            "37.5x the baseline is further out than 7.5x the limit"
+        );
         assert_eq!(FEATURES[8], "latency_over_limit");
     }
 
