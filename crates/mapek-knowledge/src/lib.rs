@@ -22,7 +22,7 @@
 //! - [`redis`]: [`Redis`], hot node health, open incidents and recent actions; leases
 //!   ([`Redis::try_lease`], [`Redis::release`]) and token buckets ([`Redis::take`]).
 //! - [`status`]: [`MeshStatus`], what `mapek status` shows, from either store.
-//! - [`error`]: [`KnowledgeError`].
+//! - [`error`]: [`KnowledgeError`], what can go wrong and how a caller handles it.
 
 pub mod error;
 pub mod project;
