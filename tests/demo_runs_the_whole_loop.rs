@@ -20,8 +20,10 @@ fn summary_number(summary: &str, after: &str) -> u64 {
 #[test]
 fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
     let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
     let mut demo = mapek(&server.url());
-    demo.args(["demo", "--nodes", "32", "--speed", "20"]);
+    demo.current_dir(dir.path())
+        .args(["demo", "--nodes", "32", "--speed", "20"]);
     let out = run(demo);
     let text = stdout(&out);
     assert!(out.status.success(), "{}\n{}", text, stderr(&out));
@@ -47,6 +49,26 @@ fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
         text.contains("DECIDE    reroute n1"),
         "the degraded link is rerouted:\n{text}"
     );
+    let audit = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("audit:"))
+        .unwrap_or_else(|| panic!("an audit line:\n{text}"));
+    assert!(
+        audit.contains("are signed (ML-DSA-65) and linked"),
+        "every decision is signed and linked: {audit}"
+    );
+
+    // The knowledge outlives the demo: `mapek status` reads the embedded read model.
+    let mut status = mapek("unused");
+    status.current_dir(dir.path()).args(["status", "--json"]);
+    let out = run(status);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(32),
+        "every simulated node is in the read model: {status}"
+    );
 }
 
 #[test]
@@ -62,8 +84,12 @@ fn the_demo_starts_its_own_nats_server_when_none_is_named() {
     let out = run(demo);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("summary:"));
-    assert!(
-        dir.path().join("mapek-data/nats/jetstream").is_dir(),
-        "the store is under ./mapek-data"
-    );
+    for (path, what) in [
+        ("mapek-data/nats/jetstream", "the NATS store"),
+        ("mapek-data/knowledge.sqlite", "the SQL read model"),
+        ("mapek-data/incidents", "the incident index"),
+        ("mapek-data/keys/decision.pub", "the decision key"),
+    ] {
+        assert!(dir.path().join(path).exists(), "{what} is under ./mapek-data");
+    }
 }

@@ -134,6 +134,15 @@ impl SigningKey {
     }
 }
 
+impl Clone for VerifyingKey {
+    fn clone(&self) -> Self {
+        Self {
+            sig: sig().expect("ML-DSA-65 was available when this key was loaded"),
+            public: self.public.clone(),
+        }
+    }
+}
+
 impl VerifyingKey {
     /// Reads the public key file.
     pub fn load(path: &Path) -> Result<Self, AuditError> {

@@ -30,6 +30,27 @@ pub struct FileConfig {
     /// `[execute]`: interlocks, dry run, approvals, the actuator and the evaluation window
     /// (docs/execute.md).
     pub execute: mapek_domain::ExecuteConfig,
+    /// `[knowledge]`: where the read model, the incident index and the hot state live.
+    pub knowledge: KnowledgeSection,
+}
+
+/// `[knowledge]`: the stores the log is projected into. Each URL is also read from its
+/// conventional variable (`DATABASE_URL`, `QDRANT_URL`, `REDIS_URL`), which wins over the file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeSection {
+    /// The SQL read model (`DATABASE_URL`): `postgres://…`, or `sqlite://…`; default SQLite
+    /// under the data directory.
+    pub database_url: Option<String>,
+    /// A Qdrant server (`QDRANT_URL`), `http://host:6334`; default qdrant-edge on disk under
+    /// the data directory.
+    pub qdrant_url: Option<String>,
+    /// Redis (`REDIS_URL`) for hot node health and executor state shared by several
+    /// executors; default none (kept in process).
+    pub redis_url: Option<String>,
+    /// The directory of the embedded stores (SQLite, qdrant-edge) (`MAPEK_DATA_DIR`); default
+    /// `./mapek-data`.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `[plan]`: what the planner decides with.

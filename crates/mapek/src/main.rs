@@ -68,6 +68,19 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Approve an action the executor holds for approval
     Approve(cmd::approve::ApproveArgs),
+    /// The mesh at a glance: nodes by health, open incidents, recent actions
+    Status(cmd::status::StatusArgs),
+    /// Query and rebuild the knowledge: similar past incidents, projections from the log
+    #[command(subcommand)]
+    Knowledge(cmd::knowledge::KnowledgeCommand),
+    /// Replay recorded events: verify decisions, backtest a policy, tell an incident's story
+    #[command(subcommand)]
+    Replay(cmd::replay::ReplayCommand),
+    /// Write a slice of the log to a portable file, for replay elsewhere
+    Export(cmd::export::ExportArgs),
+    /// Sign and prove decisions: the decision key, and checking the whole decision log
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
 }
 
 /// Settings resolved from the file, the environment and the flags.
@@ -123,5 +136,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(a) => cmd::sim::run(a, &settings).await,
         Command::Demo(a) => cmd::demo::run(a, &settings).await,
         Command::Approve(a) => cmd::approve::run(a, &settings).await,
+        Command::Status(a) => cmd::status::run(a, &settings).await,
+        Command::Knowledge(c) => cmd::knowledge::run(c, &settings).await,
+        Command::Replay(c) => cmd::replay::run(c, &settings).await,
+        Command::Export(a) => cmd::export::run(a, &settings).await,
+        Command::Audit(c) => cmd::audit::run(c, &settings).await,
     }
 }

@@ -1,7 +1,7 @@
 //! `mapek demo`: the whole loop on a simulated mesh, on one machine, with nothing running.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use mapek_sim::{Fault, Mesh, MeshConfig, default_script};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::run::{Loop, PhaseArg};
+use super::run::{Loop, PhaseArg, Stores};
+use super::status::StoreArgs;
 use crate::Settings;
 use crate::embedded::EmbeddedNats;
 use crate::shutdown::Shutdown;
@@ -136,11 +137,27 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         nats_url_given: true,
         file,
     };
+    // Decisions are signed and the executor checks them (ADR 0006); the key pair is made on
+    // the first run and kept with the rest of the demo's data.
+    let (secret, public) = demo_keys(&args.data_dir.join("keys"))?;
     let workers = Loop::from_settings(
         None,
         Some(format!("demo-{}", std::process::id())),
         &demo_settings,
-    )?;
+    )?
+    .with_keys(Some(&secret), Some(&public))?;
+    // The knowledge goes to the embedded stores under the data directory (SQLite, qdrant-edge),
+    // unless DATABASE_URL, QDRANT_URL or REDIS_URL name others.
+    let store_args = StoreArgs {
+        database_url: std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()),
+        redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
+        redis_prefix: "mapek:".into(),
+        data_dir: Some(args.data_dir.clone()),
+    };
+    let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
+    let stores = Stores::open(&store_args, qdrant_url.as_deref(), &demo_settings).await?;
+    let knowledge_at = stores.database.clone();
+    let workers = workers.with_stores(stores);
 
     let shutdown = Shutdown::on_ctrl_c(Some(wall));
     let since = time::OffsetDateTime::now_utc();
@@ -205,7 +222,37 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     }
     viewers.abort_all();
     println!("\n{}", tally.summary(report.ticks, report.commands));
+    println!(
+        "  knowledge: the read model is in {knowledge_at} (try `mapek status`), the incident \
+         index under {} (try `mapek knowledge similar <incident>`)",
+        args.data_dir.display()
+    );
+    let key = mapek_audit::VerifyingKey::load(&public)?;
+    let audit = mapek_audit::audit::verify_stream(&js, Some(key)).await?;
+    if audit.failures.is_empty() {
+        println!(
+            "  audit: all {} decisions in the log are signed (ML-DSA-65) and linked, {} chains",
+            audit.decisions, audit.partitions
+        );
+    } else {
+        println!(
+            "  audit: {} of {} decisions fail: {}",
+            audit.failures.len(),
+            audit.decisions,
+            audit.failures[0].broken
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's decision keys in `dir`, made on the first run.
+fn demo_keys(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let secret = dir.join(mapek_audit::keys::SECRET_FILE);
+    let public = dir.join(mapek_audit::keys::PUBLIC_FILE);
+    if secret.exists() && public.exists() {
+        return Ok((secret, public));
+    }
+    Ok(mapek_audit::keys::generate(dir)?)
 }
 
 fn describe(fault: &Fault) -> String {

@@ -1,20 +1,25 @@
 //! `mapek run`: the loop's workers, all in one process or one phase at a time.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use mapek_audit::{SigningKey, VerifyingKey};
 use mapek_bus::JetStream;
 use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
+use mapek_knowledge::Redis;
 use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{evaluate, execute};
+use mapek_vectors::{IncidentIndex, IndexKnowledge};
 use tokio::task::JoinSet;
 
 use crate::Settings;
+use crate::cmd::status::{StoreArgs, open_read_model};
 use crate::shutdown::Shutdown;
 
 /// How many partitions the phase streams have (streams/: `{{partition(8,1)}}`).
@@ -33,6 +38,8 @@ pub enum PhaseArg {
     Execute,
     /// Actions and symptoms → outcomes (one active copy at a time)
     Evaluate,
+    /// The log → the SQL read model and the incident index (one active copy of each)
+    Project,
 }
 
 /// `mapek run`
@@ -55,6 +62,74 @@ pub struct RunArgs {
     /// Stop after this long (10m, 1h) [default: run until Ctrl-C]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Where to serve Prometheus metrics (GET /metrics); "off" serves none. Port 0 picks a
+    /// free port. A busy address is a warning, not an error, so several workers can share a
+    /// host with the default
+    #[arg(
+        long,
+        env = "MAPEK_METRICS_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_name = "ADDR"
+    )]
+    pub metrics_addr: String,
+
+    /// Sign every decision with this ML-DSA-65 secret key (`mapek audit keygen` makes one)
+    /// [default: unsigned]
+    #[arg(long, env = "MAPEK_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Act only on decisions signed by the holder of this public key and linked to the
+    /// decision before them [default: no check]
+    #[arg(long, env = "MAPEK_VERIFY_KEY", value_name = "FILE")]
+    pub verify_key: Option<PathBuf>,
+
+    /// A Qdrant server (gRPC, http://host:6334) for the incident index [default: qdrant-edge
+    /// under the data directory, which only one process may open: run plan and project in
+    /// the same process then]
+    #[arg(long, env = "QDRANT_URL", value_name = "URL")]
+    pub qdrant_url: Option<String>,
+
+    #[command(flatten)]
+    pub stores: StoreArgs,
+}
+
+/// Where the knowledge lives, for the workers that use it.
+#[derive(Clone)]
+pub struct Stores {
+    /// The SQL read model: a URL or a SQLite path.
+    pub database: String,
+    /// Redis and the key prefix, for hot node health.
+    pub redis: Option<(String, String)>,
+    /// The incident index the planner learns from and the projection fills.
+    pub index: Arc<dyn IncidentIndex>,
+}
+
+impl Stores {
+    /// Opens the incident index (a Qdrant server at `qdrant_url`, else qdrant-edge under
+    /// the data directory) and notes where the read model and Redis are.
+    pub async fn open(
+        stores: &StoreArgs,
+        qdrant_url: Option<&str>,
+        settings: &Settings,
+    ) -> anyhow::Result<Self> {
+        let qdrant_url = qdrant_url
+            .map(str::to_owned)
+            .or_else(|| settings.file.knowledge.qdrant_url.clone());
+        let data_dir = stores
+            .data_dir
+            .clone()
+            .or_else(|| settings.file.knowledge.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("mapek-data"));
+        let index = mapek_vectors::open(qdrant_url.as_deref(), &data_dir).await?;
+        Ok(Self {
+            database: stores.database(settings),
+            redis: stores
+                .redis(settings)
+                .map(|url| (url, stores.redis_prefix.clone())),
+            index,
+        })
+    }
 }
 
 const RUN_HELP: &str = "\
@@ -75,10 +150,19 @@ pub struct Loop {
     pub analyze: AnalyzeConfig,
     /// The policy.
     pub policy: Policy,
+    /// The policy file's exact text: recorded in MAPEK_CONFIG at start, for replay.
+    pub policy_text: String,
     /// The interlocks and the actuator's settings.
     pub execute: ExecuteConfig,
     /// The name in the leases.
     pub worker: String,
+    /// Signs the decisions, if set.
+    pub signer: Option<Arc<SigningKey>>,
+    /// Checks the decisions before acting, if set.
+    pub verifier: Option<VerifyingKey>,
+    /// The knowledge stores; without them the planner decides by policy alone and nothing
+    /// is projected.
+    pub stores: Option<Stores>,
 }
 
 impl Loop {
@@ -88,13 +172,18 @@ impl Loop {
         worker: Option<String>,
         settings: &Settings,
     ) -> anyhow::Result<Self> {
-        let policy = match policy.or_else(|| settings.file.plan.policy.clone()) {
+        let (policy, policy_text) = match policy.or_else(|| settings.file.plan.policy.clone()) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read the policy {}", path.display()))?;
-                Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?
+                let policy =
+                    Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?;
+                (policy, text)
             }
-            None => Policy::builtin(),
+            None => (
+                Policy::builtin(),
+                mapek_domain::plan::DEFAULT_POLICY.to_owned(),
+            ),
         };
         let worker = worker.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "mapek".into());
@@ -104,8 +193,36 @@ impl Loop {
             analyze: settings.file.analyze.clone(),
             execute: settings.file.execute.clone(),
             policy,
+            policy_text,
             worker,
+            signer: None,
+            verifier: None,
+            stores: None,
         })
+    }
+
+    /// Plans with the incident index of `stores` and projects into them.
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
+    /// Signs decisions with the secret key at `signing`, and has the executor check them with
+    /// the public key at `verify`; either may be absent.
+    pub fn with_keys(
+        mut self,
+        signing: Option<&Path>,
+        verify: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        if let Some(path) = signing {
+            let key = SigningKey::load(path).context("cannot load the signing key")?;
+            self.signer = Some(Arc::new(key));
+        }
+        if let Some(path) = verify {
+            self.verifier =
+                Some(VerifyingKey::load(path).context("cannot load the verifying key")?);
+        }
+        Ok(self)
     }
 
     /// Starts the workers of `phase` on `tasks`; they stop when `shutdown` fires.
@@ -125,6 +242,8 @@ impl Loop {
                 shutdown.clone(),
             );
             tasks.spawn(async move {
+                // Replay needs the settings the symptoms were found with.
+                mapek_bus::config_store::record_analyze(&js, &config).await?;
                 let stats = run_partitioned(
                     js,
                     "analyze",
@@ -142,7 +261,12 @@ impl Loop {
             });
         }
         if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
-            let (js2, client, config) = (js.clone(), client.clone(), self.execute.clone());
+            let (js2, client, config, verifier) = (
+                js.clone(),
+                client.clone(),
+                self.execute.clone(),
+                self.verifier.clone(),
+            );
             spawn_singleton(
                 tasks,
                 js,
@@ -150,9 +274,15 @@ impl Loop {
                 self.worker.clone(),
                 shutdown.clone(),
                 move |stopped| {
-                    execute::run(js2.clone(), client.clone(), config.clone(), async {
-                        let _ = stopped.await;
-                    })
+                    execute::run_audited(
+                        js2.clone(),
+                        client.clone(),
+                        config.clone(),
+                        verifier.clone(),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
                 },
                 |s: execute::ExecuteStats| {
                     format!(
@@ -190,14 +320,31 @@ impl Loop {
                 self.worker.clone(),
                 shutdown.clone(),
             );
+            let policy_text = self.policy_text.clone();
+            let signer = self.signer.clone();
+            let index = self.stores.as_ref().map(|s| s.index.clone());
             tasks.spawn(async move {
+                // Decisions record only the policy's hash; replay needs its text.
+                mapek_bus::config_store::record_policy(&js, &policy_text).await?;
                 let stats = run_partitioned(
                     js,
                     "plan",
                     PARTITIONS,
                     worker,
                     DEFAULT_TTL,
-                    move |_| PlanStage::without_knowledge(policy.clone()),
+                    move |_| {
+                        let stage = match &index {
+                            Some(index) => PlanStage::new(
+                                policy.clone(),
+                                Box::new(IndexKnowledge::new(index.clone())),
+                            ),
+                            None => PlanStage::without_knowledge(policy.clone()),
+                        };
+                        match &signer {
+                            Some(key) => stage.signed_by(key.clone()),
+                            None => stage,
+                        }
+                    },
                     stop.wait(),
                 )
                 .await?;
@@ -207,6 +354,83 @@ impl Loop {
                 ))
             });
         }
+        if let (true, Some(stores)) = (
+            matches!(phase, PhaseArg::All | PhaseArg::Project),
+            &self.stores,
+        ) {
+            self.spawn_projections(js, stores, shutdown, tasks);
+        }
+    }
+
+    /// The two projections, each under a lease so one process at a time writes a store
+    /// (their offsets are the stores' own; two writers would race on them).
+    fn spawn_projections(
+        &self,
+        js: &JetStream,
+        stores: &Stores,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let (js2, database, redis) = (js.clone(), stores.database.clone(), stores.redis.clone());
+        spawn_singleton(
+            tasks,
+            js,
+            "project-sql",
+            self.worker.clone(),
+            shutdown.clone(),
+            move |stopped| {
+                let (js, database, redis) = (js2.clone(), database.clone(), redis.clone());
+                async move {
+                    let failed = |e: &dyn std::fmt::Display| mapek_bus::BusError::Consumer {
+                        stream: "the SQL read model".into(),
+                        detail: e.to_string(),
+                    };
+                    let model = open_read_model(&database, true)
+                        .await
+                        .map_err(|e| failed(&format!("{e:#}")))?;
+                    let redis = match redis {
+                        Some((url, prefix)) => Some(
+                            Redis::connect_with_prefix(&url, &prefix)
+                                .await
+                                .map_err(|e| failed(&e))?,
+                        ),
+                        None => None,
+                    };
+                    mapek_knowledge::project(js, model, redis, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .map_err(|e| failed(&e))
+                }
+            },
+            |s: mapek_knowledge::ProjectionStats| {
+                format!("{} events into the read model", s.total(|c| &c.applied))
+            },
+        );
+        let (js2, index) = (js.clone(), stores.index.clone());
+        spawn_singleton(
+            tasks,
+            js,
+            "project-vectors",
+            self.worker.clone(),
+            shutdown.clone(),
+            move |stopped| {
+                let (js, index) = (js2.clone(), index.clone());
+                async move {
+                    mapek_vectors::project(js, index, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .map_err(|e| mapek_bus::BusError::Consumer {
+                        stream: "the incident index".into(),
+                        detail: e.to_string(),
+                    })
+                }
+            },
+            |s: mapek_vectors::ProjectStats| {
+                format!("{} events, {} incident points written", s.events, s.written)
+            },
+        );
     }
 }
 
@@ -235,12 +459,45 @@ fn spawn_singleton<W, Fut, T>(
     });
 }
 
+/// Serves `/metrics` on `addr` unless it is "off"; the task serves until dropped. A busy
+/// address only warns: the loop matters more than its metrics.
+pub async fn serve_metrics(addr: &str) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let parsed: std::net::SocketAddr = addr.parse().with_context(|| {
+        format!("--metrics-addr {addr:?} is not an address like 127.0.0.1:9464")
+    })?;
+    match mapek_loop::metrics::serve(parsed).await {
+        Ok((bound, task)) => {
+            eprintln!("mapek: metrics on http://{bound}/metrics");
+            Ok(Some(task))
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: cannot serve metrics on {addr}: {e}; set --metrics-addr (port 0 for any)"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Runs `mapek run`.
 pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let workers = Loop::from_settings(args.policy, args.worker, settings)?;
+    let mut workers = Loop::from_settings(args.policy, args.worker, settings)?
+        .with_keys(args.signing_key.as_deref(), args.verify_key.as_deref())?;
+    // Only plan (which learns from the index) and the projections need the stores.
+    if matches!(
+        args.phase,
+        PhaseArg::All | PhaseArg::Plan | PhaseArg::Project
+    ) {
+        let stores = Stores::open(&args.stores, args.qdrant_url.as_deref(), settings).await?;
+        workers = workers.with_stores(stores);
+    }
     let js = mapek_bus::connect(&settings.nats_url).await?;
     let client = mapek_bus::connect_client(&settings.nats_url).await?;
     let shutdown = Shutdown::on_ctrl_c(args.duration);
+    let _metrics = serve_metrics(&args.metrics_addr).await?;
     let mut tasks = JoinSet::new();
     workers.spawn(&js, &client, args.phase, &shutdown, &mut tasks);
     eprintln!(

@@ -17,16 +17,26 @@ pub enum StreamsCommand {
         /// in, from the repository's streams/]
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Keep this many copies of each message (3 on a 3-node cluster; at most the number
+        /// of servers) [default: as the definitions say, 1]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
     },
 }
 
 /// Runs `mapek streams …`.
 pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let StreamsCommand::Apply { dir } = command;
-    let defs = match dir {
+    let StreamsCommand::Apply { dir, replicas } = command;
+    let mut defs = match dir {
         Some(dir) => streams::load_dir(&dir)?,
         None => streams::builtin(),
     };
+    if let Some(n) = replicas {
+        defs = defs
+            .into_iter()
+            .map(|d| d.with_replicas(usize::from(n)))
+            .collect();
+    }
     let js = mapek_bus::connect(&settings.nats_url).await?;
     let applied = streams::apply(&js, &defs).await?;
     for a in &applied {
