@@ -396,11 +396,33 @@ impl Loop {
                         ),
                         None => None,
                     };
-                    mapek_knowledge::project(js, model, redis, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .map_err(|e| failed(&e))
+                    // The projection counts the writes its store refused; /metrics shows them.
+                    let stats = mapek_knowledge::ProjectionStats::default();
+                    let watched = stats.clone();
+                    let exporter = tokio::spawn(async move {
+                        let mut exported = 0;
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let now = watched.total(|c| &c.store_failures);
+                            mapek_loop::metrics::PROJECTION_FAILURES
+                                .with_label_values(&["sql"])
+                                .inc_by(now.saturating_sub(exported));
+                            exported = now;
+                        }
+                    });
+                    let done = mapek_knowledge::project_with(
+                        js,
+                        model,
+                        redis,
+                        mapek_knowledge::ProjectionConfig::default(),
+                        stats.clone(),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await;
+                    exporter.abort();
+                    done.map(|()| stats).map_err(|e| failed(&e))
                 }
             },
             |s: mapek_knowledge::ProjectionStats| {
