@@ -52,21 +52,26 @@ impl ReadModel {
             .acquire_timeout(Duration::from_secs(5))
             .test_before_acquire(false);
         let options = match backend {
-            Backend::Postgres => options.max_connections(5),
+            // One per projected stream, and some for readers in the same process.
+            Backend::Postgres => options.max_connections(8),
             // One writer at a time is all SQLite allows: a single connection queues writers
             // in the pool instead of failing them with "database is locked"; WAL lets other
             // processes (`mapek status`) read meanwhile.
-            Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            }),
+            // Waiting for the one connection is queueing, not a failure: a long wait.
+            Backend::Sqlite => options
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(60))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                }),
         };
         let pool = options
             .connect(&url)
