@@ -15,7 +15,11 @@ fn export(url: &str, args: &[&str], path: &std::path::Path) {
     let mut cmd = mapek(url);
     cmd.arg("export").args(args);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(path, &out.stdout).unwrap();
 }
 
@@ -51,10 +55,20 @@ async fn a_node_slice_up_to_a_time_holds_what_its_decisions_need() {
     let to = (ts + 1000).to_string();
     export(&server.url(), &["--node", node, "--to", &to], &slice);
     let file = slice.display().to_string();
-    let (out, report) = mapek_json("nats://127.0.0.1:1", &["replay", "verify", "--file", &file, "--node", node]);
+    let (out, report) = mapek_json(
+        "nats://127.0.0.1:1",
+        &["replay", "verify", "--file", &file, "--node", node],
+    );
     assert!(out.status.success(), "{}\n{report}", stderr(&out));
-    assert!(report["decisions"]["identical"].as_u64().unwrap() >= 1, "{report}");
-    assert_eq!(report["range"]["to_ms"], ts + 1000, "the slice's range is the default");
+    assert!(
+        report["decisions"]["identical"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(
+        report["range"]["to_ms"],
+        ts + 1000,
+        "the slice's range is the default"
+    );
 }
 
 #[tokio::test]
@@ -86,5 +100,8 @@ async fn an_edited_slice_fails_the_verify() {
     let (out, report) = mapek_json("nats://127.0.0.1:1", &["replay", "verify", "--file", &file]);
     assert!(!out.status.success(), "{report}");
     assert_eq!(report["decisions"]["different"], 1, "{report}");
-    assert_eq!(report["differences"][0]["fields"][0]["field"], "action.params.note");
+    assert_eq!(
+        report["differences"][0]["fields"][0]["field"],
+        "action.params.note"
+    );
 }

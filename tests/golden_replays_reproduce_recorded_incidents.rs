@@ -49,7 +49,11 @@ fn every_golden_replay_reproduces_its_decisions() {
             .collect();
         assert!(!expected.is_empty(), "{name} has decisions");
         let slice = Slice::open(&path).unwrap();
-        assert_eq!(decisions_in(&slice), expected, "{name}: the slice holds its decisions");
+        assert_eq!(
+            decisions_in(&slice),
+            expected,
+            "{name}: the slice holds its decisions"
+        );
 
         // No server is needed: the slice is the whole input.
         let (out, report) =
@@ -85,7 +89,11 @@ async fn record_golden_replays() {
         let mut cmd = common::mapek(&server.url());
         cmd.args(["export", "--node", node, "--from", &from, "--to", &to]);
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = dir().join(format!("{name}.slice"));
         std::fs::write(&path, &out.stdout).unwrap();
         let slice = Slice::open(&path).unwrap();

@@ -39,10 +39,19 @@ async fn the_story_of_an_acted_incident_has_every_stage() {
     let out = mapek_run(&url, &["replay", "incident", incident]);
     let text = stdout(&out);
     assert!(text.contains(&format!("incident {incident}")), "{text}");
-    assert!(text.contains("reason: rule `"), "the decision's reason:\n{text}");
+    assert!(
+        text.contains("reason: rule `"),
+        "the decision's reason:\n{text}"
+    );
     assert!(text.contains("candidates"), "the rule behind it:\n{text}");
-    assert!(text.contains("neighbours:"), "the knowledge consulted:\n{text}");
-    assert!(text.contains("evidence:"), "the symptom's evidence:\n{text}");
+    assert!(
+        text.contains("neighbours:"),
+        "the knowledge consulted:\n{text}"
+    );
+    assert!(
+        text.contains("evidence:"),
+        "the symptom's evidence:\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -72,5 +81,9 @@ async fn an_unknown_incident_is_a_clear_error() {
     let (server, _js) = recorded_demo().await;
     let out = mapek_run(&server.url(), &["replay", "incident", "no-such-incident"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no incident no-such-incident"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no incident no-such-incident"),
+        "{}",
+        stderr(&out)
+    );
 }

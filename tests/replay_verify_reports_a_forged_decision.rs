@@ -45,7 +45,11 @@ async fn a_forged_decision_is_reported_and_fails_the_verify() {
         "{text}"
     );
     assert!(text.contains("    reason:"), "the field is named:\n{text}");
-    assert!(text.contains("an operator said so"), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("an operator said so"),
+        "{text}\n{}",
+        stderr(&out)
+    );
     assert!(text.contains("1 different"), "{text}");
 
     let (_, report) = mapek_json(&url, &["replay", "verify"]);

@@ -24,8 +24,14 @@ async fn verify_reproduces_every_symptom_and_decision_of_a_live_run() {
     assert_eq!(report["decisions"]["recorded"], recorded, "{report}");
     assert_eq!(report["decisions"]["identical"], recorded, "{report}");
     assert!(report["symptoms"]["identical"].as_u64().unwrap() >= recorded);
-    assert_eq!(report["symptoms"]["recorded"], report["symptoms"]["identical"]);
-    assert_eq!(report["telemetry"], before[0].1, "every telemetry event is read");
+    assert_eq!(
+        report["symptoms"]["recorded"],
+        report["symptoms"]["identical"]
+    );
+    assert_eq!(
+        report["telemetry"], before[0].1,
+        "every telemetry event is read"
+    );
 
     // Replay publishes nothing: every stream holds what it held before.
     assert_eq!(stream_counts(&js).await, before);

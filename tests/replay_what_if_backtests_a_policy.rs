@@ -40,13 +40,19 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
     let (server, _js) = recorded_demo().await;
     let url = server.url();
     let rule = "name = \"lossy-link\"\nsymptom = \"packet_loss\"\nhas_peer = true\n";
-    assert!(DEFAULT.contains(rule), "the default policy has the lossy-link rule");
+    assert!(
+        DEFAULT.contains(rule),
+        "the default policy has the lossy-link rule"
+    );
     let raised = DEFAULT.replace(rule, &format!("{rule}min_severity = 100.0\n"));
     let dir = tempfile::tempdir().unwrap();
     let candidate = write_policy(&dir, "candidate.toml", &raised);
 
     let recorded = decisions(&url);
-    let lossy = recorded.iter().filter(|d| d["rule"] == "lossy-link").count() as u64;
+    let lossy = recorded
+        .iter()
+        .filter(|d| d["rule"] == "lossy-link")
+        .count() as u64;
     assert!(lossy >= 1, "the degraded link was decided by lossy-link");
 
     let (out, report) = mapek_json(&url, &["replay", "what-if", "--policy", &candidate]);
@@ -65,8 +71,17 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
     for x in report["examples"].as_array().unwrap() {
         assert_eq!(x["change"], "changed");
         assert_eq!(x["recorded"]["rule"], "lossy-link");
-        assert!(x["what_if"]["action"].as_str().unwrap().starts_with("escalate"), "{x}");
+        assert!(
+            x["what_if"]["action"]
+                .as_str()
+                .unwrap()
+                .starts_with("escalate"),
+            "{x}"
+        );
     }
-    let text = stdout(&mapek_run(&url, &["replay", "what-if", "--policy", &candidate]));
+    let text = stdout(&mapek_run(
+        &url,
+        &["replay", "what-if", "--policy", &candidate],
+    ));
     assert!(text.contains("decisions would change"), "{text}");
 }

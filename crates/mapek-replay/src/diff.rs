@@ -17,7 +17,10 @@ pub struct FieldDiff {
 /// The fields in which `recorded` and `replayed` differ, in field order. Empty when they are
 /// equal as values (their encodings may still differ, by writer schema).
 pub fn fields<T: Serialize>(recorded: &T, replayed: &T) -> Vec<FieldDiff> {
-    let (Ok(a), Ok(b)) = (serde_json::to_value(recorded), serde_json::to_value(replayed)) else {
+    let (Ok(a), Ok(b)) = (
+        serde_json::to_value(recorded),
+        serde_json::to_value(replayed),
+    ) else {
         return Vec::new();
     };
     let mut out = Vec::new();

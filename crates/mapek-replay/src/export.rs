@@ -61,15 +61,19 @@ pub async fn export(
     node: Option<&NodeId>,
     writer: &mut dyn Write,
 ) -> Result<ExportSummary, ReplayError> {
-    let source = Source::Live(js.clone());
+    let source = Source::live(js.clone());
     let config = source.config().await?;
     let mut summary = ExportSummary::default();
     if let Some(node) = node {
         let mut found = None;
         source
-            .each(Phase::Monitor, Some(Phase::Monitor.stored_filter(Some(node))), |r| {
-                found = found.or(r.partition());
-            })
+            .each(
+                Phase::Monitor,
+                Some(Phase::Monitor.stored_filter(Some(node))),
+                |r| {
+                    found = found.or(r.partition());
+                },
+            )
             .await?;
         summary.partition = Some(found.ok_or_else(|| {
             ReplayError::Missing(format!(
@@ -78,9 +82,14 @@ pub async fn export(
             ))
         })?);
     }
-    let filter = |phase: Phase| summary.partition.map(|p| format!("mapek.{}.{p}.>", phase.token()));
+    let filter = |phase: Phase| {
+        summary
+            .partition
+            .map(|p| format!("mapek.{}.{p}.>", phase.token()))
+    };
     let (monitor, _) = up_to::<Telemetry>(&source, filter(Phase::Monitor), range.to_ms).await?;
-    let (analyze, symptoms) = up_to::<Symptom>(&source, filter(Phase::Analyze), range.to_ms).await?;
+    let (analyze, symptoms) =
+        up_to::<Symptom>(&source, filter(Phase::Analyze), range.to_ms).await?;
     let (plan, _) = up_to::<Decision>(&source, filter(Phase::Plan), range.to_ms).await?;
     let incidents: BTreeSet<String> = symptoms
         .into_iter()
@@ -97,8 +106,20 @@ pub async fn export(
             .map(|(r, _)| r)
             .collect()
     };
-    let execute = of_ours(execute, results.into_iter().map(|r| r.map(|r| r.incident_id)).collect());
-    let knowledge = of_ours(knowledge, outcomes.into_iter().map(|o| o.map(|o| o.incident_id)).collect());
+    let execute = of_ours(
+        execute,
+        results
+            .into_iter()
+            .map(|r| r.map(|r| r.incident_id))
+            .collect(),
+    );
+    let knowledge = of_ours(
+        knowledge,
+        outcomes
+            .into_iter()
+            .map(|o| o.map(|o| o.incident_id))
+            .collect(),
+    );
 
     let mut header = SliceHeader::new(&config, range, node.map(|n| n.to_string()), now_ms());
     header.partitions = summary.partition.map(|p| vec![p]);

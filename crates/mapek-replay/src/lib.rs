@@ -22,7 +22,7 @@
 //! - [`whatif`]: [`what_if()`], [`WhatIfReport`].
 //! - [`story`]: [`incident_story()`], [`Story`].
 //! - [`export`](mod@export): [`export()`].
-//! - [`error`]: [`ReplayError`].
+//! - [`error`](mod@error): [`ReplayError`].
 
 pub mod diff;
 pub mod error;

@@ -117,7 +117,9 @@ mod tests {
     #[test]
     fn base64_round_trips_every_length() {
         for len in 0..40u8 {
-            let bytes: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(200)).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(200))
+                .collect();
             let text = base64_encode(&bytes);
             assert_eq!(base64_decode(&text), Some(bytes), "{text}");
         }

@@ -175,7 +175,12 @@ impl Slice {
         let mut lines = reader.lines();
         let first = lines
             .next()
-            .ok_or_else(|| bad(1, "the file is empty; a slice starts with a header line".into()))?
+            .ok_or_else(|| {
+                bad(
+                    1,
+                    "the file is empty; a slice starts with a header line".into(),
+                )
+            })?
             .map_err(|e| bad(1, e.to_string()))?;
         let header: SliceHeader = serde_json::from_str(&first)
             .map_err(|e| bad(1, format!("not a {FORMAT} header ({e})")))?;
@@ -195,7 +200,8 @@ impl Slice {
             if line.trim().is_empty() {
                 continue;
             }
-            let parsed: SliceLine = serde_json::from_str(&line).map_err(|e| bad(n, e.to_string()))?;
+            let parsed: SliceLine =
+                serde_json::from_str(&line).map_err(|e| bad(n, e.to_string()))?;
             records.push(parsed.into_record().map_err(|e| bad(n, e))?);
         }
         Ok(Self { header, records })
@@ -235,12 +241,11 @@ pub fn write(
 
 /// Writes one record as a slice line.
 pub fn write_line(writer: &mut dyn Write, record: &Record) -> Result<(), ReplayError> {
-    let line = serde_json::to_string(&SliceLine::from_record(record)).map_err(|e| {
-        ReplayError::Write {
+    let line =
+        serde_json::to_string(&SliceLine::from_record(record)).map_err(|e| ReplayError::Write {
             what: "a slice line".into(),
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     writeln!(writer, "{line}").map_err(|e| ReplayError::Write {
         what: "the slice".into(),
         detail: e.to_string(),

@@ -22,7 +22,7 @@ use crate::{Bound, Range, ReplayError};
 #[derive(Clone)]
 pub enum Source {
     /// The streams of a running server.
-    Live(JetStream),
+    Live(Box<JetStream>),
     /// A slice file, read into memory.
     Slice(Arc<Slice>),
 }
@@ -41,6 +41,11 @@ fn consumer_error(phase: Phase, detail: String) -> ReplayError {
 }
 
 impl Source {
+    /// The streams of the server `js` is connected to.
+    pub fn live(js: JetStream) -> Self {
+        Self::Live(Box::new(js))
+    }
+
     /// The slice file at `path`.
     pub fn file(path: &std::path::Path) -> Result<Self, ReplayError> {
         Ok(Self::Slice(Arc::new(Slice::open(path)?)))
@@ -50,10 +55,7 @@ impl Source {
     pub fn name(&self) -> String {
         match self {
             Source::Live(_) => "the live streams".to_owned(),
-            Source::Slice(s) => format!(
-                "a slice exported at {} ms",
-                s.header.exported_ms
-            ),
+            Source::Slice(s) => format!("a slice exported at {} ms", s.header.exported_ms),
         }
     }
 
@@ -108,7 +110,10 @@ impl Source {
             Source::Slice(s) => {
                 let mut n = 0;
                 for r in s.records.iter().filter(|r| r.stream == phase.stream()) {
-                    if filter.as_deref().is_none_or(|f| subject_matches(f, &r.subject)) {
+                    if filter
+                        .as_deref()
+                        .is_none_or(|f| subject_matches(f, &r.subject))
+                    {
                         each(r.clone());
                         n += 1;
                     }

@@ -91,16 +91,32 @@ pub async fn incident_story(source: &Source, incident_id: &str) -> Result<Story,
     let mut outcomes: Vec<(Record, Outcome)> = Vec::new();
     let mine = |id: &str| id == incident_id;
     source
-        .each(Phase::Analyze, None, collect(&mut symptoms, |s: &Symptom| mine(&s.incident_id)))
+        .each(
+            Phase::Analyze,
+            None,
+            collect(&mut symptoms, |s: &Symptom| mine(&s.incident_id)),
+        )
         .await?;
     source
-        .each(Phase::Plan, None, collect(&mut decisions, |d: &Decision| mine(&d.incident_id)))
+        .each(
+            Phase::Plan,
+            None,
+            collect(&mut decisions, |d: &Decision| mine(&d.incident_id)),
+        )
         .await?;
     source
-        .each(Phase::Execute, None, collect(&mut results, |r: &ActionResult| mine(&r.incident_id)))
+        .each(
+            Phase::Execute,
+            None,
+            collect(&mut results, |r: &ActionResult| mine(&r.incident_id)),
+        )
         .await?;
     source
-        .each(Phase::Knowledge, None, collect(&mut outcomes, |o: &Outcome| mine(&o.incident_id)))
+        .each(
+            Phase::Knowledge,
+            None,
+            collect(&mut outcomes, |o: &Outcome| mine(&o.incident_id)),
+        )
         .await?;
     let node = symptoms
         .first()
@@ -169,7 +185,11 @@ fn num(x: f64) -> String {
 }
 
 fn telemetry_entry(r: &Record, t: &Telemetry, symptoms: &[(Record, Symptom)]) -> Entry {
-    let metrics: Vec<String> = t.metrics.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
+    let metrics: Vec<String> = t
+        .metrics
+        .iter()
+        .map(|(k, v)| format!("{k}={}", num(*v)))
+        .collect();
     let mut details = vec![format!("metrics: {}", metrics.join(", "))];
     for l in &t.links {
         details.push(format!(
@@ -196,8 +216,16 @@ fn telemetry_entry(r: &Record, t: &Telemetry, symptoms: &[(Record, Symptom)]) ->
 }
 
 fn symptom_entry(r: &Record, s: &Symptom) -> Entry {
-    let peer = s.peer.as_ref().map(|p| format!(" with peer {p}")).unwrap_or_default();
-    let evidence: Vec<String> = s.evidence.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
+    let peer = s
+        .peer
+        .as_ref()
+        .map(|p| format!(" with peer {p}"))
+        .unwrap_or_default();
+    let evidence: Vec<String> = s
+        .evidence
+        .iter()
+        .map(|(k, v)| format!("{k}={}", num(*v)))
+        .collect();
     Entry {
         ts_ms: s.ts_ms,
         stage: Stage::Symptom,
@@ -221,7 +249,11 @@ fn symptom_entry(r: &Record, s: &Symptom) -> Entry {
 fn decision_entry(r: &Record, d: &Decision, policy: Option<&Policy>) -> Entry {
     let mut details = vec![
         format!("reason: {}", d.reason),
-        format!("policy {} ({})", d.policy_name, &d.policy_hash[..d.policy_hash.len().min(12)]),
+        format!(
+            "policy {} ({})",
+            d.policy_name,
+            &d.policy_hash[..d.policy_hash.len().min(12)]
+        ),
     ];
     match policy.and_then(|p| p.rule(&d.rule)) {
         Some(rule) => {
@@ -243,8 +275,13 @@ fn decision_entry(r: &Record, d: &Decision, policy: Option<&Policy>) -> Entry {
                 candidates.join(", ")
             ));
         }
-        None if policy.is_some() => details.push(format!("rule `{}` (the policy's fallback)", d.rule)),
-        None => details.push(format!("rule `{}` (the policy text was not recorded)", d.rule)),
+        None if policy.is_some() => {
+            details.push(format!("rule `{}` (the policy's fallback)", d.rule))
+        }
+        None => details.push(format!(
+            "rule `{}` (the policy text was not recorded)",
+            d.rule
+        )),
     }
     if d.knowledge.is_empty() {
         details.push("neighbours: none consulted".into());
@@ -255,7 +292,11 @@ fn decision_entry(r: &Record, d: &Decision, policy: Option<&Policy>) -> Entry {
             n.incident_id,
             num(n.score),
             n.action.as_str(),
-            if n.resolved { "resolved it" } else { "did not resolve it" }
+            if n.resolved {
+                "resolved it"
+            } else {
+                "did not resolve it"
+            }
         ));
     }
     Entry {
@@ -277,11 +318,20 @@ fn result_entry(r: &Record, a: &ActionResult) -> Entry {
         ),
         ActionStatus::Applied => (
             Stage::Action,
-            format!("action {} applied after {} attempts{dry}", describe(&a.action), a.attempts),
+            format!(
+                "action {} applied after {} attempts{dry}",
+                describe(&a.action),
+                a.attempts
+            ),
         ),
         ActionStatus::Failed => (
             Stage::Action,
-            format!("action {} failed after {} attempts{dry}: {}", describe(&a.action), a.attempts, a.reason),
+            format!(
+                "action {} failed after {} attempts{dry}: {}",
+                describe(&a.action),
+                a.attempts,
+                a.reason
+            ),
         ),
     };
     Entry {
@@ -315,7 +365,13 @@ impl fmt::Display for Story {
         let start = self.entries.first().map_or(0, |e| e.ts_ms);
         for e in &self.entries {
             let at = (e.ts_ms - start) as f64 / 1000.0;
-            writeln!(f, "{:>+9.3} s  {:<9}  {}", at, format!("{:?}", e.stage).to_lowercase(), e.title)?;
+            writeln!(
+                f,
+                "{:>+9.3} s  {:<9}  {}",
+                at,
+                format!("{:?}", e.stage).to_lowercase(),
+                e.title
+            )?;
             for d in &e.details {
                 writeln!(f, "{:>24}{d}", "")?;
             }

@@ -162,21 +162,28 @@ pub async fn verify_with(
     let mut names: Vec<String> = policies
         .known
         .values()
-        .filter(|p| log.decisions.iter().any(|d| d.event.policy_hash == p.hash()))
+        .filter(|p| {
+            log.decisions
+                .iter()
+                .any(|d| d.event.policy_hash == p.hash())
+        })
         .map(|p| format!("{} ({})", p.name(), &p.hash()[..12]))
         .collect();
     if names.is_empty() {
         let p = &policies.known[&policies.default];
         names.push(format!("{} ({})", p.name(), &p.hash()[..12]));
     }
-    report.notes.push(format!("plan ran with policy {}", names.join(", ")));
+    report
+        .notes
+        .push(format!("plan ran with policy {}", names.join(", ")));
 
     if !options.plan_only {
         let analyze = match config.current_analyze() {
             Some((hash, c)) => {
-                report
-                    .notes
-                    .push(format!("analyze ran with the recorded configuration {}", &hash[..12]));
+                report.notes.push(format!(
+                    "analyze ran with the recorded configuration {}",
+                    &hash[..12]
+                ));
                 if config.analyze_history.len() > 1 {
                     report.notes.push(format!(
                         "the analyze configuration changed {} times; replay uses the last \
@@ -187,9 +194,9 @@ pub async fn verify_with(
                 c.clone()
             }
             None => {
-                report.notes.push(
-                    "no analyze configuration was recorded: replay used the defaults".into(),
-                );
+                report
+                    .notes
+                    .push("no analyze configuration was recorded: replay used the defaults".into());
                 AnalyzeConfig::default()
             }
         };
@@ -267,11 +274,15 @@ fn compare_symptoms(
             Some((_, b)) if b.as_slice() == s.bytes.as_ref() => tally.identical += 1,
             Some((r, _)) => {
                 tally.different += 1;
-                report.differences.push(difference("symptom", DiffKind::Changed, s, fields(e, r)));
+                report
+                    .differences
+                    .push(difference("symptom", DiffKind::Changed, s, fields(e, r)));
             }
             None => {
                 tally.removed += 1;
-                report.differences.push(difference("symptom", DiffKind::Removed, s, vec![]));
+                report
+                    .differences
+                    .push(difference("symptom", DiffKind::Removed, s, vec![]));
             }
         }
     }
@@ -333,7 +344,12 @@ fn compare_decisions(
                 }
                 (Some(d), _) => {
                     tally.different += 1;
-                    diffs.push(difference("decision", DiffKind::Changed, r, fields(&r.event, d)));
+                    diffs.push(difference(
+                        "decision",
+                        DiffKind::Changed,
+                        r,
+                        fields(&r.event, d),
+                    ));
                 }
                 (None, _) => {
                     tally.removed += 1;
@@ -379,7 +395,11 @@ fn difference<E: mapek_domain::Event>(
     Difference {
         what,
         kind,
-        symptom_id: e.causation().filter(|_| what == "decision").unwrap_or(e.event_id()).to_owned(),
+        symptom_id: e
+            .causation()
+            .filter(|_| what == "decision")
+            .unwrap_or(e.event_id())
+            .to_owned(),
         node: e.node().to_string(),
         ts_ms: e.ts_ms(),
         seq: Some(stored.seq),
@@ -398,10 +418,17 @@ impl fmt::Display for Difference {
                     self.what, self.symptom_id, self.node, self.ts_ms
                 )?;
                 if self.fields.is_empty() {
-                    writeln!(f, "    the same values, encoded differently (another writer schema?)")?;
+                    writeln!(
+                        f,
+                        "    the same values, encoded differently (another writer schema?)"
+                    )?;
                 }
                 for d in &self.fields {
-                    writeln!(f, "    {}:\n      recorded: {}\n      replayed: {}", d.field, d.recorded, d.replayed)?;
+                    writeln!(
+                        f,
+                        "    {}:\n      recorded: {}\n      replayed: {}",
+                        d.field, d.recorded, d.replayed
+                    )?;
                 }
                 Ok(())
             }
@@ -433,12 +460,21 @@ impl fmt::Display for VerifyReport {
                 t.recorded, t.identical, t.different, t.added, t.removed
             )
         };
-        writeln!(f, "events: {} ({} telemetry, {} unreadable)", self.events(), self.telemetry, self.unreadable)?;
+        writeln!(
+            f,
+            "events: {} ({} telemetry, {} unreadable)",
+            self.events(),
+            self.telemetry,
+            self.unreadable
+        )?;
         writeln!(f, "symptoms: {}", t(&self.symptoms))?;
         writeln!(f, "decisions: {}", t(&self.decisions))?;
         let n = self.symptoms.differences() + self.decisions.differences();
         if n == 0 {
-            writeln!(f, "verdict: identical: every symptom and decision replays byte for byte")
+            writeln!(
+                f,
+                "verdict: identical: every symptom and decision replays byte for byte"
+            )
         } else {
             writeln!(f, "verdict: {n} differences")
         }

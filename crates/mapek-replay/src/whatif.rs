@@ -80,7 +80,12 @@ impl Brief {
 /// An action in a few words: `reroute n1`, `restart_service agent`, `rate_limit`.
 pub fn describe(a: &Action) -> String {
     let mut s = a.kind.as_str().to_owned();
-    for x in a.peer.iter().map(|p| p.as_str()).chain(a.service.as_deref()) {
+    for x in a
+        .peer
+        .iter()
+        .map(|p| p.as_str())
+        .chain(a.service.as_deref())
+    {
         s.push(' ');
         s.push_str(x);
     }
@@ -185,10 +190,16 @@ fn compare(
             (Some(_), None) => Change::Removed,
         };
         if let Some(r) = recorded {
-            report.per_action.entry(r.action.kind.as_str().into()).or_default()[0] += 1;
+            report
+                .per_action
+                .entry(r.action.kind.as_str().into())
+                .or_default()[0] += 1;
         }
         if let Some(d) = &decided {
-            report.per_action.entry(d.action.kind.as_str().into()).or_default()[1] += 1;
+            report
+                .per_action
+                .entry(d.action.kind.as_str().into())
+                .or_default()[1] += 1;
         }
         report.total.add(change);
         report
@@ -263,7 +274,11 @@ impl fmt::Display for WhatIfReport {
         if self.unchanged() {
             writeln!(f, "verdict: no change")
         } else {
-            writeln!(f, "verdict: {} decisions would change", t.changed + t.added + t.removed)
+            writeln!(
+                f,
+                "verdict: {} decisions would change",
+                t.changed + t.added + t.removed
+            )
         }
     }
 }

@@ -119,7 +119,7 @@ fn parse_bound(s: &str) -> Result<Bound, String> {
 async fn source(file: Option<&PathBuf>, settings: &Settings) -> anyhow::Result<Source> {
     match file {
         Some(path) => Ok(Source::file(path)?),
-        None => Ok(Source::Live(mapek_bus::connect(&settings.nats_url).await?)),
+        None => Ok(Source::live(mapek_bus::connect(&settings.nats_url).await?)),
     }
 }
 
@@ -157,7 +157,11 @@ async fn verify(args: VerifyArgs, settings: &Settings) -> anyhow::Result<ExitCod
     let range = range(&args.range, &source).await?;
     let options = VerifyOptions {
         node: args.range.node.clone(),
-        policies: args.policy.iter().map(read_policy).collect::<Result<_, _>>()?,
+        policies: args
+            .policy
+            .iter()
+            .map(read_policy)
+            .collect::<Result<_, _>>()?,
         plan_only: false,
     };
     let tty = std::io::stderr().is_terminal();
@@ -199,9 +203,14 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
     let range = range(&args.range, &source).await?;
     // The knowledge store's view plugs in here; it must answer only with what was known
     // before each symptom (the KnowledgeView contract).
-    let report =
-        mapek_replay::what_if(&source, range, args.range.node.as_ref(), &policy, &NoKnowledge)
-            .await?;
+    let report = mapek_replay::what_if(
+        &source,
+        range,
+        args.range.node.as_ref(),
+        &policy,
+        &NoKnowledge,
+    )
+    .await?;
     if args.json {
         emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
