@@ -122,7 +122,7 @@ fn incident(rng: &mut Rng, s: &Symptom) -> Incident {
         incident_id: s.incident_id.clone(),
         node: s.node.clone(),
         ts_ms: s.ts_ms + 30_000,
-        result: if rng.next() % 2 == 0 {
+        result: if rng.next().is_multiple_of(2) {
             OutcomeResult::Resolved
         } else {
             OutcomeResult::NotResolved

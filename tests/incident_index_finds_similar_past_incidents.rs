@@ -166,3 +166,14 @@ fn an_index_that_cannot_be_opened_names_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn an_index_open_elsewhere_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EdgeIndex::open(dir.path()).unwrap();
+    let err = EdgeIndex::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(err.contains("allows one at a time"), "{err}");
+    drop(first);
+    EdgeIndex::open(dir.path()).expect("free again once the first is closed");
+}

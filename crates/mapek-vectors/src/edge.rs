@@ -57,9 +57,19 @@ impl EdgeIndex {
             .map_err(|e| failed(format!("cannot create the directory: {e}")))?;
         let shard = if dir.join("edge_config.json").exists() {
             EdgeShard::load(dir, None).map_err(|e| {
-                failed(format!(
-                    "{e}; is it an incident index? Move it away to start a new one"
-                ))
+                let e = e.to_string();
+                // qdrant-edge locks its write-ahead log: one process (one open) at a time.
+                if e.contains("WAL") {
+                    failed(format!(
+                        "{e}. Another process (`mapek run`?) has it open, and the embedded \
+                         index allows one at a time: stop it, or share a Qdrant server \
+                         through QDRANT_URL"
+                    ))
+                } else {
+                    failed(format!(
+                        "{e}; is it an incident index? Move it away to start a new one"
+                    ))
+                }
             })?
         } else {
             let config = EdgeConfigBuilder::new()

@@ -202,7 +202,14 @@ impl IncidentIndex for ServerIndex {
 
     fn search_now(&self, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
         let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| self.err("a search from synchronous code needs a tokio runtime"))?;
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            .ok_or_else(|| {
+                self.err(
+                    "a search of a Qdrant server from synchronous code (the planner) needs a \
+                     multi-threaded tokio runtime",
+                )
+            })?;
         tokio::task::block_in_place(|| handle.block_on(self.search_async(query)))
     }
 
