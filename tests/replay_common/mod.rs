@@ -15,8 +15,12 @@ use crate::common::{mapek, run, stderr, stdout};
 /// recorded at start.
 pub async fn recorded_demo() -> (NatsServer, JetStream) {
     let server = NatsServer::start();
+    // The demo keeps its embedded knowledge stores in ./mapek-data, which one process may
+    // open at a time: each recording gets its own directory.
+    let dir = tempfile::tempdir().unwrap();
     let mut demo = mapek(&server.url());
-    demo.args(["demo", "--nodes", "32", "--speed", "20"]);
+    demo.current_dir(dir.path())
+        .args(["demo", "--nodes", "32", "--speed", "20"]);
     let out = run(demo);
     assert!(out.status.success(), "the demo failed: {}", stderr(&out));
     let js = mapek_bus::connect(&server.url()).await.unwrap();

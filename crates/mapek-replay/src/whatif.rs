@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use mapek_domain::plan::RecordedKnowledge;
 use mapek_domain::{Action, Decision, KnowledgeView, NodeId, Planner, Policy};
 use serde::Serialize;
 
@@ -173,7 +174,19 @@ fn compare(
         let planner = planners
             .entry(s.partition)
             .or_insert_with(|| Planner::new(policy.clone()));
-        let decided = planner.decide(e, knowledge);
+        // What the live planner knew about this symptom is what its recorded decision
+        // consulted: the index as the projection had filled it then. Asking the index again,
+        // even restricted to before the symptom, would answer from a different moment (the
+        // projection's lag) and report changes no policy made. Symptoms the live run did not
+        // decide on consult `knowledge`.
+        let recorded_knowledge = log
+            .decisions_on(&e.symptom_id)
+            .first()
+            .map(|d| RecordedKnowledge::from_decision(&d.event));
+        let decided = match &recorded_knowledge {
+            Some(k) => planner.decide(e, k),
+            None => planner.decide(e, knowledge),
+        };
         if seen.insert(e.symptom_id.as_str(), ()).is_some()
             || !range.contains(e.ts_ms)
             || node.is_some_and(|n| n != &e.node)
