@@ -90,6 +90,9 @@ fn the_demo_starts_its_own_nats_server_when_none_is_named() {
         ("mapek-data/incidents", "the incident index"),
         ("mapek-data/keys/decision.pub", "the decision key"),
     ] {
-        assert!(dir.path().join(path).exists(), "{what} is under ./mapek-data");
+        assert!(
+            dir.path().join(path).exists(),
+            "{what} is under ./mapek-data"
+        );
     }
 }

@@ -98,7 +98,10 @@ fn the_decision_id_changes_with_the_policy_hash() {
 #[test]
 fn each_decision_links_to_the_one_before_it() {
     let decisions = live(POLICY);
-    assert_eq!(decisions[0].prev_hash, "", "the first decision starts the chain");
+    assert_eq!(
+        decisions[0].prev_hash, "",
+        "the first decision starts the chain"
+    );
     for pair in decisions.windows(2) {
         assert_eq!(pair[1].prev_hash, pair[0].chain_hash());
         assert_eq!(pair[1].prev_hash.len(), 64);
@@ -111,7 +114,11 @@ fn any_change_to_a_decision_changes_its_chain_hash() {
     let hash = d.chain_hash();
     let mut signed = d.clone();
     signed.signature = vec![1, 2, 3];
-    assert_eq!(signed.chain_hash(), hash, "the signature is not part of what it signs");
+    assert_eq!(
+        signed.chain_hash(),
+        hash,
+        "the signature is not part of what it signs"
+    );
     let edits: [fn(&mut Decision); 5] = [
         |d| d.reason.push('!'),
         |d| d.ts_ms += 1,
