@@ -81,8 +81,8 @@ async fn postgres_and_sqlite_hold_the_scripted_run() {
             )
             .await,
             vec![
-                "d-a|reroute|latency-on-link|default|[{\"action\":\"reroute\",\"incident_id\":\"i-0\",\"resolved\":true,\"score\":0.93}]".to_owned(),
-                "d-b|rate_limit|cpu-saturated|default|[{\"action\":\"rate_limit\",\"incident_id\":\"old-1\",\"resolved\":true,\"score\":0.8},{\"action\":\"restart_service\",\"incident_id\":\"old-2\",\"resolved\":false,\"score\":0.5}]".to_owned(),
+                "d-a|reroute|latency-on-link|default|[{\"incident_id\":\"i-0\",\"score\":0.93,\"action\":\"reroute\",\"resolved\":true}]".to_owned(),
+                "d-b|rate_limit|cpu-saturated|default|[{\"incident_id\":\"old-1\",\"score\":0.8,\"action\":\"rate_limit\",\"resolved\":true},{\"incident_id\":\"old-2\",\"score\":0.5,\"action\":\"restart_service\",\"resolved\":false}]".to_owned(),
             ],
             "decisions in {which}"
         );

@@ -307,18 +307,10 @@ async fn write_decisions(
     for chunk in events.chunks(CHUNK) {
         let mut rows = Rows::new(15);
         for (seq, d) in chunk {
-            let knowledge: Vec<serde_json::Value> = d
-                .knowledge
-                .iter()
-                .map(|n| {
-                    serde_json::json!({
-                        "incident_id": n.incident_id,
-                        "score": n.score,
-                        "action": n.action.as_str(),
-                        "resolved": n.resolved,
-                    })
-                })
-                .collect();
+            // Serialised from the struct, so the keys keep its field order whatever
+            // serde_json features other crates of the build turn on (`preserve_order` changes
+            // how a `json!` object orders its keys).
+            let knowledge = serde_json::to_string(&d.knowledge).unwrap_or_else(|_| "[]".into());
             rows.push(vec![
                 Value::Text(d.decision_id.clone()),
                 Value::Text(d.symptom_id.clone()),
@@ -333,7 +325,7 @@ async fn write_decisions(
                 Value::Text(d.reason.clone()),
                 Value::Text(d.policy_name.clone()),
                 Value::Text(d.policy_hash.clone()),
-                Value::Text(serde_json::Value::Array(knowledge).to_string()),
+                Value::Text(knowledge),
                 Value::Int(*seq as i64),
             ]);
         }

@@ -1,5 +1,5 @@
-//! `mapek knowledge rebuild`: empties the SQL read model and projects the whole log into it
-//! again.
+//! `mapek knowledge rebuild`: empties the SQL read model and the incident index and projects
+//! the whole log into them again.
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use mapek_knowledge::PROJECTED;
 
 use crate::Settings;
+use crate::cmd::run::Stores;
 use crate::cmd::status::{StoreArgs, open_read_model};
 
 /// `mapek knowledge rebuild` flags.
@@ -15,6 +16,12 @@ use crate::cmd::status::{StoreArgs, open_read_model};
 pub struct RebuildArgs {
     #[command(flatten)]
     pub stores: StoreArgs,
+    /// A Qdrant server (gRPC) holding the incident index, instead of the embedded one
+    #[arg(long, env = "QDRANT_URL", value_name = "URL")]
+    pub qdrant_url: Option<String>,
+    /// Rebuild only the SQL read model, not the incident index
+    #[arg(long)]
+    pub sql_only: bool,
 }
 
 /// Runs `mapek knowledge rebuild`.
@@ -45,5 +52,17 @@ pub async fn run(args: RebuildArgs, settings: &Settings) -> anyhow::Result<ExitC
         started.elapsed().as_secs_f64(),
         parts.join(", ")
     );
+    if !args.sql_only {
+        let stores = Stores::open(&args.stores, args.qdrant_url.as_deref(), settings).await?;
+        let started = Instant::now();
+        let stats = mapek_vectors::rebuild(&js, stores.index.clone()).await?;
+        println!(
+            "rebuilt the incident index at {} in {:.1} s: {} events, {} incident points written",
+            stores.index.location(),
+            started.elapsed().as_secs_f64(),
+            stats.events,
+            stats.written
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
