@@ -37,12 +37,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "MAPEK_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
 
-    /// What to log to stderr, as a tracing filter (error, warn, info, debug, mapek_bus=debug)
+    /// What to log to stderr, as a tracing filter (error, warn, info, debug, mapek_bus=debug);
+    /// qdrant-edge's start-up warnings are hidden by default
     #[arg(
         long,
         global = true,
         env = "MAPEK_LOG",
-        default_value = "warn",
+        default_value = "warn,qdrant_edge=error",
         value_name = "FILTER"
     )]
     log: String,

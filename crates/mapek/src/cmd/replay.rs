@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{NodeId, Policy};
+use mapek_domain::{KnowledgeView, NodeId, Policy};
 use mapek_replay::{Bound, Progress, Range, Source, VerifyOptions};
+use mapek_vectors::{IncidentIndex, IndexKnowledge};
 
 use crate::Settings;
 use crate::time_arg::parse_ts_ms;
@@ -68,6 +69,19 @@ pub struct WhatIfArgs {
     /// The candidate policy file
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
+
+    /// A Qdrant server (gRPC) holding the incident index [default: the embedded index under
+    /// the data directory, if there is one]
+    #[arg(long, env = "QDRANT_URL", value_name = "URL")]
+    qdrant_url: Option<String>,
+
+    /// The directory of the embedded stores (default ./mapek-data)
+    #[arg(long, env = "MAPEK_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Consult no incident index for the symptoms the live run did not decide on
+    #[arg(long)]
+    no_knowledge: bool,
 
     #[command(flatten)]
     range: RangeArgs,
@@ -201,14 +215,31 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
     let policy = read_policy(&args.policy)?;
     let source = source(args.range.file.as_ref(), settings).await?;
     let range = range(&args.range, &source).await?;
-    // The knowledge store's view plugs in here; it must answer only with what was known
-    // before each symptom (the KnowledgeView contract).
+    // Symptoms the live run decided on consult what their decision recorded (ADR 0005); the
+    // others ask the incident index, which answers only with incidents whose outcome was
+    // known before the symptom (the KnowledgeView contract).
+    let index = if args.no_knowledge {
+        None
+    } else {
+        incident_index(&args, settings).await
+    };
+    let knowledge: Box<dyn KnowledgeView> = match &index {
+        Some(index) => {
+            eprintln!(
+                "what-if: undecided symptoms consult the incident index at {}, as of each \
+                 symptom's time",
+                index.location()
+            );
+            Box::new(IndexKnowledge::new(index.clone()))
+        }
+        None => Box::new(NoKnowledge),
+    };
     let report = mapek_replay::what_if(
         &source,
         range,
         args.range.node.as_ref(),
         &policy,
-        &NoKnowledge,
+        knowledge.as_ref(),
     )
     .await?;
     if args.json {
@@ -217,6 +248,32 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
         emit(&report.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The incident index what-if consults: the server, or the embedded index if one exists
+/// (never creating one). One that cannot be opened (another process holds the embedded
+/// index) is a warning: what-if then runs without it.
+async fn incident_index(
+    args: &WhatIfArgs,
+    settings: &Settings,
+) -> Option<std::sync::Arc<dyn IncidentIndex>> {
+    let k = &settings.file.knowledge;
+    let url = args.qdrant_url.clone().or_else(|| k.qdrant_url.clone());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| k.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("mapek-data"));
+    if url.is_none() && !mapek_vectors::EdgeIndex::default_dir(&data_dir).exists() {
+        return None;
+    }
+    match mapek_vectors::open(url.as_deref(), &data_dir).await {
+        Ok(index) => Some(index),
+        Err(e) => {
+            eprintln!("warning: what-if runs without the incident index: {e}");
+            None
+        }
+    }
 }
 
 async fn incident(args: IncidentArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
