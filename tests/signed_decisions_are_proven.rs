@@ -2,56 +2,25 @@
 //! to the one before it; `verify_stream` passes the genuine log and names a forged decision;
 //! an executor holding the public key acts on genuine decisions and refuses the forgery.
 
+mod agent;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent::{T0, setup, wait_for};
 use mapek_audit::{SigningKey, VerifyingKey, keys};
-use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
+use mapek_bus::Publisher;
 use mapek_domain::{
     ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig, NodeId, Policy,
     Telemetry,
 };
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, execute, run_stage};
-use mapek_testkit::NatsServer;
-
-const T0: i64 = 1_795_867_200_000;
-
-async fn stored<E: mapek_codec::AvroEvent>(js: &JetStream, filter: &str) -> Vec<E> {
-    let mut sub = Subscriber::<E>::open_subject(js, filter.to_owned(), StartAt::All)
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for _ in 0..sub.pending_at_start() {
-        out.push(sub.next().await.unwrap().unwrap().event.unwrap());
-    }
-    out
-}
-
-async fn wait_for<E: mapek_codec::AvroEvent>(js: &JetStream, filter: &str, n: usize) -> Vec<E> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = stored::<E>(js, filter).await;
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n}",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let (secret, public) = keys::generate(dir.path()).unwrap();
     let signer = Arc::new(SigningKey::load(&secret).unwrap());
@@ -86,7 +55,7 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
         config,
         wait(stopped.clone()),
     ));
-    let decisions: Vec<Decision> = wait_for(&js, "mapek.plan.>", 3).await;
+    let decisions: Vec<Decision> = wait_for(&js, 3).await;
     let _ = stop.send(true);
     analyze.await.unwrap().unwrap();
     plan.await.unwrap().unwrap();
@@ -116,7 +85,6 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
     );
 
     // The executor with the public key refuses the forgery and only the forgery.
-    let client = mapek_bus::connect_client(&server.url()).await.unwrap();
     let config = ExecuteConfig {
         command_timeout_ms: 100,
         command_attempts: 1,
@@ -132,7 +100,7 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
             let _ = stopped.await;
         },
     ));
-    let results: Vec<ActionResult> = wait_for(&js, "mapek.execute.>", 4).await;
+    let results: Vec<ActionResult> = wait_for(&js, 4).await;
     let _ = stop.send(());
     executor.await.unwrap().unwrap();
     for r in &results {

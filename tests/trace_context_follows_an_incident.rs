@@ -2,6 +2,8 @@
 //! decision it caused in the same trace, each a span of its own; telemetry without a trace
 //! still gets one trace per incident from analyze on.
 
+mod agent;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,9 +12,8 @@ use mapek_codec::encode;
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Phase, Policy, Telemetry};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, run_stage};
-use mapek_testkit::NatsServer;
 
-const T0: i64 = 1_795_867_200_000;
+use agent::T0;
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 /// n1 (traced by its agent) and n2 (not traced) each lose 30 % of their packets for 10 s.
@@ -67,11 +68,7 @@ fn trace_id(traceparent: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symptoms_and_decisions_stay_in_the_telemetrys_trace() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js, _client) = agent::setup().await;
     publish_lossy_telemetry(&js).await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
