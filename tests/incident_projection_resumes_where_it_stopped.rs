@@ -174,9 +174,17 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     };
     let stats = project_until_caught_up(&js, index.clone(), second).await;
     assert_eq!(
-        (stats.events, stats.skipped, stats.written),
-        (3, 0, 1),
-        "only the new events are read, and only c is written"
+        (stats.events, stats.skipped),
+        (3, 0),
+        "only the new events are read"
+    );
+    // c's three events may come in one batch or in up to three (one per stream), and a point
+    // is written once per batch that changes it: one to three writes, all of c (a and b were
+    // not read again, so nothing could rewrite them).
+    assert!(
+        (1..=3).contains(&stats.written),
+        "only c is written: {} writes",
+        stats.written
     );
     assert_eq!(index.count().await.unwrap(), 3);
 
