@@ -20,7 +20,8 @@
 //! - [`project`](mod@project): the projections, [`project()`], [`project_with`],
 //!   [`rebuild`], their config and counters.
 //! - [`redis`]: [`Redis`], hot node health, open incidents and recent actions; leases
-//!   ([`Redis::try_lease`], [`Redis::release`]) and token buckets ([`Redis::take`]).
+//!   on nodes ([`Redis::try_lease`], [`Redis::release`], [`Redis::leases`]) and locks
+//!   ([`Redis::try_lock`], [`Redis::unlock`]), what several executors share.
 //! - [`status`]: [`MeshStatus`], what `mapek status` shows, from either store.
 //! - [`error`]: [`KnowledgeError`], what can go wrong and how a caller handles it.
 

@@ -1,5 +1,5 @@
 //! [`Redis`]: hot node health for `mapek status`, and what several executors share: leases
-//! on nodes and token buckets.
+//! on nodes (the commands out) and the lock they take turns deciding under.
 //!
 //! Every key starts with a prefix (`mapek:` by default) so that several meshes, or several
 //! tests, share one server without seeing each other.
@@ -22,39 +22,39 @@ pub const HEALTH_TTL: Duration = Duration::from_secs(120);
 /// How many recent actions Redis keeps.
 pub const RECENT_ACTIONS: isize = 50;
 
-/// Deletes a lease only if `owner` still holds it: a lease that expired and was taken by
-/// someone else is not theirs to release.
+/// Takes a lease (KEYS[1]) for its holder (ARGV[1]) for ARGV[2] ms if nobody holds it, and
+/// records the node (ARGV[3]) in the set of leased nodes (KEYS[2]), so they can be listed.
+const LEASE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  return 1
+end
+return 0";
+
+/// Deletes a lease only if its holder (ARGV[1]) still holds it: a lease that expired and was
+/// taken by someone else is not theirs to release. Forgets the node (ARGV[2]) in the set of
+/// leased nodes (KEYS[2]).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SREM', KEYS[2], ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0";
 
-/// A token bucket, refilled at ARGV[1] tokens a second up to ARGV[2], at time ARGV[3] (ms):
-/// takes one token if there is one. Atomic, so every executor sees one bucket.
-const TAKE: &str = r"
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1])
-local ts = tonumber(b[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+/// Lists the leased nodes of the set KEYS[1] with their holders (the leases are under the
+/// prefix ARGV[1]), forgetting the nodes whose lease expired. Returns node, holder, node, …
+const LEASES: &str = r"
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local holder = redis.call('GET', ARGV[1] .. node)
+  if holder then
+    table.insert(out, node)
+    table.insert(out, holder)
+  else
+    redis.call('SREM', KEYS[1], node)
+  end
 end
-if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  ts = now
-end
-local ok = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  ok = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return ok";
+return out";
 
 /// A node's latest health as the monitor projection keeps it in Redis.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,67 +197,100 @@ impl Redis {
             .map_err(|e| self.failed(doing, e))
     }
 
-    /// Takes the lease on `node` for `owner` for `ttl` if nobody holds it; `true` if taken.
-    /// The lease ends at [`Redis::release`] or when `ttl` runs out (an owner that died).
+    /// Takes the lease on `node` for `holder` for `ttl` if nobody holds it; `true` if taken.
+    /// The lease ends at [`Redis::release`] or when `ttl` runs out (a holder that died).
+    /// `holder` is any text that tells who holds it and why; [`Redis::leases`] lists it.
     pub async fn try_lease(
         &self,
         node: &str,
-        owner: &str,
+        holder: &str,
         ttl: Duration,
     ) -> Result<bool, KnowledgeError> {
         let mut conn = self.conn("taking a lease").await?;
-        let set: Option<String> = redis::cmd("SET")
+        let n: i64 = redis::cmd("EVAL")
+            .arg(LEASE)
+            .arg(2)
             .arg(format!("{}lease:{node}", self.prefix))
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
+            .arg(format!("{}leased", self.prefix))
+            .arg(holder)
             .arg(ttl.as_millis().max(1) as u64)
+            .arg(node)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed("taking a lease", e))?;
-        Ok(set.is_some())
+        Ok(n == 1)
     }
 
-    /// Releases the lease on `node` if `owner` holds it; `true` if it did.
-    pub async fn release(&self, node: &str, owner: &str) -> Result<bool, KnowledgeError> {
+    /// Releases the lease on `node` if `holder` holds it; `true` if it did.
+    pub async fn release(&self, node: &str, holder: &str) -> Result<bool, KnowledgeError> {
         let mut conn = self.conn("releasing a lease").await?;
         let n: i64 = redis::cmd("EVAL")
             .arg(RELEASE)
-            .arg(1)
+            .arg(2)
             .arg(format!("{}lease:{node}", self.prefix))
-            .arg(owner)
+            .arg(format!("{}leased", self.prefix))
+            .arg(holder)
+            .arg(node)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed("releasing a lease", e))?;
         Ok(n == 1)
     }
 
-    /// Takes one token from `bucket`, refilled at `rate_per_sec` up to `burst`, at time
-    /// `now_ms` (the caller's clock or event time); `true` if there was one.
-    pub async fn take(
-        &self,
-        bucket: &str,
-        rate_per_sec: f64,
-        burst: u32,
-        now_ms: i64,
-    ) -> Result<bool, KnowledgeError> {
-        if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
-            return Err(self.failed(
-                "taking a token",
-                format!("the rate of bucket {bucket} must be above 0, not {rate_per_sec}"),
-            ));
-        }
-        let mut conn = self.conn("taking a token").await?;
-        let n: i64 = redis::cmd("EVAL")
-            .arg(TAKE)
+    /// Every node lease held now: (node, holder), ordered by node. Leases that expired are
+    /// not listed (and forgotten).
+    pub async fn leases(&self) -> Result<Vec<(String, String)>, KnowledgeError> {
+        let mut conn = self.conn("listing leases").await?;
+        let flat: Vec<String> = redis::cmd("EVAL")
+            .arg(LEASES)
             .arg(1)
-            .arg(format!("{}bucket:{bucket}", self.prefix))
-            .arg(rate_per_sec)
-            .arg(burst)
-            .arg(now_ms)
+            .arg(format!("{}leased", self.prefix))
+            .arg(format!("{}lease:", self.prefix))
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.failed("taking a token", e))?;
+            .map_err(|e| self.failed("listing leases", e))?;
+        let mut out: Vec<(String, String)> = flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Takes the lock `name` for `holder` for `ttl` if nobody holds it; `true` if taken.
+    /// Locks are not leases on nodes: [`Redis::leases`] does not list them.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn("taking a lock").await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}lock:{name}", self.prefix))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("taking a lock", e))?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the lock `name` if `holder` holds it; `true` if it did.
+    pub async fn unlock(&self, name: &str, holder: &str) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn("releasing a lock").await?;
+        let n: i64 = redis::cmd("EVAL")
+            .arg(RELEASE)
+            .arg(2)
+            .arg(format!("{}lock:{name}", self.prefix))
+            .arg(format!("{}locks", self.prefix))
+            .arg(holder)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("releasing a lock", e))?;
         Ok(n == 1)
     }
 

@@ -34,12 +34,39 @@
 //! ([`mapek_audit::Chain`]); one that fails is recorded as refused ("audit: …"). After a
 //! restart, the first decision of each partition starts the chain again.
 //!
-//! One executor runs for the whole mesh: the rate limit and the blast radius are global.
-//! Sharing leases and buckets between several executors (Redis, per DESIGN.md) is not done.
+//! # Alone or sharing the work
+//! Without Redis, one executor runs for the whole mesh ([`run`], [`run_audited`]; `mapek run`
+//! keeps one active copy and the others stand by): its interlocks see everything.
+//!
+//! With Redis ([`run_shared`]), every copy is active. They share the plan partitions as the
+//! other phases do (one durable consumer `execute-p<n>` per partition, leased by one executor
+//! at a time, so each node's decisions are taken in order), and they share what the
+//! interlocks need through Redis and the log:
+//! - every executor follows `MAPEK_EXECUTE`, so every result, whoever recorded it, is folded
+//!   into its interlocks (cooldowns, the rate limit's window, the blast radius);
+//! - a command out is a lease on its node in Redis, listed with its decision, action and
+//!   executor: the other executors count it toward the lease, the rate limit and the blast
+//!   radius until its result is folded;
+//! - executors judge one decision at a time under one Redis lock: take the lock, fold every
+//!   result stored so far, read the commands out, judge, take the node's lease (or record
+//!   the verdict), give the lock back. Commands are then sent in parallel.
+//!
+//! So several executors together refuse what one would have refused; they never act on one
+//! node at once (its Redis lease), even while a partition moves from one to another. A Redis
+//! that cannot be reached pauses judging (the decision is given back and retried), it never
+//! skips an interlock. See ADR 0007.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
+
+use async_nats::jetstream::stream::Stream;
+use mapek_domain::execute::CommandOut;
+use mapek_domain::{ActionKind, NodeId};
+use mapek_knowledge::Redis;
+use tokio::sync::oneshot;
+
+use crate::lease::{Sharing, share_partitions};
 
 use async_nats::jetstream::kv::{self, Store};
 use mapek_bus::command::{Command, send_command};
@@ -61,6 +88,14 @@ const APPROVALS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a fetch waits for the first decision before looking at shutdown again.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// The Redis lock executors judge under, and how long it outlives a holder that died.
+const JUDGE_LOCK: &str = "execute.judge";
+const JUDGE_LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long a decision waits before it is looked at again when Redis did not answer or
+/// another executor has its command out.
+const PAUSE: Duration = Duration::from_millis(500);
+/// How long catching up with the results stored may take before it is an error.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// What an executor did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,6 +116,62 @@ pub struct ExecuteStats {
     pub skipped: u64,
     /// Commands sent to node agents, retries included.
     pub commands: u64,
+    /// Times a decision was given back because another executor had a command out on its
+    /// node or for the decision itself (sharing through Redis).
+    pub busy_elsewhere: u64,
+    /// Times a decision was given back because Redis did not answer (sharing through Redis).
+    pub paused: u64,
+}
+
+impl ExecuteStats {
+    fn add(&mut self, other: &ExecuteStats) {
+        self.replayed += other.replayed;
+        self.processed += other.processed;
+        self.applied += other.applied;
+        self.failed += other.failed;
+        self.refused += other.refused;
+        self.held += other.held;
+        self.skipped += other.skipped;
+        self.commands += other.commands;
+        self.busy_elsewhere += other.busy_elsewhere;
+        self.paused += other.paused;
+    }
+}
+
+/// What several executors share: a Redis, this executor's name in its leases, and how the
+/// plan partitions are shared.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    redis: Redis,
+    name: String,
+    partitions: u32,
+    ttl: Duration,
+}
+
+impl Shared {
+    /// Shares through `redis`, as the executor `name` (unique among the executors: the
+    /// worker's name, host and process), the 8 partitions of the plan stream, with partition
+    /// leases that outlive a dead executor by [`crate::lease::DEFAULT_TTL`].
+    pub fn new(redis: Redis, name: impl Into<String>) -> Self {
+        Self {
+            redis,
+            name: name.into(),
+            partitions: 8,
+            ttl: crate::lease::DEFAULT_TTL,
+        }
+    }
+
+    /// The plan stream has `partitions` partitions.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Partition leases outlive a dead executor by `ttl`.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
 }
 
 fn kv_failed(detail: String) -> BusError {
@@ -167,28 +258,118 @@ pub async fn run_audited(
     key: Option<mapek_audit::VerifyingKey>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
+    execute(js, client, config, key, None, shutdown).await
+}
+
+/// Runs this executor beside others that share `shared`'s Redis, until `shutdown`: the plan
+/// partitions are shared among the live executors, and the interlocks see every executor's
+/// commands and results (module docs). Checks signatures with `key` as [`run_audited`] does.
+pub async fn run_shared(
+    js: JetStream,
+    client: async_nats::Client,
+    config: ExecuteConfig,
+    key: Option<mapek_audit::VerifyingKey>,
+    shared: Shared,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ExecuteStats, BusError> {
+    config.check()?;
+    let mut total = ExecuteStats::default();
+    let work = |p: u32, stopped: oneshot::Receiver<()>| {
+        let part = Part {
+            partition: p,
+            shared: shared.clone(),
+        };
+        execute(
+            js.clone(),
+            client.clone(),
+            config.clone(),
+            key.clone(),
+            Some(part),
+            async {
+                let _ = stopped.await;
+            },
+        )
+    };
+    let sharing = Sharing {
+        phase: "execute",
+        partitions: shared.partitions,
+        owner: shared.name.clone(),
+        ttl: shared.ttl,
+    };
+    let done = |r: Result<Result<ExecuteStats, BusError>, tokio::task::JoinError>| match r {
+        Ok(Ok(s)) => total.add(&s),
+        Ok(Err(e)) => tracing::error!(error = %e, "an execute partition stopped"),
+        Err(e) => tracing::error!(error = %e, "an execute partition panicked"),
+    };
+    share_partitions(&js, sharing, work, done, shutdown).await?;
+    Ok(total)
+}
+
+/// One plan partition of an executor that shares the work.
+struct Part {
+    partition: u32,
+    shared: Shared,
+}
+
+/// The executor's loop, for the whole plan stream (`part` = `None`) or one partition.
+async fn execute(
+    js: JetStream,
+    client: async_nats::Client,
+    config: ExecuteConfig,
+    key: Option<mapek_audit::VerifyingKey>,
+    part: Option<Part>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ExecuteStats, BusError> {
     config.check()?;
     let kv = approvals(&js).await?;
     let timeout = Duration::from_millis(config.command_timeout_ms);
-    let mut inbox_config = InboxConfig::new(DURABLE);
+    let mut inbox_config = match &part {
+        None => InboxConfig::new(DURABLE),
+        Some(part) => {
+            let mut c = InboxConfig::new(format!("{DURABLE}-p{}", part.partition));
+            c.filter = Some(format!("mapek.plan.{}.>", part.partition));
+            c
+        }
+    };
     // A batch of decisions whose agents do not answer takes attempts × timeout each; the ack
     // wait must outlast a batch, or decisions are redelivered while they are being acted on.
     inbox_config.batch = 16;
-    inbox_config.ack_wait = Duration::from_secs(30)
-        + (timeout + RETRY_PAUSE) * config.command_attempts * inbox_config.batch as u32;
+    let command_time = (timeout + RETRY_PAUSE) * config.command_attempts;
+    inbox_config.ack_wait = Duration::from_secs(30) + command_time * inbox_config.batch as u32;
     let mut inbox = Inbox::<Decision>::open(&js, inbox_config).await?;
+    let mut interlocks = Interlocks::new(config.clone());
+    let mut follower = Follower::open(&js).await?;
+    let replayed = follower.catch_up(&mut interlocks).await?;
+    let judge = match part {
+        None => {
+            // Alone, the executor folds its own results as it records them.
+            drop(follower);
+            None
+        }
+        Some(part) => Some(Judge {
+            lock: JudgeLock {
+                holder: format!("{}/p{}", part.shared.name, part.partition),
+                redis: part.shared.redis,
+                command_ttl: command_time + Duration::from_secs(10),
+            },
+            follower,
+        }),
+    };
     let mut worker = Executor {
-        interlocks: Interlocks::new(config.clone()),
+        interlocks,
         publisher: Publisher::new(js.clone()),
         client,
         kv,
         held: BTreeSet::new(),
         deferred: None,
         chain: key.map(|k| mapek_audit::Chain::new(Some(k))),
-        stats: ExecuteStats::default(),
+        judge,
+        stats: ExecuteStats {
+            replayed,
+            ..ExecuteStats::default()
+        },
     };
-    worker.stats.replayed = rebuild(&js, &mut worker.interlocks).await?;
-    info!(replayed = worker.stats.replayed, "executor ready");
+    info!(replayed, "executor ready");
     tokio::pin!(shutdown);
     // The blast radius is a share of the whole mesh: count the reporting nodes now and
     // every 30 s.
@@ -214,6 +395,169 @@ pub async fn run_audited(
     Ok(worker.stats)
 }
 
+/// Every result stored in `MAPEK_EXECUTE`, followed in order and folded into interlocks.
+struct Follower {
+    results: Subscriber<ActionResult>,
+    stream: Stream,
+    /// The stream sequence of the latest result folded.
+    folded: u64,
+}
+
+impl Follower {
+    async fn open(js: &JetStream) -> Result<Self, BusError> {
+        let phase = Phase::Execute;
+        let stream = js
+            .get_stream(phase.stream())
+            .await
+            .map_err(|e| BusError::Consumer {
+                stream: phase.stream().to_owned(),
+                detail: format!("{e}; run `mapek streams apply`"),
+            })?;
+        let results = Subscriber::<ActionResult>::open(js, SubscriberConfig::all()).await?;
+        Ok(Self {
+            results,
+            stream,
+            folded: 0,
+        })
+    }
+
+    /// Folds every result stored by now into `interlocks`; returns how many.
+    async fn catch_up(&mut self, interlocks: &mut Interlocks) -> Result<u64, BusError> {
+        let failed = |detail: String| BusError::Consumer {
+            stream: Phase::Execute.stream().to_owned(),
+            detail,
+        };
+        let last = self
+            .stream
+            .info()
+            .await
+            .map_err(|e| failed(format!("cannot read how many results are stored: {e}")))?
+            .state
+            .last_sequence;
+        let mut folded = 0;
+        while self.folded < last {
+            let received = tokio::time::timeout(CATCH_UP_WAIT, self.results.next())
+                .await
+                .map_err(|_| {
+                    failed(format!(
+                        "results up to {last} are stored, but none after {} arrived within {} s",
+                        self.folded,
+                        CATCH_UP_WAIT.as_secs()
+                    ))
+                })?
+                .ok_or_else(|| failed("the results' subscription ended".into()))??;
+            // A result that does not decode cannot be folded; it was not written by an
+            // executor.
+            if let Ok(result) = received.event {
+                interlocks.apply(&result);
+                folded += 1;
+            }
+            self.folded = received.stream_seq;
+        }
+        Ok(folded)
+    }
+}
+
+/// How an executor that shares the work judges: under the Redis lock, after folding every
+/// result stored, knowing every command out.
+struct Judge {
+    lock: JudgeLock,
+    follower: Follower,
+}
+
+/// The Redis side of judging: the lock and the node leases.
+struct JudgeLock {
+    redis: Redis,
+    /// This executor and partition, as its lock and leases name it (`host-42/p3`).
+    holder: String,
+    /// How long a node's lease lasts: longer than every attempt of a command.
+    command_ttl: Duration,
+}
+
+impl Judge {
+    /// Takes the lock, folds every result stored, and tells `interlocks` the commands out.
+    /// A Redis error leaves the lock as it was (it expires).
+    async fn begin(&mut self, interlocks: &mut Interlocks) -> Result<(), Paused> {
+        let deadline = tokio::time::Instant::now() + JUDGE_LOCK_TTL * 2;
+        let mut wait = Duration::from_millis(1);
+        let lock = &self.lock;
+        while !lock
+            .redis
+            .try_lock(JUDGE_LOCK, &lock.holder, JUDGE_LOCK_TTL)
+            .await
+            .map_err(|e| Paused(e.to_string()))?
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Paused(format!(
+                    "the executors' lock in Redis was not free within {} s",
+                    (JUDGE_LOCK_TTL * 2).as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
+        }
+        // Leases first, results second: an executor releases its lease only after its result
+        // is stored, so a command is either listed here or folded below, never neither.
+        let read = async {
+            let leases = lock
+                .redis
+                .leases()
+                .await
+                .map_err(|e| Paused(e.to_string()))?;
+            self.follower
+                .catch_up(interlocks)
+                .await
+                .map_err(|e| Paused(e.to_string()))?;
+            Ok(leases)
+        };
+        match read.await {
+            Ok(leases) => {
+                interlocks.out_elsewhere(leases.iter().filter_map(|(n, h)| command_out(n, h)));
+                Ok(())
+            }
+            Err(paused) => {
+                lock.end().await;
+                Err(paused)
+            }
+        }
+    }
+}
+
+impl JudgeLock {
+    /// Gives the lock back.
+    async fn end(&self) {
+        if let Err(e) = self.redis.unlock(JUDGE_LOCK, &self.holder).await {
+            warn!(error = %e, "cannot give the executors' lock back; it expires by itself");
+        }
+    }
+
+    /// What this executor's lease on a node says: `<decision> <action> <executor>`.
+    fn lease_holder(&self, decision: &Decision) -> String {
+        format!(
+            "{} {} {}",
+            decision.decision_id,
+            decision.action.kind.as_str(),
+            self.holder
+        )
+    }
+}
+
+/// Redis did not answer, or the lock stayed taken: the decision waits.
+#[derive(Debug)]
+struct Paused(String);
+
+/// A command out, from a node lease and its holder text ([`Judge::lease_holder`]).
+fn command_out(node: &str, holder: &str) -> Option<CommandOut> {
+    let mut parts = holder.splitn(3, ' ');
+    let (decision_id, kind, executor) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(CommandOut {
+        node: NodeId::new(node).ok()?,
+        decision_id: decision_id.to_owned(),
+        kind: ActionKind::parse(kind)?,
+        executor: executor.to_owned(),
+    })
+}
+
 /// The executor's state between decisions.
 struct Executor {
     interlocks: Interlocks,
@@ -227,6 +571,8 @@ struct Executor {
     deferred: Option<Delivery<Decision>>,
     /// Signatures and links of the decisions seen, per partition, with a verifying key.
     chain: Option<mapek_audit::Chain>,
+    /// How to judge beside other executors, when sharing the work.
+    judge: Option<Judge>,
     stats: ExecuteStats,
 }
 
@@ -272,8 +618,66 @@ impl Executor {
                 return self.ack(delivery).await;
             }
         }
-        let result = match self.interlocks.handle(decision, approved) {
+        if let Some(judge) = self.judge.as_mut() {
+            if let Err(Paused(why)) = judge.begin(&mut self.interlocks).await {
+                warn!(decision = %decision.decision_id, "cannot judge beside the other executors: {why}");
+                self.stats.paused += 1;
+                return delivery.retry_after(PAUSE).await;
+            }
+            // Judged under the lock from here: every return below ends it.
+            let lock = &judge.lock;
+            if self.interlocks.has_result(&decision.decision_id) {
+                lock.end().await;
+                self.held.remove(&seq);
+                self.stats.skipped += 1;
+                return self.ack(delivery).await;
+            }
+            if self
+                .interlocks
+                .out_elsewhere_for(&decision.decision_id)
+                .is_some()
+            {
+                // Its partition moved while another executor was acting on it.
+                lock.end().await;
+                self.stats.busy_elsewhere += 1;
+                return delivery.retry_after(PAUSE).await;
+            }
+        }
+        let verdict = self.interlocks.handle(decision, approved);
+        let lease = match &verdict {
+            Verdict::Send => match self.judge.as_ref().map(|j| &j.lock) {
+                None => None,
+                Some(judge) => {
+                    let holder = judge.lease_holder(decision);
+                    let taken = judge
+                        .redis
+                        .try_lease(decision.node.as_str(), &holder, judge.command_ttl)
+                        .await;
+                    match taken {
+                        Ok(true) => Some(holder),
+                        outcome => {
+                            // Listed free a moment ago under the lock: a lease taken since
+                            // then was taken without it (a lock that expired). Wait.
+                            judge.end().await;
+                            match outcome {
+                                Err(e) => {
+                                    warn!(decision = %decision.decision_id, "cannot lease {}: {e}", decision.node);
+                                    self.stats.paused += 1;
+                                }
+                                _ => self.stats.busy_elsewhere += 1,
+                            }
+                            return delivery.retry_after(PAUSE).await;
+                        }
+                    }
+                }
+            },
+            _ => None,
+        };
+        let result = match verdict {
             Verdict::AwaitApproval(refusal) => {
+                if let Some(judge) = &self.judge {
+                    judge.lock.end().await;
+                }
                 if self.held.insert(seq) {
                     info!(decision = %decision.decision_id, "{refusal}");
                 }
@@ -281,14 +685,31 @@ impl Executor {
                 let poll = Duration::from_millis(self.interlocks.config().approval_poll_ms);
                 return delivery.retry_after(poll).await;
             }
+            // Recorded under the lock: a dry run counts toward the others' interlocks.
             Verdict::Record(result) => result,
             Verdict::Send => {
+                if let Some(judge) = &self.judge {
+                    judge.lock.end().await;
+                }
                 self.interlocks.begin(decision);
                 self.actuate(decision).await
             }
         };
-        self.record(&result, delivery.message().headers.as_ref())
-            .await?;
+        let recorded = self
+            .record(&result, delivery.message().headers.as_ref())
+            .await;
+        if let Some(judge) = self.judge.as_ref().map(|j| &j.lock) {
+            match &lease {
+                // The result is stored: whoever judges next folds it before the lease is gone.
+                Some(holder) => {
+                    if let Err(e) = judge.redis.release(decision.node.as_str(), holder).await {
+                        warn!(node = %decision.node, "cannot release the lease; it expires by itself: {e}");
+                    }
+                }
+                None => judge.end().await,
+            }
+        }
+        recorded?;
         self.held.remove(&seq);
         self.ack(delivery).await
     }
@@ -389,27 +810,6 @@ impl Executor {
         }
         delivery.ack().await
     }
-}
-
-/// Folds every stored result into `interlocks`; returns how many.
-async fn rebuild(js: &JetStream, interlocks: &mut Interlocks) -> Result<u64, BusError> {
-    let config = SubscriberConfig::all();
-    let mut replay = Subscriber::<ActionResult>::open(js, config).await?;
-    let mut left = replay.pending_at_start();
-    let mut replayed = 0;
-    while left > 0 {
-        let Some(received) = replay.next().await else {
-            break;
-        };
-        let received = received?;
-        // A result that does not decode cannot be folded; it was not written by an executor.
-        if let Ok(result) = received.event {
-            interlocks.apply(&result);
-            replayed += 1;
-        }
-        left = received.pending;
-    }
-    Ok(replayed)
 }
 
 /// A command timeout for a sentence: `2 s`, `200 ms`.

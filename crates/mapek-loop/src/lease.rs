@@ -140,8 +140,9 @@ type Running<T = StageStats> = (oneshot::Sender<()>, JoinHandle<Result<T, BusErr
 ///
 /// Every `ttl / 3` it renews its leases, stops the stages whose lease it lost, counts the
 /// live workers of `phase`, gives back partitions beyond its fair share (the partition count
-/// divided by the live workers, rounded up) and takes free ones up to it. `make` builds a fresh stage for a partition; the stage
-/// rebuilds its state from the log before it takes new input.
+/// divided by the live workers, rounded up) and takes free ones up to it. `make` builds a
+/// fresh stage for a partition; the stage rebuilds its state from the log before it takes new
+/// input.
 pub async fn run_partitioned<S, F>(
     js: JetStream,
     phase: &str,
@@ -155,9 +156,61 @@ where
     S: Stage + Send + 'static,
     F: Fn(u32) -> S,
 {
-    let mut leases = Leases::open(&js, &owner, ttl).await?;
-    let mut running: BTreeMap<u32, Running> = BTreeMap::new();
     let mut total = StageStats::default();
+    let work = |p: u32, stopped: oneshot::Receiver<()>| {
+        let config = StageConfig::new(phase, Some(p));
+        run_stage(js.clone(), make(p), config, async {
+            let _ = stopped.await;
+        })
+    };
+    let sharing = Sharing {
+        phase,
+        partitions,
+        owner,
+        ttl,
+    };
+    share_partitions(&js, sharing, work, |s| add(&mut total, s), shutdown).await?;
+    Ok(total)
+}
+
+/// How a phase's partitions are shared: which phase, how many partitions, who this worker
+/// is, and how long its leases outlive it.
+#[derive(Clone, Debug)]
+pub struct Sharing<'a> {
+    /// The phase (`execute`): lease keys are `<phase>.p<n>`.
+    pub phase: &'a str,
+    /// How many partitions the phase has.
+    pub partitions: u32,
+    /// This worker's name.
+    pub owner: String,
+    /// How long a lease outlives its last renewal.
+    pub ttl: Duration,
+}
+
+/// Runs `work(partition, stopped)` for every partition of `sharing.phase` this process can
+/// lease, as [`run_partitioned`] does for stages, until `shutdown`; `done` is handed what each
+/// piece of work returned when it ends (stopped, lost, or failed: a failed one is retried at
+/// the next tick).
+pub async fn share_partitions<T, W, Fut>(
+    js: &JetStream,
+    sharing: Sharing<'_>,
+    work: W,
+    mut done: impl FnMut(Result<Result<T, BusError>, tokio::task::JoinError>),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BusError>
+where
+    W: Fn(u32, oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = Result<T, BusError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let Sharing {
+        phase,
+        partitions,
+        owner,
+        ttl,
+    } = sharing;
+    let mut leases = Leases::open(js, &owner, ttl).await?;
+    let mut running: BTreeMap<u32, Running<T>> = BTreeMap::new();
     let mut tick = tokio::time::interval(ttl / 3);
     tokio::pin!(shutdown);
     loop {
@@ -171,14 +224,14 @@ where
                 && let Some((stop, task)) = running.remove(&p)
             {
                 let _ = stop.send(());
-                add(&mut total, task.await);
+                done(task.await);
             }
         }
         let share = (partitions as usize).div_ceil(leases.heartbeat(phase).await?);
         while running.len() > share {
             let (p, (stop, task)) = running.pop_last().expect("more than share > 0");
             let _ = stop.send(());
-            add(&mut total, task.await);
+            done(task.await);
             leases.release(&format!("{phase}.p{p}")).await;
         }
         for p in 0..partitions {
@@ -189,14 +242,11 @@ where
                 continue;
             }
             let (stop, stopped) = oneshot::channel::<()>();
-            let stage = make(p);
-            let config = StageConfig::new(phase, Some(p));
-            let task = tokio::spawn(run_stage(js.clone(), stage, config, async {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(work(p, stopped));
             running.insert(p, (stop, task));
         }
-        // A stage that failed gives its partition back, to be retried at the next tick.
+        // A piece of work that failed gives its partition back, to be retried at the next
+        // tick.
         let finished: Vec<u32> = running
             .iter()
             .filter(|(_, (_, task))| task.is_finished())
@@ -204,16 +254,17 @@ where
             .collect();
         for p in finished {
             let (_, task) = running.remove(&p).expect("listed above");
-            add(&mut total, task.await);
+            done(task.await);
+            leases.release(&format!("{phase}.p{p}")).await;
         }
     }
     for (_, (stop, task)) in std::mem::take(&mut running) {
         let _ = stop.send(());
-        add(&mut total, task.await);
+        done(task.await);
     }
     leases.release_all().await;
     let _ = leases.kv.purge(format!("{phase}.worker.{owner}")).await;
-    Ok(total)
+    Ok(())
 }
 
 fn add(

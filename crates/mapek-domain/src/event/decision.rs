@@ -24,6 +24,20 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
+    /// Every action kind, in schema order.
+    pub const ALL: [ActionKind; 5] = [
+        ActionKind::Reroute,
+        ActionKind::RestartService,
+        ActionKind::Quarantine,
+        ActionKind::RateLimit,
+        ActionKind::Escalate,
+    ];
+
+    /// The kind whose schema symbol is `s` ([`ActionKind::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// The schema symbol: `reroute`, …
     pub fn as_str(self) -> &'static str {
         match self {

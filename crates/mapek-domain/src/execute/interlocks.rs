@@ -76,6 +76,21 @@ struct Applied {
 struct Lease {
     decision_id: String,
     kind: ActionKind,
+    /// The other executor that sent it; `None` for this one's.
+    elsewhere: Option<String>,
+}
+
+/// A command another executor has out, as the executors' shared store lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOut {
+    /// The node it went to.
+    pub node: NodeId,
+    /// The decision it carries out.
+    pub decision_id: String,
+    /// The action.
+    pub kind: ActionKind,
+    /// The executor that sent it.
+    pub executor: String,
 }
 
 /// The interlocks' state: leases, the last action applied to each node, the actions applied
@@ -146,10 +161,14 @@ impl Interlocks {
         if let Some(lease) = self.leases.get(node)
             && lease.decision_id != decision.decision_id
         {
+            let at = match &lease.elsewhere {
+                Some(executor) => format!(" at executor {executor}"),
+                None => String::new(),
+            };
             return refuse(
                 Interlock::Lease,
                 format!(
-                    "{node} has {} in flight (decision {})",
+                    "{node} has {} in flight{at} (decision {})",
                     lease.kind.as_str(),
                     lease.decision_id
                 ),
@@ -171,11 +190,19 @@ impl Interlocks {
         }
         let rate = &self.config.rate_limit;
         let recent = self.applied_since(now - rate.window_ms).count();
-        if recent >= rate.max_actions as usize {
+        // Commands out count as applied: they may well be (one executor never has one out
+        // when it judges; several executors do).
+        let out = self.leases.len();
+        if recent + out >= rate.max_actions as usize {
+            let out = match out {
+                0 => String::new(),
+                1 => " and 1 command out".to_owned(),
+                n => format!(" and {n} commands out"),
+            };
             return refuse(
                 Interlock::RateLimit,
                 format!(
-                    "{recent} actions applied in the last {}, the limit is {} per {}",
+                    "{recent} actions applied in the last {}{out}, the limit is {} per {}",
                     secs(rate.window_ms),
                     rate.max_actions,
                     secs(rate.window_ms)
@@ -227,8 +254,39 @@ impl Interlocks {
             Lease {
                 decision_id: decision.decision_id.clone(),
                 kind: decision.action.kind,
+                elsewhere: None,
             },
         );
+    }
+
+    /// Replaces what is known of the commands other executors have out (several executors
+    /// share them through Redis): they hold their nodes' leases and count toward the rate
+    /// limit and the blast radius until their results are folded. A command whose result
+    /// was already folded is over, whatever the list says.
+    pub fn out_elsewhere(&mut self, commands: impl IntoIterator<Item = CommandOut>) {
+        self.leases.retain(|_, l| l.elsewhere.is_none());
+        for c in commands {
+            if self.done.contains_key(&c.decision_id) || self.leases.contains_key(&c.node) {
+                continue;
+            }
+            self.nodes.insert(c.node.clone());
+            self.leases.insert(
+                c.node,
+                Lease {
+                    decision_id: c.decision_id,
+                    kind: c.kind,
+                    elsewhere: Some(c.executor),
+                },
+            );
+        }
+    }
+
+    /// Whether another executor has `decision_id`'s command out ([`Interlocks::out_elsewhere`]).
+    pub fn out_elsewhere_for(&self, decision_id: &str) -> Option<&str> {
+        self.leases
+            .values()
+            .find(|l| l.decision_id == decision_id)
+            .and_then(|l| l.elsewhere.as_deref())
     }
 
     /// Folds a result: it releases its decision's lease, marks the decision as acted on, and,

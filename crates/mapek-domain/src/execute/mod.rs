@@ -27,7 +27,7 @@ mod tests;
 
 pub use config::{Approval, ExecuteConfig, RateLimit};
 pub use evaluate::Evaluator;
-pub use interlocks::{Interlock, Interlocks, Refusal};
+pub use interlocks::{CommandOut, Interlock, Interlocks, Refusal};
 
 use crate::{ActionKind, ActionResult, ActionStatus, Decision, EventId};
 

@@ -34,7 +34,8 @@ pub enum PhaseArg {
     Analyze,
     /// Symptoms → decisions
     Plan,
-    /// Decisions → actions on the nodes, through the interlocks (one active copy at a time)
+    /// Decisions → actions on the nodes, through the interlocks (one active copy at a time;
+    /// with Redis, every copy is active and they share the partitions)
     Execute,
     /// Actions and symptoms → outcomes (one active copy at a time)
     Evaluate,
@@ -138,11 +139,19 @@ share them through leases in the MAPEK_LEASES key-value bucket: each takes its f
 per-node order is kept, and a copy that dies hands its partitions over within 6 s. A worker
 rebuilds its state from the log before it takes new input, so nothing is doubled or lost.
 
+Executors are the exception: their interlocks (rate limit, blast radius) are global, so
+without Redis one executor is active and the others stand by. With REDIS_URL every executor
+is active: they share the partitions, lease each node in Redis while its command is out, and
+judge one decision at a time under a Redis lock after folding every result, so together
+they refuse what one executor would have refused.
+
 Examples:
   mapek run                               every phase in this process
   mapek run --phase analyze &             two analyze workers sharing the partitions
   mapek run --phase analyze &
-  mapek run --phase plan --policy policies/candidate.toml";
+  mapek run --phase plan --policy policies/candidate.toml
+  REDIS_URL=redis://127.0.0.1:6379 mapek run --phase execute &   two active executors
+  REDIS_URL=redis://127.0.0.1:6379 mapek run --phase execute &";
 
 /// What the phase workers need.
 pub struct Loop {
@@ -163,6 +172,9 @@ pub struct Loop {
     /// The knowledge stores; without them the planner decides by policy alone and nothing
     /// is projected.
     pub stores: Option<Stores>,
+    /// The Redis executors share leases and their lock through; without it one executor
+    /// at a time is active.
+    pub executors_share: Option<Redis>,
 }
 
 impl Loop {
@@ -198,6 +210,7 @@ impl Loop {
             signer: None,
             verifier: None,
             stores: None,
+            executors_share: None,
         })
     }
 
@@ -260,7 +273,30 @@ impl Loop {
                 ))
             });
         }
-        if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
+        if let (true, Some(redis)) = (
+            matches!(phase, PhaseArg::All | PhaseArg::Execute),
+            &self.executors_share,
+        ) {
+            let (js, client, config, verifier, stop) = (
+                js.clone(),
+                client.clone(),
+                self.execute.clone(),
+                self.verifier.clone(),
+                shutdown.clone(),
+            );
+            let shared = execute::Shared::new(redis.clone(), self.worker.clone())
+                .partitions(PARTITIONS)
+                .lease_ttl(DEFAULT_TTL);
+            tasks.spawn(async move {
+                let s =
+                    execute::run_shared(js, client, config, verifier, shared, stop.wait()).await?;
+                Ok(format!(
+                    "execute (sharing through Redis): {} decisions, {} applied, {} failed, {} \
+                     refused, {} waited for another executor",
+                    s.processed, s.applied, s.failed, s.refused, s.busy_elsewhere
+                ))
+            });
+        } else if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
             let (js2, client, config, verifier) = (
                 js.clone(),
                 client.clone(),
@@ -515,6 +551,14 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     ) {
         let stores = Stores::open(&args.stores, args.qdrant_url.as_deref(), settings).await?;
         workers = workers.with_stores(stores);
+    }
+    // With Redis, executors share leases and every copy is active.
+    if let (true, Some(url)) = (
+        matches!(args.phase, PhaseArg::All | PhaseArg::Execute),
+        args.stores.redis(settings),
+    ) {
+        let redis = Redis::connect_with_prefix(&url, &args.stores.redis_prefix).await?;
+        workers.executors_share = Some(redis);
     }
     let js = mapek_bus::connect(&settings.nats_url).await?;
     let client = mapek_bus::connect_client(&settings.nats_url).await?;

@@ -36,7 +36,7 @@ pub struct StoreArgs {
     /// The SQL read model: postgres://… or sqlite://… or a file path
     #[arg(long, env = "DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// Redis, for hot node health
+    /// Redis: hot node health, and leases shared by several executors
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// The prefix of every Redis key, to share one server between meshes

@@ -302,3 +302,78 @@ impl Scenario {
         }
     }
 }
+
+fn out(node: &str, name: &str, kind: ActionKind, executor: &str) -> CommandOut {
+    CommandOut {
+        node: id(node),
+        decision_id: format!("d-{name}"),
+        kind,
+        executor: executor.into(),
+    }
+}
+
+#[test]
+fn commands_out_at_other_executors_hold_their_nodes_until_their_results_are_folded() {
+    let mut s = given(roomy(), vec![]);
+    s.interlocks
+        .out_elsewhere([out("n7", "a", Reroute, "exec-b")]);
+    assert_eq!(s.interlocks.out_elsewhere_for("d-a"), Some("exec-b"));
+    let s = s
+        .when(&decision("b", "n7", RestartService, 0.5))
+        .then_refused(
+            Interlock::Lease,
+            "lease: n7 has reroute in flight at executor exec-b (decision d-a)",
+        )
+        .when(&decision("c", "n8", RestartService, 0.5))
+        .then_send();
+    // exec-b's result arrives: its lease is over even if the list is not yet updated, and
+    // n7 is in its cooldown.
+    let mut s = s.and_then(&done("a", "n7", Reroute, 0.0));
+    s.interlocks
+        .out_elsewhere([out("n7", "a", Reroute, "exec-b")]);
+    assert_eq!(s.interlocks.out_elsewhere_for("d-a"), None);
+    s.when(&decision("b", "n7", RestartService, 0.5))
+        .then_refused(
+            Interlock::Cooldown,
+            "cooldown: n7 had reroute applied 0.5 s ago, cooldown is 60 s",
+        );
+}
+
+#[test]
+fn commands_out_elsewhere_count_toward_the_rate_limit_and_the_blast_radius() {
+    let config = ExecuteConfig {
+        rate_limit: RateLimit {
+            max_actions: 3,
+            window_ms: 10_000,
+        },
+        ..roomy()
+    };
+    let mut s = given(config, vec![done("a", "n1", Reroute, 0.0)]);
+    s.interlocks.out_elsewhere([
+        out("n2", "b", Reroute, "exec-b"),
+        out("n3", "c", Reroute, "exec-c"),
+    ]);
+    let mut s = s.when(&decision("d", "n4", Reroute, 1.0)).then_refused(
+        Interlock::RateLimit,
+        "rate limit: 1 actions applied in the last 10 s and 2 commands out, the limit is \
+             3 per 10 s",
+    );
+    // The list is replaced, not added to: exec-c's command is over.
+    s.interlocks
+        .out_elsewhere([out("n2", "b", Reroute, "exec-b")]);
+    s.when(&decision("d", "n4", Reroute, 1.0)).then_send();
+
+    let config = ExecuteConfig {
+        known_nodes: 20,
+        blast_radius: 0.1,
+        ..roomy()
+    };
+    let mut s = given(config, vec![done("a", "n1", Reroute, 0.0)]);
+    s.interlocks
+        .out_elsewhere([out("n2", "b", Reroute, "exec-b")]);
+    s.when(&decision("c", "n3", Reroute, 1.0)).then_refused(
+        Interlock::BlastRadius,
+        "blast radius: 2 of 20 known nodes are under action (n1, n2), the limit is 10% \
+         (2 nodes)",
+    );
+}

@@ -12,7 +12,7 @@ mod interlocks;
 
 use std::collections::BTreeMap;
 
-use super::{ExecuteConfig, Interlock, Interlocks, Verdict, applied, failed};
+use super::{CommandOut, ExecuteConfig, Interlock, Interlocks, Verdict, applied, failed};
 use crate::{Action, ActionKind, ActionResult, ActionStatus, Decision, Event, NodeId};
 
 /// Far from any wall clock (2001-09-09), so a test that passes cannot lean on one.

@@ -1,6 +1,6 @@
-//! Two executors, each with its own pool of connections to one Redis, race for leases on
-//! the same nodes: never do both hold a node at once. They also share one token bucket,
-//! which grants no more than its burst and its refill.
+//! The Redis primitives executors share: two holders, each with its own pool of connections to
+//! one Redis, race for leases on the same nodes and never both hold one at once; leases are
+//! listed with their holders; a lock has one holder at a time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,16 +10,21 @@ use std::time::Duration;
 use mapek_knowledge::Redis;
 use mapek_testkit::TestRedis;
 
+/// A pool of connections of its own to the test's Redis, under the test's prefix.
+async fn connect(server: &TestRedis) -> Redis {
+    Redis::connect_with_prefix(server.url(), server.prefix())
+        .await
+        .expect("connect to Redis")
+}
+
 #[tokio::test]
-async fn two_executors_never_hold_one_node_at_once() {
+async fn two_holders_racing_for_leases_never_hold_one_node_at_once() {
     let server = TestRedis::new();
     let holders: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let overlaps = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for owner in ["exec-a", "exec-b"] {
-        let redis = Redis::connect_with_prefix(server.url(), server.prefix())
-            .await
-            .expect("connect to Redis");
+        let redis = connect(&server).await;
         let holders = holders.clone();
         let overlaps = overlaps.clone();
         tasks.push(tokio::spawn(async move {
@@ -62,12 +67,7 @@ async fn two_executors_never_hold_one_node_at_once() {
 #[tokio::test]
 async fn a_lease_is_only_released_by_its_owner_and_expires() {
     let server = TestRedis::new();
-    let a = Redis::connect_with_prefix(server.url(), server.prefix())
-        .await
-        .unwrap();
-    let b = Redis::connect_with_prefix(server.url(), server.prefix())
-        .await
-        .unwrap();
+    let (a, b) = (connect(&server).await, connect(&server).await);
     assert!(
         a.try_lease("n1", "a", Duration::from_millis(300))
             .await
@@ -104,35 +104,69 @@ async fn a_lease_is_only_released_by_its_owner_and_expires() {
 }
 
 #[tokio::test]
-async fn a_shared_token_bucket_grants_its_burst_then_its_rate() {
+async fn leases_are_listed_with_their_holders_until_released_or_expired() {
     let server = TestRedis::new();
-    let a = Redis::connect_with_prefix(server.url(), server.prefix())
-        .await
-        .unwrap();
-    let b = Redis::connect_with_prefix(server.url(), server.prefix())
-        .await
-        .unwrap();
-    // Both executors take at the same instant: 5 tokens in all, whoever asks.
-    let now = 1_000_000;
-    let mut granted = 0;
-    for i in 0..20 {
-        let r = if i % 2 == 0 { &a } else { &b };
-        if r.take("actions", 10.0, 5, now).await.unwrap() {
-            granted += 1;
-        }
-    }
-    assert_eq!(granted, 5, "the burst");
-    // 10 a second: 250 ms later, 2 more (2.5 rounded down).
-    let later = now + 250;
-    let mut more = 0;
-    for _ in 0..5 {
-        if a.take("actions", 10.0, 5, later).await.unwrap() {
-            more += 1;
-        }
-    }
-    assert_eq!(more, 2, "the refill");
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    assert!(a.leases().await.unwrap().is_empty());
     assert!(
-        a.take("actions", 0.0, 5, later).await.is_err(),
-        "a zero rate is refused"
+        a.try_lease("n2", "d-1 reroute a", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.try_lease("n1", "d-2 restart_service b", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.leases().await.unwrap(),
+        [
+            ("n1".to_owned(), "d-2 restart_service b".to_owned()),
+            ("n2".to_owned(), "d-1 reroute a".to_owned())
+        ],
+        "every executor sees every lease, ordered by node"
+    );
+    assert!(a.release("n2", "d-1 reroute a").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        a.leases().await.unwrap().is_empty(),
+        "released and expired leases are not listed"
+    );
+}
+
+#[tokio::test]
+async fn a_lock_has_one_holder_and_is_not_a_lease() {
+    let server = TestRedis::new();
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    assert!(
+        a.try_lock("admission", "a", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.try_lock("admission", "b", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.unlock("admission", "b").await.unwrap(),
+        "b does not hold it"
+    );
+    assert!(
+        a.leases().await.unwrap().is_empty(),
+        "a lock is not a node lease"
+    );
+    assert!(a.unlock("admission", "a").await.unwrap());
+    assert!(
+        b.try_lock("admission", "b", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        a.try_lock("admission", "a", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "b's lock expired"
     );
 }

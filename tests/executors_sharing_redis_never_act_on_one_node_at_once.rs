@@ -1,0 +1,288 @@
+//! Several executors sharing one Redis: every copy is active, they share the plan
+//! partitions, and together they keep the interlocks one executor keeps alone. A node agent
+//! that takes its time shows what reached the nodes: never two commands on one node at once,
+//! never more nodes under command than the blast radius allows, never more actions than the
+//! rate limit, and every decision acted on once, even when an executor stops and another
+//! takes its partitions over.
+
+mod agent;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::{Running, decision, publish, setup, wait_for};
+use futures::StreamExt;
+use mapek_bus::command::{CommandReply, Commands};
+use mapek_bus::{BusError, JetStream};
+use mapek_domain::ActionKind::Reroute;
+use mapek_domain::execute::RateLimit;
+use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig};
+use mapek_knowledge::Redis;
+use mapek_loop::execute::{self, ExecuteStats, Shared};
+use mapek_testkit::TestRedis;
+
+/// What the slow agent saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Commands on each node right now.
+    out: BTreeMap<String, u32>,
+    /// The most commands out at once, over all nodes.
+    most_at_once: usize,
+    /// A node that got a second command while one was out.
+    overlaps: Vec<String>,
+    /// Decision ids of every command received.
+    decisions: Vec<String>,
+}
+
+/// A node agent for every node that takes `busy` over each command, counting what is out.
+async fn start_slow_agent(url: &str, busy: Duration) -> Arc<Mutex<Seen>> {
+    let client = mapek_bus::connect_client(url).await.unwrap();
+    let mut commands = Commands::subscribe(&client, None).await.unwrap();
+    client.flush().await.unwrap();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = commands.next().await {
+            let (client, log) = (client.clone(), log.clone());
+            tokio::spawn(async move {
+                let node = incoming.node.to_string();
+                let Ok(command) = &incoming.command else {
+                    return;
+                };
+                {
+                    let mut s = log.lock().unwrap();
+                    s.decisions.push(command.decision_id.clone());
+                    let n = s.out.entry(node.clone()).or_default();
+                    *n += 1;
+                    if *n > 1 {
+                        s.overlaps.push(node.clone());
+                    }
+                    let at_once = s.out.values().filter(|n| **n > 0).count();
+                    s.most_at_once = s.most_at_once.max(at_once);
+                }
+                tokio::time::sleep(busy).await;
+                *log.lock().unwrap().out.get_mut(&node).unwrap() -= 1;
+                let reply = CommandReply::applied(format!("reroute on {node}"));
+                incoming.respond(&client, &reply).await.unwrap();
+            });
+        }
+    });
+    seen
+}
+
+/// An executor named `name` sharing `redis`; leases of partitions live 1.5 s past a stop.
+async fn start_executor(
+    js: &JetStream,
+    client: &async_nats::Client,
+    redis: &TestRedis,
+    name: &str,
+    config: ExecuteConfig,
+) -> Running<Result<ExecuteStats, BusError>> {
+    let shared = Redis::connect_with_prefix(redis.url(), redis.prefix())
+        .await
+        .unwrap();
+    let shared = Shared::new(shared, name).lease_ttl(Duration::from_millis(1500));
+    let (js, client) = (js.clone(), client.clone());
+    Running::start(move |shutdown| execute::run_shared(js, client, config, None, shared, shutdown))
+}
+
+/// Waits until the executors `names` hold the 8 partitions between them, each some.
+async fn wait_until_partitions_shared(js: &JetStream, names: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = partition_owners(js).await;
+        let by: BTreeSet<&str> = owners.values().map(String::as_str).collect();
+        if owners.len() == 8 && by == names.iter().copied().collect() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions not shared by {names:?} after 20 s: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Who holds each execute partition lease.
+async fn partition_owners(js: &JetStream) -> BTreeMap<String, String> {
+    let Ok(kv) = js.get_key_value(mapek_loop::lease::BUCKET).await else {
+        return BTreeMap::new();
+    };
+    let mut owners = BTreeMap::new();
+    let mut keys = kv.keys().await.unwrap();
+    while let Some(Ok(key)) = keys.next().await {
+        if key.starts_with("execute.p")
+            && let Ok(Some(owner)) = kv.get(&key).await
+            && !owner.is_empty()
+        {
+            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
+        }
+    }
+    owners
+}
+
+/// Decisions `from..to` of the test, to reroute on n0…n7 in turn, 2 s of event time apart.
+fn decisions(from: usize, to: usize) -> Vec<Decision> {
+    (from..to)
+        .map(|i| {
+            decision(
+                &format!("{i}"),
+                &format!("n{}", i % 8),
+                Reroute,
+                2 * i as i64,
+            )
+        })
+        .collect()
+}
+
+/// Each decision id with how many results it got.
+fn results_per_decision(results: &[ActionResult]) -> BTreeMap<&str, usize> {
+    let mut per = BTreeMap::new();
+    for r in results {
+        *per.entry(r.decision_id.as_str()).or_default() += 1;
+    }
+    per
+}
+
+#[tokio::test]
+async fn executors_sharing_redis_never_act_on_one_node_at_once_nor_beyond_the_blast_radius() {
+    let (server, js, client) = setup().await;
+    let redis = TestRedis::new();
+    let seen = start_slow_agent(&server.url(), Duration::from_millis(150)).await;
+    // 8 nodes, at most 2 under action; nothing else in the way.
+    let config = ExecuteConfig {
+        known_nodes: 8,
+        blast_radius: 0.25,
+        cooldown_ms: 0,
+        evaluate_window_ms: 0,
+        rate_limit: RateLimit {
+            max_actions: 1000,
+            window_ms: 60_000,
+        },
+        command_timeout_ms: 5_000,
+        ..ExecuteConfig::default()
+    };
+    let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
+    let b = start_executor(&js, &client, &redis, "exec-b", config.clone()).await;
+    wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
+
+    publish(&js, &decisions(0, 48)).await;
+    let results: Vec<ActionResult> = wait_for(&js, 48).await;
+
+    // a stops; b takes its partitions over and acts on what comes next.
+    let a_stats = a.stop().await.unwrap();
+    wait_until_partitions_shared(&js, &["exec-b"]).await;
+    publish(&js, &decisions(48, 64)).await;
+    let results_after: Vec<ActionResult> = wait_for(&js, 64).await;
+    let b_stats = b.stop().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.overlaps.is_empty(),
+        "nodes that got a command while one was out: {:?}",
+        seen.overlaps
+    );
+    assert!(
+        seen.most_at_once <= 2,
+        "{} nodes were under command at once; the blast radius allows 2",
+        seen.most_at_once
+    );
+    let per = results_per_decision(&results_after);
+    assert_eq!(per.len(), 64, "every decision has a result");
+    assert!(
+        per.values().all(|n| *n == 1),
+        "a decision with several results: {per:?}"
+    );
+    let applied: BTreeSet<&str> = results_after
+        .iter()
+        .filter(|r| r.status == ActionStatus::Applied)
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    let sent: BTreeSet<&str> = seen.decisions.iter().map(String::as_str).collect();
+    assert_eq!(
+        seen.decisions.len(),
+        sent.len(),
+        "a decision was sent twice"
+    );
+    assert_eq!(
+        sent, applied,
+        "exactly the applied decisions reached the nodes"
+    );
+    for r in results_after
+        .iter()
+        .filter(|r| r.status == ActionStatus::Refused)
+    {
+        assert!(
+            r.reason.starts_with("lease: ") || r.reason.starts_with("blast radius: "),
+            "only the lease and the blast radius are in the way here: {}",
+            r.reason
+        );
+    }
+    assert_eq!(
+        seen.most_at_once, 2,
+        "commands ran in parallel, up to the blast radius"
+    );
+    assert!(
+        a_stats.processed > 0 && b_stats.processed > 0,
+        "both executors took decisions: a {a_stats:?}, b {b_stats:?}"
+    );
+    assert!(
+        results[..48]
+            .iter()
+            .any(|r| r.status == ActionStatus::Applied),
+        "the first round applied actions"
+    );
+}
+
+#[tokio::test]
+async fn executors_sharing_redis_apply_no_more_than_the_rate_limit_together() {
+    let (server, js, client) = setup().await;
+    let redis = TestRedis::new();
+    let seen = start_slow_agent(&server.url(), Duration::from_millis(100)).await;
+    // At most 5 actions a minute, over all nodes and executors; nothing else in the way.
+    let config = ExecuteConfig {
+        known_nodes: 8,
+        blast_radius: 1.0,
+        cooldown_ms: 0,
+        rate_limit: RateLimit {
+            max_actions: 5,
+            window_ms: 60_000,
+        },
+        command_timeout_ms: 5_000,
+        ..ExecuteConfig::default()
+    };
+    let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
+    let b = start_executor(&js, &client, &redis, "exec-b", config).await;
+    wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
+
+    // 16 decisions within 30 s of event time: one executor alone would apply 5.
+    publish(&js, &decisions(0, 16)).await;
+    let results: Vec<ActionResult> = wait_for(&js, 16).await;
+    let (a, b) = (a.stop().await.unwrap(), b.stop().await.unwrap());
+
+    let applied = results
+        .iter()
+        .filter(|r| r.status == ActionStatus::Applied)
+        .count();
+    assert_eq!(
+        applied, 5,
+        "the executors together applied the limit: {results:#?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().decisions.len(),
+        5,
+        "5 commands were sent"
+    );
+    for r in results.iter().filter(|r| r.status == ActionStatus::Refused) {
+        assert!(
+            r.reason.starts_with("rate limit: ") || r.reason.starts_with("lease: "),
+            "{}",
+            r.reason
+        );
+    }
+    assert!(
+        a.processed > 0 && b.processed > 0,
+        "both executors took decisions: a {a:?}, b {b:?}"
+    );
+}
