@@ -136,6 +136,23 @@ fn decisions(from: usize, to: usize) -> Vec<Decision> {
         .collect()
 }
 
+/// Interlocks for 8 nodes with no cooldown: at most `blast_radius` of them under command at
+/// once, and `max_actions` a minute.
+fn interlocks(blast_radius: f64, max_actions: u32) -> ExecuteConfig {
+    ExecuteConfig {
+        known_nodes: 8,
+        blast_radius,
+        cooldown_ms: 0,
+        evaluate_window_ms: 0,
+        rate_limit: RateLimit {
+            max_actions,
+            window_ms: 60_000,
+        },
+        command_timeout_ms: 5_000,
+        ..ExecuteConfig::default()
+    }
+}
+
 /// Each decision id with how many results it got.
 fn results_per_decision(results: &[ActionResult]) -> BTreeMap<&str, usize> {
     let mut per = BTreeMap::new();
@@ -151,18 +168,7 @@ async fn executors_sharing_redis_never_act_on_one_node_at_once_nor_beyond_the_bl
     let redis = TestRedis::new();
     let seen = start_slow_agent(&server.url(), Duration::from_millis(150)).await;
     // 8 nodes, at most 2 under action; nothing else in the way.
-    let config = ExecuteConfig {
-        known_nodes: 8,
-        blast_radius: 0.25,
-        cooldown_ms: 0,
-        evaluate_window_ms: 0,
-        rate_limit: RateLimit {
-            max_actions: 1000,
-            window_ms: 60_000,
-        },
-        command_timeout_ms: 5_000,
-        ..ExecuteConfig::default()
-    };
+    let config = interlocks(0.25, 1000);
     let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
     let b = start_executor(&js, &client, &redis, "exec-b", config.clone()).await;
     wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
@@ -241,17 +247,7 @@ async fn executors_sharing_redis_apply_no_more_than_the_rate_limit_together() {
     let redis = TestRedis::new();
     let seen = start_slow_agent(&server.url(), Duration::from_millis(100)).await;
     // At most 5 actions a minute, over all nodes and executors; nothing else in the way.
-    let config = ExecuteConfig {
-        known_nodes: 8,
-        blast_radius: 1.0,
-        cooldown_ms: 0,
-        rate_limit: RateLimit {
-            max_actions: 5,
-            window_ms: 60_000,
-        },
-        command_timeout_ms: 5_000,
-        ..ExecuteConfig::default()
-    };
+    let config = interlocks(1.0, 5);
     let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
     let b = start_executor(&js, &client, &redis, "exec-b", config).await;
     wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
