@@ -2,23 +2,19 @@
 //! finds it, plan answers with the action the default policy gives it, execute sends it to the
 //! simulated node (which really changes), and evaluate judges whether it cleared the symptom.
 
+mod sim_loop;
+
 use std::time::Duration;
 
 use mapek_bus::{JetStream, Subscriber, SubscriberConfig};
 use mapek_domain::{
-    ActionKind, ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig,
-    NodeId, Outcome, OutcomeResult, Policy, SymptomKind,
+    ActionKind, ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Policy, SymptomKind,
 };
-use mapek_loop::lease::run_partitioned;
 use mapek_loop::plan::PlanStage;
-use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
-use mapek_testkit::NatsServer;
+use mapek_sim::Fault;
+use sim_loop::{SimLoop, first_where, id};
 
-const T0: i64 = 1_795_867_200_000;
-
-fn id(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
+const WITHIN: Duration = Duration::from_secs(20);
 
 /// What the loop did about one fault on one node.
 struct Story {
@@ -28,105 +24,26 @@ struct Story {
     outcome: Option<Outcome>,
 }
 
-/// Runs a 32-node mesh (every partition has nodes whose telemetry moves its watermark) with
-/// `fault` (starting at 5 s) through every phase, 20 times faster than the clock, and tells
+/// Runs the whole loop around a simulated mesh with `fault` (starting at 5 s), and tells
 /// what happened to the first decision on `node`.
 async fn story(fault: Fault, node: &str) -> Story {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    let client = mapek_bus::connect_client(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
-    let script = FaultScript { fault: vec![fault] };
-    let mesh = Mesh::new(
-        MeshConfig {
-            nodes: 32,
-            ..MeshConfig::default()
-        },
-        3,
-    )
-    .unwrap()
-    .with_faults(&script)
-    .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let analyze = AnalyzeConfig {
-        silent_after_ms: 10_000,
-        ..AnalyzeConfig::default()
-    };
-    let mut tasks = vec![
-        tokio::spawn(mapek_sim::run_faster(
-            js.clone(),
-            client.clone(),
-            mesh,
-            20.0,
-            1000,
-            T0,
-            wait(stopped.clone()),
-        ))
-        .abort_handle(),
-    ];
-    tasks.push(
-        tokio::spawn(run_partitioned(
-            js.clone(),
-            "analyze",
-            8,
-            "t".into(),
-            Duration::from_secs(3),
-            move |_| Analyzer::new(analyze.clone()),
-            wait(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
-    tasks.push(
-        tokio::spawn(run_partitioned(
-            js.clone(),
-            "plan",
-            8,
-            "t".into(),
-            Duration::from_secs(3),
-            |_| PlanStage::without_knowledge(Policy::builtin()),
-            wait(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
-    let execute = ExecuteConfig {
-        known_nodes: 32,
-        evaluate_window_ms: 30_000,
-        command_timeout_ms: 500,
-        ..ExecuteConfig::default()
-    };
-    let config = execute.clone();
-    tasks.push(
-        tokio::spawn(mapek_loop::execute::run(
-            js.clone(),
-            client.clone(),
-            config,
-            wait(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
-    tasks.push(
-        tokio::spawn(mapek_loop::evaluate::run(
-            js.clone(),
-            execute,
-            wait(stopped.clone()),
-        ))
-        .abort_handle(),
-    );
-    let (decision, kind) = first_decision(&js, node).await;
+    let sim = SimLoop::start(vec![fault], |_| {
+        PlanStage::without_knowledge(Policy::builtin())
+    })
+    .await;
+    let js = &sim.js;
+    let (decision, kind) = first_decision(js, node).await;
     let result =
-        first_where::<ActionResult>(&js, node, |r| r.decision_id == decision.decision_id).await;
+        first_where::<ActionResult>(js, node, WITHIN, |r| r.decision_id == decision.decision_id)
+            .await;
     let outcome = if result.status == ActionStatus::Applied {
-        Some(first_where::<Outcome>(&js, node, |o| o.decision_id == decision.decision_id).await)
+        Some(
+            first_where::<Outcome>(js, node, WITHIN, |o| o.decision_id == decision.decision_id)
+                .await,
+        )
     } else {
         None
     };
-    stop.send(true).unwrap();
-    drop(tasks);
     Story {
         decision,
         kind,
@@ -135,31 +52,11 @@ async fn story(fault: Fault, node: &str) -> Story {
     }
 }
 
-/// The first stored `E` about `node` that passes `want`, within 20 s.
-async fn first_where<E: mapek_codec::AvroEvent>(
-    js: &JetStream,
-    node: &str,
-    want: impl Fn(&E) -> bool,
-) -> E {
-    let config = SubscriberConfig::node(id(node));
-    let mut sub = Subscriber::<E>::open(js, config).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let e = sub.next().await.unwrap().unwrap().event.unwrap();
-            if want(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {} for {node} within 20 s", E::SCHEMA))
-}
-
 async fn first_decision(js: &JetStream, node: &str) -> (Decision, SymptomKind) {
     let mut decisions = Subscriber::<Decision>::open(js, SubscriberConfig::node(id(node)))
         .await
         .unwrap();
-    let decision = tokio::time::timeout(Duration::from_secs(20), decisions.next())
+    let decision = tokio::time::timeout(WITHIN, decisions.next())
         .await
         .unwrap_or_else(|_| panic!("no decision for {node} within 20 s"))
         .unwrap()
