@@ -3,7 +3,7 @@
 //! that takes its time shows what reached the nodes: never two commands on one node at once,
 //! never more nodes under command than the blast radius allows, never more actions than the
 //! rate limit, and every decision acted on once, even when an executor stops and another
-//! takes its partitions over.
+//! takes its partitions over, or Redis goes away for a while.
 
 mod agent;
 
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::{Running, decision, publish, setup, wait_for};
+use agent::{Running, decision, publish, setup, stored, wait_for};
 use futures::StreamExt;
 use mapek_bus::command::{CommandReply, Commands};
 use mapek_bus::{BusError, JetStream};
@@ -20,7 +20,7 @@ use mapek_domain::execute::RateLimit;
 use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig};
 use mapek_knowledge::Redis;
 use mapek_loop::execute::{self, ExecuteStats, Shared};
-use mapek_testkit::TestRedis;
+use mapek_testkit::{RedisServer, TestRedis};
 
 /// What the slow agent saw.
 #[derive(Debug, Default)]
@@ -280,5 +280,64 @@ async fn executors_sharing_redis_apply_no_more_than_the_rate_limit_together() {
     assert!(
         a.processed > 0 && b.processed > 0,
         "both executors took decisions: a {a:?}, b {b:?}"
+    );
+}
+
+#[tokio::test]
+async fn executors_whose_redis_went_away_wait_for_it_then_act_on_each_decision_once() {
+    let (server, js, client) = setup().await;
+    let mut redis = RedisServer::start();
+    let slice = redis.slice();
+    let seen = start_slow_agent(&server.url(), Duration::from_millis(20)).await;
+    let config = interlocks(1.0, 1000);
+    let a = start_executor(&js, &client, &slice, "exec-a", config.clone()).await;
+    let b = start_executor(&js, &client, &slice, "exec-b", config).await;
+    wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
+
+    redis.stop();
+    publish(&js, &decisions(0, 16)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stored::<ActionResult>(&js).await.is_empty(),
+        "nothing is judged while Redis is away"
+    );
+    assert!(
+        seen.lock().unwrap().decisions.is_empty(),
+        "nothing was sent"
+    );
+
+    redis.restart();
+    let results: Vec<ActionResult> = wait_for(&js, 16).await;
+    // Give a doubled result time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results_later: Vec<ActionResult> = stored(&js).await;
+    let (a, b) = (a.stop().await.unwrap(), b.stop().await.unwrap());
+
+    assert_eq!(
+        results_later.len(),
+        results.len(),
+        "no decision got a second result"
+    );
+    let per = results_per_decision(&results_later);
+    assert_eq!(per.len(), 16, "every decision has one result: {per:?}");
+    let applied: BTreeSet<&str> = results_later
+        .iter()
+        .filter(|r| r.status == ActionStatus::Applied)
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    let seen = seen.lock().unwrap();
+    let sent: BTreeSet<&str> = seen.decisions.iter().map(String::as_str).collect();
+    assert_eq!(
+        seen.decisions.len(),
+        sent.len(),
+        "a decision was sent twice"
+    );
+    assert_eq!(
+        sent, applied,
+        "exactly the applied decisions reached the nodes"
+    );
+    assert!(
+        a.paused + b.paused > 0,
+        "the executors paused while Redis was away: a {a:?}, b {b:?}"
     );
 }

@@ -622,7 +622,7 @@ impl Executor {
             if let Err(Paused(why)) = judge.begin(&mut self.interlocks).await {
                 warn!(decision = %decision.decision_id, "cannot judge beside the other executors: {why}");
                 self.stats.paused += 1;
-                return delivery.retry_after(PAUSE).await;
+                return self.look_again(delivery, PAUSE).await;
             }
             // Judged under the lock from here: every return below ends it.
             let lock = &judge.lock;
@@ -640,7 +640,7 @@ impl Executor {
                 // Its partition moved while another executor was acting on it.
                 lock.end().await;
                 self.stats.busy_elsewhere += 1;
-                return delivery.retry_after(PAUSE).await;
+                return self.look_again(delivery, PAUSE).await;
             }
         }
         let verdict = self.interlocks.handle(decision, approved);
@@ -666,7 +666,7 @@ impl Executor {
                                 }
                                 _ => self.stats.busy_elsewhere += 1,
                             }
-                            return delivery.retry_after(PAUSE).await;
+                            return self.look_again(delivery, PAUSE).await;
                         }
                     }
                 }
@@ -678,12 +678,12 @@ impl Executor {
                 if let Some(judge) = &self.judge {
                     judge.lock.end().await;
                 }
-                if self.held.insert(seq) {
+                if !self.held.contains(&seq) {
                     info!(decision = %decision.decision_id, "{refusal}");
                 }
                 self.stats.held += 1;
                 let poll = Duration::from_millis(self.interlocks.config().approval_poll_ms);
-                return delivery.retry_after(poll).await;
+                return self.look_again(delivery, poll).await;
             }
             // Recorded under the lock: a dry run counts toward the others' interlocks.
             Verdict::Record(result) => result,
@@ -712,6 +712,17 @@ impl Executor {
         recorded?;
         self.held.remove(&seq);
         self.ack(delivery).await
+    }
+
+    /// Gives `delivery` back to be looked at again after `delay`: no ack may cover it until
+    /// then (acks are cumulative), so it is held.
+    async fn look_again(
+        &mut self,
+        delivery: Delivery<Decision>,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        self.held.insert(delivery.stream_seq);
+        delivery.retry_after(delay).await
     }
 
     /// Sends the decision's command until the agent answers or the attempts run out.

@@ -4,7 +4,8 @@
 //! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
 //!   temporary store, stopped and removed on drop; tests can stop and restart it.
 //! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
-//! - [`redis`]: [`TestRedis`], the test Redis server and a key prefix of the test's own.
+//! - [`redis`]: [`TestRedis`], the test Redis server and a key prefix of the test's own;
+//!   [`RedisServer`], a Redis of the test's own to stop and start again.
 //! - [`samples`]: one valid sample of every event type, for round trips.
 
 pub mod nats;
@@ -14,4 +15,4 @@ pub mod samples;
 
 pub use nats::NatsServer;
 pub use postgres::TestDatabase;
-pub use redis::TestRedis;
+pub use redis::{RedisServer, TestRedis};
