@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::{Running, decision, publish, setup, stored, wait_for};
-use futures::StreamExt;
+use agent::{Running, decision, publish, setup, stored, wait_for, wait_until_partitions_shared};
 use mapek_bus::command::{CommandReply, Commands};
 use mapek_bus::{BusError, JetStream};
 use mapek_domain::ActionKind::Reroute;
@@ -85,41 +84,6 @@ async fn start_executor(
     let shared = Shared::new(shared, name).lease_ttl(Duration::from_millis(1500));
     let (js, client) = (js.clone(), client.clone());
     Running::start(move |shutdown| execute::run_shared(js, client, config, None, shared, shutdown))
-}
-
-/// Waits until the executors `names` hold the 8 partitions between them, each some.
-async fn wait_until_partitions_shared(js: &JetStream, names: &[&str]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let owners = partition_owners(js).await;
-        let by: BTreeSet<&str> = owners.values().map(String::as_str).collect();
-        if owners.len() == 8 && by == names.iter().copied().collect() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "partitions not shared by {names:?} after 20 s: {owners:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Who holds each execute partition lease.
-async fn partition_owners(js: &JetStream) -> BTreeMap<String, String> {
-    let Ok(kv) = js.get_key_value(mapek_loop::lease::BUCKET).await else {
-        return BTreeMap::new();
-    };
-    let mut owners = BTreeMap::new();
-    let mut keys = kv.keys().await.unwrap();
-    while let Some(Ok(key)) = keys.next().await {
-        if key.starts_with("execute.p")
-            && let Ok(Some(owner)) = kv.get(&key).await
-            && !owner.is_empty()
-        {
-            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
-        }
-    }
-    owners
 }
 
 /// Decisions `from..to` of the test, to reroute on n0…n7 in turn, 2 s of event time apart.

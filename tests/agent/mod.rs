@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use mapek_bus::command::{Command, CommandReply, Commands};
 use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
@@ -194,4 +195,39 @@ impl<T: Send + 'static> Running<T> {
         let _ = self.stop.send(());
         self.task.await.unwrap()
     }
+}
+
+/// Waits until the executors `names` hold the 8 execute partitions between them, each some.
+pub async fn wait_until_partitions_shared(js: &JetStream, names: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = partition_owners(js).await;
+        let by: BTreeSet<&str> = owners.values().map(String::as_str).collect();
+        if owners.len() == 8 && by == names.iter().copied().collect() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions not shared by {names:?} after 20 s: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Who holds each execute partition lease.
+pub async fn partition_owners(js: &JetStream) -> BTreeMap<String, String> {
+    let Ok(kv) = js.get_key_value(mapek_loop::lease::BUCKET).await else {
+        return BTreeMap::new();
+    };
+    let mut owners = BTreeMap::new();
+    let mut keys = kv.keys().await.unwrap();
+    while let Some(Ok(key)) = keys.next().await {
+        if key.starts_with("execute.p")
+            && let Ok(Some(owner)) = kv.get(&key).await
+            && !owner.is_empty()
+        {
+            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
+        }
+    }
+    owners
 }
