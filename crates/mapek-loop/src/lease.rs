@@ -286,8 +286,8 @@ fn add(
 /// `name`: the one holding the lease `name` runs it, the others stand by and take over within
 /// `ttl` when it dies. Returns when `shutdown` completes (or `work` ends).
 ///
-/// The executor and the evaluator run this way: their interlocks and pending evaluations are
-/// kept in process, so two copies at once would each see half the picture.
+/// The evaluator, and the executor without Redis, run this way: their pending evaluations and
+/// interlocks are kept in process, so two copies at once would each see half the picture.
 pub async fn run_singleton<W, Fut, T>(
     js: JetStream,
     name: &str,
