@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::{T0, setup, wait_for};
+use agent::{Running, T0, decision, publish, quick, setup, start_agent, wait_for};
 use mapek_audit::{SigningKey, VerifyingKey, keys};
 use mapek_bus::Publisher;
+use mapek_domain::ActionKind::{RateLimit, Reroute};
+use mapek_domain::execute::Approval;
 use mapek_domain::{
     ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig, NodeId, Policy,
     Telemetry,
@@ -110,4 +112,51 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
             assert_eq!(r.status, ActionStatus::Refused);
         }
     }
+}
+
+#[tokio::test]
+async fn a_signed_decision_that_waited_for_approval_still_links_when_approved() {
+    let (server, js, client) = setup().await;
+    let _agent = start_agent(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, public) = keys::generate(dir.path()).unwrap();
+    let signer = SigningKey::load(&secret).unwrap();
+    // Two decisions of one partition (one node), chained: the first waits for approval
+    // while the second, which needs none, is acted on and moves the chain's head.
+    let mut waits = decision("a", "n1", RateLimit, 10);
+    signer.sign(&mut waits).unwrap();
+    let mut goes = decision("b", "n1", Reroute, 0);
+    goes.prev_hash = waits.chain_hash();
+    signer.sign(&mut goes).unwrap();
+    let config = ExecuteConfig {
+        require_approval: Approval::Kinds([RateLimit].into()),
+        cooldown_ms: 0,
+        ..quick()
+    };
+    let key = VerifyingKey::load(&public).unwrap();
+    let worker = {
+        let (js, client) = (js.clone(), client.clone());
+        Running::start(move |shutdown| {
+            execute::run_audited(js, client, config, Some(key), shutdown)
+        })
+    };
+    publish(&js, &[waits, goes]).await;
+    let first: Vec<ActionResult> = wait_for(&js, 1).await;
+    assert_eq!(
+        (first[0].decision_id.as_str(), first[0].status),
+        ("d-b", ActionStatus::Applied)
+    );
+
+    execute::approve(&js, "d-a", "alice").await.unwrap();
+    let results: Vec<ActionResult> = wait_for(&js, 2).await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        (
+            results[1].decision_id.as_str(),
+            results[1].status,
+            results[1].reason.as_str()
+        ),
+        ("d-a", ActionStatus::Applied, ""),
+        "the approved decision was checked when it first came, not refused as unlinked"
+    );
 }

@@ -594,7 +594,13 @@ impl Executor {
             return self.ack(delivery).await;
         }
         let partition = mapek_audit::audit::partition_of(&delivery.message().subject);
-        if let Some(Err(broken)) = self.chain.as_mut().map(|c| c.check(partition, decision)) {
+        // A decision given back and delivered again was checked the first time; later ones of
+        // its partition may have moved the chain's head on since.
+        let checked = self.held.contains(&seq);
+        if let (false, Some(Err(broken))) = (
+            checked,
+            self.chain.as_mut().map(|c| c.check(partition, decision)),
+        ) {
             let result = execute::unverified(decision, &broken.to_string());
             self.record(&result, delivery.message().headers.as_ref())
                 .await?;
