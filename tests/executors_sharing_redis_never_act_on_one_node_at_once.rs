@@ -117,6 +117,25 @@ fn interlocks(blast_radius: f64, max_actions: u32) -> ExecuteConfig {
     }
 }
 
+/// Checks that exactly the decisions recorded as applied reached the nodes, each once.
+fn assert_applied_were_sent_once(seen: &Seen, results: &[ActionResult]) {
+    let applied: BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.status == ActionStatus::Applied)
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    let sent: BTreeSet<&str> = seen.decisions.iter().map(String::as_str).collect();
+    assert_eq!(
+        seen.decisions.len(),
+        sent.len(),
+        "a decision was sent twice"
+    );
+    assert_eq!(
+        sent, applied,
+        "exactly the applied decisions reached the nodes"
+    );
+}
+
 /// Each decision id with how many results it got.
 fn results_per_decision(results: &[ActionResult]) -> BTreeMap<&str, usize> {
     let mut per = BTreeMap::new();
@@ -164,21 +183,7 @@ async fn executors_sharing_redis_never_act_on_one_node_at_once_nor_beyond_the_bl
         per.values().all(|n| *n == 1),
         "a decision with several results: {per:?}"
     );
-    let applied: BTreeSet<&str> = results_after
-        .iter()
-        .filter(|r| r.status == ActionStatus::Applied)
-        .map(|r| r.decision_id.as_str())
-        .collect();
-    let sent: BTreeSet<&str> = seen.decisions.iter().map(String::as_str).collect();
-    assert_eq!(
-        seen.decisions.len(),
-        sent.len(),
-        "a decision was sent twice"
-    );
-    assert_eq!(
-        sent, applied,
-        "exactly the applied decisions reached the nodes"
-    );
+    assert_applied_were_sent_once(&seen, &results_after);
     for r in results_after
         .iter()
         .filter(|r| r.status == ActionStatus::Refused)
@@ -284,22 +289,7 @@ async fn executors_whose_redis_went_away_wait_for_it_then_act_on_each_decision_o
     );
     let per = results_per_decision(&results_later);
     assert_eq!(per.len(), 16, "every decision has one result: {per:?}");
-    let applied: BTreeSet<&str> = results_later
-        .iter()
-        .filter(|r| r.status == ActionStatus::Applied)
-        .map(|r| r.decision_id.as_str())
-        .collect();
-    let seen = seen.lock().unwrap();
-    let sent: BTreeSet<&str> = seen.decisions.iter().map(String::as_str).collect();
-    assert_eq!(
-        seen.decisions.len(),
-        sent.len(),
-        "a decision was sent twice"
-    );
-    assert_eq!(
-        sent, applied,
-        "exactly the applied decisions reached the nodes"
-    );
+    assert_applied_were_sent_once(&seen.lock().unwrap(), &results_later);
     assert!(
         a.paused + b.paused > 0,
         "the executors paused while Redis was away: a {a:?}, b {b:?}"
