@@ -22,8 +22,9 @@ pub const HEALTH_TTL: Duration = Duration::from_secs(120);
 /// How many recent actions Redis keeps.
 pub const RECENT_ACTIONS: isize = 50;
 
-/// Takes a lease (KEYS[1]) for its holder (ARGV[1]) for ARGV[2] ms if nobody holds it, and
-/// records the node (ARGV[3]) in the set of leased nodes (KEYS[2]), so they can be listed.
+/// Takes a key (KEYS[1]) for its holder (ARGV[1]) for ARGV[2] ms if nobody holds it, and
+/// records its name (ARGV[3]: the node, or the lock) in the set of names held (KEYS[2]), so
+/// they can be listed.
 const LEASE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('SADD', KEYS[2], ARGV[3])
@@ -31,9 +32,9 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0";
 
-/// Deletes a lease only if its holder (ARGV[1]) still holds it: a lease that expired and was
-/// taken by someone else is not theirs to release. Forgets the node (ARGV[2]) in the set of
-/// leased nodes (KEYS[2]).
+/// Deletes a key (KEYS[1]) only if its holder (ARGV[1]) still holds it: one that expired and
+/// was taken by someone else is not theirs to release. Forgets its name (ARGV[2]) in the set
+/// of names held (KEYS[2]).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SREM', KEYS[2], ARGV[2])
@@ -55,6 +56,30 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 return out";
+
+/// What can be held with a holder and a time to live: node leases and locks. Each has its
+/// keys (`<prefix>lease:<node>`) and a set of the names held (`<prefix>leased`).
+struct Held {
+    key: &'static str,
+    set: &'static str,
+    taking: &'static str,
+    releasing: &'static str,
+}
+
+impl Held {
+    const LEASE: Held = Held {
+        key: "lease:",
+        set: "leased",
+        taking: "taking a lease",
+        releasing: "releasing a lease",
+    };
+    const LOCK: Held = Held {
+        key: "lock:",
+        set: "locked",
+        taking: "taking a lock",
+        releasing: "releasing a lock",
+    };
+}
 
 /// A node's latest health as the monitor projection keeps it in Redis.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,35 +231,12 @@ impl Redis {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn("taking a lease").await?;
-        let n: i64 = redis::cmd("EVAL")
-            .arg(LEASE)
-            .arg(2)
-            .arg(format!("{}lease:{node}", self.prefix))
-            .arg(format!("{}leased", self.prefix))
-            .arg(holder)
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(node)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed("taking a lease", e))?;
-        Ok(n == 1)
+        self.hold(&Held::LEASE, node, holder, ttl).await
     }
 
     /// Releases the lease on `node` if `holder` holds it; `true` if it did.
     pub async fn release(&self, node: &str, holder: &str) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn("releasing a lease").await?;
-        let n: i64 = redis::cmd("EVAL")
-            .arg(RELEASE)
-            .arg(2)
-            .arg(format!("{}lease:{node}", self.prefix))
-            .arg(format!("{}leased", self.prefix))
-            .arg(holder)
-            .arg(node)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed("releasing a lease", e))?;
-        Ok(n == 1)
+        self.let_go(&Held::LEASE, node, holder).await
     }
 
     /// Every node lease held now: (node, holder), ordered by node. Leases that expired are
@@ -244,8 +246,8 @@ impl Redis {
         let flat: Vec<String> = redis::cmd("EVAL")
             .arg(LEASES)
             .arg(1)
-            .arg(format!("{}leased", self.prefix))
-            .arg(format!("{}lease:", self.prefix))
+            .arg(format!("{}{}", self.prefix, Held::LEASE.set))
+            .arg(format!("{}{}", self.prefix, Held::LEASE.key))
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed("listing leases", e))?;
@@ -265,32 +267,50 @@ impl Redis {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn("taking a lock").await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{}lock:{name}", self.prefix))
-            .arg(holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed("taking a lock", e))?;
-        Ok(set.is_some())
+        self.hold(&Held::LOCK, name, holder, ttl).await
     }
 
     /// Releases the lock `name` if `holder` holds it; `true` if it did.
     pub async fn unlock(&self, name: &str, holder: &str) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn("releasing a lock").await?;
+        self.let_go(&Held::LOCK, name, holder).await
+    }
+
+    /// Takes `what`'s key `name` for `holder` for `ttl` if it is free ([`LEASE`]).
+    async fn hold(
+        &self,
+        what: &Held,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn(what.taking).await?;
+        let n: i64 = redis::cmd("EVAL")
+            .arg(LEASE)
+            .arg(2)
+            .arg(format!("{}{}{name}", self.prefix, what.key))
+            .arg(format!("{}{}", self.prefix, what.set))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(what.taking, e))?;
+        Ok(n == 1)
+    }
+
+    /// Gives `what`'s key `name` back if `holder` holds it ([`RELEASE`]).
+    async fn let_go(&self, what: &Held, name: &str, holder: &str) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn(what.releasing).await?;
         let n: i64 = redis::cmd("EVAL")
             .arg(RELEASE)
             .arg(2)
-            .arg(format!("{}lock:{name}", self.prefix))
-            .arg(format!("{}locks", self.prefix))
+            .arg(format!("{}{}{name}", self.prefix, what.key))
+            .arg(format!("{}{}", self.prefix, what.set))
             .arg(holder)
             .arg(name)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.failed("releasing a lock", e))?;
+            .map_err(|e| self.failed(what.releasing, e))?;
         Ok(n == 1)
     }
 

@@ -67,10 +67,7 @@ impl NatsServer {
 
     /// Kills the server (as a crash would), keeping its store.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server again on the same port with the same store.
@@ -134,6 +131,14 @@ pub fn binary() -> PathBuf {
     std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// Kills the server process in `child`, if any, and waits for it to end.
+pub(crate) fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// A port that was free a moment ago. Another process may take it before the server binds it;

@@ -126,10 +126,7 @@ impl RedisServer {
 
     /// Kills the server; clients see their connections refused until [`RedisServer::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::nats::kill(&mut self.child);
     }
 
     /// Starts the server again on the same port (empty: it keeps nothing).
