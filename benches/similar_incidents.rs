@@ -1,6 +1,9 @@
 //! Nearest-incident queries, the planner's question, over 100 000 past incidents in
 //! qdrant-edge: p50 and p99 through mapek's `IncidentIndex` (filter, search, payload decoding,
 //! tie-breaking) against qdrant-edge's raw search call with the same request, in the same run.
+//! Also the exact search (a scan of every candidate, what an index below the indexing
+//! threshold does) and the recall of the graph search against it: of the k incidents the
+//! exact search finds, the share the planner's search finds too.
 //!
 //! `cargo bench -p mapek --bench similar_incidents`   (MAPEK_BENCH_INCIDENTS=100000 default)
 
@@ -186,21 +189,30 @@ fn main() {
     // Warm up both paths (page cache, allocator).
     for q in queries.iter().take(200) {
         index.search_now(q).unwrap();
-        index.shard().search(EdgeIndex::request(q)).unwrap();
+        index.shard().search(index.request(q)).unwrap();
     }
     let (mut ours, mut raw) = (Vec::with_capacity(QUERIES), Vec::with_capacity(QUERIES));
-    let mut found = 0;
+    let mut exact = Vec::with_capacity(QUERIES);
+    let (mut found, mut recalled, mut expected) = (0, 0, 0);
     // Interleaved, so both see the same machine load.
     for q in &queries {
         let t = Instant::now();
-        let hits = index.shard().search(EdgeIndex::request(q)).unwrap();
+        let hits = index.shard().search(index.request(q)).unwrap();
         raw.push(t.elapsed());
         let t = Instant::now();
         let similar = index.search_now(q).unwrap();
         ours.push(t.elapsed());
         assert!(similar.len() <= K && hits.len() >= similar.len());
         found += similar.len();
+        let t = Instant::now();
+        let truth = index.search_exact(q).unwrap();
+        exact.push(t.elapsed());
+        for t in &truth {
+            expected += 1;
+            recalled += usize::from(similar.iter().any(|s| s.incident == t.incident));
+        }
     }
+    exact.sort();
     ours.sort();
     raw.sort();
     let (o50, o99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
@@ -231,5 +243,14 @@ fn main() {
         "  ratio ours/raw: p50 {:.2}, p99 {:.2}",
         o50.as_secs_f64() / r50.as_secs_f64(),
         o99.as_secs_f64() / r99.as_secs_f64()
+    );
+    println!(
+        "  exact search (scan, same filter): p50 {:.3} ms, p99 {:.3} ms",
+        ms(percentile(&exact, 0.5)),
+        ms(percentile(&exact, 0.99))
+    );
+    println!(
+        "  recall@{K} of the planner's search against the exact one: {:.3} ({recalled} of {expected})",
+        recalled as f64 / expected.max(1) as f64
     );
 }

@@ -8,7 +8,7 @@ use mapek_domain::{
     Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
 };
 use mapek_testkit::samples;
-use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery};
+use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery, Tuning};
 
 const T0: i64 = 1_795_867_200_000;
 
@@ -176,4 +176,103 @@ fn an_index_open_elsewhere_says_so() {
     assert!(err.contains("allows one at a time"), "{err}");
     drop(first);
     EdgeIndex::open(dir.path()).expect("free again once the first is closed");
+}
+
+/// A latency incident with evidence drawn from `seed`: four features vary continuously, so no
+/// two incidents tie.
+fn latency_incident(i: u64, seed: &mut u64) -> (Symptom, Incident) {
+    let mut draw = || {
+        // SplitMix64, uniform in [0, 1).
+        *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut s = samples::symptom();
+    s.incident_id = format!("lat{i:05}");
+    s.symptom_id = format!("s-lat{i:05}");
+    s.ts_ms = T0 + i as i64 * 1_000;
+    s.severity = 1.0 + 5.0 * draw();
+    s.evidence = BTreeMap::from([
+        ("p95_latency_ms".to_owned(), 100.0 * s.severity),
+        ("latency_limit_ms".to_owned(), 100.0),
+        ("latency_threshold_ms".to_owned(), 100.0),
+        ("baseline_latency_ms".to_owned(), 5.0 + 55.0 * draw()),
+        ("worst_link_latency_ms".to_owned(), 50.0 + 550.0 * draw()),
+    ]);
+    let action = [ActionKind::Reroute, ActionKind::RateLimit][(i % 2) as usize];
+    let incident = incident(&s, action, Some(draw() < 0.5));
+    (s, incident)
+}
+
+#[tokio::test]
+async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_search_finds() {
+    // Thresholds a hundred times lower than the default, so 3 000 incidents behave as a few
+    // hundred thousand would: segments get graphs, and a kind's candidates are too many to scan.
+    let tuning = Tuning {
+        indexing_threshold_kb: 20,
+        full_scan_threshold_kb: 4,
+        ..Tuning::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let index = EdgeIndex::open_tuned(&dir.path().join("incidents"), tuning).unwrap();
+    let mut seed = 7;
+    let mut batch = Vec::new();
+    for i in 0..3_000 {
+        batch.push(latency_incident(i, &mut seed).1);
+        if batch.len() == 500 {
+            // Each write builds the graphs that are due.
+            index
+                .write(std::mem::take(&mut batch), Offsets::default())
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(index.count().await.unwrap(), 3_000);
+    assert!(
+        index.indexed_vectors() >= 1_000,
+        "the writes built graphs: {} of 3000 vectors indexed",
+        index.indexed_vectors()
+    );
+
+    // New incidents after all of them: the planner's question, through the graph and by an
+    // exact scan.
+    let (mut found, mut expected) = (0, 0);
+    for i in 0..100 {
+        let (now, _) = latency_incident(10_000 + i, &mut seed);
+        let query = SimilarQuery::for_symptom(&now, 5);
+        let graph = index.search_now(&query).unwrap();
+        let exact = index.search_exact(&query).unwrap();
+        assert_eq!(exact.len(), 5);
+        assert_eq!(graph.len(), 5, "the graph search finds k incidents too");
+        assert!(
+            graph.windows(2).all(|w| w[0].score >= w[1].score),
+            "best first"
+        );
+        expected += exact.len();
+        found += exact
+            .iter()
+            .filter(|e| graph.iter().any(|g| g.incident == e.incident))
+            .count();
+    }
+    let recall = found as f64 / expected as f64;
+    assert!(
+        recall >= 0.95,
+        "the graph search found {found} of the {expected} nearest incidents"
+    );
+
+    // What was known before a moment still holds through the graph.
+    let (mut early, _) = latency_incident(20_000, &mut seed);
+    early.ts_ms = T0 + 100_000;
+    let hits = index
+        .search_now(&SimilarQuery::for_symptom(&early, 5))
+        .unwrap();
+    assert!(!hits.is_empty());
+    assert!(
+        hits.iter()
+            .all(|h| h.incident.outcome_ms.unwrap() < early.ts_ms),
+        "only incidents judged before {}",
+        early.ts_ms
+    );
 }

@@ -4,6 +4,13 @@
 //! and segments), no server. Its API is synchronous; the async trait methods run it on
 //! tokio's blocking pool, and [`IncidentIndex::search_now`] calls it directly (a search of
 //! a few thousand points takes well under a millisecond).
+//!
+//! Small indexes are searched exactly. Once the incidents of a segment pass
+//! [`INDEXING_THRESHOLD_KB`] of vectors, every write also builds that segment's HNSW graph
+//! (with a subgraph per payload value, so a search filtered by kind walks its own kind), and a
+//! search whose filter lets more than [`FULL_SCAN_THRESHOLD_KB`] of vectors through walks the
+//! graph instead of scanning: approximate, and fast. ADR 0008 says why, and what it changes
+//! for replay.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,11 +21,11 @@ use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfigBuilder,
-    EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, Match,
-    NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStructPersisted, QueryEnum, Range, ScoredPoint, SearchRequest,
-    UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, VectorStructPersisted,
-    WithPayloadInterface, WithVector,
+    EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
+    Filter, HnswIndexConfig, JsonPath, Match, NamedQuery, Payload, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
+    QueryEnum, Range, ScoredPoint, SearchParams, SearchRequest, UpdateOperation, ValueVariants,
+    VectorInternal, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 
 use crate::error::VectorError;
@@ -29,6 +36,67 @@ use crate::index::{
     IncidentIndex, from_payload, offsets_from_payload, offsets_payload, to_payload,
 };
 
+/// A segment whose vectors pass this size (KB) gets an HNSW graph: about 15 000 incidents
+/// of 17 features (68 bytes each). Below it, a segment is always searched exactly.
+pub const INDEXING_THRESHOLD_KB: usize = 1_000;
+
+/// In a segment with a graph, a search whose filter lets fewer vectors than this (KB) through
+/// scans them exactly instead (about 5 000 incidents, a millisecond at most here); above it,
+/// the search walks the graph.
+pub const FULL_SCAN_THRESHOLD_KB: usize = 340;
+
+/// The beam of a graph search: how many candidates it keeps. Higher finds the exact
+/// neighbours more often and takes longer; `benches/similar_incidents.rs` measures both.
+pub const HNSW_EF: usize = 128;
+
+/// When an [`EdgeIndex`] builds graphs and how it searches them. The default is the
+/// constants of this module; tests lower the thresholds to make a small index behave as a
+/// large one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// [`INDEXING_THRESHOLD_KB`].
+    pub indexing_threshold_kb: usize,
+    /// [`FULL_SCAN_THRESHOLD_KB`].
+    pub full_scan_threshold_kb: usize,
+    /// [`HNSW_EF`].
+    pub hnsw_ef: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            indexing_threshold_kb: INDEXING_THRESHOLD_KB,
+            full_scan_threshold_kb: FULL_SCAN_THRESHOLD_KB,
+            hnsw_ef: HNSW_EF,
+        }
+    }
+}
+
+impl Tuning {
+    /// The graph a segment over the indexing threshold gets: qdrant's defaults (16 links a
+    /// point, a beam of 100 while building), the full-scan threshold, and a subgraph per
+    /// value of the indexed payload fields (`kind`), so a search filtered by kind walks a
+    /// connected graph of its own kind.
+    fn hnsw(&self) -> HnswIndexConfig {
+        HnswIndexConfig {
+            m: 16,
+            ef_construct: 100,
+            full_scan_threshold: self.full_scan_threshold_kb,
+            max_indexing_threads: 0,
+            on_disk: Some(false),
+            payload_m: Some(16),
+            inline_storage: None,
+        }
+    }
+
+    fn optimizers(&self) -> EdgeOptimizersConfig {
+        EdgeOptimizersConfig {
+            indexing_threshold: Some(self.indexing_threshold_kb),
+            ..EdgeOptimizersConfig::default()
+        }
+    }
+}
+
 /// A stored point: its payload and, if it has one, its dense vector.
 type Stored = (Payload, Option<Vec<f32>>);
 
@@ -37,6 +105,7 @@ type Stored = (Payload, Option<Vec<f32>>);
 pub struct EdgeIndex {
     shard: Arc<EdgeShard>,
     at: String,
+    tuning: Tuning,
 }
 
 impl std::fmt::Debug for EdgeIndex {
@@ -48,6 +117,11 @@ impl std::fmt::Debug for EdgeIndex {
 impl EdgeIndex {
     /// Opens the index in `dir`, creating it (and the directory) if it does not exist.
     pub fn open(dir: &Path) -> Result<Self, VectorError> {
+        Self::open_tuned(dir, Tuning::default())
+    }
+
+    /// [`EdgeIndex::open`] with other thresholds than the default ones.
+    pub fn open_tuned(dir: &Path, tuning: Tuning) -> Result<Self, VectorError> {
         let at = dir.display().to_string();
         let failed = |detail: String| VectorError::Open {
             at: at.clone(),
@@ -77,6 +151,8 @@ impl EdgeIndex {
                     DEFAULT_VECTOR_NAME,
                     EdgeVectorParams::builder(FEATURE_DIM, Distance::Cosine).build(),
                 )
+                .hnsw_config(tuning.hnsw())
+                .optimizers(tuning.optimizers())
                 .build();
             let shard = EdgeShard::new(dir, config).map_err(|e| failed(e.to_string()))?;
             // Payload indexes for what every search filters on, so a search of a large index
@@ -109,9 +185,22 @@ impl EdgeIndex {
                  move it away and run `mapek knowledge rebuild`"
             )));
         }
+        // An index made by an earlier mapek (exact search only) takes the graph settings; its
+        // segments get their graphs at the next write that finds them due.
+        if shard.config().hnsw_config != tuning.hnsw() {
+            shard
+                .set_hnsw_config(tuning.hnsw())
+                .map_err(|e| failed(format!("cannot set its graph settings: {e}")))?;
+        }
+        if shard.config().optimizers != tuning.optimizers() {
+            shard
+                .set_optimizers_config(tuning.optimizers())
+                .map_err(|e| failed(format!("cannot set its optimizer settings: {e}")))?;
+        }
         Ok(Self {
             shard: Arc::new(shard),
             at,
+            tuning,
         })
     }
 
@@ -125,7 +214,37 @@ impl EdgeIndex {
         &self.shard
     }
 
-    /// Builds HNSW indexes and merges segments, blocking: worth it after a bulk load.
+    /// How many incident vectors are in segments with a graph (searched approximately once a
+    /// filter lets enough of them through); 0 for an index searched exactly.
+    pub fn indexed_vectors(&self) -> usize {
+        self.shard.info().indexed_vectors_count
+    }
+
+    /// [`IncidentIndex::search_now`] without the graph: every candidate the filter lets
+    /// through is compared. The same answer for the same incidents, whatever graphs were
+    /// built; slower over a large index (what a backtest that must not miss a neighbour, or
+    /// a benchmark of recall, wants).
+    pub fn search_exact(&self, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
+        self.search_with(query, true)
+    }
+
+    fn search_with(&self, query: &SimilarQuery, exact: bool) -> Result<Vec<Similar>, VectorError> {
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut request = self.request(query);
+        if exact {
+            request.params = Some(SearchParams {
+                exact: true,
+                ..SearchParams::default()
+            });
+        }
+        let found = self.shard.search(request).map_err(|e| self.err(e))?;
+        self.hits(found, query)
+    }
+
+    /// Builds the HNSW graphs and merges the segments that are due, blocking; nothing when none
+    /// is. Every write does it, so only a benchmark or a bulk load needs to call it.
     pub fn optimize(&self) -> Result<(), VectorError> {
         self.shard.optimize().map(|_| ()).map_err(|e| self.err(e))
     }
@@ -167,12 +286,16 @@ impl EdgeIndex {
         let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
             PointInsertOperations::PointsList(points),
         ));
-        self.shard.update(op).map_err(|e| self.err(e))
+        self.shard.update(op).map_err(|e| self.err(e))?;
+        // Planning finds nothing to do in microseconds; when a segment has grown past the
+        // threshold this builds its graph (seconds, for tens of thousands of incidents), while
+        // searches go on against the segments as they were.
+        self.optimize()
     }
 
     /// The request the index sends to the engine for `query`: exposed for the benchmark's
     /// raw baseline.
-    pub fn request(query: &SimilarQuery) -> SearchRequest {
+    pub fn request(&self, query: &SimilarQuery) -> SearchRequest {
         let mut must = vec![field_match("ready", ValueVariants::Bool(true))];
         if let Some(kind) = query.kind {
             must.push(field_match(
@@ -200,7 +323,10 @@ impl EdgeIndex {
                 must: Some(must),
                 ..Filter::default()
             }),
-            params: None,
+            params: Some(SearchParams {
+                hnsw_ef: Some(self.tuning.hnsw_ef),
+                ..SearchParams::default()
+            }),
             limit: query.fetch(),
             offset: 0,
             with_payload: Some(WithPayloadInterface::Bool(true)),
@@ -260,14 +386,7 @@ impl IncidentIndex for EdgeIndex {
     }
 
     fn search_now(&self, query: &SimilarQuery) -> Result<Vec<Similar>, VectorError> {
-        if query.k == 0 {
-            return Ok(Vec::new());
-        }
-        let found = self
-            .shard
-            .search(Self::request(query))
-            .map_err(|e| self.err(e))?;
-        self.hits(found, query)
+        self.search_with(query, false)
     }
 
     fn get(&self, incident_id: &str) -> BoxFuture<'_, Result<Option<Incident>, VectorError>> {

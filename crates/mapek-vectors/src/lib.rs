@@ -29,7 +29,7 @@ pub mod server;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use edge::EdgeIndex;
+pub use edge::{EdgeIndex, Tuning};
 pub use error::VectorError;
 pub use incident::{Incident, Offsets, Similar, SimilarQuery, point_id};
 pub use index::IncidentIndex;

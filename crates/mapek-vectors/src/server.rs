@@ -13,10 +13,12 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct, QueryPointsBuilder, Range,
-    UpsertPointsBuilder, Value, VectorParamsBuilder, VectorsOutput,
+    Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder,
+    OptimizersConfigDiffBuilder, PointId, PointStruct, QueryPointsBuilder, Range,
+    SearchParamsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder, VectorsOutput,
 };
 
+use crate::edge::{FULL_SCAN_THRESHOLD_KB, HNSW_EF, INDEXING_THRESHOLD_KB};
 use crate::error::VectorError;
 use crate::incident::{
     Incident, Offsets, Similar, SimilarQuery, offsets_point_id, point_id, settle_hits,
@@ -77,9 +79,22 @@ impl ServerIndex {
     async fn create(&self) -> Result<(), qdrant_client::QdrantError> {
         self.client
             .create_collection(
-                CreateCollectionBuilder::new(&self.collection).vectors_config(
-                    VectorParamsBuilder::new(FEATURE_DIM as u64, Distance::Cosine),
-                ),
+                // The graph settings of the embedded index (see `crate::edge`), so both
+                // engines search alike.
+                CreateCollectionBuilder::new(&self.collection)
+                    .vectors_config(VectorParamsBuilder::new(
+                        FEATURE_DIM as u64,
+                        Distance::Cosine,
+                    ))
+                    .hnsw_config(
+                        HnswConfigDiffBuilder::default()
+                            .full_scan_threshold(FULL_SCAN_THRESHOLD_KB as u64)
+                            .payload_m(16),
+                    )
+                    .optimizers_config(
+                        OptimizersConfigDiffBuilder::default()
+                            .indexing_threshold(INDEXING_THRESHOLD_KB as u64),
+                    ),
             )
             .await?;
         for (field, ty) in [
@@ -150,6 +165,7 @@ impl ServerIndex {
                     .query(query.vector.clone())
                     .filter(Filter::must(must))
                     .limit(query.fetch() as u64)
+                    .params(SearchParamsBuilder::default().hnsw_ef(HNSW_EF as u64))
                     .with_payload(true),
             )
             .await
