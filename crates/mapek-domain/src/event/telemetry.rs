@@ -116,31 +116,50 @@ impl Event for Telemetry {
         }
         at_most("metrics", self.metrics.len(), MAX_METRICS)?;
         at_most("links", self.links.len(), MAX_LINKS)?;
+        // Every sample passes here twice (published, consumed): the checks run on the values
+        // alone, and only a failing one names its field (a formatted string each).
         for (k, &v) in &self.metrics {
             name("metric name", k)?;
-            let field = format!("metric {k}");
-            match k.as_str() {
-                "loss" | "cpu" | "mem" => fraction(&field, v)?,
-                "latency_ms" if v < 0.0 => {
-                    return Err(Invalid::OutOfRange {
-                        field,
-                        value: v,
-                        range: "at least 0",
-                    });
-                }
-                _ => finite(&field, v)?,
+            let fine = match k.as_str() {
+                "loss" | "cpu" | "mem" => (0.0..=1.0).contains(&v),
+                "latency_ms" => v.is_finite() && v >= 0.0,
+                _ => v.is_finite(),
+            };
+            if !fine {
+                return Err(metric_error(k, v));
             }
         }
         for l in &self.links {
-            let peer = l.peer.as_str();
-            finite(&format!("link {peer} latency_ms"), l.latency_ms)?;
-            fraction(&format!("link {peer} loss"), l.loss)?;
+            if !(l.latency_ms.is_finite() && (0.0..=1.0).contains(&l.loss)) {
+                let peer = l.peer.as_str();
+                finite(&format!("link {peer} latency_ms"), l.latency_ms)?;
+                fraction(&format!("link {peer} loss"), l.loss)?;
+            }
         }
         if let Some(site) = &self.site {
             name("site", site)?;
         }
         Ok(())
     }
+}
+
+/// Why metric `k` of value `v` was refused (a value [`Telemetry::validate`] found out of
+/// range).
+fn metric_error(k: &str, v: f64) -> Invalid {
+    let field = format!("metric {k}");
+    let checked = match k {
+        "loss" | "cpu" | "mem" => fraction(&field, v),
+        "latency_ms" if v.is_finite() => Err(Invalid::OutOfRange {
+            field,
+            value: v,
+            range: "at least 0",
+        }),
+        _ => finite(&field, v),
+    };
+    checked.err().unwrap_or(Invalid::NotFinite {
+        field: format!("metric {k}"),
+        value: v,
+    })
 }
 
 #[cfg(test)]
