@@ -17,6 +17,8 @@
 //!    of it. The raw baseline, in the same run, is async-nats JetStream publishing the same
 //!    bytes with the same Nats-Msg-Id and nothing consuming them. Both publish on a client
 //!    connection of their own (the nodes'), the workers read on another (the loop's).
+//!
+//! The process uses mimalloc, as the `mapek` binary does (ADR 0009).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,6 +31,10 @@ use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
 use mapek_testkit::NatsServer;
 
 mod common;
+
+/// The allocator of the `mapek` binary, which runs these workers in production (ADR 0009).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{encode_all, fresh_streams, raw_publish};
 use tokio::sync::watch;
 
