@@ -276,3 +276,34 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
         early.ts_ms
     );
 }
+
+#[tokio::test]
+async fn incidents_equally_near_are_settled_by_incident_id_however_many_tie() {
+    // Forty CPU incidents with the same features; the smallest ids are the newest, so an
+    // engine that meets the candidates in time order (or in the order they were written)
+    // finds the largest ids first.
+    let tied = |i: i64| {
+        let s = cpu_symptom(&format!("t{i:02}"), "n1", T0 + (40 - i) * 1_000, 0.95);
+        incident(&s, ActionKind::RestartService, Some(true))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let index = EdgeIndex::open(&dir.path().join("incidents")).unwrap();
+    for chunk in (0..40).rev().map(tied).collect::<Vec<_>>().chunks(10) {
+        index
+            .write(chunk.to_vec(), Offsets::default())
+            .await
+            .unwrap();
+    }
+    let now = cpu_symptom("now", "n9", T0 + 600_000, 0.95);
+    for k in [1, 3, 5] {
+        let query = SimilarQuery::for_symptom(&now, k);
+        let expected: Vec<String> = (0..k).map(|i| format!("t{i:02}")).collect();
+        let hits = index.search_now(&query).unwrap();
+        assert_eq!(
+            ids(&hits),
+            expected,
+            "k = {k}: the smallest ids of the ties"
+        );
+        assert_eq!(ids(&index.search_exact(&query).unwrap()), expected);
+    }
+}

@@ -49,6 +49,10 @@ pub const FULL_SCAN_THRESHOLD_KB: usize = 340;
 /// neighbours more often and takes longer; `benches/similar_incidents.rs` measures both.
 pub const HNSW_EF: usize = 128;
 
+/// At most this many incidents tied at the boundary score are gathered to settle the tie by
+/// incident id (see [`IncidentIndex::search_now`]).
+pub const MAX_TIES: usize = 256;
+
 /// When an [`EdgeIndex`] builds graphs and how it searches them. The default is the
 /// constants of this module; tests lower the thresholds to make a small index behave as a
 /// large one.
@@ -239,7 +243,25 @@ impl EdgeIndex {
                 ..SearchParams::default()
             });
         }
-        let found = self.shard.search(request).map_err(|e| self.err(e))?;
+        let fetch = request.limit;
+        let mut found = self
+            .shard
+            .search(request.clone())
+            .map_err(|e| self.err(e))?;
+        // The engine returns `fetch` points; when the last of them scores as the k+1-th, more
+        // incidents may tie with it beyond what it returned, and which ones it returned was its
+        // choice. An exact search gathers every incident at that score or better (up to
+        // MAX_TIES), so the tie is settled by incident id whatever the engine's order. A graph
+        // search is approximate anyway and is left as it is.
+        let last = found.last().map(|p| p.score);
+        let ties_run_on = found.len() == fetch && found.get(query.k).map(|p| p.score) == last;
+        if ties_run_on && (exact || self.indexed_vectors() == 0) {
+            request.limit = MAX_TIES;
+            // A hair below, so float rounding between two searches cannot drop a tie; what
+            // comes in only by the hair sorts after the ties.
+            request.score_threshold = last.map(|s| s - 1e-6);
+            found = self.shard.search(request).map_err(|e| self.err(e))?;
+        }
         self.hits(found, query)
     }
 
