@@ -15,32 +15,15 @@ use std::time::{Duration, Instant};
 use mapek_domain::{
     Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
 };
+use mapek_sim::rng::SplitMix64;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery};
 
 const T0: i64 = 1_795_867_200_000;
 const QUERIES: usize = 2_000;
 const K: usize = 5;
 
-/// A small deterministic generator (SplitMix64), so every run builds the same index.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// An opening symptom of kind `i % 6`, with evidence like the detectors write.
-fn symptom(rng: &mut Rng, i: usize, ts_ms: i64) -> Symptom {
+fn symptom(rng: &mut SplitMix64, i: usize, ts_ms: i64) -> Symptom {
     let kind = SymptomKind::ALL[i % SymptomKind::ALL.len()];
     let ratio = rng.range(1.0, 6.0);
     let mut ev = BTreeMap::new();
@@ -77,7 +60,7 @@ fn symptom(rng: &mut Rng, i: usize, ts_ms: i64) -> Symptom {
             put("flap_threshold", 4.0);
         }
     }
-    let node = mapek_domain::NodeId::new(format!("n{}", rng.next() % 1000)).unwrap();
+    let node = mapek_domain::NodeId::new(format!("n{}", rng.next_u64() % 1000)).unwrap();
     Symptom {
         symptom_id: format!("s{i}"),
         incident_id: format!("i{i:06}"),
@@ -94,13 +77,13 @@ fn symptom(rng: &mut Rng, i: usize, ts_ms: i64) -> Symptom {
 }
 
 /// A closed incident: `s`, an action, an outcome 30 s later.
-fn incident(rng: &mut Rng, s: &Symptom) -> Incident {
+fn incident(rng: &mut SplitMix64, s: &Symptom) -> Incident {
     let action = [
         ActionKind::Reroute,
         ActionKind::RestartService,
         ActionKind::RateLimit,
         ActionKind::Escalate,
-    ][(rng.next() % 4) as usize];
+    ][(rng.next_u64() % 4) as usize];
     let decision = Decision {
         decision_id: format!("d-{}", s.incident_id),
         symptom_id: s.symptom_id.clone(),
@@ -127,7 +110,7 @@ fn incident(rng: &mut Rng, s: &Symptom) -> Incident {
         incident_id: s.incident_id.clone(),
         node: s.node.clone(),
         ts_ms: s.ts_ms + 30_000,
-        result: if rng.next().is_multiple_of(2) {
+        result: if rng.next_u64().is_multiple_of(2) {
             OutcomeResult::Resolved
         } else {
             OutcomeResult::NotResolved
@@ -167,7 +150,8 @@ fn main() {
         ..Default::default()
     };
     let index = EdgeIndex::open_tuned(&EdgeIndex::default_dir(dir.path()), tuning).unwrap();
-    let mut rng = Rng(7);
+    // Deterministic, so every run builds the same index.
+    let mut rng = SplitMix64::new(7);
 
     let load = Instant::now();
     runtime.block_on(async {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use mapek_domain::{
     Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
 };
+use mapek_sim::rng::SplitMix64;
 use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery, Tuning};
 
@@ -178,17 +179,10 @@ fn an_index_open_elsewhere_says_so() {
     EdgeIndex::open(dir.path()).expect("free again once the first is closed");
 }
 
-/// A latency incident with evidence drawn from `seed`: four features vary continuously, so no
+/// A latency incident with evidence drawn from `rng`: four features vary continuously, so no
 /// two incidents tie.
-fn latency_incident(i: u64, seed: &mut u64) -> (Symptom, Incident) {
-    let mut draw = || {
-        // SplitMix64, uniform in [0, 1).
-        *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+fn latency_incident(i: u64, rng: &mut SplitMix64) -> (Symptom, Incident) {
+    let mut draw = || rng.unit();
     let mut s = samples::symptom();
     s.incident_id = format!("lat{i:05}");
     s.symptom_id = format!("s-lat{i:05}");
@@ -217,10 +211,10 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
     };
     let dir = tempfile::tempdir().unwrap();
     let index = EdgeIndex::open_tuned(&dir.path().join("incidents"), tuning).unwrap();
-    let mut seed = 7;
+    let mut rng = SplitMix64::new(7);
     let mut batch = Vec::new();
     for i in 0..3_000 {
-        batch.push(latency_incident(i, &mut seed).1);
+        batch.push(latency_incident(i, &mut rng).1);
         if batch.len() == 500 {
             // Each write builds the graphs that are due.
             index
@@ -240,7 +234,7 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
     // exact scan.
     let (mut found, mut expected) = (0, 0);
     for i in 0..100 {
-        let (now, _) = latency_incident(10_000 + i, &mut seed);
+        let (now, _) = latency_incident(10_000 + i, &mut rng);
         let query = SimilarQuery::for_symptom(&now, 5);
         let graph = index.search_now(&query).unwrap();
         let exact = index.search_exact(&query).unwrap();
@@ -263,7 +257,7 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
     );
 
     // What was known before a moment still holds through the graph.
-    let (mut early, _) = latency_incident(20_000, &mut seed);
+    let (mut early, _) = latency_incident(20_000, &mut rng);
     early.ts_ms = T0 + 100_000;
     let hits = index
         .search_now(&SimilarQuery::for_symptom(&early, 5))
