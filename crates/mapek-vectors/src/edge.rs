@@ -236,17 +236,22 @@ impl EdgeIndex {
         if query.k == 0 {
             return Ok(Vec::new());
         }
-        let mut request = self.request(query);
-        if exact {
-            request.params = Some(SearchParams {
-                exact: true,
-                ..SearchParams::default()
-            });
-        }
-        let fetch = request.limit;
+        let request = |limit: usize, score_threshold: Option<f32>| {
+            let mut r = self.request(query);
+            r.limit = limit;
+            r.score_threshold = score_threshold;
+            if exact {
+                r.params = Some(SearchParams {
+                    exact: true,
+                    ..SearchParams::default()
+                });
+            }
+            r
+        };
+        let fetch = query.fetch();
         let mut found = self
             .shard
-            .search(request.clone())
+            .search(request(fetch, None))
             .map_err(|e| self.err(e))?;
         // The engine returns `fetch` points; when the last of them scores as the k+1-th, more
         // incidents may tie with it beyond what it returned, and which ones it returned was its
@@ -256,11 +261,12 @@ impl EdgeIndex {
         let last = found.last().map(|p| p.score);
         let ties_run_on = found.len() == fetch && found.get(query.k).map(|p| p.score) == last;
         if ties_run_on && (exact || self.indexed_vectors() == 0) {
-            request.limit = MAX_TIES;
             // A hair below, so float rounding between two searches cannot drop a tie; what
             // comes in only by the hair sorts after the ties.
-            request.score_threshold = last.map(|s| s - 1e-6);
-            found = self.shard.search(request).map_err(|e| self.err(e))?;
+            found = self
+                .shard
+                .search(request(MAX_TIES, last.map(|s| s - 1e-6)))
+                .map_err(|e| self.err(e))?;
         }
         self.hits(found, query)
     }
