@@ -283,34 +283,35 @@ impl Redis {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn(what.taking).await?;
-        let n: i64 = redis::cmd("EVAL")
-            .arg(LEASE)
-            .arg(2)
-            .arg(format!("{}{}{name}", self.prefix, what.key))
-            .arg(format!("{}{}", self.prefix, what.set))
-            .arg(holder)
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(name)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(what.taking, e))?;
-        Ok(n == 1)
+        let mut cmd = self.script(LEASE, what, name);
+        cmd.arg(holder).arg(ttl.as_millis().max(1) as u64).arg(name);
+        self.run(cmd, what.taking).await
     }
 
     /// Gives `what`'s key `name` back if `holder` holds it ([`RELEASE`]).
     async fn let_go(&self, what: &Held, name: &str, holder: &str) -> Result<bool, KnowledgeError> {
-        let mut conn = self.conn(what.releasing).await?;
-        let n: i64 = redis::cmd("EVAL")
-            .arg(RELEASE)
+        let mut cmd = self.script(RELEASE, what, name);
+        cmd.arg(holder).arg(name);
+        self.run(cmd, what.releasing).await
+    }
+
+    /// `script` on `what`'s key `name` and its set, the arguments to follow.
+    fn script(&self, script: &str, what: &Held, name: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
             .arg(2)
             .arg(format!("{}{}{name}", self.prefix, what.key))
-            .arg(format!("{}{}", self.prefix, what.set))
-            .arg(holder)
-            .arg(name)
+            .arg(format!("{}{}", self.prefix, what.set));
+        cmd
+    }
+
+    /// Runs a [`Redis::script`] command, `doing` what the error names; `true` if it answered 1.
+    async fn run(&self, cmd: redis::Cmd, doing: &'static str) -> Result<bool, KnowledgeError> {
+        let mut conn = self.conn(doing).await?;
+        let n: i64 = cmd
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.failed(what.releasing, e))?;
+            .map_err(|e| self.failed(doing, e))?;
         Ok(n == 1)
     }
 
