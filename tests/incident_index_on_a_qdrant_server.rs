@@ -8,6 +8,8 @@ use mapek_domain::{Action, ActionKind, OutcomeResult, SymptomKind, SymptomState}
 use mapek_testkit::samples;
 use mapek_vectors::{Incident, IncidentIndex, Offsets, ServerIndex, SimilarQuery};
 
+mod qdrant_server;
+
 const T0: i64 = 1_795_867_200_000;
 
 fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Incident {
@@ -40,13 +42,10 @@ fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Inc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_index_stores_searches_and_clears_like_the_embedded_one() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("skipped: set QDRANT_URL to a Qdrant server's gRPC address to run this test");
+    let Some(collection) = qdrant_server::TestCollection::new("index") else {
         return;
     };
-    let collection = format!("mapek_test_{}", std::process::id());
-    let index = ServerIndex::connect(&url, &collection).await.unwrap();
-    index.clear().await.unwrap();
+    let index = collection.open().await;
     let offsets = Offsets {
         analyze: 3,
         plan: 2,
@@ -83,6 +82,7 @@ async fn the_server_index_stores_searches_and_clears_like_the_embedded_one() {
     assert!(index.get("b").await.unwrap().unwrap().ready);
     index.clear().await.unwrap();
     assert_eq!(index.count().await.unwrap(), 0);
+    collection.delete().await;
 }
 
 #[tokio::test]

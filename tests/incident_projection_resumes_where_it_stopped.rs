@@ -1,5 +1,6 @@
 //! The incident projection: the analyze, plan and knowledge streams of a real nats-server
-//! folded into points in qdrant-edge. Stopped and started again it resumes exactly after the
+//! folded into points in qdrant-edge, and in a Qdrant server when QDRANT_URL names one.
+//! Stopped and started again it resumes exactly after the
 //! last event it stored (nothing read twice, nothing missed), events that arrive out of order
 //! across streams give the same points, and a rebuild from the log gives the same index.
 
@@ -13,6 +14,8 @@ use mapek_domain::{
 };
 use mapek_testkit::{NatsServer, samples};
 use mapek_vectors::{EdgeIndex, IncidentIndex, Offsets, ProjectStats};
+
+mod qdrant_server;
 
 const T0: i64 = 1_795_867_200_000;
 
@@ -108,13 +111,33 @@ async fn publish_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("incidents");
+    resumes_exactly_and_rebuilds_the_same(async || {
+        Arc::new(EdgeIndex::open(&path).unwrap()) as Arc<dyn IncidentIndex>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_into_a_qdrant_server_resumes_exactly_and_rebuilds_the_same() {
+    let Some(collection) = qdrant_server::TestCollection::new("projection") else {
+        return;
+    };
+    resumes_exactly_and_rebuilds_the_same(async || {
+        collection.open().await as Arc<dyn IncidentIndex>
+    })
+    .await;
+    collection.delete().await;
+}
+
+/// The scenario on the index `open` opens (again, as a new process would, the second time).
+async fn resumes_exactly_and_rebuilds_the_same(open: impl AsyncFn() -> Arc<dyn IncidentIndex>) {
     let server = NatsServer::start();
     let js = mapek_bus::connect(&server.url()).await.unwrap();
     mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("incidents");
 
     // Incident a: opened, updated, escalated, not resolved. Incident b: restarted,
     // resolved, but its outcome is published before its decision and its symptom.
@@ -128,7 +151,7 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     publish_all(&js, &[], &[], std::slice::from_ref(&ob)).await;
     publish_all(&js, &[a.clone(), a_update, b.clone()], &[da, db], &[oa]).await;
 
-    let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&path).unwrap());
+    let index = open().await;
     let first = Offsets {
         analyze: 3,
         plan: 2,
@@ -166,7 +189,7 @@ async fn the_projection_resumes_exactly_and_a_rebuild_gives_the_same_points() {
     let c = symptom("c", "n3", T0 + 120_000, SymptomState::Open);
     let dc = decision(&c, ActionKind::RestartService);
     publish_all(&js, &[c], std::slice::from_ref(&dc), &[outcome(&dc, true)]).await;
-    let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&path).unwrap());
+    let index = open().await;
     let second = Offsets {
         analyze: 4,
         plan: 3,

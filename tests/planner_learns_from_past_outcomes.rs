@@ -1,5 +1,6 @@
 //! The planner learns from outcomes, end to end: a simulated mesh, a real nats-server and
-//! the incident index in qdrant-edge, every phase running. The policy escalates a saturated
+//! the incident index in qdrant-edge (and in a Qdrant server when QDRANT_URL names one),
+//! every phase running. The policy escalates a saturated
 //! CPU first (tests/policies/escalate-cpu-first.toml); in the simulator a CPU hog lasts until
 //! its service is restarted, so the escalation is judged "not resolved". The incident
 //! projection puts that outcome in the index, and the next CPU incident's decision, ranked by
@@ -18,6 +19,8 @@ use mapek_sim::Fault;
 use mapek_vectors::{EdgeIndex, IncidentIndex, IndexKnowledge};
 use sim_loop::{SimLoop, first_where, id};
 
+mod qdrant_server;
+
 const POLICY: &str = include_str!("policies/escalate-cpu-first.toml");
 const WITHIN: Duration = Duration::from_secs(60);
 
@@ -31,9 +34,23 @@ async fn decided_and_judged(js: &JetStream, node: &str) -> (Decision, Outcome) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_cpu_incidents_choose_the_action_that_worked_before() {
     let dir = tempfile::tempdir().unwrap();
-    let index: Arc<dyn IncidentIndex> =
-        Arc::new(EdgeIndex::open(&EdgeIndex::default_dir(dir.path())).unwrap());
+    learns(Arc::new(
+        EdgeIndex::open(&EdgeIndex::default_dir(dir.path())).unwrap(),
+    ))
+    .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_qdrant_server_later_cpu_incidents_choose_the_action_that_worked_before() {
+    let Some(collection) = qdrant_server::TestCollection::new("planner") else {
+        return;
+    };
+    learns(collection.open().await).await;
+    collection.delete().await;
+}
+
+/// The scenario, with the incident index `index`.
+async fn learns(index: Arc<dyn IncidentIndex>) {
     // Three hung services, one after another, each until restarted.
     let hog = |start_s: f64, node: &str| Fault::CpuHog {
         start_s,

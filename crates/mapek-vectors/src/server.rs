@@ -111,6 +111,16 @@ impl ServerIndex {
         Ok(())
     }
 
+    /// Deletes the collection and every incident in it (the index is unusable afterwards;
+    /// [`IncidentIndex::clear`] empties it instead).
+    pub async fn delete_collection(&self) -> Result<(), VectorError> {
+        self.client
+            .delete_collection(&self.collection)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> VectorError {
         VectorError::Index {
             at: self.at.clone(),
@@ -264,10 +274,7 @@ impl IncidentIndex for ServerIndex {
 
     fn clear(&self) -> BoxFuture<'_, Result<(), VectorError>> {
         Box::pin(async move {
-            self.client
-                .delete_collection(&self.collection)
-                .await
-                .map_err(|e| self.err(e))?;
+            self.delete_collection().await?;
             self.create().await.map_err(|e| self.err(e))
         })
     }
