@@ -1,4 +1,7 @@
-//! What the benchmarks share: fresh streams, and the raw async-nats baseline.
+//! What the benchmarks share: fresh streams, and the raw async-nats baseline. Each bench uses
+//! part of it.
+
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

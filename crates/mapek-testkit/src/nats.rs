@@ -13,12 +13,20 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// How the Go garbage collector of every server started here runs, unless the environment
+/// sets these variables itself: only as the heap nears 1 GiB, instead of each time it
+/// doubles, which under a steady publish rate is every two or three seconds and stalls
+/// deliveries for up to 20 ms on a 2-core machine (ADR 0010; `mapek demo` starts its server
+/// the same way).
+pub const GO_GC: [(&str, &str); 2] = [("GOGC", "off"), ("GOMEMLIMIT", "1GiB")];
+
 /// A running `nats-server` with JetStream, removed with its store when dropped.
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: TempDir,
     config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -34,6 +42,13 @@ impl NatsServer {
     /// Like [`NatsServer::start`], with extra lines for the server's config file
     /// (`max_payload: 4MB`, …).
     pub fn start_with(extra_config: &str) -> Self {
+        Self::start_with_env(extra_config, &[])
+    }
+
+    /// Like [`NatsServer::start_with`], with environment variables for the server process that
+    /// win over [`GO_GC`] and the test's own environment (`[("GOGC", "100")]` for Go's
+    /// default collector, say). A restart keeps them.
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Self {
         let store = tempfile::Builder::new()
             .prefix("mapek-nats-")
             .tempdir()
@@ -50,6 +65,10 @@ impl NatsServer {
             port,
             store,
             config,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         server.spawn();
         server
@@ -78,7 +97,14 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let bin = binary();
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        for (name, value) in GO_GC {
+            if std::env::var_os(name).is_none() {
+                command.env(name, value);
+            }
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
