@@ -157,6 +157,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
     let stores = Stores::open(&store_args, qdrant_url.as_deref(), &demo_settings).await?;
     let knowledge_at = stores.database.clone();
+    let index_at = stores.index.location().to_owned();
     let workers = workers.with_stores(stores);
 
     let shutdown = Shutdown::on_ctrl_c(Some(wall));
@@ -224,8 +225,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     println!("\n{}", tally.summary(report.ticks, report.commands));
     println!(
         "  knowledge: the read model is in {knowledge_at} (try `mapek status`), the incident \
-         index under {} (try `mapek knowledge similar <incident>`)",
-        args.data_dir.display()
+         index in {index_at} (try `mapek knowledge similar <incident>`)"
     );
     let key = mapek_audit::VerifyingKey::load(&public)?;
     let audit = mapek_audit::audit::verify_stream(&js, Some(key)).await?;
