@@ -147,6 +147,11 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(mapek_vectors::edge::HNSW_EF),
+        // MAPEK_BENCH_SEGMENTS: another segment count than mapek's.
+        segments: std::env::var("MAPEK_BENCH_SEGMENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(mapek_vectors::Tuning::default().segments),
         ..Default::default()
     };
     let index = EdgeIndex::open_tuned(&EdgeIndex::default_dir(dir.path()), tuning).unwrap();
@@ -234,10 +239,12 @@ fn main() {
         tuning.hnsw_ef
     );
     println!(
-        "  loaded in {:.1} s ({:.0} incidents/s through IncidentIndex::write), optimized in {:.1} s",
+        "  loaded in {:.1} s ({:.0} incidents/s through IncidentIndex::write), optimized in {:.1} s, \
+         {} segments",
         loaded.as_secs_f64(),
         n as f64 / loaded.as_secs_f64(),
-        optimized.as_secs_f64()
+        optimized.as_secs_f64(),
+        index.segments()
     );
     println!(
         "  raw EdgeShard::search:          p50 {:.3} ms, p99 {:.3} ms",

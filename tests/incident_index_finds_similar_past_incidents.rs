@@ -272,6 +272,45 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
 }
 
 #[tokio::test]
+async fn writes_held_from_optimizing_build_the_graphs_once_when_released() {
+    // What `mapek knowledge rebuild` does: write everything, then build the graphs.
+    let tuning = Tuning {
+        indexing_threshold_kb: 20,
+        full_scan_threshold_kb: 4,
+        ..Tuning::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let index = EdgeIndex::open_tuned(&dir.path().join("incidents"), tuning).unwrap();
+    index.hold_optimizing(true).await.unwrap();
+    let mut rng = SplitMix64::new(7);
+    let mut batch = Vec::new();
+    for i in 0..3_000 {
+        batch.push(latency_incident(i, &mut rng).1);
+        if batch.len() == 500 {
+            index
+                .write(std::mem::take(&mut batch), Offsets::default())
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(index.indexed_vectors(), 0, "no graph while held");
+    let (now, _) = latency_incident(10_000, &mut rng);
+    let query = SimilarQuery::for_symptom(&now, 5);
+    let before = index.search_now(&query).unwrap();
+    assert_eq!(before.len(), 5, "searches answer meanwhile");
+
+    index.hold_optimizing(false).await.unwrap();
+    assert!(
+        index.indexed_vectors() >= 1_000,
+        "released, the graphs are built: {} of 3000 vectors indexed",
+        index.indexed_vectors()
+    );
+    assert_eq!(index.count().await.unwrap(), 3_000);
+    let after = index.search_exact(&query).unwrap();
+    assert_eq!(ids(&after), ids(&before), "the same nearest incidents");
+}
+
+#[tokio::test]
 async fn incidents_equally_near_are_settled_by_incident_id_however_many_tie() {
     // Forty CPU incidents with the same features; the smallest ids are the newest, so an
     // engine that meets the candidates in time order (or in the order they were written)

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use mapek_domain::plan::FEATURE_DIM;
@@ -64,6 +65,9 @@ pub struct Tuning {
     pub full_scan_threshold_kb: usize,
     /// [`HNSW_EF`].
     pub hnsw_ef: usize,
+    /// How many segments the optimizer merges the index into; 0 lets qdrant-edge choose from
+    /// the CPU count (2 on up to 5 cores). A search visits every segment.
+    pub segments: usize,
 }
 
 impl Default for Tuning {
@@ -72,6 +76,7 @@ impl Default for Tuning {
             indexing_threshold_kb: INDEXING_THRESHOLD_KB,
             full_scan_threshold_kb: FULL_SCAN_THRESHOLD_KB,
             hnsw_ef: HNSW_EF,
+            segments: 0,
         }
     }
 }
@@ -96,6 +101,7 @@ impl Tuning {
     fn optimizers(&self) -> EdgeOptimizersConfig {
         EdgeOptimizersConfig {
             indexing_threshold: Some(self.indexing_threshold_kb),
+            default_segment_number: (self.segments > 0).then_some(self.segments),
             ..EdgeOptimizersConfig::default()
         }
     }
@@ -110,6 +116,8 @@ pub struct EdgeIndex {
     shard: Arc<EdgeShard>,
     at: String,
     tuning: Tuning,
+    /// Writes leave optimizing for later ([`IncidentIndex::hold_optimizing`]).
+    holding: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EdgeIndex {
@@ -205,6 +213,7 @@ impl EdgeIndex {
             shard: Arc::new(shard),
             at,
             tuning,
+            holding: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -216,6 +225,11 @@ impl EdgeIndex {
     /// The engine itself, for benchmarks that compare with its raw search.
     pub fn shard(&self) -> &EdgeShard {
         &self.shard
+    }
+
+    /// How many segments the index is in now (a search visits each).
+    pub fn segments(&self) -> usize {
+        self.shard.info().segments_count
     }
 
     /// How many incident vectors are in segments with a graph (searched approximately once a
@@ -315,6 +329,9 @@ impl EdgeIndex {
             PointInsertOperations::PointsList(points),
         ));
         self.shard.update(op).map_err(|e| self.err(e))?;
+        if self.holding.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // Planning finds nothing to do in microseconds; when a segment has grown past the
         // threshold this builds its graph (seconds, for tens of thousands of incidents), while
         // searches go on against the segments as they were.
@@ -453,6 +470,15 @@ impl IncidentIndex for EdgeIndex {
             ));
             me.shard.update(op).map_err(|e| me.err(e))
         })
+    }
+
+    fn hold_optimizing(&self, hold: bool) -> BoxFuture<'_, Result<(), VectorError>> {
+        self.holding.store(hold, Ordering::Relaxed);
+        if hold {
+            Box::pin(async { Ok(()) })
+        } else {
+            self.blocking(|me| me.optimize())
+        }
     }
 }
 

@@ -43,6 +43,16 @@ pub trait IncidentIndex: Send + Sync {
     /// Removes every point, offsets included: the next projection starts from the log's
     /// beginning.
     fn clear(&self) -> BoxFuture<'_, Result<(), VectorError>>;
+
+    /// With `true`, writes stop building graphs and merging segments as they pass the
+    /// thresholds, so that a rebuild, which writes everything at once, builds each graph once
+    /// at the end instead of again at every merge; `false` resumes and builds what is due
+    /// before it returns. Searches meanwhile are exact where no graph is built yet. A Qdrant
+    /// server optimizes in the background on its own: the default does nothing.
+    fn hold_optimizing(&self, hold: bool) -> BoxFuture<'_, Result<(), VectorError>> {
+        let _ = hold;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The payload of `incident` as a JSON object.

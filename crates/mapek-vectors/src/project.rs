@@ -58,7 +58,11 @@ pub async fn rebuild(
         plan: last_sequence::<Decision>(js).await?,
         knowledge: last_sequence::<Outcome>(js).await?,
     };
-    run(js, index.as_ref(), Some(until), std::future::pending()).await
+    // Graphs once at the end, not again at every segment merge along the way.
+    index.hold_optimizing(true).await?;
+    let projected = run(js, index.as_ref(), Some(until), std::future::pending()).await;
+    index.hold_optimizing(false).await?;
+    projected
 }
 
 /// The last sequence `E`'s stream holds now.
