@@ -6,8 +6,9 @@
 //! 1. Cycle time: 1 000 simulated nodes at 10 Hz for 60 s, with a link degrading every
 //!    half second somewhere in the mesh (some 480 decisions, so the p99 is not just the
 //!    second-slowest of a hundred), through the analyze and plan workers (8 partitions each,
-//!    in this process). The simulated nodes publish on a client connection of their own, as
-//!    `mapek sim` or real agents do from their own processes. For every decision, the time from the moment the server stored the telemetry
+//!    in this process). The simulated nodes publish on a client connection of their own, from
+//!    a thread and a tokio runtime of their own, as `mapek sim` or real agents do from their
+//!    own processes. For every decision, the time from the moment the server stored the telemetry
 //!    that tipped the detector to the moment it stored the decision: p50 and p99, and each
 //!    leg's (telemetry → symptom, symptom → decision) p50, p99 and maximum. The
 //!    analyze consumers' backlog is sampled every second; its maximum shows whether the loop
@@ -15,12 +16,14 @@
 //! 2. Sustained rate: a burst of telemetry published as fast as possible while the workers
 //!    run; the loop's rate is the burst size over the time until analyze has acknowledged all
 //!    of it. The raw baseline, in the same run, is async-nats JetStream publishing the same
-//!    bytes with the same Nats-Msg-Id and nothing consuming them. Both publish on a client
-//!    connection of their own (the nodes'), the workers read on another (the loop's).
+//!    bytes with the same Nats-Msg-Id and nothing consuming them. Both publish from a thread,
+//!    a runtime and a client connection of their own (the nodes'), the workers read on
+//!    another (the loop's).
 //!
 //! The process uses mimalloc, as the `mapek` binary does (ADR 0009).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
@@ -129,6 +132,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Runs `nodes` the way `mapek sim` or real agents run, apart from the loop: on a thread and a
+/// tokio runtime of their own (the OS schedules them against the workers, not tokio's
+/// cooperative scheduler), with a client connection of their own to `url`. Resolves to what
+/// `nodes` returns. The thread starts at once, before the returned future is awaited.
+fn as_nodes<T, F>(
+    url: &str,
+    nodes: impl FnOnce(JetStream) -> F + Send + 'static,
+) -> impl Future<Output = T>
+where
+    T: Send + 'static,
+    F: Future<Output = T>,
+{
+    let url = url.to_owned();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move { nodes(mapek_bus::connect(&url).await.unwrap()).await })
+    });
+    async move {
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+/// Publish acks in flight for both publishers of part 2 (MAPEK_BENCH_WINDOW, default the
+/// library's).
+fn window() -> usize {
+    env("MAPEK_BENCH_WINDOW", mapek_bus::publisher::DEFAULT_WINDOW)
+}
+
 /// A new link degrades every this many seconds (MAPEK_BENCH_FAULT_EVERY_MS, default 500).
 fn fault_every_s() -> f64 {
     env("MAPEK_BENCH_FAULT_EVERY_MS", 500) as f64 / 1000.0
@@ -165,27 +201,20 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = start_loop(js, &stop_rx);
     let (sim_tx, mut sim_rx) = watch::channel(false);
-    // The nodes' own connection.
-    let client = mapek_bus::connect_client(url).await.unwrap();
-    let nodes_js = async_nats::jetstream::new(client.clone());
     let start_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let sim = tokio::spawn(mapek_sim::run(
-        nodes_js,
-        client,
-        mesh,
-        HZ,
-        start_ms,
-        async move {
+    let sim = as_nodes(url, move |nodes_js| {
+        let client = nodes_js.client();
+        mapek_sim::run(nodes_js, client, mesh, HZ, start_ms, async move {
             let _ = sim_rx.wait_for(|s| *s).await;
-        },
-    ));
+        })
+    });
     let mut max_backlog = 0;
     for _ in 0..seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
         max_backlog = max_backlog.max(analyze_backlog(js).await);
     }
     sim_tx.send(true).unwrap();
-    let report = sim.await.unwrap().unwrap();
+    let report = sim.await.unwrap();
     wait_drained(js).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_tx.send(true).unwrap();
@@ -205,6 +234,10 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
             Some((ms(*found - *sampled), ms(*decided - *found)))
         })
         .collect();
+    assert!(
+        !legs.is_empty(),
+        "no decision to measure: did the nodes publish?"
+    );
     let mut cycles: Vec<f64> = legs.iter().map(|(a, b)| a + b).collect();
     let mut analyze: Vec<f64> = legs.iter().map(|(a, _)| *a).collect();
     let mut plan: Vec<f64> = legs.iter().map(|(_, b)| *b).collect();
@@ -257,15 +290,14 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     events.truncate(burst);
     let messages = encode_all(&events);
 
-    // The nodes' connection, for both.
-    let nodes_js = mapek_bus::connect(url).await.unwrap();
-
-    // Raw: the same bytes, the same dedup header, nobody consuming.
+    // Raw: the same bytes, the same dedup header, nobody consuming. The nodes publish from
+    // their own thread and connection, in both.
     fresh_streams(js).await;
-    let raw = burst as f64
-        / raw_publish(&nodes_js, &messages, true, 1024)
-            .await
-            .as_secs_f64();
+    let raw_took = as_nodes(url, move |nodes_js| async move {
+        raw_publish(&nodes_js, &messages, true, window()).await
+    })
+    .await;
+    let raw = burst as f64 / raw_took.as_secs_f64();
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
@@ -274,11 +306,14 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let workers = start_loop(js, &stop_rx);
     tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
     let start = Instant::now();
-    let mut publisher = Publisher::new(nodes_js.clone());
-    for e in &events {
-        publisher.publish(e).await.unwrap();
-    }
-    assert!(publisher.finish().await.all_acked());
+    let published = as_nodes(url, move |nodes_js| async move {
+        let mut publisher = Publisher::with_window(nodes_js, window());
+        for e in &events {
+            publisher.publish(e).await.unwrap();
+        }
+        publisher.finish().await
+    });
+    assert!(published.await.all_acked());
     wait_drained(js).await;
     let looped = burst as f64 / start.elapsed().as_secs_f64();
     stop_tx.send(true).unwrap();

@@ -5,7 +5,8 @@
 //! length, default 30).
 //!
 //! No mapek worker runs: 1 000 simulated nodes publish their telemetry at 10 Hz (the loop
-//! bench's load, the same encoded bytes and `Nats-Msg-Id`s) into the MAPEK_MONITOR stream, and
+//! bench's load, the same encoded bytes and `Nats-Msg-Id`s, from a thread and a runtime of
+//! their own) into the MAPEK_MONITOR stream, and
 //! eight plain async-nats pull consumers, one per partition, read it as the analyze workers
 //! would. For every message: the time from the moment the server stored it to the moment a
 //! consumer received it. Run twice in the same process, each on a fresh server: first with
@@ -84,7 +85,8 @@ async fn start_readers(js: &JetStream, started: Instant) -> Waits {
 }
 
 /// Publishes the mesh's telemetry at 10 Hz for `secs`, each tick's samples spread over the
-/// tick a millisecond at a time, on a connection of the nodes' own.
+/// tick a millisecond at a time, on a connection of the nodes' own (run on a thread of its
+/// own).
 async fn publish_mesh(url: &str, secs: u64) -> u64 {
     let nodes_js = mapek_bus::connect(url).await.unwrap();
     let mut mesh = Mesh::new(
@@ -161,7 +163,18 @@ async fn run(label: &str, env: &[(&str, &str)], secs: u64) -> Tail {
     fresh_streams(&js).await;
     let started = Instant::now();
     let waits = start_readers(&js, started).await;
-    let published = publish_mesh(&server.url(), secs).await;
+    // The nodes on a thread and a runtime of their own, as a process of their own would be.
+    let url = server.url();
+    let nodes = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(publish_mesh(&url, secs))
+    });
+    let published = tokio::task::spawn_blocking(move || nodes.join().unwrap())
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while (waits.lock().unwrap().len() as u64) < published && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
