@@ -234,3 +234,98 @@ async fn resumes_exactly_and_rebuilds_the_same(open: impl AsyncFn() -> Arc<dyn I
         assert_eq!(after, b, "rebuilt {} differs", b.incident_id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up() {
+    let Some(mut qdrant) = qdrant_server::QdrantProcess::start("the projection's outage test")
+    else {
+        return;
+    };
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let index: Arc<dyn IncidentIndex> = Arc::new(
+        mapek_vectors::ServerIndex::connect(&qdrant.url(), "mapek_incidents")
+            .await
+            .unwrap(),
+    );
+    let a = symptom("a", "n1", T0, SymptomState::Open);
+    let da = decision(&a, ActionKind::Escalate);
+    publish_all(
+        &js,
+        std::slice::from_ref(&a),
+        std::slice::from_ref(&da),
+        &[outcome(&da, false)],
+    )
+    .await;
+
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(mapek_vectors::project_with(
+        js.clone(),
+        index.clone(),
+        failures.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let reaches = |want: Offsets, within: Duration| {
+        let index = index.clone();
+        async move {
+            tokio::time::timeout(within, async {
+                while index.offsets().await.ok() != Some(want) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the index reaches {want:?} within {within:?}"));
+        }
+    };
+    let one = Offsets {
+        analyze: 1,
+        plan: 1,
+        knowledge: 1,
+    };
+    reaches(one, Duration::from_secs(20)).await;
+
+    // The server goes away; incident b comes in meanwhile.
+    qdrant.stop();
+    let b = symptom("b", "n2", T0 + 60_000, SymptomState::Open);
+    let db = decision(&b, ActionKind::RestartService);
+    publish_all(
+        &js,
+        std::slice::from_ref(&b),
+        std::slice::from_ref(&db),
+        &[outcome(&db, true)],
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the projection counts the failures while the server is away");
+    assert!(
+        !task.is_finished(),
+        "the projection waits instead of failing"
+    );
+
+    // Back: the projection goes on from where it was.
+    qdrant.restart();
+    let two = Offsets {
+        analyze: 2,
+        plan: 2,
+        knowledge: 2,
+    };
+    reaches(two, Duration::from_secs(30)).await;
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert!(stats.failures > 0, "{stats:?}");
+    assert_eq!(index.count().await.unwrap(), 2);
+    let got_b = index.get("b").await.unwrap().unwrap();
+    assert!(got_b.ready);
+    assert_eq!(got_b.resolved, Some(true));
+}

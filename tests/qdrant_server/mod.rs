@@ -40,3 +40,92 @@ impl TestCollection {
         self.open().await.delete_collection().await.unwrap();
     }
 }
+
+/// A Qdrant server of the test's own, from the binary QDRANT_BIN names, on free ports with its
+/// storage in a temporary directory, so the test can stop and restart it.
+pub struct QdrantProcess {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    grpc: u16,
+    http: u16,
+    child: Option<std::process::Child>,
+}
+
+impl QdrantProcess {
+    /// Starts one, or returns `None` with a line saying `test` is skipped when QDRANT_BIN is
+    /// not set.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(bin) = std::env::var_os("QDRANT_BIN").filter(|b| !b.is_empty()) else {
+            eprintln!("skipped: set QDRANT_BIN to a Qdrant server binary to run {test}");
+            return None;
+        };
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let mut me = Self {
+            bin: bin.into(),
+            dir: tempfile::tempdir().unwrap(),
+            grpc: free(),
+            http: free(),
+            child: None,
+        };
+        me.spawn();
+        Some(me)
+    }
+
+    /// Its gRPC address, for QDRANT_URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    /// Kills it, keeping its storage.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with the same storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let child = std::process::Command::new(&self.bin)
+            .current_dir(d)
+            .env("QDRANT__STORAGE__STORAGE_PATH", d.join("storage"))
+            .env("QDRANT__STORAGE__SNAPSHOTS_PATH", d.join("snapshots"))
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__GRPC_PORT", self.grpc.to_string())
+            .env("QDRANT__SERVICE__HTTP_PORT", self.http.to_string())
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(d.join("qdrant.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.bin));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.grpc)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Qdrant did not open port {} within 30 s; see {}",
+                self.grpc,
+                d.join("qdrant.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for QdrantProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

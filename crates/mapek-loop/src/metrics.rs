@@ -13,7 +13,7 @@
 //! | `mapek_batch_seconds` | histogram | phase | a batch: step, publish, wait for storage, ack |
 //! | `mapek_consumer_pending` | gauge | phase, consumer | messages waiting for the consumer |
 //! | `mapek_cycle_seconds` | histogram | | telemetry event time to its decision stored |
-//! | `mapek_projection_failures_total` | counter | projection | store writes that failed and were retried |
+//! | `mapek_projection_failures_total` | counter | projection (`sql`, `incidents`) | store reads and writes that failed and were retried |
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;

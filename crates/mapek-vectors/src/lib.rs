@@ -35,7 +35,7 @@ pub use incident::{Incident, Offsets, Similar, SimilarQuery, point_id};
 pub use index::IncidentIndex;
 pub use knowledge::IndexKnowledge;
 pub use mapek_domain::KnowledgeView;
-pub use project::{ProjectStats, project, rebuild};
+pub use project::{ProjectStats, project, project_with, rebuild};
 pub use server::ServerIndex;
 
 /// Opens the incident index: the Qdrant server at `qdrant_url` when one is given, else

@@ -7,12 +7,20 @@
 //! *together with* the new offsets. A crash before the write loses nothing (the batch is read
 //! again); after it, nothing is read twice. An event at or below its stream's stored offset
 //! is skipped, and folding is idempotent anyway, so a redelivery changes nothing.
+//!
+//! When the index cannot be read or written (a Qdrant server that went away), the live
+//! projection ([`project_with`]) pauses and tries the same read or write again, with a backoff
+//! up to [`MAX_BACKOFF`], counting each failure; once the index answers it goes on from where
+//! it was, with no gap. A rebuild fails at once instead, naming the index.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use mapek_bus::{BusError, JetStream, Received, StartAt, Subscriber};
 use mapek_codec::AvroEvent;
 use mapek_domain::{Decision, Event, Outcome, Symptom};
@@ -23,6 +31,9 @@ use crate::index::IncidentIndex;
 
 /// The most events folded into one write.
 const BATCH: usize = 512;
+
+/// The longest pause between two tries of an index that does not answer.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a projection run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,15 +46,63 @@ pub struct ProjectStats {
     pub written: u64,
     /// The offsets stored last.
     pub offsets: Offsets,
+    /// Reads and writes of the index that failed and were tried again.
+    pub failures: u64,
 }
 
-/// Runs the projection into `index` until `shutdown` completes.
+/// Runs the projection into `index` until `shutdown` completes, waiting out an index that
+/// does not answer ([`project_with`]).
 pub async fn project(
     js: JetStream,
     index: Arc<dyn IncidentIndex>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProjectStats, VectorError> {
-    run(&js, index.as_ref(), None, shutdown).await
+    project_with(js, index, Arc::default(), shutdown).await
+}
+
+/// [`project`], adding each failed read or write of the index to `failures` as it happens
+/// (`mapek run` exports it as `mapek_projection_failures_total{projection="incidents"}`).
+pub async fn project_with(
+    js: JetStream,
+    index: Arc<dyn IncidentIndex>,
+    failures: Arc<AtomicU64>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ProjectStats, VectorError> {
+    let patience = Patience { failures };
+    run(&js, index.as_ref(), None, Some(&patience), shutdown).await
+}
+
+/// How the live projection waits for its index.
+struct Patience {
+    failures: Arc<AtomicU64>,
+}
+
+/// Tries `op` on `index` until it succeeds, pausing after each failure, when `patience` is
+/// given; once otherwise.
+async fn patiently<'a, T>(
+    patience: Option<&Patience>,
+    index: &dyn IncidentIndex,
+    doing: &str,
+    mut op: impl FnMut() -> BoxFuture<'a, Result<T, VectorError>>,
+) -> Result<T, VectorError> {
+    let Some(patience) = patience else {
+        return op().await;
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                patience.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the incident index at {} failed {doing}: {e}; trying again in {backoff:?}",
+                    index.location()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
 }
 
 /// Clears `index` and projects the streams into it from their beginning, up to what they
@@ -60,7 +119,14 @@ pub async fn rebuild(
     };
     // Graphs once at the end, not again at every segment merge along the way.
     index.hold_optimizing(true).await?;
-    let projected = run(js, index.as_ref(), Some(until), std::future::pending()).await;
+    let projected = run(
+        js,
+        index.as_ref(),
+        Some(until),
+        None,
+        std::future::pending(),
+    )
+    .await;
     index.hold_optimizing(false).await?;
     projected
 }
@@ -113,9 +179,17 @@ async fn run(
     js: &JetStream,
     index: &dyn IncidentIndex,
     until: Option<Offsets>,
+    patience: Option<&Patience>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProjectStats, VectorError> {
-    let mut offsets = index.offsets().await?;
+    let failures_before = patience.map_or(0, |p| p.failures.load(Ordering::Relaxed));
+    let failures = || patience.map_or(0, |p| p.failures.load(Ordering::Relaxed)) - failures_before;
+    tokio::pin!(shutdown);
+    let offsets = tokio::select! {
+        o = patiently(patience, index, "reading its offsets", || index.offsets()) => o?,
+        () = &mut shutdown => return Ok(ProjectStats::default()),
+    };
+    let mut offsets = offsets;
     let mut stats = ProjectStats {
         offsets,
         ..ProjectStats::default()
@@ -131,7 +205,6 @@ async fn run(
     let mut symptoms = follow::<Symptom>(js, offsets.analyze).await?;
     let mut decisions = follow::<Decision>(js, offsets.plan).await?;
     let mut outcomes = follow::<Outcome>(js, offsets.knowledge).await?;
-    tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {
             () = &mut shutdown => break,
@@ -168,17 +241,24 @@ async fn run(
                 break;
             }
         }
-        apply(index, batch, &mut offsets, &mut stats).await?;
+        // While the index is away the batch waits here; a shutdown then drops it unwritten,
+        // to be read again by the next run.
+        tokio::select! {
+            applied = apply(index, patience, batch, &mut offsets, &mut stats) => applied?,
+            () = &mut shutdown => break,
+        }
         if done(&offsets) {
             break;
         }
     }
+    stats.failures = failures();
     Ok(stats)
 }
 
 /// Folds `batch` into the incidents it touches and writes them with the new offsets.
 async fn apply(
     index: &dyn IncidentIndex,
+    patience: Option<&Patience>,
     batch: Vec<Input>,
     offsets: &mut Offsets,
     stats: &mut ProjectStats,
@@ -216,7 +296,7 @@ async fn apply(
         }
         let (id, node) = fold.incident();
         if !touched.contains_key(id) {
-            let found = index.get(id).await?;
+            let found = patiently(patience, index, "reading an incident", || index.get(id)).await?;
             let incident = found.unwrap_or_else(|| Incident::new(id, node));
             touched.insert(id.to_owned(), (incident, false));
         }
@@ -232,8 +312,12 @@ async fn apply(
         return Ok(());
     }
     stats.written += changed.len() as u64;
-    index.write(changed, *offsets).await?;
-    stats.offsets = *offsets;
+    let offsets = *offsets;
+    patiently(patience, index, "writing a batch", || {
+        index.write(changed.clone(), offsets)
+    })
+    .await?;
+    stats.offsets = offsets;
     Ok(())
 }
 

@@ -475,11 +475,27 @@ impl Loop {
             move |stopped| {
                 let (js, index) = (js2.clone(), index.clone());
                 async move {
-                    mapek_vectors::project(js, index, async {
+                    // The projection counts the index's failed reads and writes (it waits
+                    // them out); /metrics shows them.
+                    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let watched = failures.clone();
+                    let exporter = tokio::spawn(async move {
+                        let mut exported = 0;
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            let now = watched.load(std::sync::atomic::Ordering::Relaxed);
+                            mapek_loop::metrics::PROJECTION_FAILURES
+                                .with_label_values(&["incidents"])
+                                .inc_by(now.saturating_sub(exported));
+                            exported = now;
+                        }
+                    });
+                    let done = mapek_vectors::project_with(js, index, failures, async {
                         let _ = stopped.await;
                     })
-                    .await
-                    .map_err(|e| mapek_bus::BusError::Consumer {
+                    .await;
+                    exporter.abort();
+                    done.map_err(|e| mapek_bus::BusError::Consumer {
                         stream: "the incident index".into(),
                         detail: e.to_string(),
                     })
