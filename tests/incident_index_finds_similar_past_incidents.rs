@@ -200,29 +200,39 @@ fn latency_incident(i: u64, rng: &mut SplitMix64) -> (Symptom, Incident) {
     (s, incident)
 }
 
-#[tokio::test]
-async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_search_finds() {
-    // Thresholds a hundred times lower than the default, so 3 000 incidents behave as a few
-    // hundred thousand would: segments get graphs, and a kind's candidates are too many to scan.
+/// An index under `dir` with thresholds a hundred times lower than the default, so 3 000
+/// incidents behave as a few hundred thousand would: segments get graphs, and a kind's
+/// candidates are too many to scan.
+fn hundredfold_lower_thresholds(dir: &std::path::Path) -> EdgeIndex {
     let tuning = Tuning {
         indexing_threshold_kb: 20,
         full_scan_threshold_kb: 4,
         ..Tuning::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let index = EdgeIndex::open_tuned(&dir.path().join("incidents"), tuning).unwrap();
-    let mut rng = SplitMix64::new(7);
+    EdgeIndex::open_tuned(&dir.join("incidents"), tuning).unwrap()
+}
+
+/// Writes `n` latency incidents drawn from `rng`, 500 a write.
+async fn write_latency_incidents(index: &EdgeIndex, n: u64, rng: &mut SplitMix64) {
     let mut batch = Vec::new();
-    for i in 0..3_000 {
-        batch.push(latency_incident(i, &mut rng).1);
-        if batch.len() == 500 {
-            // Each write builds the graphs that are due.
+    for i in 0..n {
+        batch.push(latency_incident(i, rng).1);
+        if batch.len() == 500 || i + 1 == n {
             index
                 .write(std::mem::take(&mut batch), Offsets::default())
                 .await
                 .unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_search_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = hundredfold_lower_thresholds(dir.path());
+    let mut rng = SplitMix64::new(7);
+    // Each write builds the graphs that are due.
+    write_latency_incidents(&index, 3_000, &mut rng).await;
     assert_eq!(index.count().await.unwrap(), 3_000);
     assert!(
         index.indexed_vectors() >= 1_000,
@@ -274,25 +284,11 @@ async fn a_large_index_is_searched_through_its_graph_and_finds_what_an_exact_sea
 #[tokio::test]
 async fn writes_held_from_optimizing_build_the_graphs_once_when_released() {
     // What `mapek knowledge rebuild` does: write everything, then build the graphs.
-    let tuning = Tuning {
-        indexing_threshold_kb: 20,
-        full_scan_threshold_kb: 4,
-        ..Tuning::default()
-    };
     let dir = tempfile::tempdir().unwrap();
-    let index = EdgeIndex::open_tuned(&dir.path().join("incidents"), tuning).unwrap();
+    let index = hundredfold_lower_thresholds(dir.path());
     index.hold_optimizing(true).await.unwrap();
     let mut rng = SplitMix64::new(7);
-    let mut batch = Vec::new();
-    for i in 0..3_000 {
-        batch.push(latency_incident(i, &mut rng).1);
-        if batch.len() == 500 {
-            index
-                .write(std::mem::take(&mut batch), Offsets::default())
-                .await
-                .unwrap();
-        }
-    }
+    write_latency_incidents(&index, 3_000, &mut rng).await;
     assert_eq!(index.indexed_vectors(), 0, "no graph while held");
     let (now, _) = latency_incident(10_000, &mut rng);
     let query = SimilarQuery::for_symptom(&now, 5);
