@@ -127,8 +127,11 @@ pub async fn rebuild(
         std::future::pending(),
     )
     .await;
-    index.hold_optimizing(false).await?;
-    projected
+    // Released whatever happened, and a failed projection's error told first.
+    let released = index.hold_optimizing(false).await;
+    let stats = projected?;
+    released?;
+    Ok(stats)
 }
 
 /// The last sequence `E`'s stream holds now.
@@ -185,11 +188,10 @@ async fn run(
     let failures_before = patience.map_or(0, |p| p.failures.load(Ordering::Relaxed));
     let failures = || patience.map_or(0, |p| p.failures.load(Ordering::Relaxed)) - failures_before;
     tokio::pin!(shutdown);
-    let offsets = tokio::select! {
+    let mut offsets = tokio::select! {
         o = patiently(patience, index, "reading its offsets", || index.offsets()) => o?,
         () = &mut shutdown => return Ok(ProjectStats::default()),
     };
-    let mut offsets = offsets;
     let mut stats = ProjectStats {
         offsets,
         ..ProjectStats::default()
