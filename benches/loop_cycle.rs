@@ -23,7 +23,6 @@
 //! The process uses mimalloc, as the `mapek` binary does (ADR 0009).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
@@ -38,7 +37,7 @@ mod common;
 /// The allocator of the `mapek` binary, which runs these workers in production (ADR 0009).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use common::{encode_all, fresh_streams, raw_publish};
+use common::{as_nodes, encode_all, fresh_streams, raw_publish};
 use tokio::sync::watch;
 
 fn nodes() -> usize {
@@ -130,33 +129,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Runs `nodes` the way `mapek sim` or real agents run, apart from the loop: on a thread and a
-/// tokio runtime of their own (the OS schedules them against the workers, not tokio's
-/// cooperative scheduler), with a client connection of their own to `url`. Resolves to what
-/// `nodes` returns. The thread starts at once, before the returned future is awaited.
-fn as_nodes<T, F>(
-    url: &str,
-    nodes: impl FnOnce(JetStream) -> F + Send + 'static,
-) -> impl Future<Output = T>
-where
-    T: Send + 'static,
-    F: Future<Output = T>,
-{
-    let url = url.to_owned();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move { nodes(mapek_bus::connect(&url).await.unwrap()).await })
-    });
-    async move {
-        tokio::task::spawn_blocking(move || thread.join().unwrap())
-            .await
-            .unwrap()
-    }
 }
 
 /// Publish acks in flight for both publishers of part 2 (MAPEK_BENCH_WINDOW, default the

@@ -25,7 +25,7 @@ use mapek_testkit::NatsServer;
 
 mod common;
 
-use common::{encode_all, fresh_streams};
+use common::{as_nodes, encode_all, fresh_streams};
 
 const NODES: usize = 1000;
 const HZ: u64 = 10;
@@ -85,10 +85,9 @@ async fn start_readers(js: &JetStream, started: Instant) -> Waits {
 }
 
 /// Publishes the mesh's telemetry at 10 Hz for `secs`, each tick's samples spread over the
-/// tick a millisecond at a time, on a connection of the nodes' own (run on a thread of its
-/// own).
-async fn publish_mesh(url: &str, secs: u64) -> u64 {
-    let nodes_js = mapek_bus::connect(url).await.unwrap();
+/// tick a millisecond at a time (run by [`as_nodes`]: a thread, a runtime and a connection
+/// of the nodes' own).
+async fn publish_mesh(nodes_js: JetStream, secs: u64) -> u64 {
     let mut mesh = Mesh::new(
         MeshConfig {
             nodes: NODES,
@@ -163,18 +162,7 @@ async fn run(label: &str, env: &[(&str, &str)], secs: u64) -> Tail {
     fresh_streams(&js).await;
     let started = Instant::now();
     let waits = start_readers(&js, started).await;
-    // The nodes on a thread and a runtime of their own, as a process of their own would be.
-    let url = server.url();
-    let nodes = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(publish_mesh(&url, secs))
-    });
-    let published = tokio::task::spawn_blocking(move || nodes.join().unwrap())
-        .await
-        .unwrap();
+    let published = as_nodes(&server.url(), move |nodes_js| publish_mesh(nodes_js, secs)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (waits.lock().unwrap().len() as u64) < published && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -66,4 +67,31 @@ pub async fn raw_publish(
         ack.await.unwrap();
     }
     start.elapsed()
+}
+
+/// Runs `nodes` the way `mapek sim` or real agents run, apart from the loop's workers: on a thread and a
+/// tokio runtime of their own (the OS schedules them against the workers, not tokio's
+/// cooperative scheduler), with a client connection of their own to `url`. Resolves to what
+/// `nodes` returns. The thread starts at once, before the returned future is awaited.
+pub fn as_nodes<T, F>(
+    url: &str,
+    nodes: impl FnOnce(JetStream) -> F + Send + 'static,
+) -> impl Future<Output = T>
+where
+    T: Send + 'static,
+    F: Future<Output = T>,
+{
+    let url = url.to_owned();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move { nodes(mapek_bus::connect(&url).await.unwrap()).await })
+    });
+    async move {
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap()
+    }
 }
