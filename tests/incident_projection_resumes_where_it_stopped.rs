@@ -69,6 +69,15 @@ fn outcome(d: &Decision, resolved: bool) -> Outcome {
     o
 }
 
+/// Offsets `n` into each of the three streams.
+fn through(n: u64) -> Offsets {
+    Offsets {
+        analyze: n,
+        plan: n,
+        knowledge: n,
+    }
+}
+
 /// Projects until the index's offsets reach the streams' ends, then stops the projection.
 async fn project_until_caught_up(
     js: &JetStream,
@@ -283,12 +292,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
             .unwrap_or_else(|_| panic!("the index reaches {want:?} within {within:?}"));
         }
     };
-    let one = Offsets {
-        analyze: 1,
-        plan: 1,
-        knowledge: 1,
-    };
-    reaches(one, Duration::from_secs(20)).await;
+    reaches(through(1), Duration::from_secs(20)).await;
 
     // The server goes away; incident b comes in meanwhile.
     qdrant.stop();
@@ -315,12 +319,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
 
     // Back: the projection goes on from where it was.
     qdrant.restart();
-    let two = Offsets {
-        analyze: 2,
-        plan: 2,
-        knowledge: 2,
-    };
-    reaches(two, Duration::from_secs(30)).await;
+    reaches(through(2), Duration::from_secs(30)).await;
     stop.send(()).unwrap();
     let stats = task.await.unwrap().unwrap();
     assert!(stats.failures > 0, "{stats:?}");

@@ -435,17 +435,8 @@ impl Loop {
                     // The projection counts the writes its store refused; /metrics shows them.
                     let stats = mapek_knowledge::ProjectionStats::default();
                     let watched = stats.clone();
-                    let exporter = tokio::spawn(async move {
-                        let mut exported = 0;
-                        loop {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            let now = watched.total(|c| &c.store_failures);
-                            mapek_loop::metrics::PROJECTION_FAILURES
-                                .with_label_values(&["sql"])
-                                .inc_by(now.saturating_sub(exported));
-                            exported = now;
-                        }
-                    });
+                    let exporter =
+                        FailureExporter::start("sql", move || watched.total(|c| &c.store_failures));
                     let done = mapek_knowledge::project_with(
                         js,
                         model,
@@ -457,7 +448,7 @@ impl Loop {
                         },
                     )
                     .await;
-                    exporter.abort();
+                    exporter.finish();
                     done.map(|()| stats).map_err(|e| failed(&e))
                 }
             },
@@ -479,22 +470,14 @@ impl Loop {
                     // them out); /metrics shows them.
                     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     let watched = failures.clone();
-                    let exporter = tokio::spawn(async move {
-                        let mut exported = 0;
-                        loop {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            let now = watched.load(std::sync::atomic::Ordering::Relaxed);
-                            mapek_loop::metrics::PROJECTION_FAILURES
-                                .with_label_values(&["incidents"])
-                                .inc_by(now.saturating_sub(exported));
-                            exported = now;
-                        }
+                    let exporter = FailureExporter::start("incidents", move || {
+                        watched.load(std::sync::atomic::Ordering::Relaxed)
                     });
                     let done = mapek_vectors::project_with(js, index, failures, async {
                         let _ = stopped.await;
                     })
                     .await;
-                    exporter.abort();
+                    exporter.finish();
                     done.map_err(|e| mapek_bus::BusError::Consumer {
                         stream: "the incident index".into(),
                         detail: e.to_string(),
@@ -505,6 +488,41 @@ impl Loop {
                 format!("{} events, {} incident points written", s.events, s.written)
             },
         );
+    }
+}
+
+/// Adds a projection's failed store reads and writes, as its counter grows, to
+/// `mapek_projection_failures_total{projection}` every 2 s, and once more when it finishes.
+struct FailureExporter {
+    task: tokio::task::JoinHandle<()>,
+    export: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl FailureExporter {
+    /// Starts exporting what `count` (a running total) adds, under the label `projection`.
+    fn start(projection: &'static str, count: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        let exported = std::sync::atomic::AtomicU64::new(0);
+        let export: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let now = count();
+            let before = exported.swap(now, std::sync::atomic::Ordering::Relaxed);
+            mapek_loop::metrics::PROJECTION_FAILURES
+                .with_label_values(&[projection])
+                .inc_by(now.saturating_sub(before));
+        });
+        let periodic = export.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                periodic();
+            }
+        });
+        Self { task, export }
+    }
+
+    /// Stops, exporting what came since the last export.
+    fn finish(self) {
+        self.task.abort();
+        (self.export)();
     }
 }
 
