@@ -69,6 +69,21 @@ fn outcome(d: &Decision, resolved: bool) -> Outcome {
     o
 }
 
+/// Publishes an incident's opening symptom, its decision to `action` and its outcome.
+async fn publish_closed(
+    js: &JetStream,
+    incident: &str,
+    node: &str,
+    ts_ms: i64,
+    action: ActionKind,
+    resolved: bool,
+) {
+    let s = symptom(incident, node, ts_ms, SymptomState::Open);
+    let d = decision(&s, action);
+    let o = outcome(&d, resolved);
+    publish_all(js, &[s], &[d], &[o]).await;
+}
+
 /// Offsets `n` into each of the three streams.
 fn through(n: u64) -> Offsets {
     Offsets {
@@ -260,15 +275,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
             .await
             .unwrap(),
     );
-    let a = symptom("a", "n1", T0, SymptomState::Open);
-    let da = decision(&a, ActionKind::Escalate);
-    publish_all(
-        &js,
-        std::slice::from_ref(&a),
-        std::slice::from_ref(&da),
-        &[outcome(&da, false)],
-    )
-    .await;
+    publish_closed(&js, "a", "n1", T0, ActionKind::Escalate, false).await;
 
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -296,13 +303,13 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
 
     // The server goes away; incident b comes in meanwhile.
     qdrant.stop();
-    let b = symptom("b", "n2", T0 + 60_000, SymptomState::Open);
-    let db = decision(&b, ActionKind::RestartService);
-    publish_all(
+    publish_closed(
         &js,
-        std::slice::from_ref(&b),
-        std::slice::from_ref(&db),
-        &[outcome(&db, true)],
+        "b",
+        "n2",
+        T0 + 60_000,
+        ActionKind::RestartService,
+        true,
     )
     .await;
     tokio::time::timeout(Duration::from_secs(20), async {
