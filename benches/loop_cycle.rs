@@ -18,7 +18,12 @@
 //!    of it. The raw baseline, in the same run, is async-nats JetStream publishing the same
 //!    bytes with the same Nats-Msg-Id and nothing consuming them. Both publish from a thread,
 //!    a runtime and a client connection of their own (the nodes'), the workers read on
-//!    another (the loop's).
+//!    another (the loop's). Between the two, raw publishing again with a bare reader per
+//!    partition that only takes and acknowledges: the server's own cost of delivering each
+//!    event once, the ceiling of any loop that reads what it stores.
+//!
+//! MAPEK_BENCH_NATS_CONFIG adds lines to the server's config (`\n` between them), to profile
+//! it: `MAPEK_BENCH_NATS_CONFIG='prof_port: 6060\nprof_block_rate: 1'`.
 //!
 //! The process uses mimalloc, as the `mapek` binary does (ADR 0009).
 
@@ -83,6 +88,54 @@ fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::
             plan.await.unwrap().unwrap();
         }),
     ]
+}
+
+/// A durable consumer per partition of the monitor stream, named as analyze's, that takes
+/// messages in batches and acknowledges each batch's last, as analyze does, and does nothing
+/// else; they stop when `stop` turns true.
+async fn bare_readers(
+    js: &JetStream,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use futures::StreamExt;
+    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
+    let mut readers = Vec::new();
+    for p in 0..8 {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("analyze-p{p}")),
+                filter_subject: format!("mapek.monitor.{p}.>"),
+                ack_policy: AckPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .messages()
+            .await
+            .unwrap();
+        let mut stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    m = messages.next() => m.unwrap().unwrap(),
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let mut last = first;
+                for _ in 1..256 {
+                    match futures::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(m)) => last = m.unwrap(),
+                        _ => break,
+                    }
+                }
+                last.ack().await.unwrap();
+            }
+        }));
+    }
+    readers
 }
 
 /// Messages the analyze consumers have yet to take.
@@ -261,6 +314,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     }
     events.truncate(burst);
     let messages = encode_all(&events);
+    let messages_again = messages.clone();
 
     // Raw: the same bytes, the same dedup header, nobody consuming. The nodes publish from
     // their own thread and connection, in both.
@@ -270,6 +324,25 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     })
     .await;
     let raw = burst as f64 / raw_took.as_secs_f64();
+
+    // Raw again, with a bare reader per partition that only takes and acknowledges (no
+    // decoding, no stage): the share of the gap that is the server delivering to consumers.
+    fresh_streams(js).await;
+    let (read_tx, read_rx) = watch::channel(false);
+    let readers = bare_readers(js, &read_rx).await;
+    let copy = messages_again.clone();
+    let start = Instant::now();
+    as_nodes(url, move |nodes_js| async move {
+        raw_publish(&nodes_js, &copy, true, window()).await
+    })
+    .await;
+    let raw_published = start.elapsed();
+    wait_drained(js).await;
+    let raw_read = burst as f64 / start.elapsed().as_secs_f64();
+    read_tx.send(true).unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
@@ -286,6 +359,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
         publisher.finish().await
     });
     assert!(published.await.all_acked());
+    let loop_published = start.elapsed();
     wait_drained(js).await;
     let looped = burst as f64 / start.elapsed().as_secs_f64();
     stop_tx.send(true).unwrap();
@@ -297,7 +371,14 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
         nodes()
     );
     println!("   raw JetStream publish, same bytes and Nats-Msg-Id: {raw:>9.0} events/s");
-    println!("   published and analyzed by the loop:               {looped:>9.0} events/s");
+    println!(
+        "   raw, with a bare reader per partition acking:     {raw_read:>9.0} events/s (published in {:.2} s)",
+        raw_published.as_secs_f64()
+    );
+    println!(
+        "   published and analyzed by the loop:               {looped:>9.0} events/s (published in {:.2} s)",
+        loop_published.as_secs_f64()
+    );
     println!("   ratio loop/raw: {:.2} (goal >= 0.5)", looped / raw);
 }
 
@@ -306,7 +387,10 @@ fn main() {
     let burst = env("MAPEK_BENCH_BURST", 200_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let server = NatsServer::start();
+        // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
+        // (`prof_port: 6060`, `prof_block_rate: 1`).
+        let extra = std::env::var("MAPEK_BENCH_NATS_CONFIG").unwrap_or_default();
+        let server = NatsServer::start_with(&extra.replace("\\n", "\n"));
         let js = mapek_bus::connect(&server.url()).await.unwrap();
         println!("loop_cycle: nats-server and the loop on the same 2-core machine");
         cycle_time(&js, &server.url(), seconds).await;

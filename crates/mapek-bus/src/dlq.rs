@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::Message;
-use mapek_codec::{Registry, encode};
+use mapek_codec::{KnownSchema, Registry, encode};
 use mapek_domain::{Phase, Rejected};
 
 use crate::{BusError, JetStream, headers};
@@ -66,7 +66,7 @@ impl DeadLetters {
         let subject = Phase::dlq_subject(rejected.phase.parse().unwrap_or(Phase::Dlq));
         let label = Registry::global()
             .latest("Rejected")
-            .map(|k| k.label())
+            .map(KnownSchema::label)
             .unwrap_or_default();
         let payload = encode(rejected)?;
         let failed = |e: String| BusError::Publish {
@@ -76,7 +76,7 @@ impl DeadLetters {
         self.js
             .publish_with_headers(
                 subject.clone(),
-                headers::for_event(rejected, &label),
+                headers::for_event(rejected, label),
                 payload.into(),
             )
             .await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use bytes::Bytes;
-use mapek_codec::{AvroEvent, Registry, encode};
+use mapek_codec::{AvroEvent, KnownSchema, Registry, encode};
 
 use crate::connect::MAX_ACKS_IN_FLIGHT;
 use crate::{BusError, JetStream, headers};
@@ -103,9 +103,9 @@ impl Publisher {
         let payload = encode(event)?;
         let label = Registry::global()
             .latest(E::SCHEMA)
-            .map(|k| k.label())
+            .map(KnownSchema::label)
             .unwrap_or_default();
-        let mut headers = headers::for_event(event, &label);
+        let mut headers = headers::for_event(event, label);
         if E::PHASE != mapek_domain::Phase::Monitor || cause.is_some() {
             headers.insert(
                 headers::TRACEPARENT,

@@ -2,23 +2,25 @@
 //!
 //! The writer and reader for each schema version are built once, at first use, and kept for
 //! the life of the process: building them resolves the schema's names, which costs more than
-//! encoding a small event.
+//! encoding a small event. Telemetry of the newest version, the hot path, is written and read
+//! by hand ([`crate::telemetry`]), to the same bytes.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
-use mapek_domain::{Event, Invalid, MAX_EVENT_BYTES};
+use mapek_domain::{Event, Invalid, MAX_EVENT_BYTES, Telemetry};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{CodecError, HEADER_LEN, KnownSchema, MAGIC, Registry};
+use crate::{CodecError, HEADER_LEN, KnownSchema, MAGIC, Registry, telemetry};
 
 /// An event that can cross a subject: a domain [`Event`] that serde can write and read.
-pub trait AvroEvent: Event + Serialize + DeserializeOwned {}
+pub trait AvroEvent: Event + Serialize + DeserializeOwned + 'static {}
 
-impl<E: Event + Serialize + DeserializeOwned> AvroEvent for E {}
+impl<E: Event + Serialize + DeserializeOwned + 'static> AvroEvent for E {}
 
 struct Codec {
     known: &'static KnownSchema,
@@ -87,13 +89,18 @@ pub fn encode_into<E: AvroEvent>(event: &E, buf: &mut Vec<u8>) -> Result<(), Cod
     let start = buf.len();
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&codec.known.fingerprint_bytes);
-    codec
-        .writer
-        .write_ser(&mut *buf, event)
-        .map_err(|e| CodecError::Encode {
-            schema: E::SCHEMA,
-            detail: e.to_string(),
-        })?;
+    match (event as &dyn Any).downcast_ref::<Telemetry>() {
+        Some(t) if codec.known.version == telemetry::VERSION => telemetry::write(t, buf),
+        _ => {
+            codec
+                .writer
+                .write_ser(&mut *buf, event)
+                .map_err(|e| CodecError::Encode {
+                    schema: E::SCHEMA,
+                    detail: e.to_string(),
+                })?;
+        }
+    }
     check_size(buf.len() - start).inspect_err(|_| buf.truncate(start))
 }
 
@@ -144,10 +151,14 @@ pub fn decode<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
     }
     let codec = &codecs()[&known.fingerprint];
     let malformed = |detail: String| CodecError::Malformed {
-        schema: known.label(),
+        schema: known.label().to_owned(),
         detail,
     };
     let mut body = &bytes[HEADER_LEN..];
+    if let Some(event) = read_by_hand::<E>(known, body) {
+        event.validate()?;
+        return Ok(event);
+    }
     let event: E = match &codec.upgrade {
         None => codec
             .reader
@@ -168,6 +179,17 @@ pub fn decode<E: AvroEvent>(bytes: &[u8]) -> Result<E, CodecError> {
     }
     event.validate()?;
     Ok(event)
+}
+
+/// `E` read by [`telemetry::read`], if `E` is Telemetry, the datum is of the version it reads
+/// and it reads cleanly; otherwise the generic reader reads it (or says what is wrong).
+fn read_by_hand<E: AvroEvent>(known: &KnownSchema, body: &[u8]) -> Option<E> {
+    let mut slot: Option<E> = None;
+    let out = (&mut slot as &mut dyn Any).downcast_mut::<Option<Telemetry>>()?;
+    if known.version == telemetry::VERSION {
+        *out = telemetry::read(body);
+    }
+    slot
 }
 
 /// Decodes a JSON `E` (field names as in its schema) and checks it against the same rules and

@@ -11,10 +11,12 @@
 //! - [`registry`]: the schemas of `schemas/`, embedded, looked up by fingerprint or name.
 //! - [`codec`]: [`encode`], [`decode`] and [`decode_json`].
 //! - [`error`]: [`CodecError`], what can be wrong with a message.
+//! - [`telemetry`]: the newest Telemetry schema written and read by hand, the hot path.
 
 pub mod codec;
 pub mod error;
 pub mod registry;
+pub mod telemetry;
 
 pub use codec::{AvroEvent, decode, decode_json, encode, encode_into, peek_schema};
 pub use error::CodecError;

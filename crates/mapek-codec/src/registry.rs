@@ -61,12 +61,14 @@ pub struct KnownSchema {
     pub fingerprint: u64,
     /// The fingerprint as it is written in a message header.
     pub fingerprint_bytes: [u8; 8],
+    /// `name/version`, made once: every published event carries it.
+    label: String,
 }
 
 impl KnownSchema {
     /// `name/version`, as in the `Mapek-Schema` header.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.name, self.version)
+    pub fn label(&self) -> &str {
+        &self.label
     }
 }
 
@@ -122,6 +124,7 @@ impl Registry {
                 schema,
                 fingerprint,
                 fingerprint_bytes: bytes,
+                label: format!("{name}/{version}"),
             });
         }
         Ok(registry)
