@@ -1,6 +1,8 @@
 //! `mapek demo`, the README's first command, runs the whole loop on a simulated mesh and ends
 //! with a summary.
 
+use std::collections::BTreeMap;
+
 mod common;
 
 use common::{mapek, run, stderr, stdout};
@@ -49,6 +51,28 @@ fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
         text.contains("DECIDE    reroute n1"),
         "the degraded link is rerouted:\n{text}"
     );
+    // Each action's result is shown after its decision, though the two come from two streams.
+    let mut decided: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words
+            .iter()
+            .position(|w| ["DECIDE", "APPLIED", "REFUSED", "FAILED"].contains(w))
+        else {
+            continue;
+        };
+        let node = words[at - 1];
+        if words[at] == "DECIDE" {
+            *decided.entry(node).or_default() += 1;
+        } else {
+            let left = decided.get_mut(node);
+            assert!(
+                left.as_ref().is_some_and(|n| **n > 0),
+                "a result before its decision: {line}\n{text}"
+            );
+            *left.unwrap() -= 1;
+        }
+    }
     let audit = text
         .lines()
         .find(|l| l.trim_start().starts_with("audit:"))

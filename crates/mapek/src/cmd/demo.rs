@@ -1,6 +1,6 @@
 //! `mapek demo`: the whole loop on a simulated mesh, on one machine, with nothing running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -205,7 +205,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     loop {
         tokio::select! {
             seen = rx.recv() => match seen {
-                Some(seen) => tally.show(seen, start_ms),
+                Some(seen) => print_lines(tally.show(seen, start_ms)),
                 None => break,
             },
             () = &mut done => break,
@@ -219,9 +219,10 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     }
     // What was stored just before the stop is still on its way to the screen.
     while let Ok(Some(seen)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
-        tally.show(seen, start_ms);
+        print_lines(tally.show(seen, start_ms));
     }
     viewers.abort_all();
+    print_lines(tally.show_early(start_ms));
     println!("\n{}", tally.summary(report.ticks, report.commands));
     println!(
         "  knowledge: the read model is in {knowledge_at} (try `mapek status`), the incident \
@@ -281,6 +282,12 @@ fn describe(fault: &Fault) -> String {
     }
 }
 
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 /// What the demo saw, for the running display and the summary.
 #[derive(Default)]
 struct Tally {
@@ -294,10 +301,18 @@ struct Tally {
     outcomes_resolved: u64,
     outcomes_unresolved: u64,
     recovery_ms: Vec<i64>,
+    /// The decisions on the screen, by id.
+    decided: BTreeSet<String>,
+    /// Results that came in before their decision (the two are read from two streams),
+    /// held until it is shown, by decision id.
+    early: BTreeMap<String, Vec<ActionResult>>,
 }
 
 impl Tally {
-    fn show(&mut self, seen: Seen, start_ms: i64) {
+    /// The lines `seen` puts on the screen (none for an update, or for a result held until
+    /// its decision comes, which brings it).
+    fn show(&mut self, seen: Seen, start_ms: i64) -> Vec<String> {
+        let mut out = Vec::new();
         let at = |ts: i64| format!("t+{:>5.1}s", (ts - start_ms) as f64 / 1000.0);
         match seen {
             Seen::Symptom(s) => {
@@ -307,31 +322,39 @@ impl Tally {
                     SymptomState::Update => {}
                 }
                 if s.state != SymptomState::Update {
-                    println!(
+                    out.push(format!(
                         "{}  {:<5}  {:<9} {:<18} {}",
                         at(s.ts_ms),
                         s.node,
                         s.state.as_str().to_uppercase(),
                         s.kind.as_str(),
                         s.summary
-                    );
+                    ));
                 }
                 self.symptoms.insert(s.symptom_id.clone(), s);
             }
             Seen::Decision(d) => {
                 self.decisions += 1;
+                self.decided.insert(d.decision_id.clone());
+                let early = self.early.remove(&d.decision_id);
                 let action = match (&d.action.peer, &d.action.service) {
                     (Some(p), _) => format!("{} {p}", d.action.kind.as_str()),
                     (_, Some(s)) => format!("{} {s}", d.action.kind.as_str()),
                     _ => d.action.kind.as_str().to_owned(),
                 };
-                println!(
+                out.push(format!(
                     "{}  {:<5}  DECIDE    {:<18} {}",
                     at(d.ts_ms),
                     d.node,
                     action,
                     d.reason
-                );
+                ));
+                for r in early.into_iter().flatten() {
+                    out.extend(self.show(Seen::Action(r), start_ms));
+                }
+            }
+            Seen::Action(r) if !self.decided.contains(&r.decision_id) => {
+                self.early.entry(r.decision_id.clone()).or_default().push(r);
             }
             Seen::Action(r) => {
                 match r.status {
@@ -339,19 +362,21 @@ impl Tally {
                     ActionStatus::Refused => self.refused += 1,
                     ActionStatus::Failed => self.failed += 1,
                 }
-                let detail = if r.reason.is_empty() {
-                    format!("{} attempt(s)", r.attempts)
-                } else {
+                let detail = if !r.reason.is_empty() {
                     r.reason.clone()
+                } else if r.attempts == 0 {
+                    "nothing sent to the node".to_owned()
+                } else {
+                    format!("{} attempt(s)", r.attempts)
                 };
-                println!(
+                out.push(format!(
                     "{}  {:<5}  {:<9} {:<18} {}",
                     at(r.ts_ms),
                     r.node,
                     r.status.as_str().to_uppercase(),
                     r.action.kind.as_str(),
                     detail
-                );
+                ));
             }
             Seen::Outcome(o) => {
                 match o.result {
@@ -361,15 +386,28 @@ impl Tally {
                 if let Some(ms) = o.recovery_ms {
                     self.recovery_ms.push(ms);
                 }
-                println!(
+                out.push(format!(
                     "{}  {:<5}  OUTCOME   {:<18} {}",
                     at(o.ts_ms),
                     o.node,
                     o.result.as_str(),
                     o.detail
-                );
+                ));
             }
         }
+        out
+    }
+
+    /// The lines of the results still held for a decision that never came to the screen.
+    fn show_early(&mut self, start_ms: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        for (decision_id, results) in std::mem::take(&mut self.early) {
+            self.decided.insert(decision_id);
+            for r in results {
+                out.extend(self.show(Seen::Action(r), start_ms));
+            }
+        }
+        out
     }
 
     fn summary(&self, ticks: u64, commands: u64) -> String {
@@ -395,5 +433,43 @@ impl Tally {
             self.outcomes_resolved,
             self.outcomes_unresolved
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mapek_testkit::samples;
+
+    use super::*;
+
+    #[test]
+    fn a_result_read_before_its_decision_is_shown_after_it() {
+        let mut tally = Tally::default();
+        let start = samples::TS_MS;
+        assert!(
+            tally
+                .show(Seen::Action(samples::action_result()), start)
+                .is_empty()
+        );
+        let lines = tally.show(Seen::Decision(samples::decision()), start);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("DECIDE"), "{lines:?}");
+        assert!(lines[1].contains("APPLIED"), "{lines:?}");
+        assert_eq!((tally.decisions, tally.applied), (1, 1));
+    }
+
+    #[test]
+    fn a_result_whose_decision_never_came_is_shown_at_the_end() {
+        let mut tally = Tally::default();
+        let start = samples::TS_MS;
+        assert!(
+            tally
+                .show(Seen::Action(samples::action_result()), start)
+                .is_empty()
+        );
+        let lines = tally.show_early(start);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("APPLIED"), "{lines:?}");
+        assert!(tally.show_early(start).is_empty());
     }
 }
