@@ -42,7 +42,7 @@ mod common;
 /// The allocator of the `mapek` binary, which runs these workers in production (ADR 0009).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use common::{as_nodes, encode_all, fresh_streams, raw_publish};
+use common::{as_nodes, encode_all, fresh_streams, partition_readers, raw_publish};
 use tokio::sync::watch;
 
 fn nodes() -> usize {
@@ -97,26 +97,9 @@ async fn bare_readers(
     js: &JetStream,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    use async_nats::jetstream::consumer::{AckPolicy, pull};
     use futures::StreamExt;
-    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
     let mut readers = Vec::new();
-    for p in 0..8 {
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(format!("analyze-p{p}")),
-                filter_subject: format!("mapek.monitor.{p}.>"),
-                ack_policy: AckPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .messages()
-            .await
-            .unwrap();
+    for mut messages in partition_readers(js, "analyze").await {
         let mut stop = stop.clone();
         readers.push(tokio::spawn(async move {
             loop {

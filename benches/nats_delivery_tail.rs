@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt;
 use mapek_bus::{JetStream, headers};
 use mapek_sim::{Mesh, MeshConfig};
@@ -25,7 +24,7 @@ use mapek_testkit::NatsServer;
 
 mod common;
 
-use common::{as_nodes, encode_all, fresh_streams};
+use common::{as_nodes, encode_all, fresh_streams, partition_readers};
 
 const NODES: usize = 1000;
 const HZ: u64 = 10;
@@ -43,25 +42,7 @@ fn seconds() -> u64 {
 /// Eight readers, one per partition, as the analyze workers read.
 async fn start_readers(js: &JetStream, started: Instant) -> Waits {
     let waits = Waits::default();
-    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
-    for p in 0..8 {
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(format!("tail-p{p}")),
-                filter_subject: format!("mapek.monitor.{p}.>"),
-                ack_policy: AckPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .unwrap();
+    for mut messages in partition_readers(js, "tail").await {
         let waits = waits.clone();
         tokio::spawn(async move {
             let mut taken = 0u64;

@@ -7,23 +7,10 @@ mod knowledge_log;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use knowledge_log::{server_with_streams, telemetry};
-use mapek_bus::Publisher;
+use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
 use mapek_domain::Phase;
-use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with, rebuild};
+use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
 use mapek_testkit::TestDatabase;
-use mapek_testkit::samples::TS_MS;
-
-async fn publish(js: &mapek_bus::JetStream, from: i64, count: i64) {
-    let mut p = Publisher::new(js.clone());
-    for i in from..from + count {
-        let n = format!("n{}", i % 11);
-        p.publish(&telemetry(&n, TS_MS + i * 100, 0.5, None))
-            .await
-            .unwrap();
-    }
-    assert_eq!(p.finish().await.failed, 0);
-}
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -63,7 +50,7 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
             .load(Ordering::Relaxed)
     };
 
-    publish(&js, 0, 300).await;
+    publish_samples(&js, 0, 300, 11).await;
     wait_for("the first 300", Duration::from_secs(20), || {
         monitor() == 300
     })
@@ -77,7 +64,7 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
     );
 
     db.cut_off().await;
-    publish(&js, 300, 500).await;
+    publish_samples(&js, 300, 500, 11).await;
     wait_for(
         "failures while Postgres is away",
         Duration::from_secs(20),
@@ -106,13 +93,5 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
         "every sample applied once"
     );
 
-    let fresh = TestDatabase::create().await;
-    let rebuilt = ReadModel::connect(fresh.url()).await.unwrap();
-    rebuilt.migrate().await.unwrap();
-    rebuild(&js, &rebuilt).await.unwrap();
-    assert_eq!(
-        model.snapshot().await.unwrap(),
-        rebuilt.snapshot().await.unwrap(),
-        "the same rows as a rebuild"
-    );
+    assert_same_as_rebuild(&js, &model).await;
 }

@@ -6,30 +6,17 @@
 mod common;
 mod knowledge_log;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::mapek;
-use knowledge_log::{server_with_streams, telemetry};
-use mapek_bus::Publisher;
-use mapek_knowledge::{ReadModel, rebuild};
+use common::{interrupt, mapek};
+use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
+use mapek_knowledge::ReadModel;
 use mapek_testkit::TestDatabase;
 use mapek_testkit::nats::free_port;
-use mapek_testkit::samples::TS_MS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FAILURES: &str = "mapek_projection_failures_total{projection=\"sql\"}";
-
-async fn publish(js: &mapek_bus::JetStream, from: i64, count: i64) {
-    let mut p = Publisher::new(js.clone());
-    for i in from..from + count {
-        let node = format!("n{}", i % 7);
-        p.publish(&telemetry(&node, TS_MS + i * 100, 0.5, None))
-            .await
-            .unwrap();
-    }
-    assert_eq!(p.finish().await.failed, 0);
-}
 
 /// The value of `name` on the process's /metrics page, or `None` if it is not there (yet).
 async fn metric(port: u16, name: &str) -> Option<f64> {
@@ -59,18 +46,6 @@ async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T
     }
 }
 
-fn interrupt(child: Child) -> String {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait for mapek run");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "mapek run failed: {err}");
-    err
-}
-
 #[tokio::test]
 async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_catches_up() {
     let (server, js) = server_with_streams().await;
@@ -97,7 +72,7 @@ async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_cat
             .map(|(_, seq)| seq)
     };
 
-    publish(&js, 0, 70).await;
+    publish_samples(&js, 0, 70, 7).await;
     wait_for("the first samples in the read model", async || {
         (applied().await? == 70).then_some(())
     })
@@ -109,7 +84,7 @@ async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_cat
     assert_eq!(before, 0.0, "no failure while the database is there");
 
     db.cut_off().await;
-    publish(&js, 70, 140).await;
+    publish_samples(&js, 70, 140, 7).await;
     let during = wait_for("failures counted on /metrics", async || {
         metric(port, FAILURES).await.filter(|n| *n >= 2.0)
     })
@@ -117,20 +92,12 @@ async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_cat
     assert_eq!(applied().await, None, "the database is away");
 
     db.restore().await;
-    publish(&js, 210, 70).await;
+    publish_samples(&js, 210, 70, 7).await;
     wait_for("the read model to catch up", async || {
         (applied().await? == 280).then_some(())
     })
     .await;
-    let fresh = TestDatabase::create().await;
-    let rebuilt = ReadModel::connect(fresh.url()).await.unwrap();
-    rebuilt.migrate().await.unwrap();
-    rebuild(&js, &rebuilt).await.unwrap();
-    assert_eq!(
-        model.snapshot().await.unwrap(),
-        rebuilt.snapshot().await.unwrap(),
-        "no gap and no double: the same rows as a rebuild"
-    );
+    assert_same_as_rebuild(&js, &model).await;
     let after = metric(port, FAILURES).await.expect("still on /metrics");
     assert!(
         after >= during,

@@ -5,11 +5,11 @@ mod agent;
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use agent::{decision, publish, start_agent, wait_for, wait_until_partitions_shared};
-use common::{mapek, server_with_streams};
+use common::{interrupt, mapek, server_with_streams};
 use mapek_domain::ActionKind::Reroute;
 use mapek_domain::ActionResult;
 use mapek_testkit::TestRedis;
@@ -25,19 +25,6 @@ fn executor(url: &str, redis: &TestRedis, name: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("start mapek run")
-}
-
-/// Stops `child` as Ctrl-C would, and returns what it wrote to stderr.
-fn interrupt(child: Child) -> String {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait for mapek run");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "mapek run failed: {err}");
-    err
 }
 
 /// The count of decisions in an executor's summary line.

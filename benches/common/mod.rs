@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use mapek_bus::{JetStream, headers, streams};
@@ -94,4 +95,33 @@ where
             .await
             .unwrap()
     }
+}
+
+/// The messages of a durable pull consumer per partition of the monitor stream, named
+/// `<prefix>-p<N>` and filtered as the analyze workers' are, acknowledged cumulatively, in
+/// batches of up to 256.
+pub async fn partition_readers(js: &JetStream, prefix: &str) -> Vec<pull::Stream> {
+    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
+    let mut readers = Vec::new();
+    for p in 0..8 {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("{prefix}-p{p}")),
+                filter_subject: format!("mapek.monitor.{p}.>"),
+                ack_policy: AckPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .unwrap();
+        readers.push(messages);
+    }
+    readers
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use mapek_bus::JetStream;
 use mapek_testkit::NatsServer;
@@ -92,4 +92,18 @@ pub async fn stream_len(js: &JetStream, stream: &str) -> u64 {
         .unwrap()
         .state
         .messages
+}
+
+/// Stops a running `mapek` as Ctrl-C would, checks that it ended well, and returns what it
+/// wrote to stderr.
+pub fn interrupt(child: Child) -> String {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait for mapek");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "mapek failed: {err}");
+    err
 }

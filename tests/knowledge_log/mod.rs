@@ -219,3 +219,30 @@ pub async fn project_all(js: &JetStream, model: &ReadModel) -> ProjectionStats {
 
 /// Keeps `_` imports that only some tests use from warning.
 pub fn _unused(_: Decision) {}
+
+/// Publishes samples `from..from + count`, a tenth of a second apart, from `nodes` nodes in
+/// turn (`n0`, `n1`, …).
+pub async fn publish_samples(js: &JetStream, from: i64, count: i64, nodes: i64) {
+    let mut p = Publisher::new(js.clone());
+    for i in from..from + count {
+        let node = format!("n{}", i % nodes);
+        p.publish(&telemetry(&node, TS_MS + i * 100, 0.5, None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(p.finish().await.failed, 0);
+}
+
+/// Checks that `model` holds exactly the rows a rebuild of the whole log into a fresh database
+/// gives: no gap and no double.
+pub async fn assert_same_as_rebuild(js: &JetStream, model: &ReadModel) {
+    let fresh = mapek_testkit::TestDatabase::create().await;
+    let rebuilt = ReadModel::connect(fresh.url()).await.unwrap();
+    rebuilt.migrate().await.unwrap();
+    mapek_knowledge::rebuild(js, &rebuilt).await.unwrap();
+    assert_eq!(
+        model.snapshot().await.unwrap(),
+        rebuilt.snapshot().await.unwrap(),
+        "the read model and a rebuild from the log differ"
+    );
+}

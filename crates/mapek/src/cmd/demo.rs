@@ -442,15 +442,18 @@ mod tests {
 
     use super::*;
 
+    /// A tally that has read the sample result before its decision.
+    fn result_first() -> Tally {
+        let mut tally = Tally::default();
+        let held = tally.show(Seen::Action(samples::action_result()), samples::TS_MS);
+        assert!(held.is_empty(), "{held:?}");
+        tally
+    }
+
     #[test]
     fn a_result_read_before_its_decision_is_shown_after_it() {
-        let mut tally = Tally::default();
+        let mut tally = result_first();
         let start = samples::TS_MS;
-        assert!(
-            tally
-                .show(Seen::Action(samples::action_result()), start)
-                .is_empty()
-        );
         let lines = tally.show(Seen::Decision(samples::decision()), start);
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].contains("DECIDE"), "{lines:?}");
@@ -460,13 +463,8 @@ mod tests {
 
     #[test]
     fn a_result_whose_decision_never_came_is_shown_at_the_end() {
-        let mut tally = Tally::default();
+        let mut tally = result_first();
         let start = samples::TS_MS;
-        assert!(
-            tally
-                .show(Seen::Action(samples::action_result()), start)
-                .is_empty()
-        );
         let lines = tally.show_early(start);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("APPLIED"), "{lines:?}");
