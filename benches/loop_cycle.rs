@@ -280,6 +280,24 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
     println!("   analyze backlog, sampled each second: at most {max_backlog} messages");
 }
 
+/// Waits until the analyze consumers have taken all `burst` events published since `start`,
+/// then stops `readers`; returns the events per second from `start` to then.
+async fn drained_rate(
+    js: &JetStream,
+    burst: usize,
+    start: Instant,
+    stop: watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+) -> f64 {
+    wait_drained(js).await;
+    let rate = burst as f64 / start.elapsed().as_secs_f64();
+    stop.send(true).unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    rate
+}
+
 async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let mut mesh = Mesh::new(
         MeshConfig {
@@ -319,12 +337,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     })
     .await;
     let raw_published = start.elapsed();
-    wait_drained(js).await;
-    let raw_read = burst as f64 / start.elapsed().as_secs_f64();
-    read_tx.send(true).unwrap();
-    for r in readers {
-        r.await.unwrap();
-    }
+    let raw_read = drained_rate(js, burst, start, read_tx, readers).await;
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
@@ -342,12 +355,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     });
     assert!(published.await.all_acked());
     let loop_published = start.elapsed();
-    wait_drained(js).await;
-    let looped = burst as f64 / start.elapsed().as_secs_f64();
-    stop_tx.send(true).unwrap();
-    for w in workers {
-        w.await.unwrap();
-    }
+    let looped = drained_rate(js, burst, start, stop_tx, workers).await;
     println!(
         "2. sustained rate, a burst of {burst} telemetry events from {} nodes:",
         nodes()
