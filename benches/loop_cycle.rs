@@ -42,7 +42,7 @@ mod common;
 /// The allocator of the `mapek` binary, which runs these workers in production (ADR 0009).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use common::{as_nodes, encode_all, fresh_streams, partition_readers, raw_publish};
+use common::{as_nodes, bare_readers, encode_all, fresh_streams, partition_readers, raw_publish};
 use tokio::sync::watch;
 
 fn nodes() -> usize {
@@ -88,37 +88,6 @@ fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::
             plan.await.unwrap().unwrap();
         }),
     ]
-}
-
-/// A durable consumer per partition of the monitor stream, named as analyze's, that takes
-/// messages in batches and acknowledges each batch's last, as analyze does, and does nothing
-/// else; they stop when `stop` turns true.
-async fn bare_readers(
-    js: &JetStream,
-    stop: &watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    use futures::StreamExt;
-    let mut readers = Vec::new();
-    for mut messages in partition_readers(js, "analyze").await {
-        let mut stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    m = messages.next() => m.unwrap().unwrap(),
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let mut last = first;
-                for _ in 1..256 {
-                    match futures::FutureExt::now_or_never(messages.next()) {
-                        Some(Some(m)) => last = m.unwrap(),
-                        _ => break,
-                    }
-                }
-                last.ack().await.unwrap();
-            }
-        }));
-    }
-    readers
 }
 
 /// Messages the analyze consumers have yet to take.
@@ -330,7 +299,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     // decoding, no stage): the share of the gap that is the server delivering to consumers.
     fresh_streams(js).await;
     let (read_tx, read_rx) = watch::channel(false);
-    let readers = bare_readers(js, &read_rx).await;
+    let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
     let start = Instant::now();
     as_nodes(url, move |nodes_js| async move {
         raw_publish(&nodes_js, &again, true, window()).await

@@ -13,6 +13,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use bytes::Bytes;
 use mapek_bus::{JetStream, headers, streams};
 use mapek_domain::Telemetry;
+use tokio::sync::watch;
 
 /// One pre-encoded message: subject, event id, body.
 pub type RawMessage = (String, String, Bytes);
@@ -101,13 +102,26 @@ where
 /// `<prefix>-p<N>` and filtered as the analyze workers' are, acknowledged cumulatively, in
 /// batches of up to 256.
 pub async fn partition_readers(js: &JetStream, prefix: &str) -> Vec<pull::Stream> {
-    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
+    let filters: Vec<String> = (0..8).map(|p| format!("mapek.monitor.{p}.>")).collect();
+    pull_readers(js, "MAPEK_MONITOR", prefix, &filters).await
+}
+
+/// The messages of a durable pull consumer of `stream` per filter in `filters` (an empty
+/// filter takes the whole stream), named `<prefix>-p<N>`, acknowledged cumulatively, in
+/// batches of up to 256.
+pub async fn pull_readers(
+    js: &JetStream,
+    stream: &str,
+    prefix: &str,
+    filters: &[String],
+) -> Vec<pull::Stream> {
+    let stream = js.get_stream(stream).await.unwrap();
     let mut readers = Vec::new();
-    for p in 0..8 {
+    for (p, filter) in filters.iter().enumerate() {
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(format!("{prefix}-p{p}")),
-                filter_subject: format!("mapek.monitor.{p}.>"),
+                filter_subject: filter.clone(),
                 ack_policy: AckPolicy::All,
                 ..Default::default()
             })
@@ -122,6 +136,115 @@ pub async fn partition_readers(js: &JetStream, prefix: &str) -> Vec<pull::Stream
             .await
             .unwrap();
         readers.push(messages);
+    }
+    readers
+}
+
+/// Lets the monitor stream take fast batches (nats-server 2.14+, `allow_batched`).
+pub async fn allow_batched(js: &JetStream) {
+    let mut stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.allow_batch_publish = true;
+    js.update_stream(config).await.unwrap();
+}
+
+/// Publishes `messages` as one fast batch (ADR-50: `<inbox>.<flow>.ok.<seq>.<op>.$FI`
+/// reply subjects, the server acks every up to `flow` stored messages), with at most two
+/// flows unacknowledged; returns how long until the commit's ack.
+pub async fn fast_publish(js: &JetStream, messages: &[RawMessage], flow: u16) -> Duration {
+    use futures::StreamExt;
+    let client = js.client();
+    let inbox = client.new_inbox();
+    let mut acks = client.subscribe(format!("{inbox}.>")).await.unwrap();
+    let prefix = format!("{inbox}.{flow}.ok.");
+    let start = Instant::now();
+    let mut acked = 0u64;
+    let mut window = u64::from(flow);
+    let n = messages.len() as u64;
+    // A flow ack moves the window; an error or a gap fails the bench; anything else is the
+    // commit's pub ack, which ends the batch (true).
+    let take = |m: async_nats::Message, acked: &mut u64, window: &mut u64| -> bool {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("ack") => {
+                *acked = v["seq"].as_u64().unwrap();
+                *window = v["msgs"].as_u64().unwrap().max(1);
+                false
+            }
+            _ => {
+                assert!(v.get("stream").is_some(), "the fast batch failed: {v}");
+                assert_eq!(v["count"].as_u64(), Some(n), "the batch's count: {v}");
+                true
+            }
+        }
+    };
+    for (i, (subject, id, payload)) in messages.iter().enumerate() {
+        let seq = i as u64 + 1;
+        while seq > 1 && acked + window * 2 < seq {
+            let m = acks.next().await.unwrap();
+            take(m, &mut acked, &mut window);
+        }
+        let op = if seq == 1 { 0 } else { 1 };
+        let mut h = HeaderMap::new();
+        h.insert(headers::MSG_ID, id.as_str());
+        client
+            .publish_with_reply_and_headers(
+                subject.clone(),
+                format!("{prefix}{seq}.{op}.$FI"),
+                h,
+                payload.clone(),
+            )
+            .await
+            .unwrap();
+        if seq == 1 {
+            let m = acks.next().await.unwrap();
+            take(m, &mut acked, &mut window);
+        }
+    }
+    client
+        .publish_with_reply(
+            messages[0].0.clone(),
+            format!("{prefix}{}.3.$FI", n + 1),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    loop {
+        let m = acks.next().await.unwrap();
+        if take(m, &mut acked, &mut window) {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
+/// Bare readers: a task per pull stream that takes messages in batches of up to 256 and
+/// acknowledges each batch's last (as analyze does with `AckPolicy::All`), and does nothing
+/// else; they stop when `stop` turns true.
+pub fn bare_readers(
+    streams: Vec<pull::Stream>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt;
+    let mut readers = Vec::new();
+    for mut messages in streams {
+        let mut stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    m = messages.next() => m.unwrap().unwrap(),
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let mut last = first;
+                for _ in 1..256 {
+                    match futures::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(m)) => last = m.unwrap(),
+                        _ => break,
+                    }
+                }
+                last.ack().await.unwrap();
+            }
+        }));
     }
     readers
 }
