@@ -29,6 +29,7 @@
 //!   [`command::CommandReply`] over request/reply on `mapek.cmd.<node>`.
 //! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
 //! - [`headers`]: the mapek headers every message carries.
+//! - [`trace`]: the loop's spans, through OpenTelemetry's global tracer.
 //! - [`error`]: [`BusError`], what can go wrong.
 
 pub mod command;
@@ -41,6 +42,7 @@ pub mod inbox;
 pub mod publisher;
 pub mod streams;
 pub mod subscriber;
+pub mod trace;
 
 pub use connect::{NatsSecurity, connect, connect_client, connect_client_with, connect_with};
 pub use dlq::DeadLetters;

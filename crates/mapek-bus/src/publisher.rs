@@ -6,7 +6,7 @@
 //! Every event carries its id as `Nats-Msg-Id`: a retried run stores nothing twice.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -100,6 +100,17 @@ impl Publisher {
         event: &E,
         cause: Option<&HeaderMap>,
     ) -> Result<(), BusError> {
+        self.publish_traced(event, cause, SystemTime::now()).await
+    }
+
+    /// Like [`Publisher::publish_caused_by`], for a phase that took `cause` up at `started`:
+    /// the span it records ([`crate::trace::record_span`]) runs from then to now.
+    pub async fn publish_traced<E: AvroEvent>(
+        &mut self,
+        event: &E,
+        cause: Option<&HeaderMap>,
+        started: SystemTime,
+    ) -> Result<(), BusError> {
         let payload = encode(event)?;
         let label = Registry::global()
             .latest(E::SCHEMA)
@@ -117,7 +128,11 @@ impl Publisher {
         }
         let subject = E::PHASE.subject(event.node());
         self.publish_raw(subject, headers, payload.into(), event.event_id())
-            .await
+            .await?;
+        if E::PHASE != mapek_domain::Phase::Monitor || cause.is_some() {
+            crate::trace::record_span(event, cause, started);
+        }
+        Ok(())
     }
 
     /// Sends an already encoded message. `event_id` is only for the report; the dedup key is

@@ -585,6 +585,8 @@ impl Executor {
     }
 
     async fn handle(&mut self, delivery: Delivery<Decision>) -> Result<(), BusError> {
+        // Where the span of this decision's result starts (mapek_bus::trace).
+        let started = std::time::SystemTime::now();
         let decision = &delivery.event;
         let seq = delivery.stream_seq;
         self.stats.processed += 1;
@@ -602,7 +604,7 @@ impl Executor {
             self.chain.as_mut().map(|c| c.check(partition, decision)),
         ) {
             let result = execute::unverified(decision, &broken.to_string());
-            self.record(&result, delivery.message().headers.as_ref())
+            self.record(&result, delivery.message().headers.as_ref(), started)
                 .await?;
             self.held.remove(&seq);
             return self.ack(delivery).await;
@@ -618,7 +620,7 @@ impl Executor {
             let waited = waited_ms(&delivery);
             if waited > max_wait as i64 {
                 let result = mapek_domain::execute::stale(decision, waited, max_wait as i64);
-                self.record(&result, delivery.message().headers.as_ref())
+                self.record(&result, delivery.message().headers.as_ref(), started)
                     .await?;
                 self.held.remove(&seq);
                 return self.ack(delivery).await;
@@ -702,7 +704,7 @@ impl Executor {
             }
         };
         let recorded = self
-            .record(&result, delivery.message().headers.as_ref())
+            .record(&result, delivery.message().headers.as_ref(), started)
             .await;
         if let Some(judge) = self.judge.as_ref().map(|j| &j.lock) {
             match &lease {
@@ -764,14 +766,17 @@ impl Executor {
         execute::failed(decision, &reason, attempts)
     }
 
-    /// Publishes `result` (in the trace of the decision's message, `cause`), waits until it
-    /// is stored, and folds it into the interlocks.
+    /// Publishes `result` (in the trace of the decision's message, `cause`, its span from
+    /// `started`), waits until it is stored, and folds it into the interlocks.
     async fn record(
         &mut self,
         result: &ActionResult,
         cause: Option<&async_nats::HeaderMap>,
+        started: std::time::SystemTime,
     ) -> Result<(), BusError> {
-        self.publisher.publish_caused_by(result, cause).await?;
+        self.publisher
+            .publish_traced(result, cause, started)
+            .await?;
         self.publisher.flush().await;
         let failed = self.publisher.report().failed;
         if failed > 0 {

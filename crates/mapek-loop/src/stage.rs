@@ -134,8 +134,15 @@ pub async fn run_stage<S: Stage>(
                 decided_at.push(delivery.event.ts_ms());
             }
             let cause = delivery.message().headers.as_ref();
+            // The outputs' spans start with the step (mapek_bus::trace); the clock is read
+            // only for a step that has outputs.
+            let span_started = if outs.is_empty() {
+                std::time::SystemTime::UNIX_EPOCH
+            } else {
+                std::time::SystemTime::now() - step_started.elapsed()
+            };
             for out in outs {
-                publisher.publish_caused_by(&out, cause).await?;
+                publisher.publish_traced(&out, cause, span_started).await?;
                 stats.emitted += 1;
                 outputs += 1;
             }

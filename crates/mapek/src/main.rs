@@ -6,6 +6,7 @@
 mod cmd;
 mod config;
 mod embedded;
+mod otel;
 mod shutdown;
 mod time_arg;
 
