@@ -1,7 +1,7 @@
 //! An SRE with an OpenTelemetry collector names it in `OTEL_EXPORTER_OTLP_ENDPOINT` and finds
-//! each incident's work in it: `mapek run` exports the span of every symptom and decision it
-//! publishes, with the ids their `traceparent` headers carry, each under its cause's span (an
-//! agent's telemetry span when the agent traced it).
+//! each incident's work in it: `mapek run` exports the span of every symptom, decision and
+//! action result it publishes, with the ids their `traceparent` headers carry, each under its
+//! cause's span (an agent's telemetry span when the agent traced it).
 
 mod agent;
 mod common;
@@ -85,6 +85,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mapek_run_exports_the_incidents_spans_to_an_otlp_collector() {
     let (server, js, _client) = agent::setup().await;
+    agent::start_agent(&server.url()).await;
     let (endpoint, spans) = collector().await;
     let data = tempfile::tempdir().unwrap();
     let child = common::mapek(&server.url())
@@ -99,16 +100,17 @@ async fn mapek_run_exports_the_incidents_spans_to_an_otlp_collector() {
         .expect("start mapek run");
     publish_lossy_telemetry(&js).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let decisions = loop {
-        let decisions = contexts(&js, "MAPEK_PLAN").await;
-        if decisions.len() >= 2 {
-            break decisions;
+    let results = loop {
+        let results = contexts(&js, "MAPEK_EXECUTE").await;
+        if results.len() >= 2 {
+            break results;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{decisions:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{results:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let err = common::interrupt(child); // sends what is still batched
     assert!(err.contains(&format!("spans to {endpoint}")), "{err}");
+    let decisions = contexts(&js, "MAPEK_PLAN").await;
     let symptoms = contexts(&js, "MAPEK_ANALYZE").await;
     let spans = spans.lock().unwrap().clone();
 
@@ -130,13 +132,19 @@ async fn mapek_run_exports_the_incidents_spans_to_an_otlp_collector() {
                 .map(|(_, tp, _)| tp.clone())
                 .unwrap()
         };
-        let (symptom, decision) = (of(&symptoms), of(&decisions));
+        let (symptom, decision, result) = (of(&symptoms), of(&decisions), of(&results));
         let (service, s) = span_of(&symptom);
         let (_, d) = span_of(&decision);
+        let (_, r) = span_of(&result);
         assert!(service.contains("mapek-under-test"), "{service}");
         assert_eq!(
-            (s.name.as_str(), d.name.as_str()),
-            ("mapek.analyze", "mapek.plan")
+            (s.name.as_str(), d.name.as_str(), r.name.as_str()),
+            ("mapek.analyze", "mapek.plan", "mapek.execute")
+        );
+        assert_eq!(
+            hex(&r.parent_span_id),
+            hex(&d.span_id),
+            "the result's parent"
         );
         assert_eq!(
             hex(&d.parent_span_id),
