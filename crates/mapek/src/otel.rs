@@ -47,20 +47,20 @@ pub fn install() -> anyhow::Result<Option<Spans>> {
         .with_resource(Resource::builder().with_service_name(service).build())
         .build();
     global::set_tracer_provider(provider.clone());
+    eprintln!("mapek: spans to {endpoint} (OTLP over HTTP)");
     Ok(Some(Spans { provider, endpoint }))
 }
 
 impl Spans {
-    /// Where the spans go, for the start-up line.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// Sends the spans still batched and stops the exporter (it blocks up to its timeout).
-    pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
-            eprintln!("warning: spans not all exported to {}: {e}", self.endpoint);
-        }
+    /// Sends the spans still batched and stops the exporter. Its last send blocks (up to the
+    /// exporter's timeout), so it runs off the runtime's threads.
+    pub async fn shutdown(self) {
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = self.provider.shutdown() {
+                eprintln!("warning: spans not all exported to {}: {e}", self.endpoint);
+            }
+        })
+        .await;
     }
 }
 

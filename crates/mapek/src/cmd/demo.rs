@@ -185,6 +185,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     ));
     viewers.spawn(forward::<Outcome>(js.clone(), Seen::Outcome, tx, since));
 
+    let spans = crate::otel::install()?;
     let mut tasks = JoinSet::new();
     workers.spawn(&js, &client, PhaseArg::All, &shutdown, &mut tasks);
     let sim_stop = shutdown.clone();
@@ -216,6 +217,9 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         if let Ok(Err(e)) = done {
             eprintln!("error: {e:#}");
         }
+    }
+    if let Some(spans) = spans {
+        spans.shutdown().await;
     }
     // What was stored just before the stop is still on its way to the screen.
     while let Ok(Some(seen)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {

@@ -599,9 +599,6 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     let shutdown = Shutdown::on_ctrl_c(args.duration);
     let _metrics = serve_metrics(&args.metrics_addr).await?;
     let spans = crate::otel::install()?;
-    if let Some(spans) = &spans {
-        eprintln!("mapek: spans to {} (OTLP over HTTP)", spans.endpoint());
-    }
     let mut tasks = JoinSet::new();
     workers.spawn(&js, &client, args.phase, &shutdown, &mut tasks);
     eprintln!(
@@ -626,8 +623,7 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode>
         }
     }
     if let Some(spans) = spans {
-        // The exporter's last send blocks: off the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        spans.shutdown().await;
     }
     Ok(if failed {
         ExitCode::FAILURE
