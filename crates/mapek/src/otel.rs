@@ -5,6 +5,7 @@
 //! provider that batches spans to that collector (protobuf over HTTP; `/v1/traces` is appended
 //! to the general endpoint). `OTEL_SERVICE_NAME` names the service (default `mapek`); the
 //! exporter's other variables (`OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, …) apply as usual.
+//! Plain HTTP only: the exporter's HTTP client is built without TLS (docs/operations.md).
 //! Without them nothing is installed, and recording a span costs next to nothing.
 
 use anyhow::Context as _;
