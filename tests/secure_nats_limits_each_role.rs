@@ -5,30 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{mapek, run, stderr, stdout, stream_len};
+use common::{certificates, mapek, repo, run, stderr, stdout, stream_len};
 use mapek_bus::NatsSecurity;
 use mapek_testkit::NatsServer;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Certificates from deploy/certs/gen.sh: the CA, the server, `mapek`, and agent `n1`.
-fn certificates(dir: &Path) {
-    let out = Command::new(repo().join("deploy/certs/gen.sh"))
-        .arg(dir)
-        .env("AGENTS", "n1")
-        .output()
-        .expect("run deploy/certs/gen.sh");
-    assert!(
-        out.status.success(),
-        "gen.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// secure.conf's tls block with the test's certificates, and permissions.conf with the users
 /// agent-users.sh writes for `n1`.

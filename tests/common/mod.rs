@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use mapek_bus::JetStream;
@@ -106,4 +107,24 @@ pub fn interrupt(child: Child) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "mapek failed: {err}");
     err
+}
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Certificates from deploy/certs/gen.sh in `dir`: the CA, the server's (for localhost and
+/// 127.0.0.1), `mapek`'s, and agent `n1`'s.
+pub fn certificates(dir: &Path) {
+    let out = Command::new(repo().join("deploy/certs/gen.sh"))
+        .arg(dir)
+        .env("AGENTS", "n1")
+        .output()
+        .expect("run deploy/certs/gen.sh");
+    assert!(
+        out.status.success(),
+        "gen.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

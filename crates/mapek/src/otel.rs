@@ -5,12 +5,14 @@
 //! provider that batches spans to that collector (protobuf over HTTP; `/v1/traces` is appended
 //! to the general endpoint). `OTEL_SERVICE_NAME` names the service (default `mapek`); the
 //! exporter's other variables (`OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, …) apply as usual.
-//! Plain HTTP only: the exporter's HTTP client is built without TLS (docs/operations.md).
+//! An `https://` endpoint is reached over rustls, trusting the system's roots and the CA in
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`, with a client certificate for mutual TLS if given.
 //! Without them nothing is installed, and recording a span costs next to nothing.
 
 use anyhow::Context as _;
 use opentelemetry::global;
 use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_otlp::WithHttpConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 
@@ -28,14 +30,14 @@ pub struct Spans {
 
 /// Installs the OTLP span exporter if a collector is named; returns it to shut down at exit.
 pub fn install() -> anyhow::Result<Option<Spans>> {
-    let Some(endpoint) = ENDPOINTS
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-    else {
+    let Some(endpoint) = var(&ENDPOINTS) else {
         return Ok(None);
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(
+            http_client().with_context(|| format!("cannot export spans to {endpoint}"))?,
+        )
         .build()
         .with_context(|| format!("cannot export spans to {endpoint}"))?;
     let service = std::env::var("OTEL_SERVICE_NAME")
@@ -63,6 +65,61 @@ impl Spans {
         })
         .await;
     }
+}
+
+/// The first of `names` set in the environment, not empty.
+fn var(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The exporter's HTTP client: rustls (ring) over the system's roots, plus the CA in
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, with the client certificate and key in
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` for mutual TLS (each also as
+/// `OTEL_EXPORTER_OTLP_TRACES_…`).
+fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
+    // Another part may have installed it first; either way ring is the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::blocking::Client::builder();
+    let read = |path: &str, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {path}"))
+    };
+    if let Some(ca) = var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]) {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(&ca, "collector's CA")?)
+            .with_context(|| format!("{ca} holds no PEM certificate"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    let cert = var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    ]);
+    let key = var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    ]);
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(&cert, "client certificate")?;
+            pem.extend(read(&key, "client key")?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .with_context(|| format!("{cert} and {key} are not a certificate and its key"))?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => anyhow::bail!(
+            "set both OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY, \
+             or neither"
+        ),
+    }
+    // The blocking client runs a runtime of its own: build it off this one's threads.
+    std::thread::spawn(move || builder.build())
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the HTTP client panicked"))?
+        .context("cannot build the HTTP client")
 }
 
 /// Gives a loop span the ids its event's `traceparent` carries, any other span random ones.
