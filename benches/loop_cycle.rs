@@ -42,7 +42,9 @@ mod common;
 /// The allocator of the `mapek` binary, which runs these workers in production (ADR 0009).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use common::{as_nodes, bare_readers, encode_all, fresh_streams, partition_readers, raw_publish};
+use common::{
+    as_nodes, bare_readers, burst_events, encode_all, fresh_streams, partition_readers, raw_publish,
+};
 use tokio::sync::watch;
 
 fn nodes() -> usize {
@@ -268,21 +270,7 @@ async fn drained_rate(
 }
 
 async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
-    let mut mesh = Mesh::new(
-        MeshConfig {
-            nodes: nodes(),
-            ..MeshConfig::default()
-        },
-        7,
-    )
-    .unwrap();
-    let mut events = Vec::with_capacity(burst);
-    let mut tick = 0i64;
-    while events.len() < burst {
-        events.extend(mesh.tick(1_795_867_200_000 + tick * 100));
-        tick += 1;
-    }
-    events.truncate(burst);
+    let events = burst_events(nodes(), burst);
     let messages = encode_all(&events);
     let again = messages.clone();
 

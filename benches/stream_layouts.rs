@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::Config;
 use mapek_bus::JetStream;
-use mapek_sim::{Mesh, MeshConfig};
 use mapek_testkit::NatsServer;
 use tokio::sync::watch;
 
 mod common;
 
-use common::{RawMessage, as_nodes, bare_readers, encode_all, fresh_streams, pull_readers};
+use common::{
+    RawMessage, as_nodes, bare_readers, burst_events, encode_all, fresh_streams, pull_readers,
+};
 
 /// The allocator of the `mapek` binary (ADR 0009).
 #[global_allocator]
@@ -178,19 +179,7 @@ async fn measure(
 fn main() {
     let burst = env("MAPEK_BENCH_BURST", 200_000);
     let rounds = env("MAPEK_BENCH_ROUNDS", 2);
-    let config = MeshConfig {
-        nodes: env("MAPEK_BENCH_NODES", 1000),
-        ..MeshConfig::default()
-    };
-    let mut mesh = Mesh::new(config, 7).unwrap();
-    let mut events = Vec::with_capacity(burst);
-    let mut tick = 0i64;
-    while events.len() < burst {
-        events.extend(mesh.tick(1_795_867_200_000 + tick * 100));
-        tick += 1;
-    }
-    events.truncate(burst);
-    let messages = encode_all(&events);
+    let messages = encode_all(&burst_events(env("MAPEK_BENCH_NODES", 1000), burst));
     let mut subjects: Vec<String> = messages.iter().map(|m| m.0.clone()).collect();
     subjects.sort();
     subjects.dedup();

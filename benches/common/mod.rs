@@ -27,6 +27,23 @@ pub async fn fresh_streams(js: &JetStream) {
     streams::apply(js, &streams::builtin()).await.unwrap();
 }
 
+/// `count` telemetry samples of a seeded mesh of `nodes` nodes, tick after tick (100 ms apart).
+pub fn burst_events(nodes: usize, count: usize) -> Vec<Telemetry> {
+    let config = mapek_sim::MeshConfig {
+        nodes,
+        ..mapek_sim::MeshConfig::default()
+    };
+    let mut mesh = mapek_sim::Mesh::new(config, 7).unwrap();
+    let mut events = Vec::with_capacity(count);
+    let mut tick = 0i64;
+    while events.len() < count {
+        events.extend(mesh.tick(1_795_867_200_000 + tick * 100));
+        tick += 1;
+    }
+    events.truncate(count);
+    events
+}
+
 /// The messages a publisher of `events` sends: the same subjects, ids and bytes.
 pub fn encode_all(events: &[Telemetry]) -> Vec<RawMessage> {
     events
