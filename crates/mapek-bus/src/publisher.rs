@@ -117,7 +117,9 @@ impl Publisher {
             .map(KnownSchema::label)
             .unwrap_or_default();
         let mut headers = headers::for_event(event, label);
-        if E::PHASE != mapek_domain::Phase::Monitor || cause.is_some() {
+        // Telemetry starts no trace of its own; everything after it, or caused, is traced.
+        let traced = E::PHASE != mapek_domain::Phase::Monitor || cause.is_some();
+        if traced {
             headers.insert(
                 headers::TRACEPARENT,
                 headers::child_traceparent(event, cause).as_str(),
@@ -129,7 +131,7 @@ impl Publisher {
         let subject = E::PHASE.subject(event.node());
         self.publish_raw(subject, headers, payload.into(), event.event_id())
             .await?;
-        if E::PHASE != mapek_domain::Phase::Monitor || cause.is_some() {
+        if traced {
             crate::trace::record_span(event, cause, started);
         }
         Ok(())
