@@ -19,6 +19,8 @@
 //! - `one stream, no transform`: no subject transform, one unfiltered consumer;
 //! - `N streams`: the node subjects split over N streams (explicit subject lists), one
 //!   unfiltered consumer each.
+//! - `mapped`: ADR 0012's proposal, on a second server whose account maps each node's subject
+//!   to its partition: the 8 partitions over 1 or 2 streams, a consumer per partition.
 //!
 //! nats-server runs a stream's ingest, its publish acks and every delivery of its consumers on
 //! one goroutine per stream: the layouts with more streams show what that costs on 2 cores.
@@ -56,7 +58,14 @@ enum Layout {
     OneReader { transform: bool },
     /// The node subjects split over this many streams, one unfiltered consumer each.
     Split(usize),
+    /// ADR 0012's proposal, on a server that maps `mapek.monitor.<node>` to its partition
+    /// ([`MAPPING`]): the 8 partitions over this many streams, a consumer per partition.
+    Mapped(usize),
 }
+
+/// The server-side account mapping ADR 0012 proposes.
+const MAPPING: &str =
+    "mappings = {\n  \"mapek.monitor.*\": \"mapek.monitor.{{partition(8,1)}}.{{wildcard(1)}}\"\n}";
 
 impl Layout {
     fn label(self) -> String {
@@ -66,6 +75,7 @@ impl Layout {
             Layout::OneReader { transform: true } => "one stream, one reader".into(),
             Layout::OneReader { transform: false } => "one stream, no transform".into(),
             Layout::Split(n) => format!("{n} streams, a reader each"),
+            Layout::Mapped(n) => format!("mapped, 8 partitions over {n} stream(s)"),
         }
     }
 
@@ -108,6 +118,31 @@ impl Layout {
                     .await
                     .unwrap();
                     streams.push((name, vec![String::new()]));
+                }
+                streams
+            }
+            Layout::Mapped(n) => {
+                js.delete_stream("MAPEK_MONITOR").await.unwrap();
+                let mut streams = Vec::new();
+                for i in 0..n {
+                    let name = format!("LAYOUT_{i}");
+                    let mine: Vec<usize> = (i..8).step_by(n).collect();
+                    js.create_stream(Config {
+                        name: name.clone(),
+                        subjects: mine
+                            .iter()
+                            .map(|p| format!("mapek.monitor.{p}.*"))
+                            .collect(),
+                        duplicate_window: Duration::from_secs(120),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                    let filters = mine
+                        .iter()
+                        .map(|p| format!("mapek.monitor.{p}.>"))
+                        .collect();
+                    streams.push((name, filters));
                 }
                 streams
             }
@@ -192,6 +227,7 @@ fn main() {
         Layout::Split(4),
         Layout::Split(8),
     ];
+    let mapped = [Layout::Mapped(1), Layout::Mapped(2)];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let server = NatsServer::start();
@@ -205,9 +241,16 @@ fn main() {
             "{:<38} {:>14} {:>20} {:>6}",
             "layout", "publish alone", "with bare readers", "ratio"
         );
+        // A second server, with the mapping: it changes every monitor subject it takes.
+        let mapping = NatsServer::start_with(MAPPING);
+        let mapping_js = mapek_bus::connect(&mapping.url()).await.unwrap();
         for _ in 0..rounds {
-            for layout in layouts {
-                let (alone, read) = measure(&js, &server.url(), layout, &messages, &subjects).await;
+            let runs = layouts
+                .iter()
+                .map(|l| (l, &js, &server))
+                .chain(mapped.iter().map(|l| (l, &mapping_js, &mapping)));
+            for (layout, js, server) in runs {
+                let (alone, read) = measure(js, &server.url(), *layout, &messages, &subjects).await;
                 println!(
                     "{:<38} {alone:>10.0} ev/s {read:>16.0} ev/s {:>6.2}",
                     layout.label(),
