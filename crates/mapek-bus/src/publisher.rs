@@ -118,12 +118,10 @@ impl Publisher {
             .unwrap_or_default();
         let mut headers = headers::for_event(event, label);
         // Telemetry starts no trace of its own; everything after it, or caused, is traced.
-        let traced = E::PHASE != mapek_domain::Phase::Monitor || cause.is_some();
-        if traced {
-            headers.insert(
-                headers::TRACEPARENT,
-                headers::child_traceparent(event, cause).as_str(),
-            );
+        let traceparent = (E::PHASE != mapek_domain::Phase::Monitor || cause.is_some())
+            .then(|| headers::child_traceparent(event, cause));
+        if let Some(traceparent) = &traceparent {
+            headers.insert(headers::TRACEPARENT, traceparent.as_str());
             if let Some(state) = cause.and_then(|h| h.get(headers::TRACESTATE)) {
                 headers.insert(headers::TRACESTATE, state.as_str());
             }
@@ -131,8 +129,8 @@ impl Publisher {
         let subject = E::PHASE.subject(event.node());
         self.publish_raw(subject, headers, payload.into(), event.event_id())
             .await?;
-        if traced {
-            crate::trace::record_span(event, cause, started);
+        if let Some(traceparent) = &traceparent {
+            crate::trace::record_span(event, traceparent, cause, started);
         }
         Ok(())
     }

@@ -29,11 +29,16 @@ use crate::headers;
 /// The name of the tracer (the instrumentation scope) the loop's spans come from.
 pub const TRACER: &str = "mapek";
 
-/// Records the span of the phase that published `event` because of the message whose
-/// headers were `cause`, from `started` to now. See the module documentation.
-pub fn record_span<E: AvroEvent>(event: &E, cause: Option<&HeaderMap>, started: SystemTime) {
-    let own = headers::child_traceparent(event, cause);
-    let Some((trace_id, span_id, _)) = span_of(&own) else {
+/// Records the span of the phase that published `event`, whose `traceparent` header is
+/// `own` ([`headers::child_traceparent`]), because of the message whose headers were `cause`,
+/// from `started` to now. See the module documentation.
+pub fn record_span<E: AvroEvent>(
+    event: &E,
+    own: &str,
+    cause: Option<&HeaderMap>,
+    started: SystemTime,
+) {
+    let Some((trace_id, span_id, _)) = span_of(own) else {
         return;
     };
     let parent = cause
