@@ -278,3 +278,36 @@ async fn spans_reach_a_collector_over_tls_that_trusts_the_given_ca() {
         "exported to an untrusted collector"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tls_setting_for_the_collector_stops_mapek_run_with_what_is_wrong() {
+    let (server, _js, _client) = agent::setup().await;
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "not a certificate\n").unwrap();
+    let not_pem = not_pem.path().to_str().unwrap().to_owned();
+    let cases = [
+        (
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            "cannot read the collector's CA /nonexistent/ca.pem",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", not_pem.as_str()),
+            "holds no PEM certificate",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", not_pem.as_str()),
+            "set both OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ),
+    ];
+    for ((name, value), expected) in cases {
+        let mut cmd = common::mapek(&server.url());
+        cmd.args(["run", "--phase", "analyze", "--metrics-addr", "off"])
+            .args(["--duration", "30s"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4318")
+            .env(name, value);
+        let out = common::run(cmd);
+        let err = common::stderr(&out);
+        assert!(!out.status.success(), "{name}={value}: {err}");
+        assert!(err.contains(expected), "{name}={value}: {err}");
+    }
+}

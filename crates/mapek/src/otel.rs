@@ -90,6 +90,8 @@ fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
     ]) {
         let certs = reqwest::Certificate::from_pem_bundle(&read(&ca, "collector's CA")?)
+            .ok()
+            .filter(|certs| !certs.is_empty())
             .with_context(|| format!("{ca} holds no PEM certificate"))?;
         builder = builder.tls_certs_merge(certs);
     }
