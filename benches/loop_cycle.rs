@@ -22,6 +22,10 @@
 //!    partition that only takes and acknowledges: the server's own cost of delivering each
 //!    event once, the ceiling of any loop that reads what it stores.
 //!
+//! The server maps telemetry into partitions as the configs mapek ships do, so the monitor
+//! streams are split (ADR 0012) for the loop and for the raw baseline alike;
+//! MAPEK_BENCH_LAYOUT=single runs both on a server without the mapping (one monitor stream).
+//!
 //! MAPEK_BENCH_NATS_CONFIG adds lines to the server's config (`\n` between them), to profile
 //! it: `MAPEK_BENCH_NATS_CONFIG='prof_port: 6060\nprof_block_rate: 1'`.
 //!
@@ -94,16 +98,18 @@ fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::
 
 /// Messages the analyze consumers have yet to take.
 async fn analyze_backlog(js: &JetStream) -> u64 {
-    let mut stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
     let mut total = 0;
     for p in 0..8 {
+        let name = mapek_bus::layout::stream_for(js, mapek_domain::Phase::Monitor, Some(p))
+            .await
+            .unwrap();
+        let stream = js.get_stream(name).await.unwrap();
         if let Ok(info) = stream.consumer_info(format!("analyze-p{p}")).await {
             total += info.num_pending + info.num_ack_pending as u64;
         } else {
             // Not created yet: everything in that partition is backlog, counted when it is.
         }
     }
-    let _ = stream.info().await;
     total
 }
 
@@ -341,9 +347,18 @@ fn main() {
         // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
         // (`prof_port: 6060`, `prof_block_rate: 1`).
         let extra = std::env::var("MAPEK_BENCH_NATS_CONFIG").unwrap_or_default();
-        let server = NatsServer::start_with(&extra.replace("\\n", "\n"));
+        // MAPEK_BENCH_LAYOUT=single: a server without the telemetry mapping, so telemetry in
+        // one stream (ADR 0012's "before").
+        let single = std::env::var("MAPEK_BENCH_LAYOUT").is_ok_and(|v| v == "single");
+        let extra = extra.replace("\\n", "\n");
+        let server = NatsServer::start_with_options(&extra, &[], !single);
         let js = mapek_bus::connect(&server.url()).await.unwrap();
-        println!("loop_cycle: nats-server and the loop on the same 2-core machine");
+        let layout = if single {
+            "telemetry in one stream (no server mapping)"
+        } else {
+            "telemetry mapped by the server over 2 streams"
+        };
+        println!("loop_cycle: nats-server and the loop on the same 2-core machine; {layout}");
         cycle_time(&js, &server.url(), seconds).await;
         sustained_rate(&js, &server.url(), burst).await;
     });

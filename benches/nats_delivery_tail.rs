@@ -6,7 +6,7 @@
 //!
 //! No mapek worker runs: 1 000 simulated nodes publish their telemetry at 10 Hz (the loop
 //! bench's load, the same encoded bytes and `Nats-Msg-Id`s, from a thread and a runtime of
-//! their own) into the MAPEK_MONITOR stream, and
+//! their own) into the monitor streams (split by the server's mapping, as shipped), and
 //! eight plain async-nats pull consumers, one per partition, read it as the analyze workers
 //! would. For every message: the time from the moment the server stored it to the moment a
 //! consumer received it. Run twice in the same process, each on a fresh server: first with

@@ -1,6 +1,6 @@
 //! `mapek replay verify` throughput: telemetry events per second replayed through the
 //! analyzers (decode, step, compare), against reading the same stream raw with an ordered
-//! consumer in the same run.
+//! consumer per monitor stream in the same run.
 //!
 //! `cargo bench -p mapek-replay --bench replay_verify`   (MAPEK_BENCH_EVENTS=1000000 default)
 //!
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
-use mapek_bus::JetStream;
-use mapek_domain::Telemetry;
+use mapek_bus::{JetStream, layout};
+use mapek_domain::{Phase, Telemetry};
 use mapek_replay::{Range, Source};
 use mapek_sim::{Mesh, MeshConfig, default_script};
 use mapek_testkit::NatsServer;
@@ -68,29 +68,33 @@ async fn store(js: &JetStream, events: Vec<Telemetry>) -> Duration {
     start.elapsed()
 }
 
-/// Reads all of MAPEK_MONITOR through a raw ordered consumer; how long it took.
+/// Reads all of the telemetry through a raw ordered consumer per monitor stream, one stream
+/// after the other; how long it took.
 async fn raw_read(js: &JetStream, expected: u64) -> Duration {
     let start = Instant::now();
-    let stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: "mapek.monitor.>".into(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
     let mut n = 0u64;
     let mut bytes = 0usize;
-    while let Some(m) = messages.next().await {
-        let m = m.unwrap();
-        bytes += m.payload.len();
-        n += 1;
-        if n == expected {
-            break;
+    for stored in layout::streams_of(js, Phase::Monitor).await.unwrap() {
+        let mut stream = js.get_stream(&stored.name).await.unwrap();
+        let held = stream.info().await.unwrap().state.messages;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: "mapek.monitor.>".into(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut read = 0u64;
+        while read < held {
+            let m = messages.next().await.unwrap().unwrap();
+            bytes += m.payload.len();
+            read += 1;
         }
+        n += read;
     }
+    assert_eq!(n, expected);
     assert!(bytes > 0);
     start.elapsed()
 }
@@ -127,7 +131,7 @@ async fn main() {
         best_raw = best_raw.max(raw);
         best_verify = best_verify.max(ver);
     }
-    println!("raw ordered consumer read of MAPEK_MONITOR: {best_raw:.0} events/s");
+    println!("raw ordered consumer read of the monitor streams: {best_raw:.0} events/s");
     println!("mapek replay verify (read + decode + analyze + compare): {best_verify:.0} events/s");
     println!(
         "ratio verify/raw: {:.2} (goal >= 0.50)",

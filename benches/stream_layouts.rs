@@ -11,16 +11,18 @@
 //! that reads what it stores could reach against the raw baseline in that layout.
 //!
 //! The layouts:
-//! - `shipped`: `MAPEK_MONITOR` as `streams/` defines it (the subject transform into 8
-//!   partitions) and a consumer per partition, as analyze reads it;
-//! - `shipped, fast batch`: the same, published as one nats-server 2.14+ fast batch (ADR-50:
-//!   the server acknowledges every up to 500 messages instead of each);
+//! - `one stream`: `MAPEK_MONITOR` as `streams/` defines it (the subject transform into 8
+//!   partitions) on a server without the telemetry mapping, a consumer per partition, as
+//!   analyze reads it;
+//! - `one stream, fast batch`: the same, published as one nats-server 2.14+ fast batch
+//!   (ADR-50: the server acknowledges every up to 500 messages instead of each);
 //! - `one stream, one reader`: the same stream, one unfiltered consumer;
 //! - `one stream, no transform`: no subject transform, one unfiltered consumer;
 //! - `N streams`: the node subjects split over N streams (explicit subject lists), one
 //!   unfiltered consumer each.
-//! - `mapped`: ADR 0012's proposal, on a second server whose account maps each node's subject
-//!   to its partition: the 8 partitions over 1 or 2 streams, a consumer per partition.
+//! - `mapped`: ADR 0012's layout, as shipped, on a second server whose account maps each
+//!   node's subject to its partition: the 8 partitions over 1 or 2 streams, a consumer per
+//!   partition.
 //!
 //! nats-server runs a stream's ingest, its publish acks and every delivery of its consumers on
 //! one goroutine per stream: the layouts with more streams show what that costs on 2 cores.
@@ -52,29 +54,28 @@ fn env(name: &str, default: usize) -> usize {
 /// How the burst is stored and read.
 #[derive(Clone, Copy)]
 enum Layout {
-    /// `streams/`'s MAPEK_MONITOR, a consumer per partition; `fast` publishes one fast batch.
-    Shipped { fast: bool },
+    /// `streams/`'s MAPEK_MONITOR on a server without the mapping, a consumer per partition;
+    /// `fast` publishes one fast batch.
+    Single { fast: bool },
     /// MAPEK_MONITOR (with or without its subject transform), one unfiltered consumer.
     OneReader { transform: bool },
     /// The node subjects split over this many streams, one unfiltered consumer each.
     Split(usize),
-    /// ADR 0012's proposal, on a server that maps `mapek.monitor.<node>` to its partition
-    /// ([`MAPPING`]): the 8 partitions over this many streams, a consumer per partition.
+    /// ADR 0012's layout, on a server that maps `mapek.monitor.<node>` to its partition
+    /// ([`mapek_domain::TELEMETRY_MAPPING`]): the 8 partitions over this many streams, a
+    /// consumer per partition.
     Mapped(usize),
 }
-
-/// The server-side account mapping ADR 0012 proposes.
-const MAPPING: &str =
-    "mappings = {\n  \"mapek.monitor.*\": \"mapek.monitor.{{partition(8,1)}}.{{wildcard(1)}}\"\n}";
 
 impl Layout {
     fn label(self) -> String {
         match self {
-            Layout::Shipped { fast: false } => "shipped (8 partitions, 8 readers)".into(),
-            Layout::Shipped { fast: true } => "shipped, published as a fast batch".into(),
+            Layout::Single { fast: false } => "one stream (8 partitions, 8 readers)".into(),
+            Layout::Single { fast: true } => "one stream, published as a fast batch".into(),
             Layout::OneReader { transform: true } => "one stream, one reader".into(),
             Layout::OneReader { transform: false } => "one stream, no transform".into(),
             Layout::Split(n) => format!("{n} streams, a reader each"),
+            Layout::Mapped(2) => "mapped over 2 streams (as shipped)".into(),
             Layout::Mapped(n) => format!("mapped, 8 partitions over {n} stream(s)"),
         }
     }
@@ -88,7 +89,7 @@ impl Layout {
         fresh_streams(js).await;
         let partitions: Vec<String> = (0..8).map(|p| format!("mapek.monitor.{p}.>")).collect();
         match self {
-            Layout::Shipped { fast } => {
+            Layout::Single { fast } => {
                 if fast {
                     common::allow_batched(js).await;
                 }
@@ -122,7 +123,9 @@ impl Layout {
                 streams
             }
             Layout::Mapped(n) => {
-                js.delete_stream("MAPEK_MONITOR").await.unwrap();
+                for i in 0..8 {
+                    let _ = js.delete_stream(mapek_bus::layout::monitor_stream(i)).await;
+                }
                 let mut streams = Vec::new();
                 for i in 0..n {
                     let name = format!("LAYOUT_{i}");
@@ -151,7 +154,7 @@ impl Layout {
 
     async fn publish(self, url: &str, messages: &[RawMessage]) -> Duration {
         let messages = messages.to_vec();
-        let fast = matches!(self, Layout::Shipped { fast: true });
+        let fast = matches!(self, Layout::Single { fast: true });
         as_nodes(url, move |js| async move {
             if fast {
                 common::fast_publish(&js, &messages, 500).await
@@ -219,8 +222,8 @@ fn main() {
     subjects.sort();
     subjects.dedup();
     let layouts = [
-        Layout::Shipped { fast: false },
-        Layout::Shipped { fast: true },
+        Layout::Single { fast: false },
+        Layout::Single { fast: true },
         Layout::OneReader { transform: true },
         Layout::OneReader { transform: false },
         Layout::Split(2),
@@ -230,7 +233,7 @@ fn main() {
     let mapped = [Layout::Mapped(1), Layout::Mapped(2)];
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let server = NatsServer::start();
+        let server = NatsServer::start_without_mapping();
         let js = mapek_bus::connect(&server.url()).await.unwrap();
         println!(
             "stream_layouts: nats-server, publisher and readers on the same 2-core machine; \
@@ -242,7 +245,7 @@ fn main() {
             "layout", "publish alone", "with bare readers", "ratio"
         );
         // A second server, with the mapping: it changes every monitor subject it takes.
-        let mapping = NatsServer::start_with(MAPPING);
+        let mapping = NatsServer::start();
         let mapping_js = mapek_bus::connect(&mapping.url()).await.unwrap();
         for _ in 0..rounds {
             let runs = layouts

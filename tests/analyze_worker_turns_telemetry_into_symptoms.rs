@@ -33,8 +33,11 @@ fn expected(telemetry: &[Telemetry]) -> Vec<Symptom> {
     telemetry.iter().flat_map(|t| analyzer.step(t)).collect()
 }
 
+/// A server that keeps telemetry in one stream: these tests run one analyze worker over all
+/// of it (no partitions), whose symptoms come in the pure analyzer's order. Workers by
+/// partition, on the split layout, are proven in workers_share_partitions_and_take_over.rs.
 async fn setup() -> (NatsServer, JetStream) {
-    let server = NatsServer::start();
+    let server = NatsServer::start_without_mapping();
     let js = mapek_bus::connect(&server.url()).await.unwrap();
     mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
         .await

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use common::{server_with_streams, stream_len};
+use common::{server_with_streams, stream_len, telemetry_len};
 use mapek_bus::{Inbox, InboxConfig, Subscriber, SubscriberConfig};
 use mapek_codec::encode;
-use mapek_domain::{Rejected, Telemetry};
+use mapek_domain::{NodeId, Rejected, Telemetry};
 use mapek_testkit::samples;
 
 async fn raw(js: &mapek_bus::JetStream, subject: &str, headers: HeaderMap, body: Vec<u8>) {
@@ -82,9 +82,11 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
     let json_ok = serde_json::to_vec(&good(100)).unwrap();
     raw(&js, "mapek.monitor.n1", json.clone(), json_ok).await;
 
-    let mut inbox = Inbox::<Telemetry>::open(&js, InboxConfig::new("analyze-test"))
-        .await
-        .unwrap();
+    // Read as an analyze worker does: n1's partition.
+    let mut config = InboxConfig::new("analyze-test");
+    let partition = mapek_bus::layout::partition_of_node(&NodeId::new("n1").unwrap());
+    config.filter = Some(format!("mapek.monitor.{partition}.>"));
+    let mut inbox = Inbox::<Telemetry>::open(&js, config).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 8 {
         for delivery in inbox.next_batch(Duration::from_secs(2)).await.unwrap() {
@@ -159,7 +161,7 @@ async fn a_two_mebibyte_message_is_refused_by_the_stream_and_nothing_else_is_los
         encode(&samples::telemetry("n1", 2, 1.0)).unwrap(),
     )
     .await;
-    assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 2);
+    assert_eq!(telemetry_len(&js).await, 2);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{mapek, run_with_input, server_with_streams, stderr, stdout, stream_len};
+use common::{mapek, run_with_input, server_with_streams, stderr, stdout, telemetry_len};
 use mapek_bus::Publisher;
 use mapek_testkit::samples;
 
@@ -16,7 +16,7 @@ async fn the_library_stores_a_republished_event_once() {
     let report = publisher.finish().await;
     assert_eq!((report.sent, report.acked, report.duplicates), (2, 1, 1));
     assert!(report.all_acked());
-    assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 1);
+    assert_eq!(telemetry_len(&js).await, 1);
 }
 
 #[tokio::test]
@@ -45,5 +45,5 @@ async fn a_retried_cli_run_stores_nothing_twice() {
         "{}",
         stdout(&out)
     );
-    assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 200);
+    assert_eq!(telemetry_len(&js).await, 200);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{server_with_streams, stream_len};
+use common::{server_with_streams, stream_len, telemetry_len};
 use mapek_bus::{Publisher, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{Rejected, Telemetry};
@@ -46,8 +46,8 @@ async fn every_event_type_round_trips_through_jetstream() {
     round_trip(&js, samples::action_result()).await;
     round_trip(&js, samples::outcome()).await;
     round_trip::<Rejected>(&js, samples::rejected()).await;
+    assert_eq!(telemetry_len(&js).await, 1);
     for (stream, n) in [
-        ("MAPEK_MONITOR", 1),
         ("MAPEK_ANALYZE", 1),
         ("MAPEK_PLAN", 1),
         ("MAPEK_EXECUTE", 1),
@@ -69,7 +69,7 @@ async fn a_pipelined_run_of_thousands_is_all_acknowledged_in_order() {
     let report = publisher.finish().await;
     assert!(report.all_acked(), "{report:?}");
     assert_eq!(report.acked, 5_000);
-    assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 5_000);
+    assert_eq!(telemetry_len(&js).await, 5_000);
 
     // Per node, the subscriber sees the node's events in publish order.
     let mut subscriber =

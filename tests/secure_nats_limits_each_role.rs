@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{certificates, mapek, repo, run, stderr, stdout, stream_len};
+use common::{certificates, mapek, repo, run, stderr, stdout, telemetry_len};
 use mapek_bus::NatsSecurity;
 use mapek_testkit::NatsServer;
 
@@ -59,7 +59,7 @@ async fn workers_and_agents_get_what_their_certificate_allows() {
     apply.args(["streams", "apply"]);
     let out = run(apply);
     assert!(out.status.success(), "streams apply: {}", stderr(&out));
-    assert!(stdout(&out).contains("6 created"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("7 created"), "{}", stdout(&out));
 
     // Agent n1 publishes its own telemetry.
     let mut own = mapek_as(&url, certs.path(), Some("agent-n1"));
@@ -102,5 +102,5 @@ async fn workers_and_agents_get_what_their_certificate_allows() {
     let js = mapek_bus::connect_with(&url, &security)
         .await
         .expect("the workers' certificate connects");
-    assert_eq!(stream_len(&js, "MAPEK_MONITOR").await, 1);
+    assert_eq!(telemetry_len(&js).await, 1);
 }

@@ -1,36 +1,47 @@
-//! `mapek streams apply` creates the six streams, changes nothing the second time, and
-//! updates what differs from a definition.
+//! `mapek streams apply` creates the streams in the layout the server allows, changes nothing
+//! the second time, and updates what differs from a definition.
 
 mod common;
 
-use common::{mapek, run, stderr, stdout};
+use common::{mapek, run, stderr, stdout, telemetry_len};
+use mapek_bus::layout;
+use mapek_domain::{NodeId, Telemetry};
 use mapek_testkit::NatsServer;
 
+const OTHER_STREAMS: [&str; 5] = [
+    "MAPEK_ANALYZE",
+    "MAPEK_PLAN",
+    "MAPEK_EXECUTE",
+    "MAPEK_KNOWLEDGE",
+    "MAPEK_DLQ",
+];
+
 #[test]
-fn apply_creates_the_six_streams_then_changes_nothing() {
+fn apply_on_a_mapping_server_splits_telemetry_over_two_streams_then_changes_nothing() {
     let server = NatsServer::start();
     let mut first = mapek(&server.url());
     first.args(["streams", "apply"]);
     let out = run(first);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for name in [
-        "MAPEK_MONITOR",
-        "MAPEK_ANALYZE",
-        "MAPEK_PLAN",
-        "MAPEK_EXECUTE",
-        "MAPEK_KNOWLEDGE",
-        "MAPEK_DLQ",
-    ] {
+    assert!(
+        text.contains("telemetry: the server maps it into 8 partitions, stored in 2 streams"),
+        "{text}"
+    );
+    for name in ["MAPEK_MONITOR_0", "MAPEK_MONITOR_1"]
+        .into_iter()
+        .chain(OTHER_STREAMS)
+    {
         assert!(text.contains(&format!("{name}: created")), "{text}");
     }
-    assert!(text.contains("6 created, 0 updated, 0 unchanged"), "{text}");
+    assert!(!text.contains("MAPEK_MONITOR:"), "{text}");
+    assert!(text.contains("7 created, 0 updated, 0 unchanged"), "{text}");
 
     let mut second = mapek(&server.url());
     second.args(["streams", "apply"]);
     let text = stdout(&run(second));
     assert!(
-        text.contains("nothing changed: all 6 streams match their definitions"),
+        text.contains("nothing changed: all 7 streams match their definitions"),
         "{text}"
     );
     assert!(
@@ -65,7 +76,152 @@ fn apply_updates_only_the_keys_that_differ() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("MAPEK_PLAN: updated max_age"), "{text}");
-    assert!(text.contains("0 created, 1 updated, 5 unchanged"), "{text}");
+    assert!(text.contains("0 created, 1 updated, 6 unchanged"), "{text}");
+}
+
+#[test]
+fn apply_without_the_mapping_keeps_telemetry_in_one_stream() {
+    let server = NatsServer::start_without_mapping();
+    let mut apply = mapek(&server.url());
+    apply.args(["streams", "apply"]);
+    let out = run(apply);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("telemetry: one stream, MAPEK_MONITOR (the server does not map"),
+        "{text}"
+    );
+    for name in std::iter::once("MAPEK_MONITOR").chain(OTHER_STREAMS) {
+        assert!(text.contains(&format!("{name}: created")), "{text}");
+    }
+    assert!(text.contains("6 created, 0 updated, 0 unchanged"), "{text}");
+}
+
+/// Publishes one sample for each of `nodes` nodes, as an agent does.
+async fn publish_one_each(url: &str, nodes: usize) -> mapek_bus::JetStream {
+    let js = mapek_bus::connect(url).await.unwrap();
+    let mut publisher = mapek_bus::Publisher::new(js.clone());
+    for i in 0..nodes {
+        let node = NodeId::new(format!("n{i}")).unwrap();
+        let sample = Telemetry::new(node, 1_795_867_200_000, [("cpu".to_owned(), 0.5)].into());
+        publisher.publish(&sample).await.unwrap();
+    }
+    assert_eq!(publisher.finish().await.acked, nodes as u64);
+    js
+}
+
+#[tokio::test]
+async fn telemetry_lands_in_the_stream_that_holds_its_nodes_partition() {
+    // Given: a mapping server with four monitor streams.
+    let server = NatsServer::start();
+    let mut apply = mapek(&server.url());
+    apply.args(["streams", "apply", "--monitor-streams", "4"]);
+    let out = run(apply);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("stored in 4 streams"),
+        "{}",
+        stdout(&out)
+    );
+
+    // When: agents publish to mapek.monitor.<node>, unaware of partitions.
+    let js = publish_one_each(&server.url(), 64).await;
+
+    // Then: each sample is stored once, under its partition, in the stream holding it.
+    let streams = layout::streams_of(&js, mapek_domain::Phase::Monitor)
+        .await
+        .unwrap();
+    assert_eq!(streams.len(), 4);
+    assert_eq!(telemetry_len(&js).await, 64);
+    for i in 0..64 {
+        let node = NodeId::new(format!("n{i}")).unwrap();
+        let partition = layout::partition_of_node(&node);
+        let holder = streams.iter().find(|s| s.holds(partition)).unwrap();
+        let stream = js.get_stream(&holder.name).await.unwrap();
+        let subject = format!("mapek.monitor.{partition}.{node}");
+        let stored = stream.get_last_raw_message_by_subject(&subject).await;
+        assert!(stored.is_ok(), "{subject} not in {}", holder.name);
+    }
+}
+
+#[tokio::test]
+async fn an_old_telemetry_stream_with_events_stops_the_switch_with_what_to_do() {
+    // Given: a server that kept telemetry in one stream, then got the mapping.
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "MAPEK_MONITOR".into(),
+        subjects: vec!["mapek.legacy.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("mapek.legacy.n1", "old".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // When: streams are applied.
+    let mut apply = mapek(&server.url());
+    apply.args(["streams", "apply"]);
+    let out = run(apply);
+
+    // Then: it stops, saying what holds what and how to go on; nothing is deleted.
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("MAPEK_MONITOR") && err.contains("holds 1 events") && err.contains("delete"),
+        "{err}"
+    );
+    assert!(js.get_stream("MAPEK_MONITOR").await.is_ok());
+    assert!(js.get_stream("MAPEK_MONITOR_0").await.is_err());
+
+    // And: once it is empty, apply deletes it and goes on.
+    js.get_stream("MAPEK_MONITOR")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let mut again = mapek(&server.url());
+    again.args(["streams", "apply"]);
+    let out = run(again);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("MAPEK_MONITOR: deleted (it was empty"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(js.get_stream("MAPEK_MONITOR").await.is_err());
+}
+
+#[tokio::test]
+async fn monitor_streams_on_a_server_that_lost_its_mapping_are_an_error() {
+    // Given: the split layout's streams on a server that does not map telemetry.
+    let server = NatsServer::start_without_mapping();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "MAPEK_MONITOR_0".into(),
+        subjects: vec!["mapek.monitor.0.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // When: streams are applied.
+    let mut apply = mapek(&server.url());
+    apply.args(["streams", "apply"]);
+    let out = run(apply);
+
+    // Then: it stops and says to put the mapping back.
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("MAPEK_MONITOR_0") && err.contains("Put the mapping back"),
+        "{err}"
+    );
+    assert!(js.get_stream("MAPEK_MONITOR").await.is_err());
 }
 
 #[test]
@@ -102,4 +258,27 @@ fn no_server_is_a_sentence_not_a_backtrace() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn the_shipped_server_configs_map_telemetry_as_the_test_servers_do() {
+    let nats = common::repo().join("deploy/nats");
+    let mapping = std::fs::read_to_string(nats.join("mapping.conf")).unwrap();
+    assert!(
+        mapping
+            .lines()
+            .any(|l| l.trim() == mapek_domain::TELEMETRY_MAPPING),
+        "deploy/nats/mapping.conf does not hold {}",
+        mapek_domain::TELEMETRY_MAPPING
+    );
+    for (config, include) in [
+        ("single.conf", "include ./mapping.conf"),
+        ("secure.conf", "include ./mapping.conf"),
+        ("cluster/n1.conf", "include ../mapping.conf"),
+        ("cluster/n2.conf", "include ../mapping.conf"),
+        ("cluster/n3.conf", "include ../mapping.conf"),
+    ] {
+        let text = std::fs::read_to_string(nats.join(config)).unwrap();
+        assert!(text.lines().any(|l| l.trim() == include), "{config}");
+    }
 }

@@ -23,6 +23,9 @@ pub async fn fresh_streams(js: &JetStream) {
     for def in streams::builtin() {
         let _ = js.delete_stream(def.name()).await;
     }
+    for i in 0..8 {
+        let _ = js.delete_stream(mapek_bus::layout::monitor_stream(i)).await;
+    }
     let _ = js.delete_key_value(mapek_loop::lease::BUCKET).await;
     streams::apply(js, &streams::builtin()).await.unwrap();
 }
@@ -115,12 +118,19 @@ where
     }
 }
 
-/// The messages of a durable pull consumer per partition of the monitor stream, named
-/// `<prefix>-p<N>` and filtered as the analyze workers' are, acknowledged cumulatively, in
-/// batches of up to 256.
+/// The messages of a durable pull consumer per partition of the telemetry, on the monitor
+/// stream that holds it, named `<prefix>-p<N>` and filtered as the analyze workers' are,
+/// acknowledged cumulatively, in batches of up to 256.
 pub async fn partition_readers(js: &JetStream, prefix: &str) -> Vec<pull::Stream> {
-    let filters: Vec<String> = (0..8).map(|p| format!("mapek.monitor.{p}.>")).collect();
-    pull_readers(js, "MAPEK_MONITOR", prefix, &filters).await
+    let mut readers = Vec::new();
+    for p in 0..8 {
+        let stream = mapek_bus::layout::stream_for(js, mapek_domain::Phase::Monitor, Some(p))
+            .await
+            .unwrap();
+        let filter = format!("mapek.monitor.{p}.>");
+        readers.push(pull_reader(js, &stream, &format!("{prefix}-p{p}"), &filter).await);
+    }
+    readers
 }
 
 /// The messages of a durable pull consumer of `stream` per filter in `filters` (an empty
@@ -132,37 +142,45 @@ pub async fn pull_readers(
     prefix: &str,
     filters: &[String],
 ) -> Vec<pull::Stream> {
-    let stream = js.get_stream(stream).await.unwrap();
     let mut readers = Vec::new();
     for (p, filter) in filters.iter().enumerate() {
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(format!("{prefix}-p{p}")),
-                filter_subject: filter.clone(),
-                ack_policy: AckPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .unwrap();
-        readers.push(messages);
+        readers.push(pull_reader(js, stream, &format!("{prefix}-p{p}"), filter).await);
     }
     readers
 }
 
-/// Lets the monitor stream take fast batches (nats-server 2.14+, `allow_batched`).
+/// The messages of the durable pull consumer `durable` of `stream` through `filter`,
+/// acknowledged cumulatively, in batches of up to 256.
+async fn pull_reader(js: &JetStream, stream: &str, durable: &str, filter: &str) -> pull::Stream {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: filter.to_owned(),
+            ack_policy: AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .unwrap()
+}
+
+/// Lets the monitor streams take fast batches (nats-server 2.14+, `allow_batched`).
 pub async fn allow_batched(js: &JetStream) {
-    let mut stream = js.get_stream("MAPEK_MONITOR").await.unwrap();
-    let mut config = stream.info().await.unwrap().config.clone();
-    config.allow_batch_publish = true;
-    js.update_stream(config).await.unwrap();
+    let monitor = mapek_bus::layout::streams_of(js, mapek_domain::Phase::Monitor);
+    for stored in monitor.await.unwrap() {
+        let mut stream = js.get_stream(&stored.name).await.unwrap();
+        let mut config = stream.info().await.unwrap().config.clone();
+        config.allow_batch_publish = true;
+        js.update_stream(config).await.unwrap();
+    }
 }
 
 /// Publishes `messages` as one fast batch (ADR-50: `<inbox>.<flow>.ok.<seq>.<op>.$FI`

@@ -4,15 +4,32 @@
 #
 #   deploy/nats/agent-users.sh n1 n2 n3
 #
-# Each agent may publish only its own telemetry (mapek.monitor.<node>), ask the server
-# whether JetStream is there (the publish ack needs it), and answer only its own commands
-# (mapek.cmd.<node>, replies allowed once per request).
+# Each agent may publish only its own telemetry, ask the server whether JetStream is there
+# (the publish ack needs it), and answer only its own commands (mapek.cmd.<node>, replies
+# allowed once per request).
+#
+# An agent publishes mapek.monitor.<node>. The configs here map that to
+# mapek.monitor.<partition>.<node> before the server checks permissions (docs/adr/0012), so
+# the permission names the mapped subject; the partition is nats-server's own:
+# FNV-1a (32 bit) of the node id, modulo 8. The unmapped subject is allowed too, for a server
+# without the mapping; with it, nothing is ever checked against that subject.
 set -euo pipefail
+
+# The partition nats-server's {{partition(8,1)}} gives a node id.
+partition() {
+  local id=$1 hash=2166136261 i code
+  for ((i = 0; i < ${#id}; i++)); do
+    printf -v code '%d' "'${id:i:1}"
+    hash=$(( ((hash ^ code) * 16777619) & 0xFFFFFFFF ))
+  done
+  echo $(( hash % 8 ))
+}
+
 for node in "$@"; do
   if [[ ! $node =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     echo "agent-users.sh: '$node' is not a node id ([A-Za-z0-9_-]{1,64})" >&2
     exit 2
   fi
-  printf '    { user: "CN=%s", permissions: { publish: ["mapek.monitor.%s", "$JS.API.INFO"], subscribe: ["mapek.cmd.%s", "_INBOX.>"], allow_responses: true } }\n' \
-    "$node" "$node" "$node"
+  printf '    { user: "CN=%s", permissions: { publish: ["mapek.monitor.%s.%s", "mapek.monitor.%s", "$JS.API.INFO"], subscribe: ["mapek.cmd.%s", "_INBOX.>"], allow_responses: true } }\n' \
+    "$node" "$(partition "$node")" "$node" "$node" "$node"
 done

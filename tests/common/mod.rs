@@ -9,9 +9,19 @@ use std::process::{Child, Command, Output, Stdio};
 use mapek_bus::JetStream;
 use mapek_testkit::NatsServer;
 
-/// A fresh nats-server with mapek's streams.
+/// A fresh nats-server with mapek's streams, mapping telemetry into partitions as the configs
+/// mapek ships do (two monitor streams).
 pub async fn server_with_streams() -> (NatsServer, JetStream) {
-    let server = NatsServer::start();
+    with_streams(NatsServer::start()).await
+}
+
+/// A fresh nats-server without the telemetry mapping, with mapek's streams: telemetry in one
+/// stream, `MAPEK_MONITOR`.
+pub async fn server_with_one_telemetry_stream() -> (NatsServer, JetStream) {
+    with_streams(NatsServer::start_without_mapping()).await
+}
+
+async fn with_streams(server: NatsServer) -> (NatsServer, JetStream) {
     let js = mapek_bus::connect(&server.url()).await.expect("connect");
     mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
         .await
@@ -93,6 +103,16 @@ pub async fn stream_len(js: &JetStream, stream: &str) -> u64 {
         .unwrap()
         .state
         .messages
+}
+
+/// How many telemetry events the server holds, over all of its monitor streams.
+pub async fn telemetry_len(js: &JetStream) -> u64 {
+    let mut total = 0;
+    let streams = mapek_bus::layout::streams_of(js, mapek_domain::Phase::Monitor).await;
+    for stored in streams.unwrap() {
+        total += stream_len(js, &stored.name).await;
+    }
+    total
 }
 
 /// Stops a running `mapek` as Ctrl-C would, checks that it ended well, and returns what it

@@ -1,6 +1,7 @@
 //! Durable consumers for workers.
 //!
-//! An [`Inbox`] is a durable pull consumer on one phase's stream (or one partition of it). It
+//! An [`Inbox`] is a durable pull consumer on one phase's stream (or one partition of it, on
+//! the stream that holds the partition: see [`crate::layout`]). It
 //! hands a worker batches of decoded events; a message it cannot decode or validate is stored
 //! in the dead-letter stream with the reason and then terminated, so it is neither retried
 //! forever nor lost, and the good messages around it flow on. The worker acknowledges each
@@ -16,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use mapek_codec::AvroEvent;
 use mapek_domain::Phase;
 
-use crate::{BusError, DeadLetters, JetStream, headers};
+use crate::{BusError, DeadLetters, JetStream, headers, layout};
 
 /// Which durable consumer to read.
 #[derive(Clone, Debug)]
@@ -88,21 +89,25 @@ pub struct Inbox<E> {
     messages: pull::Stream,
     dead_letters: DeadLetters,
     phase: Phase,
+    stream: String,
     batch: usize,
     rejected: u64,
     _event: PhantomData<E>,
 }
 
 impl<E: AvroEvent> Inbox<E> {
-    /// Opens (or creates) the durable consumer of `config` on `E`'s stream.
+    /// Opens (or creates) the durable consumer of `config` on `E`'s stream: the one that
+    /// holds the partition its filter names, when the phase is split over several.
     pub async fn open(js: &JetStream, config: InboxConfig) -> Result<Self, BusError> {
         let phase = E::PHASE;
+        let partition = config.filter.as_deref().and_then(layout::partition_of);
+        let stream_name = layout::stream_for(js, phase, partition).await?;
         let failed = |detail: String| BusError::Consumer {
-            stream: phase.stream().to_owned(),
+            stream: stream_name.clone(),
             detail,
         };
         let stream = js
-            .get_stream(phase.stream())
+            .get_stream(&stream_name)
             .await
             .map_err(|e| failed(format!("{e}; run `mapek streams apply`")))?;
         // Whoever opens the inbox takes it over: messages the previous reader took but never
@@ -152,6 +157,7 @@ impl<E: AvroEvent> Inbox<E> {
             messages,
             dead_letters: DeadLetters::new(js.clone()),
             phase,
+            stream: stream_name,
             batch: config.batch.max(1),
             rejected: 0,
             _event: PhantomData,
@@ -184,7 +190,7 @@ impl<E: AvroEvent> Inbox<E> {
 
     fn failed(&self, detail: String) -> BusError {
         BusError::Consumer {
-            stream: self.phase.stream().to_owned(),
+            stream: self.stream.clone(),
             detail,
         }
     }

@@ -20,6 +20,7 @@
 //! - [`connect`]: connecting (TLS, mutual TLS, credentials: [`NatsSecurity`]), with an error
 //!   that says what to do.
 //! - [`streams`]: the stream definitions of `streams/` and [`streams::apply`].
+//! - [`layout`]: which streams store a phase (telemetry may be split over several).
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
@@ -39,6 +40,7 @@ pub mod dlq;
 pub mod error;
 pub mod headers;
 pub mod inbox;
+pub mod layout;
 pub mod publisher;
 pub mod streams;
 pub mod subscriber;

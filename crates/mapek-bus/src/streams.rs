@@ -3,13 +3,21 @@
 //! A definition is the JetStream API's JSON for a stream config. Applying compares only the
 //! keys a definition names with what the server has, so a server default that the file does
 //! not mention never counts as a change, and a second apply changes nothing.
+//!
+//! Telemetry is stored in one of two layouts ([`crate::layout`]): when the server maps
+//! `mapek.monitor.<node>` into partitions itself, `MAPEK_MONITOR`'s definition is split into
+//! `MAPEK_MONITOR_0` … (a share of the partitions each, no transform); otherwise it is applied
+//! as written. [`apply`] finds out which with a probe that no stream stores.
 
 use std::fmt;
 use std::path::Path;
 
 use async_nats::jetstream::stream::Config;
+use mapek_domain::Phase;
 use serde_json::{Map, Value};
 
+use crate::layout;
+pub use crate::layout::DEFAULT_MONITOR_STREAMS;
 use crate::{BusError, JetStream};
 
 /// The definitions in `streams/`, compiled in.
@@ -98,6 +106,32 @@ impl StreamDef {
         &self.config.name
     }
 
+    /// The monitor stream `index` of `count` in the mapped layout, made from this (the
+    /// `MAPEK_MONITOR`) definition: named `MAPEK_MONITOR_<index>`, taking the stored subjects
+    /// of its partitions as they come from the server's mapping, with no transform.
+    fn monitor_share(&self, index: usize, count: usize) -> Result<StreamDef, BusError> {
+        let partitions = layout::monitor_partitions(index, count);
+        let mut raw = self.wanted.clone();
+        raw.remove("subject_transform");
+        let name = layout::monitor_stream(index);
+        raw.insert("name".into(), Value::from(name.clone()));
+        let subjects: Vec<Value> = partitions
+            .iter()
+            .map(|p| Value::from(format!("mapek.monitor.{p}.*")))
+            .collect();
+        raw.insert("subjects".into(), Value::from(subjects));
+        let (first, last) = (partitions[0], partitions[partitions.len() - 1]);
+        raw.insert(
+            "description".into(),
+            Value::from(format!(
+                "Node telemetry of partitions {first} to {last}, as the server maps \
+                 mapek.monitor.<node> (one of {count} monitor streams)."
+            )),
+        );
+        let text = Value::Object(raw).to_string();
+        StreamDef::parse(&format!("{} (partitions {first}-{last})", self.file), &text)
+    }
+
     /// The keys whose value on the server differs from this definition, sorted.
     fn differences(&self, current: &Config) -> Vec<String> {
         let current = to_map(current);
@@ -183,6 +217,12 @@ pub enum Applied {
         /// The stream.
         name: String,
     },
+    /// An empty stream of the other layout was deleted (`MAPEK_MONITOR`, when the server
+    /// now maps telemetry into partitions).
+    Deleted {
+        /// The stream.
+        name: String,
+    },
 }
 
 impl Applied {
@@ -200,14 +240,191 @@ impl fmt::Display for Applied {
                 write!(f, "{name}: updated {}", changed.join(", "))
             }
             Applied::Unchanged { name } => write!(f, "{name}: unchanged"),
+            Applied::Deleted { name } => write!(
+                f,
+                "{name}: deleted (it was empty; telemetry goes to the monitor streams)"
+            ),
         }
     }
 }
 
-/// Creates the streams that are missing and updates those whose settings differ.
-pub async fn apply(js: &JetStream, defs: &[StreamDef]) -> Result<Vec<Applied>, BusError> {
-    let mut applied = Vec::with_capacity(defs.len());
+/// How the server has telemetry stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// No mapping on the server: one `MAPEK_MONITOR` whose transform partitions telemetry.
+    Single,
+    /// The server maps telemetry into partitions: this many monitor streams share them.
+    Split(usize),
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layout::Single => write!(
+                f,
+                "telemetry: one stream, MAPEK_MONITOR (the server does not map \
+                 mapek.monitor.<node> into partitions; see docs/adr/0012)"
+            ),
+            Layout::Split(n) => write!(
+                f,
+                "telemetry: the server maps it into {} partitions, stored in {n} streams \
+                 (MAPEK_MONITOR_0 to MAPEK_MONITOR_{})",
+                layout::PARTITIONS,
+                n - 1
+            ),
+        }
+    }
+}
+
+/// The node id of the probe: not one a node may take by accident.
+const PROBE_NODE: &str = "_mapek-layout-probe";
+
+/// Whether the server maps telemetry into partitions itself: a core message published to
+/// `mapek.monitor.<probe>` comes back on `mapek.monitor.<partition>.<probe>` if it does. The
+/// probe carries an expected stream no stream has, so no stream stores it.
+pub async fn server_maps_telemetry(js: &JetStream) -> Result<bool, BusError> {
+    use futures::StreamExt;
+    let failed = |detail: String| BusError::Stream {
+        stream: Phase::Monitor.stream().to_owned(),
+        detail: format!("cannot tell whether the server maps telemetry into partitions: {detail}"),
+    };
+    let client = js.client();
+    let published = format!("mapek.monitor.{PROBE_NODE}");
+    let mut mapped = client
+        .subscribe(format!("mapek.monitor.*.{PROBE_NODE}"))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut plain = client
+        .subscribe(published.clone())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_STREAM,
+        "MAPEK_LAYOUT_PROBE_NOT_A_STREAM",
+    );
+    client
+        .publish_with_headers(published.clone(), headers, bytes::Bytes::new())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client.flush().await.map_err(|e| failed(e.to_string()))?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        tokio::select! {
+            m = mapped.next() => m.map(|_| true),
+            m = plain.next() => m.map(|_| false),
+        }
+    })
+    .await;
+    let _ = mapped.unsubscribe().await;
+    let _ = plain.unsubscribe().await;
+    match answer {
+        Ok(Some(maps)) => Ok(maps),
+        Ok(None) => Err(failed("the connection closed".into())),
+        Err(_) => Err(failed(format!(
+            "a probe published to {published} did not come back within 5 s (may this user \
+             subscribe to mapek.monitor.>?)"
+        ))),
+    }
+}
+
+/// The layout [`apply`] would use on this server: split into
+/// [`DEFAULT_MONITOR_STREAMS`] streams if the server maps telemetry.
+pub async fn detect_layout(js: &JetStream, monitor_streams: usize) -> Result<Layout, BusError> {
+    Ok(if server_maps_telemetry(js).await? {
+        Layout::Split(monitor_streams.clamp(1, layout::PARTITIONS as usize))
+    } else {
+        Layout::Single
+    })
+}
+
+/// The definitions to apply for `layout`: with [`Layout::Split`], `MAPEK_MONITOR`'s is
+/// replaced by the monitor streams made from it.
+pub fn for_layout(defs: &[StreamDef], layout: Layout) -> Result<Vec<StreamDef>, BusError> {
+    let Layout::Split(count) = layout else {
+        return Ok(defs.to_vec());
+    };
+    let mut out = Vec::with_capacity(defs.len() + count);
     for def in defs {
+        if def.name() == Phase::Monitor.stream() {
+            for index in 0..count {
+                out.push(def.monitor_share(index, count)?);
+            }
+        } else {
+            out.push(def.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Finds the server's layout ([`detect_layout`], two monitor streams when it maps telemetry),
+/// then creates the streams that are missing and updates those whose settings differ.
+pub async fn apply(js: &JetStream, defs: &[StreamDef]) -> Result<Vec<Applied>, BusError> {
+    let layout = detect_layout(js, DEFAULT_MONITOR_STREAMS).await?;
+    apply_layout(js, defs, layout).await
+}
+
+/// Applies `defs` for `layout`. A server holding telemetry in the other layout's streams is
+/// an error that says what to do, except an empty `MAPEK_MONITOR` left from before the server
+/// mapped telemetry, which is deleted.
+pub async fn apply_layout(
+    js: &JetStream,
+    defs: &[StreamDef],
+    layout: Layout,
+) -> Result<Vec<Applied>, BusError> {
+    let defs = for_layout(defs, layout)?;
+    let mut applied = Vec::with_capacity(defs.len());
+    let single = Phase::Monitor.stream();
+    match layout {
+        Layout::Split(count) => {
+            if let Ok(mut stream) = js.get_stream(single).await {
+                let held = stream
+                    .info()
+                    .await
+                    .map_err(|e| BusError::Stream {
+                        stream: single.to_owned(),
+                        detail: e.to_string(),
+                    })?
+                    .state
+                    .messages;
+                if held > 0 {
+                    return Err(BusError::Stream {
+                        stream: single.to_owned(),
+                        detail: format!(
+                            "holds {held} events stored before the server mapped telemetry \
+                             into partitions; new telemetry would go to MAPEK_MONITOR_0 to \
+                             MAPEK_MONITOR_{}. Export or replay what you need from it, then \
+                             delete it (nats stream rm {single}), or take the mapping out of \
+                             the server's config",
+                            count - 1
+                        ),
+                    });
+                }
+                js.delete_stream(single)
+                    .await
+                    .map_err(|e| BusError::Stream {
+                        stream: single.to_owned(),
+                        detail: format!("cannot delete the empty stream: {e}"),
+                    })?;
+                applied.push(Applied::Deleted {
+                    name: single.to_owned(),
+                });
+            }
+        }
+        Layout::Single => {
+            let first = layout::monitor_stream(0);
+            if js.get_stream(&first).await.is_ok() {
+                return Err(BusError::Stream {
+                    stream: first,
+                    detail: format!(
+                        "exists, but the server no longer maps telemetry into partitions: \
+                         telemetry would go to a new {single} and the workers would not read \
+                         it. Put the mapping back in the server's config (deploy/nats/)"
+                    ),
+                });
+            }
+        }
+    }
+    for def in &defs {
         let name = def.name().to_owned();
         let failed = |detail: String| BusError::Stream {
             stream: name.clone(),
@@ -244,26 +461,27 @@ fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// How many nodes have telemetry on the monitor stream (one stored subject per node), for
+/// How many nodes have telemetry on the monitor streams (one stored subject per node), for
 /// limits that are a share of the mesh.
 pub async fn count_reporting_nodes(js: &JetStream) -> Result<usize, BusError> {
     use futures::StreamExt;
-    let stream = mapek_domain::Phase::Monitor.stream();
-    let failed = |detail: String| BusError::Stream {
-        stream: stream.to_owned(),
-        detail,
-    };
-    let mut subjects = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .info_with_subjects("mapek.monitor.>")
-        .await
-        .map_err(|e| failed(e.to_string()))?;
     let mut nodes = 0;
-    while let Some(subject) = subjects.next().await {
-        subject.map_err(|e| failed(e.to_string()))?;
-        nodes += 1;
+    for stored in layout::streams_of(js, Phase::Monitor).await? {
+        let failed = |detail: String| BusError::Stream {
+            stream: stored.name.clone(),
+            detail,
+        };
+        let mut subjects = js
+            .get_stream(&stored.name)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .info_with_subjects("mapek.monitor.>")
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        while let Some(subject) = subjects.next().await {
+            subject.map_err(|e| failed(e.to_string()))?;
+            nodes += 1;
+        }
     }
     Ok(nodes)
 }

@@ -3,19 +3,27 @@
 //! A [`Subscriber`] is an ordered consumer: ephemeral, flow-controlled, recreated by the client
 //! if it misses a message, so what it yields is in stream order with no gap. It never
 //! acknowledges or dead-letters anything: a viewer must not change what workers see.
+//!
+//! Telemetry split over several streams ([`crate::layout`]) is followed through one ordered
+//! consumer per stream that holds what the filter matches. What the streams held when the
+//! subscriber started comes merged by stored time (then by stream name); after that, messages
+//! come as they arrive. Each stream's (so each node's and each partition's) order is kept.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
-use futures::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::pull::{OrderedConfig, OrderedError};
+use futures::{Stream, StreamExt};
 use mapek_codec::{AvroEvent, CodecError};
 use mapek_domain::{NodeId, Phase};
 use time::OffsetDateTime;
 
-use crate::{BusError, JetStream, headers};
+use crate::{BusError, JetStream, headers, layout};
 
 /// The subject families a user can follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +105,7 @@ pub enum StartAt {
     All,
     /// From the first message stored at or after this time.
     Since(OffsetDateTime),
-    /// From this stream sequence.
+    /// From this stream sequence (of a phase stored in one stream).
     Sequence(u64),
 }
 
@@ -131,21 +139,54 @@ impl SubscriberConfig {
 /// One message as it was stored, and what it decoded to.
 #[derive(Debug)]
 pub struct Received<E> {
+    /// The stream it is stored in (`MAPEK_MONITOR_1`).
+    pub stream: Arc<str>,
     /// Its stream sequence.
     pub stream_seq: u64,
     /// The subject it was stored under (`mapek.monitor.3.n17`).
     pub subject: String,
     /// When the server stored it.
     pub stored: OffsetDateTime,
-    /// How many messages the stream holds after it for this subscriber.
+    /// How many messages its stream holds after it for this subscriber.
     pub pending: u64,
     /// The event, or why it does not decode.
     pub event: Result<E, CodecError>,
 }
 
+type Delivered = Result<async_nats::jetstream::Message, OrderedError>;
+
+/// One stream's ordered consumer, and the message taken from it but not yet handed out.
+struct Source {
+    name: Arc<str>,
+    messages: Pin<Box<dyn Stream<Item = Delivered> + Send>>,
+    head: Option<Delivered>,
+    /// It has delivered everything it held: what comes next is new.
+    caught_up: bool,
+    ended: bool,
+}
+
+impl Source {
+    /// Where the head goes in the merge: errors first, then by stored time.
+    fn head_key(&self) -> Option<OffsetDateTime> {
+        match self.head.as_ref()? {
+            Ok(m) => Some(m.info().map_or(OffsetDateTime::UNIX_EPOCH, |i| i.published)),
+            Err(_) => Some(OffsetDateTime::UNIX_EPOCH),
+        }
+    }
+
+    fn hand_out(&mut self) -> Option<(Arc<str>, Delivered)> {
+        let message = self.head.take()?;
+        self.caught_up = match &message {
+            Ok(m) => m.info().is_ok_and(|i| i.pending == 0),
+            Err(_) => self.caught_up,
+        };
+        Some((self.name.clone(), message))
+    }
+}
+
 /// Follows one subject family in stream order.
 pub struct Subscriber<E> {
-    messages: Ordered,
+    sources: Vec<Source>,
     pending_at_start: u64,
     node_filter: Option<NodeId>,
     _event: PhantomData<E>,
@@ -156,9 +197,15 @@ impl<E: AvroEvent> Subscriber<E> {
     pub async fn open(js: &JetStream, config: SubscriberConfig) -> Result<Self, BusError> {
         // Dead letters are stored by phase, not by node: filter them here instead.
         let phase = E::PHASE;
-        let (filter, node_filter) = match phase {
-            Phase::Dlq => (phase.stored_filter(None), config.node),
-            _ => (phase.stored_filter(config.node.as_ref()), None),
+        // A node's events are stored under its partition: one stream even where telemetry
+        // is split, so a start sequence of that stream means something.
+        let (filter, node_filter) = match (phase, config.node) {
+            (Phase::Dlq, node) => (phase.stored_filter(None), node),
+            (_, Some(node)) => {
+                let partition = layout::partition_of_node(&node);
+                (format!("mapek.{}.{partition}.{node}", phase.token()), None)
+            }
+            (_, None) => (phase.stored_filter(None), None),
         };
         let mut subscriber = Self::open_subject(js, filter, config.start).await?;
         subscriber.node_filter = node_filter;
@@ -166,48 +213,35 @@ impl<E: AvroEvent> Subscriber<E> {
     }
 
     /// Follows `E`'s stream through any stored-subject filter (`mapek.monitor.3.>` for one
-    /// partition), from `start`.
+    /// partition), from `start`. Telemetry split over several streams is read from the one
+    /// that holds the partition the filter names, or from all of them.
     pub async fn open_subject(
         js: &JetStream,
         filter_subject: String,
         start: StartAt,
     ) -> Result<Self, BusError> {
         let phase = E::PHASE;
-        let failed = |detail: String| BusError::Consumer {
-            stream: phase.stream().to_owned(),
-            detail,
-        };
-        let stream = js.get_stream(phase.stream()).await.map_err(|e| {
-            failed(format!(
-                "{e}; has `mapek streams apply` been run on this server?"
-            ))
-        })?;
-        let deliver_policy = match start {
-            StartAt::New => DeliverPolicy::New,
-            StartAt::All => DeliverPolicy::All,
-            StartAt::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
-            StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-        };
-        let mut consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let pending_at_start = consumer
-            .info()
-            .await
-            .map(|i| i.num_pending)
-            .map_err(|e| failed(e.to_string()))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let mut streams = layout::streams_of(js, phase).await?;
+        if let Some(p) = layout::partition_of(&filter_subject) {
+            streams.retain(|s| s.holds(p));
+        }
+        if let (StartAt::Sequence(_), [_, _, ..]) = (start, streams.as_slice()) {
+            return Err(BusError::Consumer {
+                stream: phase.stream().to_owned(),
+                detail: format!(
+                    "a sequence names a place in one stream, and {phase} is split over {} \
+                     streams: start from a time instead",
+                    streams.len()
+                ),
+            });
+        }
+        let mut sources = Vec::with_capacity(streams.len());
+        for stored in streams {
+            sources.push(open_ordered(js, &stored.name, &filter_subject, start).await?);
+        }
         Ok(Self {
-            messages,
-            pending_at_start,
+            pending_at_start: sources.iter().map(|s| s.0).sum(),
+            sources: sources.into_iter().map(|s| s.1).collect(),
             node_filter: None,
             _event: PhantomData,
         })
@@ -232,12 +266,59 @@ impl<E: AvroEvent> Subscriber<E> {
         }
     }
 
+    /// The next message of the merge: the earliest stored of what the streams that are not
+    /// caught up hold, else whichever stream delivers first.
+    async fn next_message(&mut self) -> Option<(Arc<str>, Delivered)> {
+        if let [only] = self.sources.as_mut_slice() {
+            let message = only.messages.next().await?;
+            return Some((only.name.clone(), message));
+        }
+        loop {
+            for source in &mut self.sources {
+                if source.head.is_none() && !source.caught_up && !source.ended {
+                    match source.messages.next().await {
+                        Some(message) => source.head = Some(message),
+                        None => source.ended = true,
+                    }
+                }
+            }
+            let earliest = (0..self.sources.len())
+                .filter_map(|i| self.sources[i].head_key().map(|k| (k, i)))
+                .min();
+            if let Some((_, i)) = earliest {
+                return self.sources[i].hand_out();
+            }
+            let live: Vec<usize> = (0..self.sources.len())
+                .filter(|i| !self.sources[*i].ended)
+                .collect();
+            if live.is_empty() {
+                return None;
+            }
+            let (message, at, _) = futures::future::select_all(
+                self.sources
+                    .iter_mut()
+                    .filter(|s| !s.ended)
+                    .map(|s| s.messages.next()),
+            )
+            .await;
+            let source = &mut self.sources[live[at]];
+            match message {
+                Some(message) => {
+                    source.head = Some(message);
+                    return source.hand_out();
+                }
+                None => source.ended = true,
+            }
+        }
+    }
+
     async fn next_unfiltered(&mut self) -> Option<Result<Received<E>, BusError>> {
-        let message = match self.messages.next().await? {
+        let (stream, message) = self.next_message().await?;
+        let message = match message {
             Ok(m) => m,
             Err(e) => {
                 return Some(Err(BusError::Consumer {
-                    stream: E::PHASE.stream().to_owned(),
+                    stream: stream.to_string(),
                     detail: e.to_string(),
                 }));
             }
@@ -248,6 +329,7 @@ impl<E: AvroEvent> Subscriber<E> {
         };
         let event = headers::decode_body::<E>(message.headers.as_ref(), &message.payload);
         Some(Ok(Received {
+            stream,
             stream_seq,
             subject: message.subject.to_string(),
             stored,
@@ -255,4 +337,54 @@ impl<E: AvroEvent> Subscriber<E> {
             event,
         }))
     }
+}
+
+/// An ordered consumer on `name` through `filter_subject` from `start`, and how many messages
+/// it had to deliver when it began.
+async fn open_ordered(
+    js: &JetStream,
+    name: &str,
+    filter_subject: &str,
+    start: StartAt,
+) -> Result<(u64, Source), BusError> {
+    let failed = |detail: String| BusError::Consumer {
+        stream: name.to_owned(),
+        detail,
+    };
+    let stream = js.get_stream(name).await.map_err(|e| {
+        failed(format!(
+            "{e}; has `mapek streams apply` been run on this server?"
+        ))
+    })?;
+    let deliver_policy = match start {
+        StartAt::New => DeliverPolicy::New,
+        StartAt::All => DeliverPolicy::All,
+        StartAt::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
+        StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+    };
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter_subject.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map(|i| i.num_pending)
+        .map_err(|e| failed(e.to_string()))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let source = Source {
+        name: Arc::from(name),
+        messages: Box::pin(messages),
+        head: None,
+        caught_up: pending == 0,
+        ended: false,
+    };
+    Ok((pending, source))
 }

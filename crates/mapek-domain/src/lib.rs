@@ -36,7 +36,7 @@ pub use execute::{Evaluator, ExecuteConfig, Interlocks};
 pub use id::EventId;
 pub use invalid::Invalid;
 pub use node::NodeId;
-pub use phase::Phase;
+pub use phase::{Phase, TELEMETRY_MAPPING};
 pub use plan::{KnowledgeView, Planner, Policy};
 
 /// The largest encoded event mapek accepts, in bytes.

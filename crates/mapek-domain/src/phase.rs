@@ -9,6 +9,13 @@ use std::str::FromStr;
 
 use crate::NodeId;
 
+/// The server-side subject mapping that partitions telemetry before any stream takes it
+/// (ADR 0012): a line of nats-server's config, for the account mapek's users are in.
+/// Publishers keep publishing `mapek.monitor.<node>`; the server stores
+/// `mapek.monitor.<partition>.<node>`, so the partitions can live in several streams.
+pub const TELEMETRY_MAPPING: &str =
+    r#"mappings = { "mapek.monitor.*": "mapek.monitor.{{partition(8,1)}}.{{wildcard(1)}}" }"#;
+
 /// A MAPE-K phase, or the dead-letter family beside them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {

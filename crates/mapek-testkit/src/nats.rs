@@ -20,7 +20,9 @@ use tempfile::TempDir;
 /// the same way).
 pub const GO_GC: [(&str, &str); 2] = [("GOGC", "off"), ("GOMEMLIMIT", "1GiB")];
 
-/// A running `nats-server` with JetStream, removed with its store when dropped.
+/// A running `nats-server` with JetStream, removed with its store when dropped. It maps
+/// telemetry into partitions ([`mapek_domain::TELEMETRY_MAPPING`]) as the configs mapek ships
+/// do, unless started with [`NatsServer::start_without_mapping`].
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
@@ -30,7 +32,8 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server with JetStream on a free port and a fresh temporary store.
+    /// Starts a server with JetStream on a free port and a fresh temporary store, mapping
+    /// telemetry into partitions.
     ///
     /// # Panics
     /// When no usable `nats-server` is found or it does not start within 10 s: a test cannot
@@ -45,18 +48,35 @@ impl NatsServer {
         Self::start_with_env(extra_config, &[])
     }
 
+    /// Like [`NatsServer::start`], without the telemetry mapping: a server as mapek found them
+    /// before ADR 0012, which keeps telemetry in one stream.
+    pub fn start_without_mapping() -> Self {
+        Self::start_with_options("", &[], false)
+    }
+
     /// Like [`NatsServer::start_with`], with environment variables for the server process that
     /// win over [`GO_GC`] and the test's own environment (`[("GOGC", "100")]` for Go's
     /// default collector, say). A restart keeps them.
     pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_options(extra_config, env, true)
+    }
+
+    /// Like [`NatsServer::start_with_env`], with or without the telemetry mapping.
+    pub fn start_with_options(extra_config: &str, env: &[(&str, &str)], mapping: bool) -> Self {
         let store = tempfile::Builder::new()
             .prefix("mapek-nats-")
             .tempdir()
             .expect("a temporary directory for the JetStream store");
         let port = free_port();
         let config = store.path().join("nats.conf");
+        let mapping = if mapping {
+            mapek_domain::TELEMETRY_MAPPING
+        } else {
+            ""
+        };
         let text = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra_config}\n",
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{mapping}\n\
+             {extra_config}\n",
             store.path().join("js")
         );
         std::fs::write(&config, text).expect("write the nats-server config");

@@ -31,6 +31,10 @@ impl EmbeddedNats {
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(dir.join("nats-server.log"))?;
+        // The config holds only the telemetry mapping (ADR 0012); the flags set the rest.
+        let config = dir.join("nats.conf");
+        std::fs::write(&config, format!("{}\n", mapek_domain::TELEMETRY_MAPPING))
+            .with_context(|| format!("cannot write {}", config.display()))?;
         let mut command = Command::new(&bin);
         for (name, value) in GO_GC {
             if std::env::var_os(name).is_none() {
@@ -38,6 +42,8 @@ impl EmbeddedNats {
             }
         }
         let child = command
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir)
             .stdout(Stdio::null())

@@ -37,16 +37,22 @@ pub fn table_line<E: Render>(r: &Received<E>) -> String {
     }
 }
 
-/// One JSON line: `{"seq","subject","stored","event"}`, or `"error"` instead of `"event"`.
+/// One JSON line: `{"stream","seq","subject","stored","event"}`, or `"error"` instead of
+/// `"event"`. The stream names where `seq` counts (`MAPEK_MONITOR_1`: telemetry may be split
+/// over several streams).
 pub fn json_line<E: Render>(r: &Received<E>) -> String {
     let stored = r
         .stored
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let value = match &r.event {
-        Ok(e) => json!({"seq": r.stream_seq, "subject": r.subject, "stored": stored, "event": e}),
+        Ok(e) => json!({
+            "stream": &*r.stream, "seq": r.stream_seq, "subject": r.subject, "stored": stored,
+            "event": e
+        }),
         Err(err) => json!({
-            "seq": r.stream_seq, "subject": r.subject, "stored": stored, "error": err.to_string()
+            "stream": &*r.stream, "seq": r.stream_seq, "subject": r.subject, "stored": stored,
+            "error": err.to_string()
         }),
     };
     value.to_string()

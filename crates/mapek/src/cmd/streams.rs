@@ -21,12 +21,22 @@ pub enum StreamsCommand {
         /// of servers) [default: as the definitions say, 1]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
+        /// When the server maps telemetry into partitions (docs/adr/0012), store them in this
+        /// many streams: about the server's cores, since nats-server serves each stream on one
+        /// thread. Ignored without the mapping, where telemetry has one stream
+        #[arg(long, value_name = "S", default_value_t = streams::DEFAULT_MONITOR_STREAMS as u8,
+              value_parser = clap::value_parser!(u8).range(1..=8))]
+        monitor_streams: u8,
     },
 }
 
 /// Runs `mapek streams …`.
 pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let StreamsCommand::Apply { dir, replicas } = command;
+    let StreamsCommand::Apply {
+        dir,
+        replicas,
+        monitor_streams,
+    } = command;
     let mut defs = match dir {
         Some(dir) => streams::load_dir(&dir)?,
         None => streams::builtin(),
@@ -38,7 +48,9 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
             .collect();
     }
     let js = mapek_bus::connect(&settings.nats_url).await?;
-    let applied = streams::apply(&js, &defs).await?;
+    let layout = streams::detect_layout(&js, usize::from(monitor_streams)).await?;
+    println!("{layout}");
+    let applied = streams::apply_layout(&js, &defs, layout).await?;
     for a in &applied {
         println!("{a}");
     }

@@ -56,7 +56,8 @@ pub struct SubscribeArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_since, group = "start")]
     since: Option<time::OffsetDateTime>,
 
-    /// Start from this stream sequence
+    /// Start from this stream sequence (of telemetry split over streams: give --node too, the
+    /// node's stream is the one meant)
     #[arg(long, value_name = "SEQ", group = "start")]
     seq: Option<u64>,
 

@@ -1,0 +1,218 @@
+//! Which streams store a phase.
+//!
+//! Every phase is stored in one stream (`MAPEK_PLAN`, …), except telemetry when the server
+//! maps it into partitions itself (ADR 0012): then `MAPEK_MONITOR_0` … `MAPEK_MONITOR_<S-1>`
+//! each hold some of the 8 partitions, and the server stores and serves them in parallel.
+//! Without the mapping telemetry is stored in one stream, `MAPEK_MONITOR`, whose subject
+//! transform partitions it (ADR 0002). `mapek streams apply` picks the layout the server
+//! allows; readers find it here, from the streams the server has.
+//!
+//! A partition is always in exactly one stream, so per-node and per-partition order are the
+//! stored order of that stream, whatever the layout.
+
+use mapek_domain::{NodeId, Phase};
+
+use crate::{BusError, JetStream};
+
+/// How many partitions every phase's subjects are mapped into (`{{partition(8,1)}}`).
+pub const PARTITIONS: u32 = 8;
+
+/// How many monitor streams `mapek streams apply` makes when the server maps telemetry: about
+/// the server's cores (each stream is served by one goroutine of nats-server).
+pub const DEFAULT_MONITOR_STREAMS: usize = 2;
+
+/// The prefix of the monitor streams' names in the mapped layout.
+const SPLIT_PREFIX: &str = "MAPEK_MONITOR_";
+
+/// A stream and the partitions of its phase it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredIn {
+    /// The stream's name.
+    pub name: String,
+    /// The partitions it holds, ascending.
+    pub partitions: Vec<u32>,
+}
+
+impl StoredIn {
+    /// Whether it holds `partition`.
+    pub fn holds(&self, partition: u32) -> bool {
+        self.partitions.contains(&partition)
+    }
+
+    fn whole(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions: (0..PARTITIONS).collect(),
+        }
+    }
+}
+
+/// The name of monitor stream `index` in the mapped layout: `MAPEK_MONITOR_<index>`.
+pub fn monitor_stream(index: usize) -> String {
+    format!("{SPLIT_PREFIX}{index}")
+}
+
+/// The partitions monitor stream `index` of `count` holds: a contiguous run of the 8.
+pub fn monitor_partitions(index: usize, count: usize) -> Vec<u32> {
+    (0..PARTITIONS)
+        .filter(|p| (*p as usize) * count / PARTITIONS as usize == index)
+        .collect()
+}
+
+/// The phase a stream stores: `MAPEK_MONITOR` and `MAPEK_MONITOR_<n>` store telemetry.
+pub fn phase_of_stream(name: &str) -> Option<Phase> {
+    if let Some(index) = name.strip_prefix(SPLIT_PREFIX) {
+        return index
+            .parse::<usize>()
+            .ok()
+            .filter(|_| !index.starts_with('+'))
+            .map(|_| Phase::Monitor);
+    }
+    Phase::ALL.into_iter().find(|p| p.stream() == name)
+}
+
+/// The partition a stored-subject filter or subject names (`mapek.monitor.3.>`,
+/// `mapek.monitor.3.n17`), or `None` if it names none (`mapek.monitor.>`,
+/// `mapek.monitor.*.n17`).
+pub fn partition_of(subject: &str) -> Option<u32> {
+    let mut tokens = subject.split('.');
+    let (Some("mapek"), Some(_), Some(p), Some(_)) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return None;
+    };
+    p.parse().ok().filter(|p| *p < PARTITIONS)
+}
+
+/// The partition of `node`, as the server computes it for `{{partition(8,1)}}`: the 32-bit
+/// FNV-1a hash of the node id, modulo 8.
+pub fn partition_of_node(node: &NodeId) -> u32 {
+    let hash = node.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % PARTITIONS
+}
+
+/// The streams that store `phase`, in name order. One for every phase but telemetry, which
+/// has one per monitor stream of the mapped layout. A server with no telemetry stream at all
+/// answers `MAPEK_MONITOR`, so that the caller reports it missing as for any other phase.
+pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, BusError> {
+    if phase != Phase::Monitor {
+        return Ok(vec![StoredIn::whole(phase.stream())]);
+    }
+    if js.get_stream(phase.stream()).await.is_ok() {
+        return Ok(vec![StoredIn::whole(phase.stream())]);
+    }
+    let mut found = Vec::new();
+    loop {
+        let name = monitor_stream(found.len());
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            break;
+        };
+        let info = stream.info().await.map_err(|e| BusError::Stream {
+            stream: name.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut partitions: Vec<u32> = info
+            .config
+            .subjects
+            .iter()
+            .filter_map(|s| partition_of(s))
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        found.push(StoredIn { name, partitions });
+    }
+    if found.is_empty() {
+        found.push(StoredIn::whole(phase.stream()));
+    }
+    Ok(found)
+}
+
+/// The stream that holds `partition` of `phase`, or the phase's only stream when `partition`
+/// is `None`. Reading all of the telemetry through one consumer is refused when it is split
+/// over several streams: read it by partition (or through [`crate::Subscriber`], which merges
+/// them).
+pub async fn stream_for(
+    js: &JetStream,
+    phase: Phase,
+    partition: Option<u32>,
+) -> Result<String, BusError> {
+    let streams = streams_of(js, phase).await?;
+    if let [only] = streams.as_slice() {
+        return Ok(only.name.clone());
+    }
+    let names = || {
+        streams
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match partition {
+        Some(p) => streams
+            .iter()
+            .find(|s| s.holds(p))
+            .map(|s| s.name.clone())
+            .ok_or_else(|| BusError::Stream {
+                stream: names(),
+                detail: format!(
+                    "no stream holds partition {p} of {phase}; run `mapek streams apply`"
+                ),
+            }),
+        None => Err(BusError::Stream {
+            stream: names(),
+            detail: format!(
+                "{phase} is split over {} streams: read it one partition at a time",
+                streams.len()
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_monitor_streams_hold_four_partitions_each() {
+        assert_eq!(monitor_partitions(0, 2), vec![0, 1, 2, 3]);
+        assert_eq!(monitor_partitions(1, 2), vec![4, 5, 6, 7]);
+        let three: Vec<_> = (0..3).map(|i| monitor_partitions(i, 3)).collect();
+        assert_eq!(three.concat(), (0..8).collect::<Vec<_>>());
+        assert_eq!(monitor_partitions(0, 1).len(), 8);
+    }
+
+    #[test]
+    fn monitor_streams_of_both_layouts_store_telemetry() {
+        assert_eq!(phase_of_stream("MAPEK_MONITOR"), Some(Phase::Monitor));
+        assert_eq!(phase_of_stream("MAPEK_MONITOR_1"), Some(Phase::Monitor));
+        assert_eq!(phase_of_stream("MAPEK_PLAN"), Some(Phase::Plan));
+        assert_eq!(phase_of_stream("MAPEK_MONITOR_x"), None);
+        assert_eq!(phase_of_stream("MAPEK_MONITOR_+1"), None);
+        assert_eq!(phase_of_stream("OTHER"), None);
+    }
+
+    #[test]
+    fn filters_name_a_partition_or_none() {
+        assert_eq!(partition_of("mapek.monitor.3.>"), Some(3));
+        assert_eq!(partition_of("mapek.monitor.7.n17"), Some(7));
+        assert_eq!(partition_of("mapek.monitor.0.*"), Some(0));
+        assert_eq!(partition_of("mapek.monitor.*.n17"), None);
+        assert_eq!(partition_of("mapek.monitor.>"), None);
+        assert_eq!(partition_of("mapek.monitor.8.n1"), None);
+    }
+
+    #[test]
+    fn node_partitions_follow_fnv_1a() {
+        // FNV-1a 32 of "a" is 0xe40c292c; of "" it is the offset basis.
+        assert_eq!(
+            partition_of_node(&NodeId::new("a").unwrap()),
+            0xe40c_292c % 8
+        );
+        let spread: std::collections::BTreeSet<u32> = (0..64)
+            .map(|i| partition_of_node(&NodeId::new(format!("n{i}")).unwrap()))
+            .collect();
+        assert_eq!(spread.len(), 8);
+    }
+}
