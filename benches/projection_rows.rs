@@ -8,7 +8,6 @@
 //! postgres://postgres@127.0.0.1:5432); each side writes into a fresh database of its own.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use mapek_bus::{JetStream, Publisher};
@@ -128,10 +127,7 @@ async fn main() {
     for _ in 0..2 {
         let (_db, model) = fresh_model().await;
         let (secs, stats) = project(&js, &model).await;
-        assert_eq!(
-            stats.stream(Phase::Plan).applied.load(Ordering::Relaxed),
-            rows as u64
-        );
+        assert_eq!(stats.phase(Phase::Plan).applied, rows as u64);
         best_projection = best_projection.min(secs);
         let (db, _model) = fresh_model().await;
         best_baseline = best_baseline.min(baseline(db.url(), &events).await);
@@ -169,8 +165,8 @@ async fn main() {
     publish(&js, &telemetry).await;
     let (_db, model) = fresh_model().await;
     let (secs, stats) = project(&js, &model).await;
-    let applied = stats.stream(Phase::Monitor).applied.load(Ordering::Relaxed);
-    let batches = stats.stream(Phase::Monitor).batches.load(Ordering::Relaxed);
+    let applied = stats.phase(Phase::Monitor).applied;
+    let batches = stats.phase(Phase::Monitor).batches;
     println!(
         "monitor: {applied} telemetry samples of 1 000 nodes projected in {secs:.2} s \
          (with the {rows} decisions again): {:.0} samples/s in {batches} transactions",

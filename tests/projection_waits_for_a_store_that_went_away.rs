@@ -4,7 +4,6 @@
 
 mod knowledge_log;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
@@ -43,38 +42,21 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
             let _ = stopped.await;
         },
     ));
-    let monitor = || {
-        stats
-            .stream(Phase::Monitor)
-            .last_seq
-            .load(Ordering::Relaxed)
-    };
+    let monitor = || stats.phase(Phase::Monitor).last_seq;
 
     publish_samples(&js, 0, 300, 11).await;
     wait_for("the first 300", Duration::from_secs(20), || {
         monitor() == 300
     })
     .await;
-    assert_eq!(
-        stats
-            .stream(Phase::Monitor)
-            .store_failures
-            .load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(stats.phase(Phase::Monitor).store_failures, 0);
 
     db.cut_off().await;
     publish_samples(&js, 300, 500, 11).await;
     wait_for(
         "failures while Postgres is away",
         Duration::from_secs(20),
-        || {
-            stats
-                .stream(Phase::Monitor)
-                .store_failures
-                .load(Ordering::Relaxed)
-                >= 3
-        },
+        || stats.phase(Phase::Monitor).store_failures >= 3,
     )
     .await;
     assert_eq!(
@@ -88,7 +70,7 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
     let _ = stop.send(());
     task.await.unwrap().expect("the projection ends cleanly");
     assert_eq!(
-        stats.stream(Phase::Monitor).applied.load(Ordering::Relaxed),
+        stats.phase(Phase::Monitor).applied,
         800,
         "every sample applied once"
     );

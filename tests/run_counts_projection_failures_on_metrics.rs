@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{interrupt, mapek};
 use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
+use mapek_bus::layout;
+use mapek_domain::Phase;
 use mapek_knowledge::ReadModel;
 use mapek_testkit::TestDatabase;
 use mapek_testkit::nats::free_port;
@@ -63,13 +65,16 @@ async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_cat
         .spawn()
         .expect("start mapek run");
     let model = ReadModel::connect(db.url()).await.unwrap();
-    // The stream sequence the read model has applied telemetry through.
+    // How many samples the read model has applied, summed over the monitor streams (each
+    // stream's sequences count its own messages): `None` while the database is away.
     let applied = async || {
         let offsets = model.offsets().await.ok()?;
-        offsets
+        let monitor: Vec<u64> = offsets
             .into_iter()
-            .find(|(stream, _)| stream == "MAPEK_MONITOR")
+            .filter(|(stream, _)| layout::phase_of_stream(stream) == Some(Phase::Monitor))
             .map(|(_, seq)| seq)
+            .collect();
+        (!monitor.is_empty()).then(|| monitor.iter().sum::<u64>())
     };
 
     publish_samples(&js, 0, 70, 7).await;

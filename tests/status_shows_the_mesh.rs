@@ -1,15 +1,21 @@
 //! A user asks `mapek status` how the mesh is: nodes by health, open incidents, recent
-//! actions; from the SQL read model, from Redis, and after `mapek knowledge rebuild`.
+//! actions; from the SQL read model, from Redis, and after `mapek knowledge rebuild`. The
+//! same whether the server splits telemetry over two streams (it maps it into partitions) or
+//! keeps it in one.
 
 mod common;
 mod knowledge_log;
 
 use std::time::Duration;
 
-use common::{mapek, run, stderr, stdout};
-use knowledge_log::{publish_scripted_run, server_with_streams};
+use common::{
+    mapek, run, server_with_one_telemetry_stream, server_with_streams, stderr, stdout, stream_len,
+};
+use knowledge_log::publish_scripted_run;
+use mapek_bus::{JetStream, layout};
+use mapek_domain::Phase;
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, Redis, project_with};
-use mapek_testkit::TestRedis;
+use mapek_testkit::{NatsServer, TestRedis};
 
 fn status(url: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = mapek(url);
@@ -62,8 +68,22 @@ fn check_json(text: &str, source: &str) {
 
 #[tokio::test]
 async fn status_shows_nodes_incidents_and_actions() {
+    // The server maps telemetry into partitions: n1 and n2 are in MAPEK_MONITOR_0, n3 in
+    // MAPEK_MONITOR_1.
     let (server, js) = server_with_streams().await;
-    publish_scripted_run(&js).await;
+    shows_the_scripted_run(server, js, &["MAPEK_MONITOR_0", "MAPEK_MONITOR_1"]).await;
+}
+
+#[tokio::test]
+async fn status_shows_the_mesh_of_a_server_that_keeps_telemetry_in_one_stream() {
+    let (server, js) = server_with_one_telemetry_stream().await;
+    shows_the_scripted_run(server, js, &["MAPEK_MONITOR"]).await;
+}
+
+/// Projects the scripted run from the streams `monitor` and checks what `mapek status` and
+/// `mapek knowledge rebuild` say of it.
+async fn shows_the_scripted_run(server: NatsServer, js: JetStream, monitor: &[&str]) {
+    let script = publish_scripted_run(&js).await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = dir.path().join("knowledge.sqlite");
     let sqlite = sqlite.to_str().unwrap();
@@ -83,7 +103,7 @@ async fn status_shows_nodes_incidents_and_actions() {
         Duration::from_secs(60),
         project_with(
             js.clone(),
-            model,
+            model.clone(),
             Some(hot),
             config,
             stats.clone(),
@@ -94,6 +114,22 @@ async fn status_shows_nodes_incidents_and_actions() {
     .unwrap()
     .unwrap();
     assert_eq!(stats.total(|c| &c.redis_failures), 0);
+    // Each monitor stream is projected on its own, through all it holds.
+    assert_eq!(stats.phase(Phase::Monitor).applied, script.telemetry as u64);
+    let offsets = model.offsets().await.unwrap();
+    let mut projected = Vec::new();
+    for (stream, seq) in &offsets {
+        if layout::phase_of_stream(stream) == Some(Phase::Monitor) {
+            assert_eq!(*seq, stream_len(&js, stream).await, "{stream}");
+            assert_eq!(
+                stats.stream(stream).map(|c| c.applied),
+                Some(*seq),
+                "{stream}"
+            );
+            projected.push(stream.as_str());
+        }
+    }
+    assert_eq!(projected, monitor, "an offset per monitor stream");
 
     let url = server.url();
     let text = status(&url, &["--database-url", sqlite], &[]);
@@ -129,10 +165,20 @@ async fn status_shows_nodes_incidents_and_actions() {
     let rebuilt = rebuilt.to_str().unwrap();
     let mut cmd = mapek(&url);
     cmd.args(["knowledge", "rebuild", "--database-url", rebuilt]);
+    // The incident index too, in this test's directory: the other layout's test rebuilds
+    // at the same time.
+    cmd.arg("--data-dir").arg(dir.path());
     let out = run(cmd);
     assert!(out.status.success(), "rebuild failed: {}", stderr(&out));
     let said = stdout(&out);
-    assert!(said.contains("MAPEK_MONITOR 44 events"), "{said}");
+    // One count per stream, the names `nats stream ls` shows.
+    let mut total = 0;
+    for stream in monitor {
+        let n = stream_len(&js, stream).await;
+        assert!(said.contains(&format!("{stream} {n} events")), "{said}");
+        total += n;
+    }
+    assert_eq!(total, 44, "{said}");
     assert!(said.contains("MAPEK_PLAN 2 events (1 skipped"), "{said}");
     check_json(
         &status(&url, &["--database-url", rebuilt, "--json"], &[]),

@@ -17,8 +17,8 @@
 //! - [`store`]: [`ReadModel`], connecting (a URL or a SQLite path), migrations, reset,
 //!   offsets and snapshots.
 //! - `rows` (private): events to rows, one idempotent multi-row statement per table and batch.
-//! - [`project`](mod@project): the projections, [`project()`], [`project_with`],
-//!   [`rebuild`], their config and counters.
+//! - [`project`](mod@project): the projections (one per stream, telemetry's several streams
+//!   included), [`project()`], [`project_with`], [`rebuild`], their config and counters.
 //! - [`redis`]: [`Redis`], hot node health, open incidents and recent actions; leases
 //!   on nodes ([`Redis::try_lease`], [`Redis::release`], [`Redis::leases`]) and locks
 //!   ([`Redis::try_lock`], [`Redis::unlock`]), what several executors share.
@@ -34,8 +34,8 @@ pub mod store;
 
 pub use error::KnowledgeError;
 pub use project::{
-    CrashHook, PROJECTED, ProjectionConfig, ProjectionStats, StreamCounters, project, project_with,
-    rebuild,
+    Counts, CrashHook, PROJECTED, ProjectionConfig, ProjectionStats, StreamCounters, project,
+    project_with, rebuild,
 };
 pub use redis::Redis;
 pub use rows::health;

@@ -52,7 +52,8 @@ impl ReadModel {
             .acquire_timeout(Duration::from_secs(5))
             .test_before_acquire(false);
         let options = match backend {
-            // One per projected stream, and some for readers in the same process.
+            // One per projected stream (five, six when telemetry is split in two), and some
+            // for readers in the same process.
             Backend::Postgres => options.max_connections(8),
             // One writer at a time is all SQLite allows: a single connection queues writers
             // in the pool instead of failing them with "database is locked"; WAL lets other

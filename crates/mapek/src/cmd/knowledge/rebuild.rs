@@ -1,11 +1,8 @@
 //! `mapek knowledge rebuild`: empties the SQL read model and the incident index and projects
-//! the whole log into them again.
+//! the whole log into them again, every stream of every phase (telemetry may be in several).
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-use mapek_knowledge::PROJECTED;
 
 use crate::Settings;
 use crate::cmd::run::Stores;
@@ -31,21 +28,20 @@ pub async fn run(args: RebuildArgs, settings: &Settings) -> anyhow::Result<ExitC
     let model = open_read_model(&location, true).await?;
     let started = Instant::now();
     let stats = mapek_knowledge::rebuild(&js, &model).await?;
-    let mut parts = Vec::new();
-    for phase in PROJECTED {
-        let c = stats.stream(phase);
-        let skipped = c.skipped.load(Ordering::Relaxed);
-        let skipped = if skipped > 0 {
-            format!(" ({skipped} skipped: they do not decode)")
-        } else {
-            String::new()
-        };
-        parts.push(format!(
-            "{} {} events{skipped}",
-            phase.stream(),
-            c.applied.load(Ordering::Relaxed)
-        ));
-    }
+    // Each stream on its own (`MAPEK_MONITOR_0 20 events, MAPEK_MONITOR_1 24 events` when
+    // telemetry is split): the names are those `nats stream ls` shows.
+    let parts: Vec<String> = stats
+        .streams()
+        .into_iter()
+        .map(|(stream, c)| {
+            let skipped = if c.skipped > 0 {
+                format!(" ({} skipped: they do not decode)", c.skipped)
+            } else {
+                String::new()
+            };
+            format!("{stream} {} events{skipped}", c.applied)
+        })
+        .collect();
     println!(
         "rebuilt the read model at {} from the log in {:.1} s: {}",
         model.url(),

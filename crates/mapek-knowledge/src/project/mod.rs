@@ -1,5 +1,10 @@
 //! The projections: one consumer per stream, one transaction per fetched batch.
 //!
+//! A phase stored in several streams (telemetry in the mapped layout of ADR 0012,
+//! `MAPEK_MONITOR_0` …) has one projection per stream, each with its own stored sequence,
+//! counters and consumer; the streams are found ([`mapek_bus::layout::streams_of`]) when the
+//! projections start. A node's telemetry is in one stream, so its rows see it in order.
+//!
 //! Each projection reads its stream from right after the sequence stored in the database
 //! (the database is the truth, not the consumer's ack floor), writes a batch's rows and its
 //! last sequence in one transaction, then acknowledges the batch. A crash between the commit
@@ -8,14 +13,14 @@
 //! backoff, counting the failures, and goes on with no gap when the store returns.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::{FutureExt, StreamExt};
-use mapek_bus::JetStream;
 use mapek_bus::headers::decode_body;
+use mapek_bus::{JetStream, layout};
 use mapek_domain::Phase;
 use sqlx::AnyConnection;
 use tokio::sync::watch;
@@ -26,7 +31,11 @@ use crate::rows::{self, Events};
 use crate::store::int;
 use crate::{KnowledgeError, ReadModel};
 
-/// The streams projected into the read model, in loop order.
+mod stats;
+
+pub use stats::{Counts, ProjectionStats, StreamCounters};
+
+/// The phases projected into the read model, in loop order (each through all its streams).
 pub const PROJECTED: [Phase; 5] = [
     Phase::Monitor,
     Phase::Analyze,
@@ -35,15 +44,17 @@ pub const PROJECTED: [Phase; 5] = [
     Phase::Knowledge,
 ];
 
-/// A test hook: called with the stream and the batch's last sequence right after each
-/// commit; returning `true` stops the projection there, before the ack, as a crash would.
-pub type CrashHook = Arc<dyn Fn(Phase, u64) -> bool + Send + Sync>;
+/// A test hook: called with the stream's name (`MAPEK_MONITOR_1`) and the batch's last
+/// sequence right after each commit; returning `true` stops the projection there, before the
+/// ack, as a crash would.
+pub type CrashHook = Arc<dyn Fn(&str, u64) -> bool + Send + Sync>;
 
 /// How the projections read the log.
 #[derive(Clone)]
 pub struct ProjectionConfig {
-    /// Durable consumers named `<prefix>-<phase>` (their lag shows on the server), or
-    /// ephemeral ones when `None` (a rebuild, which must not disturb the live consumers).
+    /// Durable consumers named `<prefix>-<phase>` on each of the phase's streams (their lag
+    /// shows on the server), or ephemeral ones when `None` (a rebuild, which must not disturb
+    /// the live consumers).
     pub durable_prefix: Option<String>,
     /// The most messages written in one transaction.
     pub batch: usize,
@@ -72,49 +83,8 @@ impl Default for ProjectionConfig {
     }
 }
 
-/// Counters of one stream's projection.
-#[derive(Debug, Default)]
-pub struct StreamCounters {
-    /// Events written (their rows are in the read model).
-    pub applied: AtomicU64,
-    /// Messages that did not decode, skipped with a warning.
-    pub skipped: AtomicU64,
-    /// Messages at or below the stored sequence, delivered again and ignored.
-    pub redelivered: AtomicU64,
-    /// Transactions committed.
-    pub batches: AtomicU64,
-    /// Failed tries to write to the SQL store (each followed by a pause and a retry).
-    pub store_failures: AtomicU64,
-    /// Failed writes to Redis (the cache misses them; the SQL rows are there).
-    pub redis_failures: AtomicU64,
-    /// The last stream sequence committed.
-    pub last_seq: AtomicU64,
-}
-
-/// Live counters of every projection; clone it to watch them while they run.
-#[derive(Clone, Debug, Default)]
-pub struct ProjectionStats {
-    streams: Arc<[StreamCounters; 5]>,
-}
-
-impl ProjectionStats {
-    /// The counters of `phase`'s projection (the monitor's for a phase not projected).
-    pub fn stream(&self, phase: Phase) -> &StreamCounters {
-        let i = PROJECTED.iter().position(|p| *p == phase).unwrap_or(0);
-        &self.streams[i]
-    }
-
-    /// The sum of a counter over every stream.
-    pub fn total(&self, counter: impl Fn(&StreamCounters) -> &AtomicU64) -> u64 {
-        self.streams
-            .iter()
-            .map(|c| counter(c).load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-/// Projects all five streams into `read_model` (and hot state into `redis`) until
-/// `shutdown` completes, with durable consumers named `knowledge-sql-<phase>`.
+/// Projects every stream of the five phases into `read_model` (and hot state into `redis`)
+/// until `shutdown` completes, with durable consumers named `knowledge-sql-<phase>`.
 pub async fn project(
     js: JetStream,
     read_model: ReadModel,
@@ -136,7 +106,8 @@ pub async fn project(
 
 /// [`project`] with a config and counters of the caller's. Returns when `shutdown`
 /// completes, when every stream is caught up (with `until_caught_up`), or at the first
-/// error a projection cannot wait out (the log failed, or a test hook fired).
+/// error a projection cannot wait out (the log failed, or a test hook fired). The streams of
+/// each phase are those the server has when it starts ([`layout::streams_of`]).
 pub async fn project_with(
     js: JetStream,
     read_model: ReadModel,
@@ -148,16 +119,25 @@ pub async fn project_with(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for phase in PROJECTED {
-        let p = Projection {
-            js: js.clone(),
-            read_model: read_model.clone(),
-            redis: redis.clone(),
-            config: config.clone(),
-            stats: stats.clone(),
-            phase,
-            stop: stop_rx.clone(),
-        };
-        tasks.spawn(async move { p.run().await });
+        let streams = layout::streams_of(&js, phase)
+            .await
+            .map_err(|e| KnowledgeError::Log {
+                stream: phase.stream().to_owned(),
+                detail: e.to_string(),
+            })?;
+        for stored in streams {
+            let p = Projection {
+                js: js.clone(),
+                read_model: read_model.clone(),
+                redis: redis.clone(),
+                config: config.clone(),
+                counters: stats.of_stream(&stored.name),
+                stream: stored.name,
+                phase,
+                stop: stop_rx.clone(),
+            };
+            tasks.spawn(async move { p.run().await });
+        }
     }
     let mut shutdown = std::pin::pin!(shutdown.fuse());
     let mut result = Ok(());
@@ -201,7 +181,10 @@ struct Projection {
     read_model: ReadModel,
     redis: Option<Redis>,
     config: ProjectionConfig,
-    stats: ProjectionStats,
+    counters: Arc<StreamCounters>,
+    /// The stream read, and the key of its row in `projection_offsets`.
+    stream: String,
+    /// The phase it stores.
     phase: Phase,
     stop: watch::Receiver<bool>,
 }
@@ -209,13 +192,13 @@ struct Projection {
 impl Projection {
     fn log_failed(&self, detail: impl ToString) -> KnowledgeError {
         KnowledgeError::Log {
-            stream: self.phase.stream().to_owned(),
+            stream: self.stream.clone(),
             detail: detail.to_string(),
         }
     }
 
     fn counters(&self) -> &StreamCounters {
-        self.stats.stream(self.phase)
+        &self.counters
     }
 
     fn stopped(&self) -> bool {
@@ -232,7 +215,8 @@ impl Projection {
     }
 
     async fn run(mut self) -> Result<(), KnowledgeError> {
-        let stream_name = self.phase.stream();
+        let stream_name = self.stream.clone();
+        let stream_name = stream_name.as_str();
         let stream = self
             .js
             .get_stream(stream_name)
@@ -336,7 +320,7 @@ impl Projection {
                     Commit::Done => {}
                 }
                 if let Some(hook) = &self.config.crash_after_commit
-                    && hook(self.phase, last_seq)
+                    && hook(stream_name, last_seq)
                 {
                     return Err(KnowledgeError::Crashed {
                         stream: stream_name.to_owned(),
@@ -374,7 +358,7 @@ impl Projection {
         let mut backoff = Duration::from_millis(100);
         loop {
             let got = sqlx::query("SELECT last_seq FROM projection_offsets WHERE stream = $1")
-                .bind(self.phase.stream())
+                .bind(self.stream.as_str())
                 .fetch_optional(self.read_model.pool())
                 .await
                 .and_then(|r| r.map(|r| int(&r, 0)).transpose());
@@ -394,7 +378,7 @@ impl Projection {
             .store_failures
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
-            stream = self.phase.stream(),
+            stream = self.stream.as_str(),
             "the read model at {} failed {doing}: {e}; trying again in {backoff:?}",
             self.read_model.url()
         );
@@ -424,7 +408,7 @@ impl Projection {
                 Events::Knowledge(v) => decode_body(h, body).map(|e| v.push((s, e))),
             };
             if let Err(e) = ok {
-                tracing::warn!(stream = self.phase.stream(), seq = s, "skipped: {e}");
+                tracing::warn!(stream = self.stream.as_str(), seq = s, "skipped: {e}");
                 skipped.push(s);
             }
         }
@@ -460,7 +444,7 @@ impl Projection {
         let mut tx = self.read_model.pool().begin().await?;
         let conn: &mut AnyConnection = &mut tx;
         let stored = sqlx::query("SELECT last_seq FROM projection_offsets WHERE stream = $1")
-            .bind(self.phase.stream())
+            .bind(self.stream.as_str())
             .fetch_optional(&mut *conn)
             .await?
             .map(|r| int(&r, 0))
@@ -487,7 +471,7 @@ impl Projection {
                 "INSERT INTO projection_offsets (stream, last_seq, applied, skipped) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (stream) DO NOTHING",
             )
-            .bind(self.phase.stream())
+            .bind(self.stream.as_str())
             .bind(last_seq as i64)
             .bind(applied)
             .bind(skip)
@@ -501,7 +485,7 @@ impl Projection {
             .bind(last_seq as i64)
             .bind(applied)
             .bind(skip)
-            .bind(self.phase.stream())
+            .bind(self.stream.as_str())
             .bind(old)
             .execute(&mut *conn)
             .await?
