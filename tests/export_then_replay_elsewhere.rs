@@ -1,6 +1,9 @@
 //! `mapek export` writes a slice of the log; `mapek replay verify --file` on another machine
 //! (here: pointed at a fresh, empty server) gives the same verdict as on the live log, and an
-//! edited slice is caught.
+//! edited slice is caught. The log is recorded on a server that splits telemetry over two
+//! streams (ADR 0012): the slice keeps their names and their merged order, and replays on a
+//! machine whose server does not split it (the slice is read as a file, never loaded into the
+//! server).
 
 mod common;
 mod replay_common;
@@ -8,6 +11,7 @@ mod replay_common;
 use common::{mapek, stderr};
 use mapek_domain::Decision;
 use mapek_replay::record::{base64_decode, base64_encode};
+use mapek_replay::slice::Slice;
 use mapek_testkit::NatsServer;
 use replay_common::{mapek_json, recorded_demo, stream_counts};
 
@@ -32,7 +36,31 @@ async fn a_slice_replays_elsewhere_to_the_same_verdict() {
     let (out, live) = mapek_json(&server.url(), &["replay", "verify"]);
     assert!(out.status.success());
 
-    let fresh = NatsServer::start();
+    // The telemetry lines name their real streams, merged by stored time.
+    let text = std::fs::read_to_string(&slice).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let telemetry: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["stream"].as_str().unwrap().starts_with("MAPEK_MONITOR"))
+        .collect();
+    let mut streams: Vec<&str> = telemetry
+        .iter()
+        .map(|l| l["stream"].as_str().unwrap())
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    assert_eq!(streams, ["MAPEK_MONITOR_0", "MAPEK_MONITOR_1"]);
+    let stored: Vec<i64> = telemetry
+        .iter()
+        .map(|l| l["stored_ms"].as_i64().unwrap())
+        .collect();
+    assert!(stored.is_sorted(), "telemetry merged by stored time");
+
+    let fresh = NatsServer::start_without_mapping();
     let file = slice.display().to_string();
     let (out, replayed) = mapek_json(&fresh.url(), &["replay", "verify", "--file", &file]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -54,6 +82,17 @@ async fn a_node_slice_up_to_a_time_holds_what_its_decisions_need() {
     let slice = dir.path().join("node.slice");
     let to = (ts + 1000).to_string();
     export(&server.url(), &["--node", node, "--to", &to], &slice);
+    let header = Slice::open(&slice).unwrap().header;
+    let telemetry: Vec<&String> = header
+        .counts
+        .keys()
+        .filter(|s| s.starts_with("MAPEK_MONITOR"))
+        .collect();
+    assert_eq!(
+        telemetry.len(),
+        1,
+        "a node's partition is in one stream: {telemetry:?}"
+    );
     let file = slice.display().to_string();
     let (out, report) = mapek_json(
         "nats://127.0.0.1:1",

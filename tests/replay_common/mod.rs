@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use mapek_bus::JetStream;
+use mapek_bus::{JetStream, layout};
 use mapek_domain::Phase;
 use mapek_testkit::NatsServer;
 
@@ -12,9 +12,19 @@ use crate::common::{mapek, run, stderr, stdout};
 
 /// A fresh server holding the log of a whole `mapek demo` run on 32 nodes: telemetry,
 /// symptoms, decisions, actions, outcomes, and the policy and analyze settings the workers
-/// recorded at start.
+/// recorded at start. The server maps telemetry into partitions, as the configs mapek ships
+/// do, so telemetry is split over `MAPEK_MONITOR_0` and `MAPEK_MONITOR_1`.
 pub async fn recorded_demo() -> (NatsServer, JetStream) {
-    let server = NatsServer::start();
+    recorded_demo_on(NatsServer::start()).await
+}
+
+/// [`recorded_demo`] on a server without the telemetry mapping: telemetry in one stream,
+/// `MAPEK_MONITOR`.
+pub async fn recorded_demo_in_one_telemetry_stream() -> (NatsServer, JetStream) {
+    recorded_demo_on(NatsServer::start_without_mapping()).await
+}
+
+async fn recorded_demo_on(server: NatsServer) -> (NatsServer, JetStream) {
     // The demo keeps its embedded knowledge stores in ./mapek-data, which one process may
     // open at a time: each recording gets its own directory.
     let dir = tempfile::tempdir().unwrap();
@@ -49,17 +59,29 @@ pub fn mapek_json(url: &str, args: &[&str]) -> (Output, serde_json::Value) {
     (out, json)
 }
 
-/// How many messages each phase's stream holds, in phase order.
+/// How many messages each phase's streams hold (telemetry's may be several), in phase order.
 pub async fn stream_counts(js: &JetStream) -> Vec<(String, u64)> {
     let mut counts = Vec::new();
     for phase in Phase::ALL {
-        let n = match js.get_stream(phase.stream()).await {
-            Ok(mut s) => s.info().await.unwrap().state.messages,
-            Err(_) => 0,
-        };
-        counts.push((phase.stream().to_owned(), n));
+        let mut n = 0;
+        for stored in layout::streams_of(js, phase).await.unwrap() {
+            if let Ok(mut s) = js.get_stream(&stored.name).await {
+                n += s.info().await.unwrap().state.messages;
+            }
+        }
+        counts.push((phase.to_string(), n));
     }
     counts
+}
+
+/// The names of the streams that store telemetry on the server `js` is connected to.
+pub async fn telemetry_streams(js: &JetStream) -> Vec<String> {
+    layout::streams_of(js, Phase::Monitor)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
 }
 
 /// Every recorded decision, as `mapek subscribe decisions --json` prints them.

@@ -1,13 +1,16 @@
 //! `mapek export`: a slice of the live log, written as a slice file.
 //!
 //! A replay rebuilds state from the first message of each stream, so a slice holds every
-//! message from the start of the streams up to the end of the range: `MAPEK_MONITOR`,
-//! `MAPEK_ANALYZE` and `MAPEK_PLAN` up to (in stream order) the last message whose event time
-//! is in or before the range, and the action results and outcomes of the incidents it holds.
+//! message from the start of the streams up to the end of the range: the telemetry streams
+//! (`MAPEK_MONITOR`, or each of `MAPEK_MONITOR_0` … when the server splits telemetry),
+//! `MAPEK_ANALYZE` and `MAPEK_PLAN`, each up to (in its stream order) its last message whose
+//! event time is in or before the range, and the action results and outcomes of the incidents
+//! it holds. Lines keep the streams' real names; telemetry of several streams is written in the
+//! merged order a replay reads it in.
 //! With a node, it holds that node's whole partition: the analyzer's silence watermark and the
 //! planner's blast radius are per partition, so the other nodes there shape its decisions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use mapek_bus::JetStream;
@@ -28,7 +31,8 @@ pub struct ExportSummary {
     pub partition: Option<u32>,
 }
 
-/// The records of one phase up to the last whose event time is at or before `to`.
+/// The records of one phase, each of its streams up to its last record whose event time is
+/// at or before `to`.
 async fn up_to<E: AvroEvent>(
     source: &Source,
     filter: Option<String>,
@@ -43,13 +47,23 @@ async fn up_to<E: AvroEvent>(
         })
         .await?;
     if let Some(to) = to {
-        // Messages that do not decode stay where they are: the workers saw them too.
-        let keep = events
+        // Messages that do not decode stay where they are in their stream: the workers saw
+        // them too.
+        let mut keep: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, (r, e)) in records.iter().zip(&events).enumerate() {
+            if e.as_ref().is_some_and(|e| e.ts_ms() <= to) {
+                keep.insert(&r.stream, i);
+            }
+        }
+        let kept: Vec<bool> = records
             .iter()
-            .rposition(|e| e.as_ref().is_some_and(|e| e.ts_ms() <= to))
-            .map_or(0, |i| i + 1);
-        records.truncate(keep);
-        events.truncate(keep);
+            .enumerate()
+            .map(|(i, r)| keep.get(r.stream.as_str()).is_some_and(|&last| i <= last))
+            .collect();
+        let mut flags = kept.iter();
+        records.retain(|_| *flags.next().unwrap_or(&false));
+        let mut flags = kept.iter();
+        events.retain(|_| *flags.next().unwrap_or(&false));
     }
     Ok((records, events))
 }
@@ -77,8 +91,8 @@ pub async fn export(
             .await?;
         summary.partition = Some(found.ok_or_else(|| {
             ReplayError::Missing(format!(
-                "node {node} has no telemetry in MAPEK_MONITOR: check the name, or export \
-                 without --node"
+                "node {node} has no telemetry in the telemetry streams: check the name, or \
+                 export without --node"
             ))
         })?);
     }

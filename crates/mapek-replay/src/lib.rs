@@ -5,7 +5,7 @@
 //! - [`what_if()`]: the recorded symptoms through another policy, with knowledge limited to
 //!   what existed before each symptom; a diff of the decisions.
 //! - [`incident_story()`]: an incident as a timeline, from the telemetry to the outcome.
-//! - [`export()`]: a slice of the live log as a portable file ([`slice`]), which any of the
+//! - [`export()`]: a slice of the live log as a portable file ([`slice`](mod@slice)), which any of the
 //!   above reads through [`Source::Slice`].
 //!
 //! Replay reads through ordered consumers and the config bucket only: it publishes nothing,
@@ -13,8 +13,10 @@
 //!
 //! # Layout
 //! - [`source`]: [`Source`], the live streams or a slice file, read in stream order.
+//! - `merge`: one order for a phase stored in several streams (telemetry split over
+//!   `MAPEK_MONITOR_0` …): by stored time, each stream's own order kept.
 //! - [`record`]: [`Record`], one stored message, byte for byte.
-//! - [`slice`]: the slice file format, [`slice::SliceHeader`] and [`slice::SliceLine`].
+//! - [`slice`](mod@slice): the slice file format, [`slice::SliceHeader`] and [`slice::SliceLine`].
 //! - [`range`]: [`Range`] of event time and [`Bound`]s as users give them.
 //! - `log`: the recorded symptoms and decisions, the policies, the plan replay.
 //! - [`verify`](mod@verify): [`verify()`], [`VerifyReport`], [`Difference`].
@@ -28,6 +30,7 @@ pub mod diff;
 pub mod error;
 pub mod export;
 mod log;
+mod merge;
 pub mod range;
 pub mod record;
 pub mod slice;

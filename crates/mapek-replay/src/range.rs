@@ -4,7 +4,9 @@
 //! message (the analyzer's windows, baselines and silence watermark, and the planner's
 //! cooldowns and open incidents all reach back): the range only says which symptoms and
 //! decisions are compared and reported. Event time is the one clock every phase agrees on; a
-//! stream sequence on the command line means the event time of the telemetry stored there.
+//! stream sequence on the command line means the event time of the telemetry stored there
+//! (a bare one, of `MAPEK_MONITOR`; `MAPEK_MONITOR_1:1200` when telemetry is split over several
+//! streams, each with its own sequences).
 
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +40,21 @@ impl Range {
     }
 }
 
-/// A bound as a user gives it: an event time, or a sequence of the telemetry stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A bound as a user gives it: an event time, or a sequence of a telemetry stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bound {
     /// Milliseconds since the Unix epoch.
     Time(i64),
-    /// A stream sequence of `MAPEK_MONITOR`: the event time of the telemetry stored there.
+    /// A sequence of *the* telemetry stream, `MAPEK_MONITOR`: the event time of the telemetry
+    /// stored there. Refused when telemetry is split over several streams (ADR 0012), where a
+    /// sequence means nothing without its stream.
     Seq(u64),
+    /// A sequence of a named telemetry stream (`MAPEK_MONITOR_1:1200`): the event time of the
+    /// telemetry stored there.
+    StreamSeq {
+        /// The stream: `MAPEK_MONITOR` or `MAPEK_MONITOR_<n>`.
+        stream: String,
+        /// Its sequence there.
+        seq: u64,
+    },
 }

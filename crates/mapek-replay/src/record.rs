@@ -2,14 +2,15 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use mapek_bus::headers;
+use mapek_bus::{headers, layout};
 use mapek_codec::{AvroEvent, CodecError};
 use mapek_domain::Phase;
 
 /// A message as JetStream stored it: everything a replay needs to decode it again exactly.
 #[derive(Clone, Debug)]
 pub struct Record {
-    /// The stream (`MAPEK_MONITOR`).
+    /// The stream (`MAPEK_MONITOR`, or `MAPEK_MONITOR_1` when telemetry is split over several
+    /// streams).
     pub stream: String,
     /// Its sequence in that stream.
     pub seq: u64,
@@ -45,20 +46,16 @@ impl Record {
     }
 }
 
-/// The partition token of a stored subject `mapek.<phase>.<p>.<node>`.
+/// The partition token of a stored subject `mapek.<phase>.<p>.<node>`
+/// ([`mapek_bus::layout::partition_of`]).
 pub fn partition_of(subject: &str) -> Option<u32> {
-    let mut parts = subject.split('.');
-    let (Some("mapek"), Some(_), Some(p), Some(_)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    p.parse().ok()
+    layout::partition_of(subject)
 }
 
-/// The phase whose stream is `stream`.
+/// The phase stream `stream` stores: `MAPEK_MONITOR` and `MAPEK_MONITOR_<n>` store telemetry
+/// ([`mapek_bus::layout::phase_of_stream`]).
 pub fn phase_of(stream: &str) -> Option<Phase> {
-    Phase::ALL.into_iter().find(|p| p.stream() == stream)
+    layout::phase_of_stream(stream)
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -132,5 +129,12 @@ mod tests {
     fn the_partition_is_the_third_token() {
         assert_eq!(partition_of("mapek.monitor.3.n17"), Some(3));
         assert_eq!(partition_of("mapek.monitor.n17"), None);
+    }
+
+    #[test]
+    fn both_layouts_store_telemetry() {
+        assert_eq!(phase_of("MAPEK_MONITOR"), Some(Phase::Monitor));
+        assert_eq!(phase_of("MAPEK_MONITOR_1"), Some(Phase::Monitor));
+        assert_eq!(phase_of("MAPEK_PLAN"), Some(Phase::Plan));
     }
 }

@@ -98,7 +98,8 @@ impl SliceHeader {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SliceLine {
-    /// The stream (`MAPEK_MONITOR`).
+    /// The stream (`MAPEK_MONITOR`; `MAPEK_MONITOR_1` from a server that splits telemetry over
+    /// several streams).
     pub stream: String,
     /// The stream sequence.
     pub seq: u64,
@@ -161,7 +162,8 @@ impl SliceLine {
 pub struct Slice {
     /// Its first line.
     pub header: SliceHeader,
-    /// Every message, in file order (per stream, in stream order).
+    /// Every message, in file order (each stream's in its stream order; telemetry of several
+    /// streams merged by stored time, or one stream after another in older slices).
     pub records: Vec<Record>,
 }
 

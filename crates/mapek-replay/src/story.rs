@@ -13,6 +13,7 @@ use mapek_domain::{
 };
 use serde::Serialize;
 
+use crate::merge::stream_key;
 use crate::record::Record;
 use crate::whatif::describe;
 use crate::{ReplayError, Source};
@@ -48,8 +49,10 @@ pub struct Entry {
     pub title: String,
     /// Further lines: evidence, reason, rule, neighbours.
     pub details: Vec<String>,
+    /// Where it is stored, to order entries of the same instant and stage as they were
+    /// stored (the stream first: telemetry may be split over several).
     #[serde(skip)]
-    seq: u64,
+    stored: (String, u64),
 }
 
 /// An incident's story.
@@ -129,7 +132,8 @@ pub async fn incident_story(source: &Source, incident_id: &str) -> Result<Story,
             source_name: source.name(),
         })?;
 
-    // The telemetry behind the symptoms, looked up by id in the symptoms' partitions.
+    // The telemetry behind the symptoms, looked up by id in the symptoms' partitions (each in
+    // one stream, whatever the layout).
     let causes: BTreeSet<String> = symptoms.iter().map(|(_, s)| s.caused_by.clone()).collect();
     let partitions: BTreeSet<Option<u32>> = symptoms.iter().map(|(r, _)| r.partition()).collect();
     let mut telemetry: Vec<(Record, Telemetry)> = Vec::new();
@@ -171,7 +175,10 @@ pub async fn incident_story(source: &Source, incident_id: &str) -> Result<Story,
     for (r, o) in &outcomes {
         entries.push(outcome_entry(r, o));
     }
-    entries.sort_by_key(|e| (e.ts_ms, e.stage, e.seq));
+    fn key(e: &Entry) -> (i64, Stage, (&str, Option<u64>), u64) {
+        (e.ts_ms, e.stage, stream_key(&e.stored.0), e.stored.1)
+    }
+    entries.sort_by(|a, b| key(a).cmp(&key(b)));
     Ok(Story {
         incident_id: incident_id.to_owned(),
         node,
@@ -211,7 +218,7 @@ fn telemetry_entry(r: &Record, t: &Telemetry, symptoms: &[(Record, Symptom)]) ->
         event_id: t.event_id.clone(),
         title: format!("telemetry from {} tipped {}", t.node, tipped.join(", ")),
         details,
-        seq: r.seq,
+        stored: (r.stream.clone(), r.seq),
     }
 }
 
@@ -242,7 +249,7 @@ fn symptom_entry(r: &Record, s: &Symptom) -> Entry {
             format!("evidence: {}", evidence.join(", ")),
             format!("caused by telemetry {}", s.caused_by),
         ],
-        seq: r.seq,
+        stored: (r.stream.clone(), r.seq),
     }
 }
 
@@ -305,7 +312,7 @@ fn decision_entry(r: &Record, d: &Decision, policy: Option<&Policy>) -> Entry {
         event_id: d.decision_id.clone(),
         title: format!("decision: {} (rule `{}`)", describe(&d.action), d.rule),
         details,
-        seq: r.seq,
+        stored: (r.stream.clone(), r.seq),
     }
 }
 
@@ -340,7 +347,7 @@ fn result_entry(r: &Record, a: &ActionResult) -> Entry {
         event_id: a.result_id.clone(),
         title,
         details: vec![format!("decision {}", a.decision_id)],
-        seq: r.seq,
+        stored: (r.stream.clone(), r.seq),
     }
 }
 
@@ -355,7 +362,7 @@ fn outcome_entry(r: &Record, o: &Outcome) -> Entry {
         event_id: o.outcome_id.clone(),
         title: format!("outcome: {}{took}", o.result.as_str()),
         details: vec![o.detail.clone()],
-        seq: r.seq,
+        stored: (r.stream.clone(), r.seq),
     }
 }
 

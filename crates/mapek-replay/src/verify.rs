@@ -1,11 +1,13 @@
 //! `replay verify`: run analyze and plan again over the recorded log and check that every
 //! symptom and decision comes out byte for byte as recorded.
 //!
-//! Analyze: one [`Analyzer`] per partition of `MAPEK_MONITOR`, fed that partition's telemetry
-//! in stream order from the first message, with the analyze configuration recorded in force.
+//! Analyze: one [`Analyzer`] per partition of the telemetry, fed that partition's telemetry in
+//! stream order from the first message, with the analyze configuration recorded in force. A
+//! partition is stored in one stream whatever the layout (`MAPEK_MONITOR`, or one of
+//! `MAPEK_MONITOR_<n>` when the server splits telemetry), so its order is its stream's.
 //! Plan: one [`mapek_domain::Planner`] per partition of `MAPEK_ANALYZE`, fed the *recorded*
 //! symptoms in stream order, with the policy and the knowledge each recorded decision names
-//! (see [`crate::log`]). Checking plan against the recorded symptoms keeps a difference in
+//! (see the `log` module). Checking plan against the recorded symptoms keeps a difference in
 //! one phase from showing up again in the next.
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,7 +81,7 @@ impl Tally {
 pub struct VerifyReport {
     /// The range compared.
     pub range: Range,
-    /// Telemetry read (the whole stream: state needs all of it).
+    /// Telemetry read (every telemetry stream, whole: state needs all of it).
     pub telemetry: u64,
     /// Symptoms.
     pub symptoms: Tally,
@@ -110,7 +112,7 @@ impl VerifyReport {
 pub struct Progress {
     /// Telemetry read so far.
     pub done: u64,
-    /// Telemetry the stream held at the start.
+    /// Telemetry the streams held at the start.
     pub total: u64,
     /// Time since the read began.
     pub elapsed: std::time::Duration,

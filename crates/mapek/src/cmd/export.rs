@@ -31,7 +31,9 @@ const EXPORT_HELP: &str = "\
 The slice is JSON Lines on stdout: a header (format, range, the recorded policies and analyze
 settings), then one line per stored message with its body in base64, byte for byte. It holds
 the log from the first message of each stream up to --to, because replay rebuilds state from
-the start; --from only sets the range replays compare. docs/replay.md describes the format.
+the start; --from only sets the range replays compare. Telemetry split over several streams
+(MAPEK_MONITOR_0, ...; docs/adr/0012) keeps each stream's name and sequences, merged by stored
+time. docs/replay.md describes the format.
 
 Example:
   mapek export --from 2026-11-28T12:00:00Z --to 2026-11-28T12:05:00Z --node n17 > n17.slice

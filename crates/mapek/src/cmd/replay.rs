@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{KnowledgeView, NodeId, Policy};
+use mapek_domain::{KnowledgeView, NodeId, Phase, Policy};
 use mapek_replay::{Bound, Progress, Range, Source, VerifyOptions};
 use mapek_vectors::{IncidentIndex, IndexKnowledge};
 
@@ -30,8 +30,9 @@ pub enum ReplayCommand {
 /// Which part of which log.
 #[derive(Debug, Args)]
 pub struct RangeArgs {
-    /// Compare from this event time: RFC 3339, Unix ms, or a sequence of MAPEK_MONITOR
-    /// (`seq:1200`, or a number below 100000000000)
+    /// Compare from this event time: RFC 3339, Unix ms, or the time of the telemetry at a
+    /// stream sequence: of MAPEK_MONITOR (`seq:1200`, or a number below 100000000000), or of a
+    /// named telemetry stream when the server splits telemetry (`MAPEK_MONITOR_1:1200`)
     #[arg(long, value_name = "TIME|SEQ", value_parser = parse_bound)]
     from: Option<Bound>,
 
@@ -111,6 +112,11 @@ Each stream is replayed from its first message, because the analyzers' windows a
 planners' cooldowns reach back; --from/--to/--node only choose what is compared. Replay reads
 through ordered consumers: it publishes nothing and acts on nothing. docs/replay.md has more.
 
+A sequence given to --from/--to names telemetry in one stream. When the server splits
+telemetry over several streams (MAPEK_MONITOR_0, MAPEK_MONITOR_1, ...; docs/adr/0012) each has
+its own sequences, so a bare sequence is refused: give a time, or name the stream, as in
+--from MAPEK_MONITOR_1:1200.
+
 Examples:
   mapek replay verify
   mapek replay verify --from 2026-11-28T12:00:00Z --to 2026-11-28T13:00:00Z --node n17
@@ -118,6 +124,24 @@ Examples:
   mapek replay verify --file incident.slice";
 
 fn parse_bound(s: &str) -> Result<Bound, String> {
+    // `MAPEK_MONITOR_1:1200`: no time starts with a letter.
+    if let Some((stream, seq)) = s.rsplit_once(':')
+        && stream.starts_with("MAPEK_")
+    {
+        if mapek_bus::layout::phase_of_stream(stream) != Some(Phase::Monitor) {
+            return Err(format!(
+                "{s:?}: a sequence must be of a telemetry stream (MAPEK_MONITOR, \
+                 MAPEK_MONITOR_<n>)"
+            ));
+        }
+        return seq
+            .parse()
+            .map(|seq| Bound::StreamSeq {
+                stream: stream.to_owned(),
+                seq,
+            })
+            .map_err(|_| format!("{s:?}: {stream}: takes a stream sequence, a whole number"));
+    }
     if let Some(seq) = s.strip_prefix("seq:") {
         return seq
             .parse()
@@ -139,12 +163,12 @@ async fn source(file: Option<&PathBuf>, settings: &Settings) -> anyhow::Result<S
 
 async fn range(args: &RangeArgs, source: &Source) -> anyhow::Result<Range> {
     let given = Range {
-        from_ms: match args.from {
-            Some(b) => Some(source.resolve(b).await?),
+        from_ms: match &args.from {
+            Some(b) => Some(source.resolve(b.clone()).await?),
             None => None,
         },
-        to_ms: match args.to {
-            Some(b) => Some(source.resolve(b).await?),
+        to_ms: match &args.to {
+            Some(b) => Some(source.resolve(b.clone()).await?),
             None => None,
         },
     };
@@ -296,5 +320,29 @@ fn emit(text: &str) -> anyhow::Result<()> {
             Err(anyhow::anyhow!("cannot write to stdout: {e}"))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_is_a_time_a_sequence_or_a_streams_sequence() {
+        assert_eq!(parse_bound("seq:1200"), Ok(Bound::Seq(1200)));
+        assert_eq!(parse_bound("1200"), Ok(Bound::Seq(1200)));
+        assert_eq!(
+            parse_bound("MAPEK_MONITOR_1:1200"),
+            Ok(Bound::StreamSeq {
+                stream: "MAPEK_MONITOR_1".into(),
+                seq: 1200
+            })
+        );
+        assert!(matches!(
+            parse_bound("2026-11-28T12:00:00Z"),
+            Ok(Bound::Time(_))
+        ));
+        assert!(parse_bound("MAPEK_PLAN:3").is_err());
+        assert!(parse_bound("MAPEK_MONITOR_1:x").is_err());
     }
 }
