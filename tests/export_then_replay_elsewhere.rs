@@ -34,7 +34,7 @@ async fn a_slice_replays_elsewhere_to_the_same_verdict() {
     let slice = dir.path().join("all.slice");
     export(&server.url(), &[], &slice);
     let (out, live) = mapek_json(&server.url(), &["replay", "verify"]);
-    assert!(out.status.success());
+    assert!(out.status.success(), "live verify: {live}");
 
     // The telemetry lines name their real streams, merged by stored time.
     let text = std::fs::read_to_string(&slice).unwrap();

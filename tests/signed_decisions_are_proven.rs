@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::{Running, T0, decision, publish, quick, setup, start_agent, wait_for};
+use agent::{
+    Running, T0, analyze_by_partition, decision, publish, quick, setup, start_agent, wait_for,
+};
 use mapek_audit::{SigningKey, VerifyingKey, keys};
 use mapek_bus::Publisher;
 use mapek_domain::ActionKind::{RateLimit, Reroute};
 use mapek_domain::execute::Approval;
 use mapek_domain::{
-    ActionResult, ActionStatus, AnalyzeConfig, Analyzer, Decision, ExecuteConfig, NodeId, Policy,
-    Telemetry,
+    ActionResult, ActionStatus, Decision, ExecuteConfig, NodeId, Policy, Telemetry,
 };
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, execute, run_stage};
@@ -41,14 +42,7 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut config = StageConfig::new("analyze", None);
-    config.fetch_wait = Duration::from_millis(100);
-    let analyze = tokio::spawn(run_stage(
-        js.clone(),
-        Analyzer::new(AnalyzeConfig::default()),
-        config,
-        wait(stopped.clone()),
-    ));
+    let analyze = analyze_by_partition(&js, &stopped);
     let mut config = StageConfig::new("plan", None);
     config.fetch_wait = Duration::from_millis(100);
     let plan = tokio::spawn(run_stage(
@@ -59,7 +53,9 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
     ));
     let decisions: Vec<Decision> = wait_for(&js, 3).await;
     let _ = stop.send(true);
-    analyze.await.unwrap().unwrap();
+    for worker in analyze {
+        worker.await.unwrap().unwrap();
+    }
     plan.await.unwrap().unwrap();
     assert!(decisions.iter().all(|d| d.signature.len() == 3309));
 

@@ -7,7 +7,7 @@ mod traced;
 
 use std::time::Duration;
 
-use mapek_domain::{AnalyzeConfig, Analyzer, Policy};
+use mapek_domain::Policy;
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, run_stage};
 
@@ -22,16 +22,9 @@ async fn symptoms_and_decisions_stay_in_the_telemetrys_trace() {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut analyze_config = StageConfig::new("analyze", None);
-    analyze_config.fetch_wait = Duration::from_millis(100);
     let mut plan_config = StageConfig::new("plan", None);
     plan_config.fetch_wait = Duration::from_millis(100);
-    let analyze = tokio::spawn(run_stage(
-        js.clone(),
-        Analyzer::new(AnalyzeConfig::default()),
-        analyze_config,
-        wait(stopped.clone()),
-    ));
+    let analyze = agent::analyze_by_partition(&js, &stopped);
     let plan = tokio::spawn(run_stage(
         js.clone(),
         PlanStage::without_knowledge(Policy::builtin()),
@@ -48,7 +41,9 @@ async fn symptoms_and_decisions_stay_in_the_telemetrys_trace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let _ = stop.send(true);
-    analyze.await.unwrap().unwrap();
+    for worker in analyze {
+        worker.await.unwrap().unwrap();
+    }
     plan.await.unwrap().unwrap();
 
     let symptoms = contexts(&js, "MAPEK_ANALYZE").await;

@@ -55,7 +55,9 @@ async fn metrics_count_the_events_a_worker_handles() {
     assert!(publisher.finish().await.all_acked());
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut config = StageConfig::new("analyze", None);
+    // n1's partition, as `mapek run` reads it.
+    let partition = mapek_bus::layout::partition_of_node(&NodeId::new("n1").unwrap());
+    let mut config = StageConfig::new("analyze", Some(partition));
     config.fetch_wait = Duration::from_millis(100);
     let worker = tokio::spawn(run_stage(
         js.clone(),
@@ -80,7 +82,9 @@ async fn metrics_count_the_events_a_worker_handles() {
     assert!(sample(&page, "mapek_step_seconds_count{phase=\"monitor\"}") >= 50.0);
     assert!(sample(&page, "mapek_batch_seconds_count{phase=\"monitor\"}") >= 1.0);
     assert!(
-        page.contains("mapek_consumer_pending{consumer=\"analyze\",phase=\"monitor\"} 0"),
+        page.contains(&format!(
+            "mapek_consumer_pending{{consumer=\"analyze-p{partition}\",phase=\"monitor\"}} 0"
+        )),
         "the consumer caught up: {page}"
     );
     assert!(page.contains("# TYPE mapek_cycle_seconds histogram"));

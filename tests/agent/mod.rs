@@ -31,6 +31,29 @@ pub async fn setup() -> (NatsServer, JetStream, async_nats::Client) {
     (server, js, client)
 }
 
+/// Analyze as `mapek run` runs it: a worker per partition of the telemetry (on the monitor
+/// stream that holds it), reading every 100 ms, until `stop` turns true.
+pub fn analyze_by_partition(
+    js: &JetStream,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Result<mapek_loop::StageStats, mapek_bus::BusError>>> {
+    (0..mapek_bus::layout::PARTITIONS)
+        .map(|p| {
+            let mut config = mapek_loop::StageConfig::new("analyze", Some(p));
+            config.fetch_wait = Duration::from_millis(100);
+            let mut stop = stop.clone();
+            tokio::spawn(mapek_loop::run_stage(
+                js.clone(),
+                mapek_domain::Analyzer::new(mapek_domain::AnalyzeConfig::default()),
+                config,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect()
+}
+
 /// A config with short timeouts, so a test that waits for a missing reply is quick.
 pub fn quick() -> ExecuteConfig {
     ExecuteConfig {

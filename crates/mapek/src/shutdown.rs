@@ -31,6 +31,13 @@ impl Shutdown {
         Self { rx }
     }
 
+    /// A signal that fires when the returned sender sends `true` (or is dropped without
+    /// sending, which leaves it unfired).
+    pub fn manual() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self { rx })
+    }
+
     /// Completes once the signal fired.
     pub async fn wait(mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;

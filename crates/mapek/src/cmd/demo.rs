@@ -9,7 +9,7 @@ use clap::Args;
 use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{
-    ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Symptom, SymptomState,
+    ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Phase, Symptom, SymptomState,
 };
 use mapek_sim::{Fault, Mesh, MeshConfig, default_script};
 use tokio::sync::mpsc;
@@ -57,6 +57,40 @@ enum Seen {
     Decision(Decision),
     Action(ActionResult),
     Outcome(Outcome),
+}
+
+/// Waits until every durable consumer of the loop's streams has taken and acknowledged all
+/// its stream holds, at most `limit`; whether they did.
+async fn drained(js: &JetStream, limit: Duration) -> bool {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut behind = false;
+        for phase in [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute] {
+            let Ok(streams) = mapek_bus::layout::streams_of(js, phase).await else {
+                return false;
+            };
+            for stored in streams {
+                let Ok(stream) = js.get_stream(&stored.name).await else {
+                    continue;
+                };
+                let mut consumers = stream.consumers();
+                while let Some(Ok(info)) = consumers.next().await {
+                    let durable = info.config.durable_name.is_some();
+                    if durable && info.num_pending + info.num_ack_pending as u64 > 0 {
+                        behind = true;
+                    }
+                }
+            }
+        }
+        if !behind {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn forward<E: AvroEvent + Send + 'static>(
@@ -187,7 +221,9 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
 
     let spans = crate::otel::install()?;
     let mut tasks = JoinSet::new();
-    workers.spawn(&js, &client, PhaseArg::All, &shutdown, &mut tasks);
+    // The workers stop after the mesh, once they have taken in what it published last.
+    let (stop_workers, workers_stop) = Shutdown::manual();
+    workers.spawn(&js, &client, PhaseArg::All, &workers_stop, &mut tasks);
     let sim_stop = shutdown.clone();
     let hz = args.speed.max(0.1);
     let sim = tokio::spawn(mapek_sim::run_faster(
@@ -213,6 +249,10 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         }
     }
     let report = sim.await??;
+    if !drained(&js, Duration::from_secs(10)).await {
+        eprintln!("mapek demo: the loop had not caught up with the mesh 10 s after it stopped");
+    }
+    let _ = stop_workers.send(true);
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             eprintln!("error: {e:#}");
