@@ -57,28 +57,38 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
 
     let (out, report) = mapek_json(&url, &["replay", "what-if", "--policy", &candidate]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(report["total"]["changed"], lossy, "{report}");
-    assert_eq!(report["total"]["same"], recorded.len() as u64 - lossy);
-    assert_eq!(report["total"]["added"], 0);
-    assert_eq!(report["total"]["removed"], 0);
-    assert_eq!(report["per_kind"]["packet_loss"]["changed"], lossy);
+    // Every lossy-link decision is escalated instead. What follows on the same nodes may
+    // change too: a loss the reroute would have cleared, or that its cooldown kept quiet, is
+    // decided by another rule now. How much follows depends on how the recorded run unfolded,
+    // but it is only loss: nothing else the loop decided moves.
+    assert!(
+        report["total"]["changed"].as_u64().unwrap() >= lossy,
+        "{report}"
+    );
+    for (kind, counts) in report["per_kind"].as_object().unwrap() {
+        if kind != "packet_loss" {
+            for change in ["changed", "added", "removed"] {
+                assert_eq!(counts[change], 0, "{kind}: {report}");
+            }
+        }
+    }
     let reroutes = report["per_action"]["reroute"].as_array().unwrap();
     assert_eq!(
         reroutes[0].as_u64().unwrap() - reroutes[1].as_u64().unwrap(),
         lossy,
         "{report}"
     );
+    let mut escalated = 0;
     for x in report["examples"].as_array().unwrap() {
-        assert_eq!(x["change"], "changed");
-        assert_eq!(x["recorded"]["rule"], "lossy-link");
-        assert!(
-            x["what_if"]["action"]
-                .as_str()
-                .unwrap()
-                .starts_with("escalate"),
-            "{x}"
-        );
+        assert_eq!(x["kind"], "packet_loss", "{x}");
+        if x["recorded"]["rule"] == "lossy-link" {
+            assert_eq!(x["change"], "changed");
+            let action = x["what_if"]["action"].as_str().unwrap();
+            assert!(action.starts_with("escalate"), "{x}");
+            escalated += 1;
+        }
     }
+    assert!(escalated >= 1, "{report}");
     let text = stdout(&mapek_run(
         &url,
         &["replay", "what-if", "--policy", &candidate],
