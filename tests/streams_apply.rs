@@ -16,6 +16,26 @@ const OTHER_STREAMS: [&str; 5] = [
     "MAPEK_DLQ",
 ];
 
+/// Runs `mapek streams apply <extra>` against `url`.
+fn apply_streams(url: &str, extra: &[&str]) -> std::process::Output {
+    let mut apply = mapek(url);
+    apply.args(["streams", "apply"]).args(extra);
+    run(apply)
+}
+
+/// Connects to `server` and makes a stream of its own there, `name` on `subject`.
+async fn with_stream(server: &NatsServer, name: &str, subject: &str) -> mapek_bus::JetStream {
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
 #[test]
 fn apply_on_a_mapping_server_splits_telemetry_over_two_streams_then_changes_nothing() {
     let server = NatsServer::start();
@@ -82,9 +102,7 @@ fn apply_updates_only_the_keys_that_differ() {
 #[test]
 fn apply_without_the_mapping_keeps_telemetry_in_one_stream() {
     let server = NatsServer::start_without_mapping();
-    let mut apply = mapek(&server.url());
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
+    let out = apply_streams(&server.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -114,9 +132,7 @@ async fn publish_one_each(url: &str, nodes: usize) -> mapek_bus::JetStream {
 async fn telemetry_lands_in_the_stream_that_holds_its_nodes_partition() {
     // Given: a mapping server with four monitor streams.
     let server = NatsServer::start();
-    let mut apply = mapek(&server.url());
-    apply.args(["streams", "apply", "--monitor-streams", "4"]);
-    let out = run(apply);
+    let out = apply_streams(&server.url(), &["--monitor-streams", "4"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("stored in 4 streams"),
@@ -148,14 +164,7 @@ async fn telemetry_lands_in_the_stream_that_holds_its_nodes_partition() {
 async fn an_old_telemetry_stream_with_events_stops_the_switch_with_what_to_do() {
     // Given: a server that kept telemetry in one stream, then got the mapping.
     let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "MAPEK_MONITOR".into(),
-        subjects: vec!["mapek.legacy.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = with_stream(&server, "MAPEK_MONITOR", "mapek.legacy.>").await;
     js.publish("mapek.legacy.n1", "old".into())
         .await
         .unwrap()
@@ -163,9 +172,7 @@ async fn an_old_telemetry_stream_with_events_stops_the_switch_with_what_to_do() 
         .unwrap();
 
     // When: streams are applied.
-    let mut apply = mapek(&server.url());
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
+    let out = apply_streams(&server.url(), &[]);
 
     // Then: it stops, saying what holds what and how to go on; nothing is deleted.
     assert!(!out.status.success());
@@ -184,9 +191,7 @@ async fn an_old_telemetry_stream_with_events_stops_the_switch_with_what_to_do() 
         .purge()
         .await
         .unwrap();
-    let mut again = mapek(&server.url());
-    again.args(["streams", "apply"]);
-    let out = run(again);
+    let out = apply_streams(&server.url(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("MAPEK_MONITOR: deleted (it was empty"),
@@ -200,19 +205,10 @@ async fn an_old_telemetry_stream_with_events_stops_the_switch_with_what_to_do() 
 async fn monitor_streams_on_a_server_that_lost_its_mapping_are_an_error() {
     // Given: the split layout's streams on a server that does not map telemetry.
     let server = NatsServer::start_without_mapping();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "MAPEK_MONITOR_0".into(),
-        subjects: vec!["mapek.monitor.0.*".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = with_stream(&server, "MAPEK_MONITOR_0", "mapek.monitor.0.*").await;
 
     // When: streams are applied.
-    let mut apply = mapek(&server.url());
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
+    let out = apply_streams(&server.url(), &[]);
 
     // Then: it stops and says to put the mapping back.
     assert!(!out.status.success());
