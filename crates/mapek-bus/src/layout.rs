@@ -59,14 +59,20 @@ pub fn monitor_partitions(index: usize, count: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The index of a monitor stream of the mapped layout: 1 for `MAPEK_MONITOR_1`, `None` for
+/// any other name.
+pub fn monitor_index(name: &str) -> Option<usize> {
+    let index = name.strip_prefix(SPLIT_PREFIX)?;
+    if !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    index.parse().ok()
+}
+
 /// The phase a stream stores: `MAPEK_MONITOR` and `MAPEK_MONITOR_<n>` store telemetry.
 pub fn phase_of_stream(name: &str) -> Option<Phase> {
-    if let Some(index) = name.strip_prefix(SPLIT_PREFIX) {
-        return index
-            .parse::<usize>()
-            .ok()
-            .filter(|_| !index.starts_with('+'))
-            .map(|_| Phase::Monitor);
+    if monitor_index(name).is_some() {
+        return Some(Phase::Monitor);
     }
     Phase::ALL.into_iter().find(|p| p.stream() == name)
 }
@@ -106,14 +112,12 @@ pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, B
     let mut found = Vec::new();
     loop {
         let name = monitor_stream(found.len());
-        let Ok(mut stream) = js.get_stream(&name).await else {
+        // The lookup brings the stream's config with it: no second request.
+        let Ok(stream) = js.get_stream(&name).await else {
             break;
         };
-        let info = stream.info().await.map_err(|e| BusError::Stream {
-            stream: name.clone(),
-            detail: e.to_string(),
-        })?;
-        let mut partitions: Vec<u32> = info
+        let mut partitions: Vec<u32> = stream
+            .cached_info()
             .config
             .subjects
             .iter()
@@ -190,6 +194,8 @@ mod tests {
         assert_eq!(phase_of_stream("MAPEK_PLAN"), Some(Phase::Plan));
         assert_eq!(phase_of_stream("MAPEK_MONITOR_x"), None);
         assert_eq!(phase_of_stream("MAPEK_MONITOR_+1"), None);
+        assert_eq!(phase_of_stream("MAPEK_MONITOR_"), None);
+        assert_eq!(monitor_index("MAPEK_MONITOR_10"), Some(10));
         assert_eq!(phase_of_stream("OTHER"), None);
     }
 

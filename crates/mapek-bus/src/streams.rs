@@ -376,16 +376,8 @@ pub async fn apply_layout(
     let single = Phase::Monitor.stream();
     match layout {
         Layout::Split(count) => {
-            if let Ok(mut stream) = js.get_stream(single).await {
-                let held = stream
-                    .info()
-                    .await
-                    .map_err(|e| BusError::Stream {
-                        stream: single.to_owned(),
-                        detail: e.to_string(),
-                    })?
-                    .state
-                    .messages;
+            if let Ok(stream) = js.get_stream(single).await {
+                let held = stream.cached_info().state.messages;
                 if held > 0 {
                     return Err(BusError::Stream {
                         stream: single.to_owned(),

@@ -15,15 +15,11 @@ use crate::record::Record;
 /// The order streams are merged in when their heads were stored at the same millisecond:
 /// by name, with a numeric suffix compared as a number (`MAPEK_MONITOR` first, then
 /// `MAPEK_MONITOR_0`, `MAPEK_MONITOR_1`, …, `MAPEK_MONITOR_10`).
-pub(crate) fn stream_key(name: &str) -> (&str, Option<u64>) {
-    if let Some((stem, index)) = name.rsplit_once('_')
-        && !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = index.parse()
-    {
-        return (stem, Some(n));
+pub(crate) fn stream_key(name: &str) -> (&str, Option<usize>) {
+    match mapek_bus::layout::monitor_index(name) {
+        Some(index) => (mapek_domain::Phase::Monitor.stream(), Some(index)),
+        None => (name, None),
     }
-    (name, None)
 }
 
 /// Which of `heads` (the next record of each stream, the streams in [`stream_key`] order; `None`

@@ -175,7 +175,7 @@ pub async fn incident_story(source: &Source, incident_id: &str) -> Result<Story,
     for (r, o) in &outcomes {
         entries.push(outcome_entry(r, o));
     }
-    fn key(e: &Entry) -> (i64, Stage, (&str, Option<u64>), u64) {
+    fn key(e: &Entry) -> (i64, Stage, (&str, Option<usize>), u64) {
         (e.ts_ms, e.stage, stream_key(&e.stored.0), e.stored.1)
     }
     entries.sort_by(|a, b| key(a).cmp(&key(b)));
