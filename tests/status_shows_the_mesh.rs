@@ -215,3 +215,160 @@ fn status_without_a_read_model_says_what_to_do() {
         "{err}"
     );
 }
+
+/// `mapek status --loop --json`, parsed.
+fn loop_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(&status(url, &["--loop", "--json"], &[])).expect("JSON")
+}
+
+/// The reader `name` of `stream` in a `mapek status --loop --json` document.
+fn reader<'a>(doc: &'a serde_json::Value, stream: &str, name: &str) -> &'a serde_json::Value {
+    let s = doc["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .unwrap_or_else(|| panic!("no {stream} in {doc}"));
+    s["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no reader {name} of {stream} in {doc}"))
+}
+
+#[tokio::test]
+async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
+    use mapek_bus::{Inbox, InboxConfig, Publisher};
+    use mapek_domain::{NodeId, Telemetry};
+
+    let (server, js) = server_with_streams().await;
+    let url = server.url();
+    // A bad message first, then 30 good ones, all from n1: one partition, one stream.
+    let node = NodeId::new("n1").unwrap();
+    let p = layout::partition_of_node(&node);
+    let stream = layout::stream_for(&js, Phase::Monitor, Some(p))
+        .await
+        .unwrap();
+    js.publish("mapek.monitor.n1", "not avro".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut publisher = Publisher::new(js.clone());
+    for i in 0..30 {
+        let t: Telemetry = mapek_testkit::samples::telemetry("n1", 1_000 * (i + 1), 20.0);
+        publisher.publish(&t).await.unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+
+    // Nobody reads yet: no durable reader, nothing behind.
+    let doc = loop_json(&url);
+    assert_eq!(doc["behind"], 0, "{doc}");
+    let text = status(&url, &["--loop"], &[]);
+    assert!(
+        text.contains(stream.as_str()) && text.contains("(no durable reader)"),
+        "{text}"
+    );
+
+    // A worker leases the partition and takes a first batch of ten: the bad message is
+    // dead-lettered, nine good ones are handed out, and it acknowledges the sixth.
+    let mut leases = mapek_loop::lease::Leases::open(&js, "worker-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(leases.try_acquire(&format!("analyze.p{p}")).await.unwrap());
+    let mut config = InboxConfig::new(format!("analyze-p{p}"));
+    config.filter = Some(format!("mapek.monitor.{p}.>"));
+    config.batch = 10;
+    let mut inbox = Inbox::<Telemetry>::open(&js, config).await.unwrap();
+    let mut batch = Vec::new();
+    while batch.len() < 6 {
+        batch.extend(inbox.next_batch(Duration::from_secs(5)).await.unwrap());
+    }
+    batch[5].ack().await.unwrap();
+    let acked = batch[5].stream_seq;
+    assert_eq!(acked, 7, "the bad message was the first");
+
+    let name = format!("analyze-p{p}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let doc = loop_json(&url);
+        if reader(&doc, &stream, &name)["ack_floor"] == acked
+            || std::time::Instant::now() > deadline
+        {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = reader(&doc, &stream, &name);
+    assert_eq!(r["ack_floor"], acked, "{doc}");
+    assert_eq!(r["behind"], 31 - acked, "{doc}");
+    assert_eq!(r["filter"], format!("mapek.monitor.{p}.>"), "{doc}");
+    assert_eq!(r["owner"], "worker-a", "{doc}");
+    assert_eq!(doc["behind"], 31 - acked, "{doc}");
+    let dlq = doc["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["phase"] == "dlq")
+        .expect("the dead letters' stream");
+    assert_eq!(dlq["messages"], 1, "{doc}");
+
+    let text = status(&url, &["--loop"], &[]);
+    assert!(
+        text.contains(&format!("{} messages behind", 31 - acked)),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("no row for {name}: {text}"));
+    assert!(
+        row.contains("worker-a") && row.contains(&format!(" {} ", 31 - acked)),
+        "{row}"
+    );
+
+    // Once the worker has taken and acknowledged everything, nothing is behind.
+    loop {
+        let more = inbox.next_batch(Duration::from_secs(1)).await.unwrap();
+        let Some(last) = more.last() else { break };
+        last.ack().await.unwrap();
+        if last.stream_seq == 31 {
+            break;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while loop_json(&url)["behind"] != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(loop_json(&url)["behind"], 0);
+    leases.release_all().await;
+}
+
+#[test]
+fn status_of_the_mesh_says_when_the_nats_server_does_not_answer() {
+    // The mesh part needs a read model; the loop part only says it could not ask.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("knowledge.sqlite");
+    std::fs::File::create(&sqlite).unwrap();
+    let text = status(
+        "nats://127.0.0.1:1",
+        &["--database-url", sqlite.to_str().unwrap()],
+        &[],
+    );
+    assert!(text.contains("nodes: 0"), "{text}");
+    assert!(
+        text.contains("loop: cannot ask nats://127.0.0.1:1"),
+        "{text}"
+    );
+
+    let mut cmd = mapek("nats://127.0.0.1:1");
+    cmd.args(["status", "--loop"]);
+    let out = run(cmd);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("asking the NATS server at nats://127.0.0.1:1"),
+        "{err}"
+    );
+}

@@ -41,6 +41,7 @@ pub mod error;
 pub mod headers;
 pub mod inbox;
 pub mod layout;
+pub mod progress;
 pub mod publisher;
 pub mod streams;
 pub mod subscriber;

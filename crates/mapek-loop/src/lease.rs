@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::stage::{Stage, StageConfig, StageStats, run_stage};
 
 /// The bucket of partition leases.
-pub const BUCKET: &str = "MAPEK_LEASES";
+pub const BUCKET: &str = mapek_bus::progress::LEASE_BUCKET;
 /// How long a lease outlives its last renewal.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
 

@@ -62,28 +62,18 @@ enum Seen {
 /// Waits until every durable consumer of the loop's streams has taken and acknowledged all
 /// its stream holds, at most `limit`; whether they did.
 async fn drained(js: &JetStream, limit: Duration) -> bool {
-    use futures::StreamExt;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let mut behind = false;
-        for phase in [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute] {
-            let Ok(streams) = mapek_bus::layout::streams_of(js, phase).await else {
-                return false;
-            };
-            for stored in streams {
-                let Ok(stream) = js.get_stream(&stored.name).await else {
-                    continue;
-                };
-                let mut consumers = stream.consumers();
-                while let Some(Ok(info)) = consumers.next().await {
-                    let durable = info.config.durable_name.is_some();
-                    if durable && info.num_pending + info.num_ack_pending as u64 > 0 {
-                        behind = true;
-                    }
-                }
-            }
-        }
-        if !behind {
+        let Ok(streams) = mapek_bus::progress::loop_progress(js).await else {
+            return false;
+        };
+        let loop_streams: Vec<_> = streams
+            .into_iter()
+            .filter(|s| {
+                [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute].contains(&s.phase)
+            })
+            .collect();
+        if mapek_bus::progress::total_behind(&loop_streams) == 0 {
             return true;
         }
         if tokio::time::Instant::now() > deadline {

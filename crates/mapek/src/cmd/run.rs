@@ -411,7 +411,7 @@ impl Loop {
         spawn_singleton(
             tasks,
             js,
-            "project-sql",
+            "knowledge-sql",
             self.worker.clone(),
             shutdown.clone(),
             move |stopped| {
@@ -460,7 +460,7 @@ impl Loop {
         spawn_singleton(
             tasks,
             js,
-            "project-vectors",
+            "knowledge-vectors",
             self.worker.clone(),
             shutdown.clone(),
             move |stopped| {

@@ -1,11 +1,15 @@
 //! `mapek status`: the mesh at a glance (nodes by health, open incidents, recent actions),
-//! from Redis when it is configured, else from the SQL read model.
+//! from Redis when it is configured, else from the SQL read model; and the loop's progress
+//! (each stream's durable readers, how far behind they are, which worker reads them), from
+//! the NATS server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use mapek_bus::progress::{StreamProgress, loop_progress, total_behind};
 use mapek_knowledge::{MeshStatus, ReadModel, Redis};
+use serde::Serialize;
 
 use crate::Settings;
 use crate::time_arg::format_ms;
@@ -25,6 +29,12 @@ pub struct StatusArgs {
     /// Read the SQL read model even when Redis is configured
     #[arg(long)]
     pub sql: bool,
+    /// Show only the loop's progress (from NATS), not the mesh (from the knowledge stores)
+    #[arg(long = "loop", conflicts_with_all = ["no_loop", "sql"])]
+    pub loop_only: bool,
+    /// Do not ask the NATS server how far along the loop is
+    #[arg(long)]
+    pub no_loop: bool,
     #[command(flatten)]
     pub stores: StoreArgs,
 }
@@ -90,8 +100,55 @@ pub async fn open_read_model(location: &str, create: bool) -> anyhow::Result<Rea
     Ok(model)
 }
 
+/// The loop's progress as `mapek status` shows it.
+#[derive(Debug, Serialize)]
+struct LoopView {
+    /// The server asked.
+    nats_url: String,
+    /// Messages the durable readers have yet to acknowledge, all together.
+    behind: u64,
+    /// Each stream and its durable readers.
+    streams: Vec<StreamProgress>,
+}
+
+/// How long `mapek status` waits for the NATS server before it says it cannot reach it.
+const NATS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn loop_view(nats_url: &str) -> anyhow::Result<LoopView> {
+    let progress = async {
+        let js = mapek_bus::connect(nats_url).await?;
+        anyhow::Ok(loop_progress(&js).await?)
+    };
+    let streams = tokio::time::timeout(NATS_WAIT, progress)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {} s", NATS_WAIT.as_secs()))??;
+    Ok(LoopView {
+        nats_url: nats_url.to_owned(),
+        behind: total_behind(&streams),
+        streams,
+    })
+}
+
 /// Runs `mapek status`.
 pub async fn run(args: StatusArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
+    if args.loop_only {
+        let view = loop_view(&settings.nats_url)
+            .await
+            .with_context(|| format!("asking the NATS server at {}", settings.nats_url))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            print!("{}", render_loop(&view));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The loop's progress is asked for first and is not needed: a server that does not
+    // answer is said so, and the mesh is shown all the same.
+    let progress = if args.no_loop {
+        None
+    } else {
+        Some(loop_view(&settings.nats_url).await)
+    };
     let status = match args.stores.redis(settings).filter(|_| !args.sql) {
         Some(url) => {
             let redis = Redis::connect_with_prefix(&url, &args.stores.redis_prefix).await?;
@@ -106,11 +163,75 @@ pub async fn run(args: StatusArgs, settings: &Settings) -> anyhow::Result<ExitCo
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut doc = serde_json::to_value(&status)?;
+        match &progress {
+            Some(Ok(view)) => doc["loop"] = serde_json::to_value(view)?,
+            Some(Err(e)) => {
+                doc["loop"] = serde_json::json!({
+                    "nats_url": settings.nats_url,
+                    "error": format!("{e:#}"),
+                });
+            }
+            None => {}
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render(&status, args.nodes));
+        match &progress {
+            Some(Ok(view)) => print!("{}", render_loop(view)),
+            Some(Err(e)) => println!("loop: cannot ask {}: {e:#}", settings.nats_url),
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of the loop's progress: a row per durable reader, under its stream.
+fn render_loop(view: &LoopView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let readers: usize = view.streams.iter().map(|s| s.consumers.len()).sum();
+    let _ = writeln!(
+        out,
+        "loop: {readers} durable readers on {} streams at {}, {} messages behind",
+        view.streams.len(),
+        view.nats_url,
+        view.behind
+    );
+    let names = view.streams.iter().flat_map(|s| &s.consumers);
+    let width = names.map(|c| c.name.len()).max().unwrap_or(0).max(6);
+    let _ = writeln!(
+        out,
+        "  {:<18} {:>9}  {:<width$} {:>7} {:>7} {:>11}  HELD BY",
+        "STREAM", "MESSAGES", "READER", "BEHIND", "UNACKED", "REDELIVERED"
+    );
+    for s in &view.streams {
+        let _ = write!(out, "  {:<18} {:>9}", s.stream, s.messages);
+        if s.consumers.is_empty() {
+            let what = if s.phase == mapek_domain::Phase::Dlq {
+                "(dead letters)"
+            } else {
+                "(no durable reader)"
+            };
+            let _ = writeln!(out, "  {what}");
+        }
+        for (i, c) in s.consumers.iter().enumerate() {
+            if i > 0 {
+                let _ = write!(out, "  {:<18} {:>9}", "", "");
+            }
+            let held_by = match (&c.owner, c.reading) {
+                (Some(owner), _) => owner.clone(),
+                (None, true) => "(reading, no lease)".to_owned(),
+                (None, false) => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<width$} {:>7} {:>7} {:>11}  {held_by}",
+                c.name, c.behind, c.unacked, c.redelivered
+            );
+        }
+    }
+    out
 }
 
 /// The human form.

@@ -1,0 +1,213 @@
+//! How far along the loop is: each phase's streams, the durable consumers reading them, how
+//! much each has yet to acknowledge, and which worker holds its partition.
+//!
+//! This is what an operator asks first when decisions seem late: is a phase behind, which
+//! partition, and who is supposed to be reading it. [`loop_progress`] reads it from the server
+//! (stream and consumer infos, and the lease bucket the workers share); `mapek status` prints
+//! it, and the demo waits on it before it stops its workers.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use mapek_domain::Phase;
+use serde::Serialize;
+
+use crate::{BusError, JetStream, layout};
+
+/// The key-value bucket where workers record which partition they own (see
+/// `mapek_loop::lease`): `analyze.p3` → the owner's name.
+pub const LEASE_BUCKET: &str = "MAPEK_LEASES";
+
+/// One stream of the loop and its durable readers.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StreamProgress {
+    /// The stream (`MAPEK_MONITOR_1`).
+    pub stream: String,
+    /// The phase whose events it stores (`monitor`, …, `dlq` in JSON).
+    #[serde(serialize_with = "phase_token")]
+    pub phase: Phase,
+    /// Messages it holds.
+    pub messages: u64,
+    /// Its last sequence.
+    pub last_seq: u64,
+    /// Its durable consumers, by name.
+    pub consumers: Vec<ConsumerProgress>,
+}
+
+/// One durable consumer: a worker's inbox, or a projector's.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConsumerProgress {
+    /// Its name (`analyze-p3`).
+    pub name: String,
+    /// The subjects it reads (`mapek.monitor.3.>`), empty for the whole stream.
+    pub filter: String,
+    /// Messages it has not acknowledged yet: not delivered, or delivered and not acknowledged.
+    pub behind: u64,
+    /// Of those, delivered and waiting for their acknowledgement.
+    pub unacked: u64,
+    /// Messages delivered more than once (a worker died or gave one back).
+    pub redelivered: u64,
+    /// The stream sequence through which everything is acknowledged.
+    pub ack_floor: u64,
+    /// Whether a reader is waiting on it now (an open pull request).
+    pub reading: bool,
+    /// The worker holding the lease this consumer is read under (its partition's, or its
+    /// singleton worker's), if one holds it.
+    pub owner: Option<String>,
+}
+
+fn phase_token<S: serde::Serializer>(phase: &Phase, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(phase.token())
+}
+
+/// The loop's streams, in phase order (monitor, analyze, plan, execute, knowledge, dead
+/// letters), with their durable consumers. A stream not created yet is left out.
+pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusError> {
+    let owners = lease_owners(js).await;
+    let mut out = Vec::new();
+    for phase in Phase::ALL {
+        for stored in layout::streams_of(js, phase).await? {
+            let Ok(mut stream) = js.get_stream(&stored.name).await else {
+                continue;
+            };
+            let state = match stream.info().await {
+                Ok(info) => info.state.clone(),
+                Err(_) => continue,
+            };
+            let mut consumers = Vec::new();
+            let mut infos = stream.consumers();
+            while let Some(info) = infos.next().await {
+                let info = info.map_err(|e| BusError::Consumer {
+                    stream: stored.name.clone(),
+                    detail: format!("listing consumers: {e}"),
+                })?;
+                if info.config.durable_name.is_none() {
+                    continue;
+                }
+                consumers.push(ConsumerProgress {
+                    owner: owner_of(&owners, &info.name),
+                    filter: info.config.filter_subject.clone(),
+                    behind: info.num_pending + info.num_ack_pending as u64,
+                    unacked: info.num_ack_pending as u64,
+                    redelivered: info.num_redelivered as u64,
+                    ack_floor: info.ack_floor.stream_sequence,
+                    reading: info.num_waiting > 0,
+                    name: info.name,
+                });
+            }
+            consumers.sort_by_key(|c| natural_key(&c.name));
+            out.push(StreamProgress {
+                stream: stored.name,
+                phase,
+                messages: state.messages,
+                last_seq: state.last_sequence,
+                consumers,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Messages the durable consumers of `streams` have yet to acknowledge, all together.
+pub fn total_behind(streams: &[StreamProgress]) -> u64 {
+    streams
+        .iter()
+        .flat_map(|s| &s.consumers)
+        .map(|c| c.behind)
+        .sum()
+}
+
+/// The lease a partitioned consumer's reader holds: `analyze-p3` → `analyze.p3`.
+fn lease_key(consumer: &str) -> String {
+    match consumer.rsplit_once("-p") {
+        Some((phase, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{phase}.p{p}")
+        }
+        _ => consumer.to_owned(),
+    }
+}
+
+/// Who reads `consumer`: the holder of its partition's lease, else of the longest lease
+/// named by a prefix of it (a singleton's consumers: `evaluate-results` under `evaluate`).
+fn owner_of(owners: &BTreeMap<String, String>, consumer: &str) -> Option<String> {
+    let mut name = lease_key(consumer);
+    loop {
+        if let Some(owner) = owners.get(&name) {
+            return Some(owner.clone());
+        }
+        name.truncate(name.rfind('-')?);
+    }
+}
+
+/// Sorts `plan-p10` after `plan-p9`.
+fn natural_key(name: &str) -> (String, u64) {
+    match name.rsplit_once("-p") {
+        Some((head, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+            (head.to_owned(), p.parse().unwrap_or(u64::MAX))
+        }
+        _ => (name.to_owned(), 0),
+    }
+}
+
+/// Every lease in the bucket and its owner; none when there is no bucket yet.
+async fn lease_owners(js: &JetStream) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    let Ok(kv) = js.get_key_value(LEASE_BUCKET).await else {
+        return owners;
+    };
+    let Ok(mut keys) = kv.keys().await else {
+        return owners;
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(key)) = keys.next().await {
+        names.push(key);
+    }
+    for key in names {
+        if let Ok(Some(owner)) = kv.get(&key).await
+            && !owner.is_empty()
+        {
+            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_consumer_is_read_under_its_partition_lease() {
+        assert_eq!(lease_key("analyze-p3"), "analyze.p3");
+        assert_eq!(lease_key("execute-p12"), "execute.p12");
+        // Not partitioned: the singleton's lease is named after it.
+        assert_eq!(lease_key("evaluate-results"), "evaluate-results");
+        assert_eq!(lease_key("mapek-p"), "mapek-p");
+    }
+
+    #[test]
+    fn a_singletons_consumers_are_read_by_its_lease_holder() {
+        let owners: BTreeMap<String, String> = [
+            ("analyze.p3", "w1"),
+            ("evaluate", "w2"),
+            ("knowledge-sql", "w3"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        assert_eq!(owner_of(&owners, "analyze-p3").as_deref(), Some("w1"));
+        assert_eq!(owner_of(&owners, "analyze-p4"), None);
+        assert_eq!(owner_of(&owners, "evaluate-results").as_deref(), Some("w2"));
+        assert_eq!(
+            owner_of(&owners, "knowledge-sql-monitor").as_deref(),
+            Some("w3")
+        );
+        assert_eq!(owner_of(&owners, "execute"), None);
+    }
+
+    #[test]
+    fn partitions_sort_by_number() {
+        let mut names = ["plan-p10", "plan-p9", "analyze-p1", "evaluate"];
+        names.sort_by_key(|n| natural_key(n));
+        assert_eq!(names, ["analyze-p1", "evaluate", "plan-p9", "plan-p10"]);
+    }
+}
