@@ -230,6 +230,25 @@ async fn mapek_run_exports_the_incidents_spans_to_an_otlp_collector() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_turns_the_export_off() {
+    let (server, js, _client) = agent::setup().await;
+    agent::start_agent(&server.url()).await;
+    let (endpoint, spans) = collector(None).await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SDK_DISABLED", "TRUE"),
+    ];
+    let err = run_through_incidents(&server, &js, &env, "MAPEK_EXECUTE").await;
+    assert!(
+        err.contains(&format!("OTEL_SDK_DISABLED=true: no spans to {endpoint}")),
+        "{err}"
+    );
+    // The loop ran through both incidents, and nothing reached the collector.
+    assert!(!contexts(&js, "MAPEK_EXECUTE").await.is_empty());
+    assert!(spans.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_the_spans_not_the_loop() {
     let (server, js, _client) = agent::setup().await;
     let nobody = format!("http://127.0.0.1:{}", mapek_testkit::nats::free_port());

@@ -7,7 +7,9 @@
 //! exporter's other variables (`OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, …) apply as usual.
 //! An `https://` endpoint is reached over rustls, trusting the system's roots and the CA in
 //! `OTEL_EXPORTER_OTLP_CERTIFICATE`, with a client certificate for mutual TLS if given.
-//! Without them nothing is installed, and recording a span costs next to nothing.
+//! Without them nothing is installed, and recording a span costs next to nothing; nor with
+//! `OTEL_SDK_DISABLED=true`, the standard switch that turns the export off whatever else is
+//! set.
 
 use anyhow::Context as _;
 use opentelemetry::global;
@@ -33,6 +35,10 @@ pub fn install() -> anyhow::Result<Option<Spans>> {
     let Some(endpoint) = var(&ENDPOINTS) else {
         return Ok(None);
     };
+    if var(&["OTEL_SDK_DISABLED"]).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        eprintln!("mapek: OTEL_SDK_DISABLED=true: no spans to {endpoint}");
+        return Ok(None);
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(
