@@ -295,3 +295,113 @@ async fn executors_whose_redis_went_away_wait_for_it_then_act_on_each_decision_o
         "the executors paused while Redis was away: a {a:?}, b {b:?}"
     );
 }
+
+/// The names of the plan stream's durable readers.
+async fn plan_readers(js: &JetStream) -> BTreeSet<String> {
+    use futures::StreamExt;
+    let stream = js.get_stream("MAPEK_PLAN").await.unwrap();
+    let mut names = stream.consumer_names();
+    let mut out = BTreeSet::new();
+    while let Some(name) = names.next().await {
+        out.insert(name.unwrap());
+    }
+    out
+}
+
+/// The reader an executor running alone leaves on the plan stream when it stops.
+async fn leave_the_reader_of_an_executor_that_ran_alone(js: &JetStream) {
+    let stream = js.get_stream("MAPEK_PLAN").await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("execute".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn executors_switched_to_sharing_delete_the_reader_they_ran_alone_with() {
+    let (server, js, client) = setup().await;
+    let redis = TestRedis::new();
+    leave_the_reader_of_an_executor_that_ran_alone(&js).await;
+    assert!(plan_readers(&js).await.contains("execute"));
+
+    let a = start_executor(&js, &client, &redis, "a", interlocks(1.0, 1000)).await;
+    let b = start_executor(&js, &client, &redis, "b", interlocks(1.0, 1000)).await;
+    wait_until_partitions_shared(&js, &["a", "b"]).await;
+    let readers = plan_readers(&js).await;
+    assert!(!readers.contains("execute"), "{readers:?}");
+    assert_eq!(
+        readers
+            .iter()
+            .filter(|r| r.starts_with("execute-p"))
+            .count(),
+        8,
+        "{readers:?}"
+    );
+    // And they act on what comes, each decision once.
+    publish(&js, &decisions(0, 4)).await;
+    let results: Vec<ActionResult> = wait_for(&js, 4).await;
+    assert!(results_per_decision(&results).values().all(|n| *n == 1));
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    drop(server);
+}
+
+#[tokio::test]
+async fn an_executor_will_not_share_the_work_while_one_runs_alone_nor_the_other_way() {
+    let (_server, js, client) = setup().await;
+    let redis = TestRedis::new();
+    leave_the_reader_of_an_executor_that_ran_alone(&js).await;
+
+    // An executor runs alone: it holds the lease `mapek run` gives it.
+    let mut alone = mapek_loop::lease::Leases::open(&js, "old-host", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(alone.try_acquire("execute").await.unwrap());
+    let shared = Redis::connect_with_prefix(redis.url(), redis.prefix())
+        .await
+        .unwrap();
+    let err = execute::run_shared(
+        js.clone(),
+        client.clone(),
+        interlocks(1.0, 1000),
+        None,
+        Shared::new(shared, "new-host"),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("refused while one runs alone");
+    let err = err.to_string();
+    assert!(
+        err.contains("executor old-host runs alone (no Redis)") && err.contains("REDIS_URL"),
+        "{err}"
+    );
+    assert!(
+        plan_readers(&js).await.contains("execute"),
+        "the running executor's reader is left alone"
+    );
+    alone.release_all().await;
+
+    // Executors share the work: one holds a partition's lease.
+    let mut sharing = mapek_loop::lease::Leases::open(&js, "shared-host", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(sharing.try_acquire("execute.p2").await.unwrap());
+    let err = execute::run(
+        js.clone(),
+        client.clone(),
+        interlocks(1.0, 1000),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("refused while others share the work");
+    let err = err.to_string();
+    assert!(
+        err.contains("executor shared-host runs sharing the work through Redis"),
+        "{err}"
+    );
+    sharing.release_all().await;
+}

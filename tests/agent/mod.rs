@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use mapek_bus::command::{Command, CommandReply, Commands};
 use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
@@ -239,18 +238,7 @@ pub async fn wait_until_partitions_shared(js: &JetStream, names: &[&str]) {
 
 /// Who holds each execute partition lease.
 pub async fn partition_owners(js: &JetStream) -> BTreeMap<String, String> {
-    let Ok(kv) = js.get_key_value(mapek_loop::lease::BUCKET).await else {
-        return BTreeMap::new();
-    };
-    let mut owners = BTreeMap::new();
-    let mut keys = kv.keys().await.unwrap();
-    while let Some(Ok(key)) = keys.next().await {
-        if key.starts_with("execute.p")
-            && let Ok(Some(owner)) = kv.get(&key).await
-            && !owner.is_empty()
-        {
-            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
-        }
-    }
+    let mut owners = mapek_bus::progress::lease_owners(js).await;
+    owners.retain(|lease, _| lease.starts_with("execute.p"));
     owners
 }

@@ -149,8 +149,8 @@ fn natural_key(name: &str) -> (String, u64) {
     }
 }
 
-/// Every lease in the bucket and its owner; none when there is no bucket yet.
-async fn lease_owners(js: &JetStream) -> BTreeMap<String, String> {
+/// Every lease held in the bucket, and who holds it; none when there is no bucket yet.
+pub async fn lease_owners(js: &JetStream) -> BTreeMap<String, String> {
     let mut owners = BTreeMap::new();
     let Ok(kv) = js.get_key_value(LEASE_BUCKET).await else {
         return owners;

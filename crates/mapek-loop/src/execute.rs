@@ -55,6 +55,12 @@
 //! node at once (its Redis lease), even while a partition moves from one to another. A Redis
 //! that cannot be reached pauses judging (the decision is given back and retried), it never
 //! skips an interlock. See ADR 0007.
+//!
+//! The two ways do not mix: an executor refuses to start while one running the other way
+//! holds its lease (`execute` alone, `execute.p<n>` sharing; a stopped one's lease lapses
+//! within its TTL), since both would act on every decision. Starting, it deletes the plan
+//! stream's readers the other way left (`execute`, or `execute-p<n>`), so a switch does not
+//! leave one behind that nobody reads and that falls further behind forever.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -258,7 +264,86 @@ pub async fn run_audited(
     key: Option<mapek_audit::VerifyingKey>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
+    retire_the_other_way(&js, false).await?;
     execute(js, client, config, key, None, shutdown).await
+}
+
+/// Whether `lease` is a partition's lease of executors that share the work (`execute.p3`).
+fn is_partition_lease(lease: &str) -> bool {
+    lease
+        .strip_prefix(DURABLE)
+        .and_then(|rest| rest.strip_prefix(".p"))
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `consumer` is a partition's reader of executors that share the work
+/// (`execute-p3`).
+fn is_partition_reader(consumer: &str) -> bool {
+    consumer
+        .strip_prefix(DURABLE)
+        .and_then(|rest| rest.strip_prefix("-p"))
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Refuses to start an executor (`sharing` or alone) while one running the other way holds
+/// its lease; then deletes the plan stream's durable readers the other way left.
+async fn retire_the_other_way(js: &JetStream, sharing: bool) -> Result<(), BusError> {
+    use futures::StreamExt;
+    let stream_name = Phase::Plan.stream();
+    let failed = |detail: String| BusError::Consumer {
+        stream: stream_name.to_owned(),
+        detail,
+    };
+    let owners = mapek_bus::progress::lease_owners(js).await;
+    let running = owners.iter().find(|(lease, _)| {
+        if sharing {
+            lease.as_str() == DURABLE
+        } else {
+            is_partition_lease(lease)
+        }
+    });
+    if let Some((lease, owner)) = running {
+        let (them, us) = if sharing {
+            ("alone (no Redis)", "sharing the work through Redis")
+        } else {
+            ("sharing the work through Redis", "alone (no Redis)")
+        };
+        return Err(failed(format!(
+            "executor {owner} runs {them} (it holds the lease {lease}); this one would run \
+             {us} and both would act on every decision: give every executor the same \
+             REDIS_URL, or none (a stopped executor's lease lapses within a few seconds)"
+        )));
+    }
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| failed(format!("{e}; run `mapek streams apply`")))?;
+    let mut names = stream.consumer_names();
+    let mut left = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| failed(format!("listing readers: {e}")))?;
+        let other_way = if sharing {
+            name == DURABLE
+        } else {
+            is_partition_reader(&name)
+        };
+        if other_way {
+            left.push(name);
+        }
+    }
+    for name in left {
+        // Executors starting together each try; whoever comes second finds it gone.
+        match stream.delete_consumer(&name).await {
+            Ok(_) => info!(
+                reader = %name,
+                "deleted the plan stream's reader that executors running the other way left"
+            ),
+            Err(e) => {
+                warn!(reader = %name, error = %e, "could not delete a reader left by executors running the other way")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs this executor beside others that share `shared`'s Redis, until `shutdown`: the plan
@@ -273,6 +358,7 @@ pub async fn run_shared(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
     config.check()?;
+    retire_the_other_way(&js, true).await?;
     let mut total = ExecuteStats::default();
     let work = |p: u32, stopped: oneshot::Receiver<()>| {
         let part = Part {
