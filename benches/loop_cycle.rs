@@ -20,7 +20,9 @@
 //!    a runtime and a client connection of their own (the nodes'), the workers read on
 //!    another (the loop's). Between the two, raw publishing again with a bare reader per
 //!    partition that only takes and acknowledges: the server's own cost of delivering each
-//!    event once, the ceiling of any loop that reads what it stores.
+//!    event once, the ceiling of any loop that reads what it stores. Then the same bare
+//!    readers with the nodes publishing through the library, as they do for the loop: the
+//!    library's publishing cost, apart from the loop's.
 //!
 //! The server maps telemetry into partitions as the configs mapek ships do, so the monitor
 //! streams are split (ADR 0012) for the loop and for the raw baseline alike;
@@ -137,6 +139,44 @@ async fn stored_times<E: mapek_codec::AvroEvent>(
     out
 }
 
+/// CPU time, in seconds, of the process `pid` (user and system), from `/proc/<pid>/stat`.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 12th and 13th of them, in USER_HZ (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// CPU seconds so far of nats-server (`server_pid`), of this process's tokio workers (the
+/// loop's, and the bare readers'), and of its other threads (the nodes' publisher, main).
+fn cpu_split(server_pid: Option<u32>) -> [f64; 3] {
+    let server = server_pid.map_or(0.0, |p| cpu_seconds(&format!("/proc/{p}/stat")));
+    let (mut workers, mut others) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let secs = cpu_seconds(&dir.join("stat").display().to_string());
+        if comm.starts_with("tokio-rt-worker") {
+            workers += secs;
+        } else {
+            others += secs;
+        }
+    }
+    [server, workers, others]
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -155,7 +195,7 @@ fn fault_every_s() -> f64 {
     env("MAPEK_BENCH_FAULT_EVERY_MS", 500) as f64 / 1000.0
 }
 
-async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
+async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds: usize) {
     fresh_streams(js).await;
     let faults = ((seconds as f64 - 2.0).max(0.0) / fault_every_s()) as usize;
     let script = FaultScript {
@@ -187,6 +227,8 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
     let workers = start_loop(js, &stop_rx);
     let (sim_tx, mut sim_rx) = watch::channel(false);
     let start_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let cpu_before = cpu_split(server_pid);
+    let cpu_since = Instant::now();
     let sim = as_nodes(url, move |nodes_js| {
         let client = nodes_js.client();
         mapek_sim::run(nodes_js, client, mesh, HZ, start_ms, async move {
@@ -198,6 +240,9 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         max_backlog = max_backlog.max(analyze_backlog(js).await);
     }
+    let cpu_after = cpu_split(server_pid);
+    let cpu_share = |i: usize| (cpu_after[i] - cpu_before[i]) / cpu_since.elapsed().as_secs_f64();
+    let cpu = [cpu_share(0), cpu_share(1), cpu_share(2)];
     sim_tx.send(true).unwrap();
     let report = sim.await.unwrap();
     wait_drained(js).await;
@@ -255,6 +300,10 @@ async fn cycle_time(js: &JetStream, url: &str, seconds: usize) {
         plan.last().copied().unwrap_or(f64::NAN)
     );
     println!("   analyze backlog, sampled each second: at most {max_backlog} messages");
+    println!(
+        "   CPU while the nodes published, in cores of the 2: nats-server {:.2}, the loop's workers {:.2}, the nodes {:.2}",
+        cpu[0], cpu[1], cpu[2]
+    );
 }
 
 /// Waits until the analyze consumers have taken all `burst` events published since `start`,
@@ -302,6 +351,24 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let raw_published = start.elapsed();
     let raw_read = drained_rate(js, burst, start, read_tx, readers).await;
 
+    // The nodes publishing through the library as in the loop's run, with the bare readers:
+    // what the library's publishing costs the pair, so the loop's own cost is the rest.
+    fresh_streams(js).await;
+    let (read_tx, read_rx) = watch::channel(false);
+    let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
+    let start = Instant::now();
+    let library_events = events.clone();
+    let published = as_nodes(url, move |nodes_js| async move {
+        let mut publisher = Publisher::with_window(nodes_js, window());
+        for e in &library_events {
+            publisher.publish(e).await.unwrap();
+        }
+        publisher.finish().await
+    });
+    assert!(published.await.all_acked());
+    let library_published = start.elapsed();
+    let library_read = drained_rate(js, burst, start, read_tx, readers).await;
+
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
     fresh_streams(js).await;
@@ -329,13 +396,18 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
         raw_published.as_secs_f64()
     );
     println!(
+        "   published through the library, bare readers:     {library_read:>9.0} events/s (published in {:.2} s)",
+        library_published.as_secs_f64()
+    );
+    println!(
         "   published and analyzed by the loop:               {looped:>9.0} events/s (published in {:.2} s)",
         loop_published.as_secs_f64()
     );
     println!(
-        "   ratio loop/raw: {:.2} (goal >= 0.5); loop/bare reader: {:.2}",
+        "   ratio loop/raw: {:.2} (goal >= 0.5); loop/bare reader: {:.2}; loop/bare reader with the library publishing: {:.2}",
         looped / raw,
-        looped / raw_read
+        looped / raw_read,
+        looped / library_read
     );
 }
 
@@ -359,7 +431,7 @@ fn main() {
             "telemetry mapped by the server over 2 streams"
         };
         println!("loop_cycle: nats-server and the loop on the same 2-core machine; {layout}");
-        cycle_time(&js, &server.url(), seconds).await;
+        cycle_time(&js, &server.url(), server.pid(), seconds).await;
         sustained_rate(&js, &server.url(), burst).await;
     });
 }

@@ -10,7 +10,7 @@
 //! | `mapek_events_in_total` | counter | phase | inputs a stage stepped |
 //! | `mapek_events_out_total` | counter | phase | outputs a stage published |
 //! | `mapek_step_seconds` | histogram | phase | one input through the pure step |
-//! | `mapek_batch_seconds` | histogram | phase | a batch: step, publish, wait for storage, ack |
+//! | `mapek_batch_seconds` | histogram | phase | a batch: step and publish, and when the ack is due (every 64 inputs or 20 ms) wait for storage and ack |
 //! | `mapek_consumer_pending` | gauge | phase, consumer | messages waiting for the consumer |
 //! | `mapek_cycle_seconds` | histogram | | telemetry event time to its decision stored |
 //! | `mapek_projection_failures_total` | counter | projection (`sql`, `incidents`) | store reads and writes that failed and were retried |
@@ -75,7 +75,7 @@ pub static STEP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
         "mapek_batch_seconds",
-        "A batch: step, publish, wait for storage, ack",
+        "A batch: step and publish, and when the ack is due wait for storage and ack",
         &["phase"],
     )
 });

@@ -3,15 +3,24 @@
 //!
 //! A [`Stage`] is a phase's pure logic behind one method. [`run_stage`] rebuilds the stage's
 //! state by replaying what its consumer already acknowledged (publishing nothing), then takes
-//! new input: for each batch it steps every input, publishes every output, waits until the
-//! outputs are stored, and only then acknowledges the inputs. A crash at any point redelivers
+//! new input: it steps every input and publishes every output at once, and every
+//! [`StageConfig::ack_every`] inputs or [`StageConfig::ack_after`] (whichever comes first, and
+//! whenever the input runs dry) it waits until the outputs so far are stored and only then
+//! acknowledges the inputs, all with one cumulative ack. A crash at any point redelivers
 //! input whose outputs may already be stored; outputs have deterministic ids, so the second
 //! copy is dropped as a duplicate. Nothing is lost and nothing doubled.
+//!
+//! Acknowledging a run of inputs at once rather than each batch costs the server one ack
+//! instead of one per message or two when the loop keeps up with the nodes (its batches are
+//! then a message or two), and lets the next input be stepped while the outputs of the last
+//! are still on their way to the server.
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mapek_bus::{BusError, Inbox, InboxConfig, JetStream, Publisher, StartAt, Subscriber};
+use mapek_bus::{
+    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, StartAt, Subscriber,
+};
 use mapek_codec::AvroEvent;
 use mapek_domain::{Event, Phase};
 
@@ -56,7 +65,17 @@ pub struct StageConfig {
     pub partition: Option<u32>,
     /// How long a fetch waits for the first message.
     pub fetch_wait: Duration,
+    /// Acknowledge at the latest after this many inputs…
+    pub ack_every: u64,
+    /// …or this long after the oldest input not acknowledged yet was taken.
+    pub ack_after: Duration,
 }
+
+/// Inputs a stage acknowledges at once at most, by default: with the pull requests' batch of
+/// 256, well under the server's 1 000 unacknowledged messages per consumer.
+pub const ACK_EVERY: u64 = 64;
+/// How long an input waits for its acknowledgement at most, by default.
+pub const ACK_AFTER: Duration = Duration::from_millis(20);
 
 impl StageConfig {
     /// Reads partition `partition` (or all) through the durable consumer `<phase>[-p<N>]`.
@@ -69,6 +88,8 @@ impl StageConfig {
             durable,
             partition,
             fetch_wait: Duration::from_millis(500),
+            ack_every: ACK_EVERY,
+            ack_after: ACK_AFTER,
         }
     }
 }
@@ -114,11 +135,24 @@ pub async fn run_stage<S: Stage>(
     let events_in = metrics::EVENTS_IN.with_label_values(&[phase]);
     let events_out = metrics::EVENTS_OUT.with_label_values(&[phase]);
     let pending = metrics::CONSUMER_PENDING.with_label_values(&[phase, &config.durable]);
+    // The last input taken and not acknowledged yet, how many there are, and since when.
+    let mut unacked: Option<Delivery<S::In>> = None;
+    let mut unacked_count = 0;
+    let mut unacked_since = Instant::now();
     tokio::pin!(shutdown);
     loop {
+        // With inputs waiting for their ack, wait for more only until their ack is due.
+        let wait = match unacked {
+            Some(_) => config
+                .ack_after
+                .saturating_sub(unacked_since.elapsed())
+                .min(config.fetch_wait),
+            None => config.fetch_wait,
+        };
         let batch = tokio::select! {
-            batch = inbox.next_batch(config.fetch_wait) => batch?,
+            batch = inbox.next_batch(wait) => batch?,
             () = &mut shutdown => {
+                acknowledge(&mut publisher, unacked.take(), &pending).await?;
                 inbox.close().await;
                 break;
             }
@@ -147,31 +181,60 @@ pub async fn run_stage<S: Stage>(
                 outputs += 1;
             }
         }
-        // Acknowledge the input only once its output is stored.
-        publisher.flush().await;
-        let failed = publisher.report().failed;
-        if failed > 0 {
-            return Err(BusError::Publish {
-                subject: S::Out::PHASE.stored_filter(None),
-                detail: format!(
-                    "{failed} events were not acknowledged; the input will be redelivered"
-                ),
-            });
-        }
-        // One cumulative ack covers the whole batch.
-        if let Some(last) = batch.last() {
-            last.ack().await?;
-            if let Ok(info) = last.message().info() {
-                pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+        let taken = batch.len() as u64;
+        if let Some(last) = batch.into_iter().last() {
+            if unacked.is_none() {
+                unacked_since = started;
             }
+            unacked = Some(last);
+            unacked_count += taken;
         }
-        stats.processed += batch.len() as u64;
-        events_in.inc_by(batch.len() as u64);
+        // Acknowledge the inputs only once their outputs are stored: when enough are
+        // waiting, when the oldest has waited long enough, or when no more input came.
+        if unacked.is_some()
+            && (taken == 0
+                || unacked_count >= config.ack_every
+                || unacked_since.elapsed() >= config.ack_after)
+        {
+            acknowledge(&mut publisher, unacked.take(), &pending).await?;
+            unacked_count = 0;
+        }
+        stats.processed += taken;
+        events_in.inc_by(taken);
         events_out.inc_by(outputs);
-        batch_seconds.observe(started.elapsed().as_secs_f64());
+        if taken > 0 {
+            batch_seconds.observe(started.elapsed().as_secs_f64());
+        }
         observe_cycle(&decided_at);
     }
     Ok(stats)
+}
+
+/// Waits until every output published so far is stored, then acknowledges `last` and every
+/// input before it with one cumulative ack.
+async fn acknowledge<E>(
+    publisher: &mut Publisher,
+    last: Option<Delivery<E>>,
+    pending: &prometheus::IntGauge,
+) -> Result<(), BusError> {
+    let Some(last) = last else {
+        return Ok(());
+    };
+    publisher.flush().await;
+    let failed = publisher.report().failed;
+    if failed > 0 {
+        return Err(BusError::Publish {
+            subject: last.message().subject.to_string(),
+            detail: format!(
+                "{failed} outputs were not acknowledged; their inputs will be redelivered"
+            ),
+        });
+    }
+    last.ack().await?;
+    if let Ok(info) = last.message().info() {
+        pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+    }
+    Ok(())
 }
 
 /// Records the cycle time of the decisions of a plan batch: from each symptom's event time

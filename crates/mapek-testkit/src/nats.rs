@@ -99,6 +99,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id while it runs (to read its CPU time, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The store directory (it outlives [`NatsServer::stop`]).
     pub fn store_dir(&self) -> &Path {
         self.store.path()
