@@ -324,6 +324,19 @@ async fn drained_rate(
     rate
 }
 
+/// The nodes publish `events` through the library, from their own thread and connection,
+/// until every one is acknowledged.
+async fn library_publish(url: &str, events: Vec<Telemetry>) {
+    let published = as_nodes(url, move |nodes_js| async move {
+        let mut publisher = Publisher::with_window(nodes_js, window());
+        for e in &events {
+            publisher.publish(e).await.unwrap();
+        }
+        publisher.finish().await
+    });
+    assert!(published.await.all_acked());
+}
+
 async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let events = burst_events(nodes(), burst);
     let messages = encode_all(&events);
@@ -357,15 +370,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let (read_tx, read_rx) = watch::channel(false);
     let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
     let start = Instant::now();
-    let library_events = events.clone();
-    let published = as_nodes(url, move |nodes_js| async move {
-        let mut publisher = Publisher::with_window(nodes_js, window());
-        for e in &library_events {
-            publisher.publish(e).await.unwrap();
-        }
-        publisher.finish().await
-    });
-    assert!(published.await.all_acked());
+    library_publish(url, events.clone()).await;
     let library_published = start.elapsed();
     let library_read = drained_rate(js, burst, start, read_tx, readers).await;
 
@@ -376,14 +381,7 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let workers = start_loop(js, &stop_rx);
     tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
     let start = Instant::now();
-    let published = as_nodes(url, move |nodes_js| async move {
-        let mut publisher = Publisher::with_window(nodes_js, window());
-        for e in &events {
-            publisher.publish(e).await.unwrap();
-        }
-        publisher.finish().await
-    });
-    assert!(published.await.all_acked());
+    library_publish(url, events).await;
     let loop_published = start.elapsed();
     let looped = drained_rate(js, burst, start, stop_tx, workers).await;
     println!(
