@@ -193,3 +193,106 @@ async fn malformed_telemetry_is_dead_lettered_and_the_loop_goes_on() {
         .messages;
     assert_eq!(dlq, 2);
 }
+
+/// The analyze consumer's ack floor and the messages delivered and not acknowledged.
+async fn floor_and_unacked(js: &JetStream) -> (u64, usize) {
+    match js
+        .get_stream("MAPEK_MONITOR")
+        .await
+        .unwrap()
+        .consumer_info("analyze")
+        .await
+    {
+        Ok(info) => (info.ack_floor.stream_sequence, info.num_ack_pending),
+        Err(_) => (0, 0),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_acknowledges_a_run_of_inputs_once_their_symptoms_are_stored_and_all_of_it_when_stopped()
+ {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    publish(&js, &telemetry).await;
+    let n = telemetry.len();
+
+    // Acks only every 1 000 inputs or after an hour: nothing is acknowledged while it runs…
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut config = StageConfig::new("analyze", None);
+    config.fetch_wait = Duration::from_secs(3600);
+    config.ack_every = 1000;
+    config.ack_after = Duration::from_secs(3600);
+    let worker = tokio::spawn(run_stage(
+        js.clone(),
+        Analyzer::new(AnalyzeConfig::default()),
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while floor_and_unacked(&js).await != (0, n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            floor_and_unacked(&js).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …though every symptom it found is already stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stored_symptoms(&js).await.len() < expected(&telemetry).len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "symptoms not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        floor_and_unacked(&js).await,
+        (0, n),
+        "nothing acknowledged yet"
+    );
+
+    // Stopped, it acknowledges everything it did: the next worker has nothing to redo.
+    stop_tx.send(()).unwrap();
+    let stats = worker.await.unwrap().unwrap();
+    assert_eq!(stats.processed, n as u64);
+    assert_eq!(floor_and_unacked(&js).await, (n as u64, 0));
+    let again = run_until_caught_up(&js).await;
+    assert_eq!((again.replayed, again.processed), (n as u64, 0));
+    assert_eq!(stored_symptoms(&js).await, expected(&telemetry));
+}
+
+#[tokio::test]
+async fn a_worker_acknowledges_what_it_did_as_soon_as_no_more_input_waits() {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    // Acks every 1 000 inputs or after an hour, or when the input runs dry.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut config = StageConfig::new("analyze", None);
+    config.ack_every = 1000;
+    config.ack_after = Duration::from_secs(3600);
+    config.fetch_wait = Duration::from_millis(100);
+    let worker = tokio::spawn(run_stage(
+        js.clone(),
+        Analyzer::new(AnalyzeConfig::default()),
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    publish(&js, &telemetry).await;
+    let n = telemetry.len() as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while floor_and_unacked(&js).await != (n, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            floor_and_unacked(&js).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(()).unwrap();
+    assert_eq!(worker.await.unwrap().unwrap().processed, n);
+}
