@@ -12,7 +12,7 @@
 //! | `mapek_step_seconds` | histogram | phase | one input through the pure step |
 //! | `mapek_batch_seconds` | histogram | phase | a batch: step and publish, and when the ack is due (every 64 inputs or 20 ms) wait for storage and ack |
 //! | `mapek_consumer_pending` | gauge | phase, consumer | messages waiting for the consumer |
-//! | `mapek_cycle_seconds` | histogram | | telemetry event time to its decision stored |
+//! | `mapek_cycle_seconds` | histogram | | telemetry event time to its decision sent to the server |
 //! | `mapek_projection_failures_total` | counter | projection (`sql`, `incidents`) | store reads and writes that failed and were retried |
 
 use std::net::SocketAddr;
@@ -97,7 +97,7 @@ pub static CYCLE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         HistogramOpts::new(
             "mapek_cycle_seconds",
-            "Telemetry event time to its decision stored"
+            "Telemetry event time to its decision sent to the server"
         )
         .buckets(BUCKETS.to_vec())
     )

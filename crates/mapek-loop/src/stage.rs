@@ -152,7 +152,7 @@ pub async fn run_stage<S: Stage>(
         let batch = tokio::select! {
             batch = inbox.next_batch(wait) => batch?,
             () = &mut shutdown => {
-                acknowledge(&mut publisher, unacked.take(), &pending).await?;
+                acknowledge::<_, S::Out>(&mut publisher, unacked.take(), &pending).await?;
                 inbox.close().await;
                 break;
             }
@@ -196,7 +196,7 @@ pub async fn run_stage<S: Stage>(
                 || unacked_count >= config.ack_every
                 || unacked_since.elapsed() >= config.ack_after)
         {
-            acknowledge(&mut publisher, unacked.take(), &pending).await?;
+            acknowledge::<_, S::Out>(&mut publisher, unacked.take(), &pending).await?;
             unacked_count = 0;
         }
         stats.processed += taken;
@@ -212,7 +212,7 @@ pub async fn run_stage<S: Stage>(
 
 /// Waits until every output published so far is stored, then acknowledges `last` and every
 /// input before it with one cumulative ack.
-async fn acknowledge<E>(
+async fn acknowledge<E, Out: AvroEvent>(
     publisher: &mut Publisher,
     last: Option<Delivery<E>>,
     pending: &prometheus::IntGauge,
@@ -224,7 +224,7 @@ async fn acknowledge<E>(
     let failed = publisher.report().failed;
     if failed > 0 {
         return Err(BusError::Publish {
-            subject: last.message().subject.to_string(),
+            subject: Out::PHASE.stored_filter(None),
             detail: format!(
                 "{failed} outputs were not acknowledged; their inputs will be redelivered"
             ),
@@ -238,7 +238,8 @@ async fn acknowledge<E>(
 }
 
 /// Records the cycle time of the decisions of a plan batch: from each symptom's event time
-/// (the time of the telemetry that caused it) to now, when its decision is stored. Wall clock
+/// (the time of the telemetry that caused it) to now, when its decision is sent (and stored
+/// a moment later). Wall clock
 /// against event time: it includes the agents' clock skew, which an operator wants to see.
 fn observe_cycle(symptom_times_ms: &[i64]) {
     if symptom_times_ms.is_empty() {
