@@ -53,11 +53,15 @@ async fn publish(js: &JetStream, events: &[Telemetry]) {
     assert!(publisher.finish().await.all_acked());
 }
 
-/// Runs a worker until its consumer has acknowledged everything stored so far.
-async fn run_until_caught_up(js: &JetStream) -> StageStats {
+/// A running analyze worker over all telemetry: the switch that stops it, and its task.
+type Worker = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<StageStats, mapek_bus::BusError>>,
+);
+
+/// Starts an analyze worker over all telemetry with `config`.
+fn start_worker(js: &JetStream, config: StageConfig) -> Worker {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut config = StageConfig::new("analyze", None);
-    config.fetch_wait = Duration::from_millis(100);
     let worker = tokio::spawn(run_stage(
         js.clone(),
         Analyzer::new(AnalyzeConfig::default()),
@@ -66,6 +70,14 @@ async fn run_until_caught_up(js: &JetStream) -> StageStats {
             let _ = stop_rx.await;
         },
     ));
+    (stop_tx, worker)
+}
+
+/// Runs a worker until its consumer has acknowledged everything stored so far.
+async fn run_until_caught_up(js: &JetStream) -> StageStats {
+    let mut config = StageConfig::new("analyze", None);
+    config.fetch_wait = Duration::from_millis(100);
+    let (stop_tx, worker) = start_worker(js, config);
     let stored = js
         .get_stream("MAPEK_MONITOR")
         .await
@@ -217,19 +229,11 @@ async fn a_worker_acknowledges_a_run_of_inputs_once_their_symptoms_are_stored_an
     let n = telemetry.len();
 
     // Acks only every 1 000 inputs or after an hour: nothing is acknowledged while it runs…
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut config = StageConfig::new("analyze", None);
     config.fetch_wait = Duration::from_secs(3600);
     config.ack_every = 1000;
     config.ack_after = Duration::from_secs(3600);
-    let worker = tokio::spawn(run_stage(
-        js.clone(),
-        Analyzer::new(AnalyzeConfig::default()),
-        config,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, worker) = start_worker(&js, config);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while floor_and_unacked(&js).await != (0, n) {
         assert!(
@@ -269,19 +273,11 @@ async fn a_worker_acknowledges_what_it_did_as_soon_as_no_more_input_waits() {
     let (_server, js) = setup().await;
     let telemetry = telemetry();
     // Acks every 1 000 inputs or after an hour, or when the input runs dry.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut config = StageConfig::new("analyze", None);
     config.ack_every = 1000;
     config.ack_after = Duration::from_secs(3600);
     config.fetch_wait = Duration::from_millis(100);
-    let worker = tokio::spawn(run_stage(
-        js.clone(),
-        Analyzer::new(AnalyzeConfig::default()),
-        config,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, worker) = start_worker(&js, config);
     publish(&js, &telemetry).await;
     let n = telemetry.len() as u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
