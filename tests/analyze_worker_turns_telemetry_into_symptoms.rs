@@ -292,3 +292,40 @@ async fn a_worker_acknowledges_what_it_did_as_soon_as_no_more_input_waits() {
     stop_tx.send(()).unwrap();
     assert_eq!(worker.await.unwrap().unwrap().processed, n);
 }
+
+#[tokio::test]
+async fn a_worker_whose_symptoms_cannot_be_stored_stops_and_acknowledges_none_of_their_causes() {
+    let (_server, js) = setup().await;
+    let telemetry = telemetry();
+    publish(&js, &telemetry).await;
+    // The stream that stores symptoms is gone.
+    js.delete_stream("MAPEK_ANALYZE").await.unwrap();
+
+    let mut config = StageConfig::new("analyze", None);
+    config.fetch_wait = Duration::from_millis(100);
+    let (_stop, worker) = start_worker(&js, config);
+    let err = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops by itself")
+        .unwrap()
+        .expect_err("its symptoms could not be stored")
+        .to_string();
+    assert!(
+        err.contains("mapek.analyze.")
+            && err.contains("were not stored")
+            && err.contains("run `mapek streams apply`"),
+        "{err}"
+    );
+    // The telemetry that caused the first symptom (and everything after it) is delivered
+    // again to the next worker.
+    let first = &expected(&telemetry)[0];
+    let cause_seq = 1 + telemetry
+        .iter()
+        .position(|t| t.event_id == first.caused_by)
+        .unwrap() as u64;
+    let (floor, _) = floor_and_unacked(&js).await;
+    assert!(
+        floor < cause_seq,
+        "acknowledged through {floor}, the cause is {cause_seq}"
+    );
+}

@@ -176,6 +176,30 @@ impl Publisher {
         }
     }
 
+    /// Waits for every ack in flight, as [`Publisher::flush`] does, and fails if any event
+    /// this publisher sent was not stored: the inputs that caused them must then not be
+    /// acknowledged, so that they are delivered again. `family` names what was published
+    /// (`mapek.analyze.>`), for the error, which also gives the first failure's reason.
+    pub async fn flush_stored(&mut self, family: &str) -> Result<(), BusError> {
+        self.flush().await;
+        let failed = self.report.failed;
+        if failed == 0 {
+            return Ok(());
+        }
+        let first = self
+            .report
+            .failures
+            .first()
+            .map(|(id, why)| format!(" (the first, {id}: {why})"))
+            .unwrap_or_default();
+        Err(BusError::Publish {
+            subject: family.to_owned(),
+            detail: format!(
+                "{failed} events were not stored{first}; what caused them will be delivered again"
+            ),
+        })
+    }
+
     /// The report so far (acks still in flight are not in it yet).
     pub fn report(&self) -> &PublishReport {
         &self.report

@@ -99,16 +99,9 @@ pub async fn run(
             }
         }
         // Acknowledge the input only once its outcomes are stored.
-        publisher.flush().await;
-        let failed = publisher.report().failed;
-        if failed > 0 {
-            return Err(BusError::Publish {
-                subject: Phase::Knowledge.stored_filter(None),
-                detail: format!(
-                    "{failed} outcomes were not acknowledged; input will be redelivered"
-                ),
-            });
-        }
+        publisher
+            .flush_stored(&Phase::Knowledge.stored_filter(None))
+            .await?;
         if let Some(last) = got_results.last() {
             last.ack().await?;
         }

@@ -863,16 +863,9 @@ impl Executor {
         self.publisher
             .publish_traced(result, cause, started)
             .await?;
-        self.publisher.flush().await;
-        let failed = self.publisher.report().failed;
-        if failed > 0 {
-            return Err(BusError::Publish {
-                subject: Phase::Execute.stored_filter(None),
-                detail: format!(
-                    "{failed} results were not acknowledged; their decisions will be redelivered"
-                ),
-            });
-        }
+        self.publisher
+            .flush_stored(&Phase::Execute.stored_filter(None))
+            .await?;
         self.interlocks.apply(result);
         match result.status {
             ActionStatus::Applied => self.stats.applied += 1,

@@ -220,16 +220,9 @@ async fn acknowledge<E, Out: AvroEvent>(
     let Some(last) = last else {
         return Ok(());
     };
-    publisher.flush().await;
-    let failed = publisher.report().failed;
-    if failed > 0 {
-        return Err(BusError::Publish {
-            subject: Out::PHASE.stored_filter(None),
-            detail: format!(
-                "{failed} outputs were not acknowledged; their inputs will be redelivered"
-            ),
-        });
-    }
+    publisher
+        .flush_stored(&Out::PHASE.stored_filter(None))
+        .await?;
     last.ack().await?;
     if let Ok(info) = last.message().info() {
         pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
