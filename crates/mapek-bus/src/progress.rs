@@ -61,19 +61,32 @@ fn phase_token<S: serde::Serializer>(phase: &Phase, s: S) -> Result<S::Ok, S::Er
 }
 
 /// The loop's streams, in phase order (monitor, analyze, plan, execute, knowledge, dead
-/// letters), with their durable consumers. A stream not created yet is left out.
+/// letters), with their durable consumers and who holds them. A stream not created yet is
+/// left out.
 pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusError> {
-    let owners = lease_owners(js).await;
+    progress(js, &Phase::ALL, &lease_owners(js).await).await
+}
+
+/// Messages the durable consumers of `phases`' streams have yet to acknowledge, all
+/// together: what a caller waiting for the loop to drain polls (no lease is read).
+pub async fn behind(js: &JetStream, phases: &[Phase]) -> Result<u64, BusError> {
+    Ok(total_behind(&progress(js, phases, &BTreeMap::new()).await?))
+}
+
+/// The streams of `phases` and their durable consumers, each with its holder in `owners`.
+async fn progress(
+    js: &JetStream,
+    phases: &[Phase],
+    owners: &BTreeMap<String, String>,
+) -> Result<Vec<StreamProgress>, BusError> {
     let mut out = Vec::new();
-    for phase in Phase::ALL {
+    for &phase in phases {
         for stored in layout::streams_of(js, phase).await? {
-            let Ok(mut stream) = js.get_stream(&stored.name).await else {
+            let Ok(stream) = js.get_stream(&stored.name).await else {
                 continue;
             };
-            let state = match stream.info().await {
-                Ok(info) => info.state.clone(),
-                Err(_) => continue,
-            };
+            // Fetched with the stream just now: no second request.
+            let state = stream.cached_info().state.clone();
             let mut consumers = Vec::new();
             let mut infos = stream.consumers();
             while let Some(info) = infos.next().await {
@@ -85,7 +98,7 @@ pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusErr
                     continue;
                 }
                 consumers.push(ConsumerProgress {
-                    owner: owner_of(&owners, &info.name),
+                    owner: owner_of(owners, &info.name),
                     filter: info.config.filter_subject.clone(),
                     behind: info.num_pending + info.num_ack_pending as u64,
                     unacked: info.num_ack_pending as u64,

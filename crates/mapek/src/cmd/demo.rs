@@ -63,18 +63,12 @@ enum Seen {
 /// its stream holds, at most `limit`; whether they did.
 async fn drained(js: &JetStream, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
+    let phases = [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute];
     loop {
-        let Ok(streams) = mapek_bus::progress::loop_progress(js).await else {
-            return false;
-        };
-        let loop_streams: Vec<_> = streams
-            .into_iter()
-            .filter(|s| {
-                [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute].contains(&s.phase)
-            })
-            .collect();
-        if mapek_bus::progress::total_behind(&loop_streams) == 0 {
-            return true;
+        match mapek_bus::progress::behind(js, &phases).await {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
         }
         if tokio::time::Instant::now() > deadline {
             return false;
