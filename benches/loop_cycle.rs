@@ -1,7 +1,8 @@
 //! The loop under load, on one machine.
 //!
 //! `cargo bench -p mapek --bench loop_cycle` (MAPEK_BENCH_SECONDS sets the length of part 1,
-//! default 60; MAPEK_BENCH_BURST the events of part 2, default 200 000).
+//! default 60; MAPEK_BENCH_BURST the events of part 2, default 200 000, and
+//! MAPEK_BENCH_ROUNDS how often part 2 is repeated, default 3).
 //!
 //! 1. Cycle time: 1 000 simulated nodes at 10 Hz for 60 s, with a link degrading every
 //!    half second somewhere in the mesh (some 480 decisions, so the p99 is not just the
@@ -22,7 +23,11 @@
 //!    partition that only takes and acknowledges: the server's own cost of delivering each
 //!    event once, the ceiling of any loop that reads what it stores. Then the same bare
 //!    readers with the nodes publishing through the library, as they do for the loop: the
-//!    library's publishing cost, apart from the loop's.
+//!    library's publishing cost, apart from the loop's. The four are repeated in rounds; each
+//!    round's ratios are to the raw rate of the same round, and the median of them is the
+//!    result. Each way's CPU per event is read from `/proc` (nats-server's, this process's
+//!    tokio workers', the rest of this process's: the nodes), a steadier measure than the
+//!    rates when the machine's speed drifts between runs.
 //!
 //! The server maps telemetry into partitions as the configs mapek ships do, so the monitor
 //! streams are split (ADR 0012) for the loop and for the raw baseline alike;
@@ -156,10 +161,12 @@ fn cpu_seconds(stat_path: &str) -> f64 {
 }
 
 /// CPU seconds so far of nats-server (`server_pid`), of this process's tokio workers (the
-/// loop's, and the bare readers'), and of its other threads (the nodes' publisher, main).
+/// loop's, and the bare readers'), and of the rest of the process (the nodes' publisher on its
+/// own thread, main): the process's total less its workers', so a thread that has ended (the
+/// nodes', once they have published) still counts.
 fn cpu_split(server_pid: Option<u32>) -> [f64; 3] {
     let server = server_pid.map_or(0.0, |p| cpu_seconds(&format!("/proc/{p}/stat")));
-    let (mut workers, mut others) = (0.0, 0.0);
+    let mut workers = 0.0;
     for task in std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
@@ -167,14 +174,12 @@ fn cpu_split(server_pid: Option<u32>) -> [f64; 3] {
     {
         let dir = task.path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let secs = cpu_seconds(&dir.join("stat").display().to_string());
         if comm.starts_with("tokio-rt-worker") {
-            workers += secs;
-        } else {
-            others += secs;
+            workers += cpu_seconds(&dir.join("stat").display().to_string());
         }
     }
-    [server, workers, others]
+    let process = cpu_seconds("/proc/self/stat");
+    [server, workers, process - workers]
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -337,42 +342,74 @@ async fn library_publish(url: &str, events: Vec<Telemetry>) {
     assert!(published.await.all_acked());
 }
 
-async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
-    let events = burst_events(nodes(), burst);
-    let messages = encode_all(&events);
+/// CPU microseconds per event of nats-server, of this process's tokio workers and of its
+/// other threads, between two [`cpu_split`] readings around `events` events.
+fn per_event(before: [f64; 3], after: [f64; 3], events: usize) -> [f64; 3] {
+    std::array::from_fn(|i| (after[i] - before[i]) * 1e6 / events as f64)
+}
+
+/// One round of part 2: each way of publishing and reading the burst, its rate in events/s
+/// and its CPU per event.
+struct Round {
+    raw: (f64, [f64; 3]),
+    bare: (f64, [f64; 3]),
+    library_bare: (f64, [f64; 3]),
+    looped: (f64, [f64; 3]),
+}
+
+/// Publishes `events` and reads them each way in turn, on fresh streams each time.
+async fn sustained_round(
+    js: &JetStream,
+    url: &str,
+    server_pid: Option<u32>,
+    events: &[Telemetry],
+) -> Round {
+    let burst = events.len();
+    let messages = encode_all(events);
     let again = messages.clone();
 
     // Raw: the same bytes, the same dedup header, nobody consuming. The nodes publish from
     // their own thread and connection, in both.
     fresh_streams(js).await;
+    let cpu = cpu_split(server_pid);
     let raw_took = as_nodes(url, move |nodes_js| async move {
         raw_publish(&nodes_js, &messages, true, window()).await
     })
     .await;
-    let raw = burst as f64 / raw_took.as_secs_f64();
+    let raw = (
+        burst as f64 / raw_took.as_secs_f64(),
+        per_event(cpu, cpu_split(server_pid), burst),
+    );
 
     // Raw again, with a bare reader per partition that only takes and acknowledges (no
     // decoding, no stage): the share of the gap that is the server delivering to consumers.
     fresh_streams(js).await;
     let (read_tx, read_rx) = watch::channel(false);
     let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
+    let cpu = cpu_split(server_pid);
     let start = Instant::now();
     as_nodes(url, move |nodes_js| async move {
         raw_publish(&nodes_js, &again, true, window()).await
     })
     .await;
-    let raw_published = start.elapsed();
-    let raw_read = drained_rate(js, burst, start, read_tx, readers).await;
+    let bare = (
+        drained_rate(js, burst, start, read_tx, readers).await,
+        per_event(cpu, cpu_split(server_pid), burst),
+    );
 
     // The nodes publishing through the library as in the loop's run, with the bare readers:
     // what the library's publishing costs the pair, so the loop's own cost is the rest.
     fresh_streams(js).await;
     let (read_tx, read_rx) = watch::channel(false);
     let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
+    let to_publish = events.to_vec(); // copied before the clock and the CPU count start
+    let cpu = cpu_split(server_pid);
     let start = Instant::now();
-    library_publish(url, events.clone()).await;
-    let library_published = start.elapsed();
-    let library_read = drained_rate(js, burst, start, read_tx, readers).await;
+    library_publish(url, to_publish).await;
+    let library_bare = (
+        drained_rate(js, burst, start, read_tx, readers).await,
+        per_event(cpu, cpu_split(server_pid), burst),
+    );
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
@@ -380,38 +417,95 @@ async fn sustained_rate(js: &JetStream, url: &str, burst: usize) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = start_loop(js, &stop_rx);
     tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
+    let to_publish = events.to_vec();
+    let cpu = cpu_split(server_pid);
     let start = Instant::now();
-    library_publish(url, events).await;
-    let loop_published = start.elapsed();
-    let looped = drained_rate(js, burst, start, stop_tx, workers).await;
+    library_publish(url, to_publish).await;
+    let looped = (
+        drained_rate(js, burst, start, stop_tx, workers).await,
+        per_event(cpu, cpu_split(server_pid), burst),
+    );
+    Round {
+        raw,
+        bare,
+        library_bare,
+        looped,
+    }
+}
+
+/// The middle value (the lower of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get((values.len().max(1) - 1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+async fn sustained_rate(
+    js: &JetStream,
+    url: &str,
+    server_pid: Option<u32>,
+    burst: usize,
+    rounds: usize,
+) {
+    let events = burst_events(nodes(), burst);
     println!(
-        "2. sustained rate, a burst of {burst} telemetry events from {} nodes:",
+        "2. sustained rate, a burst of {burst} telemetry events from {} nodes, {rounds} rounds \
+         (events/s; ratios to raw publishing in the same round):",
         nodes()
     );
-    println!("   raw JetStream publish, same bytes and Nats-Msg-Id: {raw:>9.0} events/s");
     println!(
-        "   raw, with a bare reader per partition acking:     {raw_read:>9.0} events/s (published in {:.2} s)",
-        raw_published.as_secs_f64()
+        "   round   raw publish   bare readers   library, bare   the loop   loop/raw  loop/bare  loop/library-bare"
+    );
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let r = sustained_round(js, url, server_pid, &events).await;
+        println!(
+            "   {round:>5} {:>13.0} {:>14.0} {:>15.0} {:>10.0} {:>10.2} {:>10.2} {:>18.2}",
+            r.raw.0,
+            r.bare.0,
+            r.library_bare.0,
+            r.looped.0,
+            r.looped.0 / r.raw.0,
+            r.looped.0 / r.bare.0,
+            r.looped.0 / r.library_bare.0,
+        );
+        results.push(r);
+    }
+    let ratio = |f: fn(&Round) -> f64| median(results.iter().map(f).collect());
+    println!(
+        "   median ratio loop/raw: {:.2} (goal >= 0.5); bare readers/raw: {:.2}; loop/bare readers: {:.2}",
+        ratio(|r| r.looped.0 / r.raw.0),
+        ratio(|r| r.bare.0 / r.raw.0),
+        ratio(|r| r.looped.0 / r.bare.0),
     );
     println!(
-        "   published through the library, bare readers:     {library_read:>9.0} events/s (published in {:.2} s)",
-        library_published.as_secs_f64()
+        "   CPU per event, median of the rounds, in microseconds (nats-server + this process's tokio workers \
+         (readers or loop) + the rest (the nodes publishing)):"
     );
-    println!(
-        "   published and analyzed by the loop:               {looped:>9.0} events/s (published in {:.2} s)",
-        loop_published.as_secs_f64()
-    );
-    println!(
-        "   ratio loop/raw: {:.2} (goal >= 0.5); loop/bare reader: {:.2}; loop/bare reader with the library publishing: {:.2}",
-        looped / raw,
-        looped / raw_read,
-        looped / library_read
-    );
+    let ways: [(&str, fn(&Round) -> [f64; 3]); 4] = [
+        ("raw publish", |r| r.raw.1),
+        ("raw, bare readers", |r| r.bare.1),
+        ("library, bare readers", |r| r.library_bare.1),
+        ("the loop", |r| r.looped.1),
+    ];
+    for (what, cpu) in ways {
+        let part = |i: usize| median(results.iter().map(|r| cpu(r)[i]).collect());
+        let total = median(results.iter().map(|r| cpu(r).iter().sum()).collect());
+        println!(
+            "     {what:<22} {:>5.1} + {:>5.1} + {:>5.1} = {total:>5.1}",
+            part(0),
+            part(1),
+            part(2)
+        );
+    }
 }
 
 fn main() {
     let seconds = env("MAPEK_BENCH_SECONDS", 60);
     let burst = env("MAPEK_BENCH_BURST", 200_000);
+    let rounds = env("MAPEK_BENCH_ROUNDS", 3).max(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
@@ -430,6 +524,6 @@ fn main() {
         };
         println!("loop_cycle: nats-server and the loop on the same 2-core machine; {layout}");
         cycle_time(&js, &server.url(), server.pid(), seconds).await;
-        sustained_rate(&js, &server.url(), burst).await;
+        sustained_rate(&js, &server.url(), server.pid(), burst, rounds).await;
     });
 }
