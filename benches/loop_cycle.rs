@@ -357,6 +357,21 @@ struct Round {
     looped: (f64, [f64; 3]),
 }
 
+/// The ways of [`Round`], in its order.
+const WAYS: [&str; 4] = [
+    "raw publish",
+    "raw, bare readers",
+    "library, bare readers",
+    "the loop",
+];
+
+impl Round {
+    /// Each way's rate and CPU per event, in the order of [`WAYS`].
+    fn ways(&self) -> [(f64, [f64; 3]); 4] {
+        [self.raw, self.bare, self.library_bare, self.looped]
+    }
+}
+
 /// Publishes `events` and reads them each way in turn, on fresh streams each time.
 async fn sustained_round(
     js: &JetStream,
@@ -484,13 +499,8 @@ async fn sustained_rate(
         "   CPU per event, median of the rounds, in microseconds (nats-server + this process's tokio workers \
          (readers or loop) + the rest (the nodes publishing)):"
     );
-    let ways: [(&str, fn(&Round) -> [f64; 3]); 4] = [
-        ("raw publish", |r| r.raw.1),
-        ("raw, bare readers", |r| r.bare.1),
-        ("library, bare readers", |r| r.library_bare.1),
-        ("the loop", |r| r.looped.1),
-    ];
-    for (what, cpu) in ways {
+    for (way, what) in WAYS.iter().enumerate() {
+        let cpu = |r: &Round| r.ways()[way].1;
         let part = |i: usize| median(results.iter().map(|r| cpu(r)[i]).collect());
         let total = median(results.iter().map(|r| cpu(r).iter().sum()).collect());
         println!(
@@ -506,7 +516,8 @@ fn main() {
     let seconds = env("MAPEK_BENCH_SECONDS", 60);
     let burst = env("MAPEK_BENCH_BURST", 200_000);
     let rounds = env("MAPEK_BENCH_ROUNDS", 3).max(1);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The loop's runtime as `mapek run` builds it: half the cores, or TOKIO_WORKER_THREADS.
+    let runtime = mapek_loop::runtime::build().unwrap();
     runtime.block_on(async {
         // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
         // (`prof_port: 6060`, `prof_block_rate: 1`).
