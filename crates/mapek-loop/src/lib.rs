@@ -15,6 +15,7 @@
 //!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`].
 //! - [`metrics`]: the Prometheus metrics every worker keeps, and the `/metrics` endpoint.
 //! - [`evaluate`]: action results and symptoms → outcomes, with [`mapek_domain::Evaluator`].
+//! - [`runtime`]: the tokio runtime the workers run on, on half the cores by default.
 
 pub mod analyze;
 pub mod evaluate;
@@ -22,6 +23,7 @@ pub mod execute;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod runtime;
 pub mod stage;
 
 pub use stage::{Stage, StageConfig, StageStats, run_stage};
