@@ -2,10 +2,10 @@
 //!
 //! nats-server does most of the loop's work: for every telemetry event it stores, it also
 //! delivers it to analyze, and on a small machine the two share the cores. With a worker
-//! thread per core, the loop's threads and the server's contend for every core, and the
-//! server spends more CPU per event handing work between its own threads; leaving it half
-//! the machine made the loop read more per second on 2 cores with the same cycle time
-//! (ADR 0013, docs/performance.md). So mapek runs on half the cores unless told otherwise.
+//! thread per core, the loop's threads wake each other across the cores the server needs:
+//! on 2 cores, one thread spent a fifth less of the loop's CPU per event, with the same cycle
+//! time and a sustained rate as high or a little higher (ADR 0013, docs/performance.md). So
+//! mapek runs on half the cores unless told otherwise.
 
 /// How many worker threads the loop's runtime gets without `TOKIO_WORKER_THREADS`: half the
 /// machine's cores (as the process may use them), at least one.
