@@ -239,7 +239,7 @@ fn reader<'a>(doc: &'a serde_json::Value, stream: &str, name: &str) -> &'a serde
 
 #[tokio::test]
 async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
-    use mapek_bus::{Inbox, InboxConfig, Publisher};
+    use mapek_bus::{Inbox, InboxConfig, Publisher, StartAt};
     use mapek_domain::{NodeId, Telemetry};
 
     let (server, js) = server_with_streams().await;
@@ -342,6 +342,34 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(loop_json(&url)["behind"], 0);
+
+    // Someone follows the partition's telemetry (as `mapek subscribe` does): an ephemeral
+    // reader, listed apart, which the loop's backlog does not count.
+    let filter = format!("mapek.monitor.{p}.>");
+    let mut follower =
+        mapek_bus::Subscriber::<Telemetry>::open_subject(&js, filter.clone(), StartAt::All)
+            .await
+            .unwrap();
+    assert!(follower.next().await.unwrap().is_ok());
+    let doc = loop_json(&url);
+    let streams = doc["streams"].as_array().unwrap();
+    let followers: Vec<_> = streams
+        .iter()
+        .filter(|s| s["stream"] == stream)
+        .flat_map(|s| s["consumers"].as_array().unwrap())
+        .filter(|c| c["durable"] == false)
+        .collect();
+    assert_eq!(followers.len(), 1, "{doc}");
+    assert_eq!(followers[0]["filter"], filter, "{doc}");
+    assert!(followers[0]["owner"].is_null(), "{doc}");
+    assert_eq!(reader(&doc, &stream, &name)["durable"], true, "{doc}");
+    assert_eq!(doc["behind"], 0, "{doc}");
+    let text = status(&url, &["--loop"], &[]);
+    assert!(
+        text.contains("and 1 subscriber on") && text.contains("(subscriber, not the loop's)"),
+        "{text}"
+    );
+    drop(follower);
     leases.release_all().await;
 }
 

@@ -1,5 +1,6 @@
-//! How far along the loop is: each phase's streams, the durable consumers reading them, how
-//! much each has yet to acknowledge, and which worker holds its partition.
+//! How far along the loop is: each phase's streams, the consumers reading them (the workers'
+//! and projectors' durable ones, and subscribers' ephemeral ones), how much each has yet to
+//! take or acknowledge, and which worker holds its partition.
 //!
 //! This is what an operator asks first when decisions seem late: is a phase behind, which
 //! partition, and who is supposed to be reading it. [`loop_progress`] reads it from the server
@@ -18,7 +19,7 @@ use crate::{BusError, JetStream, layout};
 /// `mapek_loop::lease`): `analyze.p3` → the owner's name.
 pub const LEASE_BUCKET: &str = "MAPEK_LEASES";
 
-/// One stream of the loop and its durable readers.
+/// One stream of the loop and its readers.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct StreamProgress {
     /// The stream (`MAPEK_MONITOR_1`).
@@ -30,18 +31,23 @@ pub struct StreamProgress {
     pub messages: u64,
     /// Its last sequence.
     pub last_seq: u64,
-    /// Its durable consumers, by name.
+    /// Its consumers: the durable ones by name, then the ephemeral ones.
     pub consumers: Vec<ConsumerProgress>,
 }
 
-/// One durable consumer: a worker's inbox, or a projector's.
+/// One consumer: a worker's inbox or a projector's (durable), or a subscriber's (`mapek
+/// subscribe`, a rebuild, a replay: ephemeral, gone when its reader is).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ConsumerProgress {
-    /// Its name (`analyze-p3`).
+    /// Its name (`analyze-p3`; the server's for an ephemeral one).
     pub name: String,
+    /// Whether it is durable: a worker's or projector's, which the loop waits on, rather than
+    /// a subscriber's.
+    pub durable: bool,
     /// The subjects it reads (`mapek.monitor.3.>`), empty for the whole stream.
     pub filter: String,
-    /// Messages it has not acknowledged yet: not delivered, or delivered and not acknowledged.
+    /// Messages it has not acknowledged yet: not delivered, or delivered and not acknowledged
+    /// (for a subscriber, which acknowledges nothing: not delivered).
     pub behind: u64,
     /// Of those, delivered and waiting for their acknowledgement.
     pub unacked: u64,
@@ -61,23 +67,26 @@ fn phase_token<S: serde::Serializer>(phase: &Phase, s: S) -> Result<S::Ok, S::Er
 }
 
 /// The loop's streams, in phase order (monitor, analyze, plan, execute, knowledge, dead
-/// letters), with their durable consumers and who holds them. A stream not created yet is
-/// left out.
+/// letters), with their consumers and who holds them. A stream not created yet is left out.
 pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusError> {
-    progress(js, &Phase::ALL, &lease_owners(js).await).await
+    progress(js, &Phase::ALL, &lease_owners(js).await, true).await
 }
 
 /// Messages the durable consumers of `phases`' streams have yet to acknowledge, all
 /// together: what a caller waiting for the loop to drain polls (no lease is read).
 pub async fn behind(js: &JetStream, phases: &[Phase]) -> Result<u64, BusError> {
-    Ok(total_behind(&progress(js, phases, &BTreeMap::new()).await?))
+    Ok(total_behind(
+        &progress(js, phases, &BTreeMap::new(), false).await?,
+    ))
 }
 
-/// The streams of `phases` and their durable consumers, each with its holder in `owners`.
+/// The streams of `phases` and their durable consumers (and the ephemeral ones too, with
+/// `ephemeral`), each with its holder in `owners`.
 async fn progress(
     js: &JetStream,
     phases: &[Phase],
     owners: &BTreeMap<String, String>,
+    ephemeral: bool,
 ) -> Result<Vec<StreamProgress>, BusError> {
     let mut out = Vec::new();
     for &phase in phases {
@@ -94,11 +103,13 @@ async fn progress(
                     stream: stored.name.clone(),
                     detail: format!("listing consumers: {e}"),
                 })?;
-                if info.config.durable_name.is_none() {
+                let durable = info.config.durable_name.is_some();
+                if !durable && !ephemeral {
                     continue;
                 }
                 consumers.push(ConsumerProgress {
-                    owner: owner_of(owners, &info.name),
+                    durable,
+                    owner: durable.then(|| owner_of(owners, &info.name)).flatten(),
                     filter: info.config.filter_subject.clone(),
                     behind: info.num_pending + info.num_ack_pending as u64,
                     unacked: info.num_ack_pending as u64,
@@ -108,7 +119,7 @@ async fn progress(
                     name: info.name,
                 });
             }
-            consumers.sort_by_key(|c| natural_key(&c.name));
+            consumers.sort_by_key(|c| (!c.durable, natural_key(&c.name)));
             out.push(StreamProgress {
                 stream: stored.name,
                 phase,
@@ -121,11 +132,13 @@ async fn progress(
     Ok(out)
 }
 
-/// Messages the durable consumers of `streams` have yet to acknowledge, all together.
+/// Messages the durable consumers of `streams` have yet to acknowledge, all together (what
+/// subscribers have yet to take is theirs, not the loop's).
 pub fn total_behind(streams: &[StreamProgress]) -> u64 {
     streams
         .iter()
         .flat_map(|s| &s.consumers)
+        .filter(|c| c.durable)
         .map(|c| c.behind)
         .sum()
 }

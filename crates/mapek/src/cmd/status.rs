@@ -1,7 +1,7 @@
 //! `mapek status`: the mesh at a glance (nodes by health, open incidents, recent actions),
 //! from Redis when it is configured, else from the SQL read model; and the loop's progress
-//! (each stream's durable readers, how far behind they are, which worker reads them), from
-//! the NATS server.
+//! (each stream's readers, durable and not, how far behind they are, which worker reads
+//! them), from the NATS server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,7 +107,7 @@ struct LoopView {
     nats_url: String,
     /// Messages the durable readers have yet to acknowledge, all together.
     behind: u64,
-    /// Each stream and its durable readers.
+    /// Each stream and its readers, durable and not.
     streams: Vec<StreamProgress>,
 }
 
@@ -186,14 +186,20 @@ pub async fn run(args: StatusArgs, settings: &Settings) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human form of the loop's progress: a row per durable reader, under its stream.
+/// The human form of the loop's progress: a row per reader, under its stream.
 fn render_loop(view: &LoopView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let readers: usize = view.streams.iter().map(|s| s.consumers.len()).sum();
+    let all = view.streams.iter().flat_map(|s| &s.consumers);
+    let readers = all.clone().filter(|c| c.durable).count();
+    let subscribers = match all.filter(|c| !c.durable).count() {
+        0 => String::new(),
+        1 => " and 1 subscriber".to_owned(),
+        n => format!(" and {n} subscribers"),
+    };
     let _ = writeln!(
         out,
-        "loop: {readers} durable readers on {} streams at {}, {} messages behind",
+        "loop: {readers} durable readers{subscribers} on {} streams at {}, {} messages behind",
         view.streams.len(),
         view.nats_url,
         view.behind
@@ -220,6 +226,7 @@ fn render_loop(view: &LoopView) -> String {
                 let _ = write!(out, "  {:<18} {:>9}", "", "");
             }
             let held_by = match (&c.owner, c.reading) {
+                _ if !c.durable => "(subscriber, not the loop's)".to_owned(),
                 (Some(owner), _) => owner.clone(),
                 (None, true) => "(reading, no lease)".to_owned(),
                 (None, false) => "-".to_owned(),
