@@ -372,6 +372,27 @@ impl Round {
     }
 }
 
+/// On fresh streams, with a bare reader per partition: runs `publish` (of `burst` events),
+/// and returns the rate at which the readers took them all and the CPU per event meanwhile.
+/// `publish` starts when awaited, after the readers, the clock and the CPU count.
+async fn with_bare_readers(
+    js: &JetStream,
+    server_pid: Option<u32>,
+    burst: usize,
+    publish: impl Future<Output = ()>,
+) -> (f64, [f64; 3]) {
+    fresh_streams(js).await;
+    let (read_tx, read_rx) = watch::channel(false);
+    let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
+    let cpu = cpu_split(server_pid);
+    let start = Instant::now();
+    publish.await;
+    (
+        drained_rate(js, burst, start, read_tx, readers).await,
+        per_event(cpu, cpu_split(server_pid), burst),
+    )
+}
+
 /// Publishes `events` and reads them each way in turn, on fresh streams each time.
 async fn sustained_round(
     js: &JetStream,
@@ -398,33 +419,19 @@ async fn sustained_round(
 
     // Raw again, with a bare reader per partition that only takes and acknowledges (no
     // decoding, no stage): the share of the gap that is the server delivering to consumers.
-    fresh_streams(js).await;
-    let (read_tx, read_rx) = watch::channel(false);
-    let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
-    let cpu = cpu_split(server_pid);
-    let start = Instant::now();
-    as_nodes(url, move |nodes_js| async move {
-        raw_publish(&nodes_js, &again, true, window()).await
+    let bare = with_bare_readers(js, server_pid, burst, async move {
+        as_nodes(url, move |nodes_js| async move {
+            raw_publish(&nodes_js, &again, true, window()).await
+        })
+        .await;
     })
     .await;
-    let bare = (
-        drained_rate(js, burst, start, read_tx, readers).await,
-        per_event(cpu, cpu_split(server_pid), burst),
-    );
 
     // The nodes publishing through the library as in the loop's run, with the bare readers:
     // what the library's publishing costs the pair, so the loop's own cost is the rest.
-    fresh_streams(js).await;
-    let (read_tx, read_rx) = watch::channel(false);
-    let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
     let to_publish = events.to_vec(); // copied before the clock and the CPU count start
-    let cpu = cpu_split(server_pid);
-    let start = Instant::now();
-    library_publish(url, to_publish).await;
-    let library_bare = (
-        drained_rate(js, burst, start, read_tx, readers).await,
-        per_event(cpu, cpu_split(server_pid), burst),
-    );
+    let library_bare =
+        with_bare_readers(js, server_pid, burst, library_publish(url, to_publish)).await;
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.

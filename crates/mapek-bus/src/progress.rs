@@ -69,24 +69,20 @@ fn phase_token<S: serde::Serializer>(phase: &Phase, s: S) -> Result<S::Ok, S::Er
 /// The loop's streams, in phase order (monitor, analyze, plan, execute, knowledge, dead
 /// letters), with their consumers and who holds them. A stream not created yet is left out.
 pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusError> {
-    progress(js, &Phase::ALL, &lease_owners(js).await, true).await
+    progress(js, &Phase::ALL, &lease_owners(js).await).await
 }
 
 /// Messages the durable consumers of `phases`' streams have yet to acknowledge, all
 /// together: what a caller waiting for the loop to drain polls (no lease is read).
 pub async fn behind(js: &JetStream, phases: &[Phase]) -> Result<u64, BusError> {
-    Ok(total_behind(
-        &progress(js, phases, &BTreeMap::new(), false).await?,
-    ))
+    Ok(total_behind(&progress(js, phases, &BTreeMap::new()).await?))
 }
 
-/// The streams of `phases` and their durable consumers (and the ephemeral ones too, with
-/// `ephemeral`), each with its holder in `owners`.
+/// The streams of `phases` and their consumers, each durable one with its holder in `owners`.
 async fn progress(
     js: &JetStream,
     phases: &[Phase],
     owners: &BTreeMap<String, String>,
-    ephemeral: bool,
 ) -> Result<Vec<StreamProgress>, BusError> {
     let mut out = Vec::new();
     for &phase in phases {
@@ -104,9 +100,6 @@ async fn progress(
                     detail: format!("listing consumers: {e}"),
                 })?;
                 let durable = info.config.durable_name.is_some();
-                if !durable && !ephemeral {
-                    continue;
-                }
                 consumers.push(ConsumerProgress {
                     durable,
                     owner: durable.then(|| owner_of(owners, &info.name)).flatten(),
