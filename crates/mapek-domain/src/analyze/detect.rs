@@ -7,7 +7,7 @@
 
 use super::AnalyzeConfig;
 use super::hysteresis::{NO_PEER, Verdict};
-use super::state::{NodeState, metric};
+use super::state::{NodeState, Readings};
 use super::window::Link;
 use crate::Telemetry;
 
@@ -127,11 +127,12 @@ fn blame(
 pub(crate) fn latency(
     node: &NodeState,
     t: &Telemetry,
+    readings: &Readings,
     config: &AnalyzeConfig,
     sticky: u32,
     scratch: &mut Vec<f32>,
 ) -> Option<Reading> {
-    if metric(t, "latency_ms").is_none() && t.links.is_empty() {
+    if readings.latency_ms.is_none() && t.links.is_empty() {
         return None;
     }
     let abs = config.latency_threshold_ms;
@@ -170,10 +171,11 @@ pub(crate) fn effective_latency_limit(baseline: Option<f64>, config: &AnalyzeCon
 pub(crate) fn loss(
     node: &NodeState,
     t: &Telemetry,
+    readings: &Readings,
     config: &AnalyzeConfig,
     sticky: u32,
 ) -> Option<Reading> {
-    if metric(t, "loss").is_none() && t.links.is_empty() {
+    if readings.loss.is_none() && t.links.is_empty() {
         return None;
     }
     let threshold = config.loss_threshold;
@@ -197,11 +199,11 @@ pub(crate) fn loss(
 /// CPU (`cpu`) or memory (`mem`) saturation: the window mean against the threshold.
 pub(crate) fn saturation(
     node: &NodeState,
-    t: &Telemetry,
+    reading: Option<f64>,
     name: &str,
     threshold: f64,
 ) -> Option<Reading> {
-    metric(t, name)?;
+    reading?;
     let ring = if name == "cpu" { &node.cpu } else { &node.mem };
     let mean = ring.mean()?;
     Some(Reading {

@@ -38,7 +38,7 @@ pub use render::{incident_id, symptom_id};
 use detect::Reading;
 use hysteresis::Rules;
 use render::Emit;
-use state::{Names, NodeState, metric, slot};
+use state::{Names, NodeState, Readings, slot};
 
 use crate::{Invalid, Symptom, SymptomKind, SymptomState, Telemetry};
 
@@ -150,10 +150,11 @@ impl Analyzer {
         if previous.is_none() {
             self.reporting += 1;
         }
-        self.nodes[me as usize].fold(t, &self.config, &mut self.names);
+        let readings = Readings::of(t);
+        self.nodes[me as usize].fold(t, &readings, &self.config, &mut self.names);
         self.nodes.resize_with(self.names.len(), NodeState::default);
 
-        let mut out = self.judge_own(me, t, previous, watermark);
+        let mut out = self.judge_own(me, t, &readings, previous, watermark);
         // The reporting node is out of the indexes until it is judged, so it is never judged
         // twice in one step.
         if before.is_none_or(|b| watermark > b) {
@@ -168,6 +169,7 @@ impl Analyzer {
         &mut self,
         me: u32,
         t: &Telemetry,
+        readings: &Readings,
         previous: Option<i64>,
         watermark: i64,
     ) -> Vec<Symptom> {
@@ -177,21 +179,25 @@ impl Analyzer {
             let node = &self.nodes[me as usize];
             let sticky = node.tracker(kind).peer();
             let reading = match kind {
-                SymptomKind::HighLatency => detect::latency(node, t, c, sticky, &mut self.scratch),
-                SymptomKind::PacketLoss => detect::loss(node, t, c, sticky),
+                SymptomKind::HighLatency => {
+                    detect::latency(node, t, readings, c, sticky, &mut self.scratch)
+                }
+                SymptomKind::PacketLoss => detect::loss(node, t, readings, c, sticky),
                 SymptomKind::NodeSilent => {
                     let seen = node.last_seen.unwrap_or(t.ts_ms);
                     let gap = previous.map_or(0, |p| (t.ts_ms - p).max(0));
                     Some(detect::silence(seen, watermark, gap, c))
                 }
-                SymptomKind::CpuSaturation => detect::saturation(node, t, "cpu", c.cpu_threshold),
+                SymptomKind::CpuSaturation => {
+                    detect::saturation(node, readings.cpu, "cpu", c.cpu_threshold)
+                }
                 SymptomKind::MemorySaturation => {
-                    detect::saturation(node, t, "mem", c.mem_threshold)
+                    detect::saturation(node, readings.mem, "mem", c.mem_threshold)
                 }
                 SymptomKind::LinkFlapping => detect::flapping(node, t, c, sticky),
             };
             if kind == SymptomKind::HighLatency {
-                self.fold_baseline(me, t);
+                self.fold_baseline(me, readings.latency_ms);
             }
             if let Some(reading) = reading
                 && let Some(s) = self.judge(me, kind, &reading, t)
@@ -204,10 +210,10 @@ impl Analyzer {
 
     /// Folds the sample's latency into the node's baseline if it breached nothing, judged
     /// against the baseline as it stood before the sample.
-    fn fold_baseline(&mut self, me: u32, t: &Telemetry) {
+    fn fold_baseline(&mut self, me: u32, latency_ms: Option<f64>) {
         let c = &self.config;
         let node = &mut self.nodes[me as usize];
-        let Some(x) = metric(t, "latency_ms") else {
+        let Some(x) = latency_ms else {
             return;
         };
         let baseline = node

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 
 use super::AnalyzeConfig;
@@ -18,7 +19,32 @@ use crate::{NodeId, SymptomKind, Telemetry};
 pub(crate) struct Names {
     ids: Vec<NodeId>,
     /// Lookup only; never iterated, so its order never reaches the output.
-    index: HashMap<NodeId, u32>,
+    index: HashMap<NodeId, u32, BuildHasherDefault<NameHasher>>,
+}
+
+/// FNV-1a over the name's bytes: every sample looks its node and its peers up here, and
+/// names are short, where the default SipHash costs several times more. The table is private
+/// to one analyzer and fed by its own log, so hash flooding is no concern; and since the
+/// table is never iterated, the hash cannot reach the output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Names {
@@ -100,23 +126,34 @@ impl NodeState {
 
     /// Folds one sample's metrics and links into the windows. Non-finite values (which
     /// validation refuses upstream) are skipped rather than poisoning a window.
-    pub(crate) fn fold(&mut self, t: &Telemetry, config: &AnalyzeConfig, names: &mut Names) {
+    pub(crate) fn fold(
+        &mut self,
+        t: &Telemetry,
+        readings: &Readings,
+        config: &AnalyzeConfig,
+        names: &mut Names,
+    ) {
         self.seq = self.seq.wrapping_add(1);
         self.last_seen = Some(self.last_seen.map_or(t.ts_ms, |seen| seen.max(t.ts_ms)));
         let window = config.window;
-        for (name, ring) in [
-            ("latency_ms", &mut self.latency),
-            ("loss", &mut self.loss),
-            ("cpu", &mut self.cpu),
-            ("mem", &mut self.mem),
+        for (reading, ring) in [
+            (readings.latency_ms, &mut self.latency),
+            (readings.loss, &mut self.loss),
+            (readings.cpu, &mut self.cpu),
+            (readings.mem, &mut self.mem),
         ] {
-            if let Some(x) = metric(t, name) {
+            if let Some(x) = reading {
                 ring.push(window, x);
             }
         }
         for sample in &t.links {
             let peer = names.intern(&sample.peer);
-            let found = self.links.binary_search_by(|l| names.cmp(l.peer, peer));
+            // A node has a few links and reports the same peers sample after sample: look the
+            // peer up by index first, and compare names only to place a new one.
+            let found = match self.links.iter().position(|l| l.peer == peer) {
+                Some(i) => Ok(i),
+                None => self.links.binary_search_by(|l| names.cmp(l.peer, peer)),
+            };
             match found {
                 // Reported twice in one sample: the first report counts.
                 Ok(i) if self.links[i].seen == self.seq => {}
@@ -144,7 +181,34 @@ impl NodeState {
     }
 }
 
-/// A metric of the sample, if present and finite.
-pub(crate) fn metric(t: &Telemetry, name: &str) -> Option<f64> {
-    t.metrics.get(name).copied().filter(|x| x.is_finite())
+/// The metrics the detectors read, taken from a sample once per step: present and finite,
+/// or `None`. One pass over the sample's map instead of a search per detector.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Readings {
+    /// `latency_ms`.
+    pub(crate) latency_ms: Option<f64>,
+    /// `loss`.
+    pub(crate) loss: Option<f64>,
+    /// `cpu`.
+    pub(crate) cpu: Option<f64>,
+    /// `mem`.
+    pub(crate) mem: Option<f64>,
+}
+
+impl Readings {
+    /// The readings of `t`.
+    pub(crate) fn of(t: &Telemetry) -> Self {
+        let mut r = Self::default();
+        for (name, &x) in &t.metrics {
+            let slot = match name.as_str() {
+                "latency_ms" => &mut r.latency_ms,
+                "loss" => &mut r.loss,
+                "cpu" => &mut r.cpu,
+                "mem" => &mut r.mem,
+                _ => continue,
+            };
+            *slot = Some(x).filter(|x| x.is_finite());
+        }
+        r
+    }
 }
