@@ -212,3 +212,41 @@ impl Readings {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_step_reads_the_four_metrics_it_judges_and_skips_what_is_not_finite() {
+        let metrics = BTreeMap::from([
+            ("cpu".to_owned(), 0.5),
+            ("disk".to_owned(), 0.9),
+            ("latency_ms".to_owned(), f64::NAN),
+            ("loss".to_owned(), 0.01),
+        ]);
+        let t = Telemetry::new(NodeId::new("n1").unwrap(), 1_000, metrics);
+        let r = Readings::of(&t);
+        assert_eq!(r.cpu, Some(0.5));
+        assert_eq!(r.loss, Some(0.01));
+        assert_eq!(r.latency_ms, None, "not finite");
+        assert_eq!(r.mem, None, "absent");
+    }
+
+    #[test]
+    fn names_are_found_again_whatever_order_they_came_in() {
+        let mut names = Names::default();
+        let ids: Vec<NodeId> = (0..1000)
+            .map(|i| NodeId::new(format!("n{i}")).unwrap())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(names.intern(id), i as u32);
+        }
+        for (i, id) in ids.iter().enumerate().rev() {
+            assert_eq!(names.intern(id), i as u32, "{id:?}");
+        }
+        assert_eq!(names.len(), 1000);
+    }
+}
