@@ -286,7 +286,7 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
         batch.extend(inbox.next_batch(Duration::from_secs(5)).await.unwrap());
     }
     batch[5].ack().await.unwrap();
-    let acked = batch[5].stream_seq;
+    let acked = batch[5].stream_seq();
     assert_eq!(acked, 7, "the bad message was the first");
 
     let name = format!("analyze-p{p}");
@@ -333,7 +333,7 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
         let more = inbox.next_batch(Duration::from_secs(1)).await.unwrap();
         let Some(last) = more.last() else { break };
         last.ack().await.unwrap();
-        if last.stream_seq == 31 {
+        if last.stream_seq() == 31 {
             break;
         }
     }

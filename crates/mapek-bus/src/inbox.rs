@@ -50,12 +50,16 @@ impl InboxConfig {
 pub struct Delivery<E> {
     /// The event.
     pub event: E,
-    /// Its stream sequence.
-    pub stream_seq: u64,
     message: Message,
 }
 
 impl<E> Delivery<E> {
+    /// Its stream sequence, read from the message's reply subject when asked: a worker that
+    /// does not ask (analyze, plan) does not pay for parsing it on every message.
+    pub fn stream_seq(&self) -> u64 {
+        self.message.info().map_or(0, |i| i.stream_sequence)
+    }
+
     /// Acknowledges it and every delivery before it (the consumer acknowledges cumulatively,
     /// as a worker handles its input in order): none of them will be delivered again.
     pub async fn ack(&self) -> Result<(), BusError> {
@@ -202,13 +206,8 @@ impl<E: AvroEvent> Inbox<E> {
         good: &mut Vec<Delivery<E>>,
     ) -> Result<(), BusError> {
         let message = message.map_err(|e| self.failed(e.to_string()))?;
-        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         match headers::decode_body::<E>(message.headers.as_ref(), &message.payload) {
-            Ok(event) => good.push(Delivery {
-                event,
-                stream_seq,
-                message,
-            }),
+            Ok(event) => good.push(Delivery { event, message }),
             Err(e) => {
                 self.dead_letters
                     .reject(self.phase, &message, e.to_string())

@@ -674,7 +674,7 @@ impl Executor {
         // Where the span of this decision's result starts (mapek_bus::trace).
         let started = std::time::SystemTime::now();
         let decision = &delivery.event;
-        let seq = delivery.stream_seq;
+        let seq = delivery.stream_seq();
         self.stats.processed += 1;
         if self.interlocks.has_result(&decision.decision_id) {
             self.held.remove(&seq);
@@ -815,7 +815,7 @@ impl Executor {
         delivery: Delivery<Decision>,
         delay: Duration,
     ) -> Result<(), BusError> {
-        self.held.insert(delivery.stream_seq);
+        self.held.insert(delivery.stream_seq());
         delivery.retry_after(delay).await
     }
 
@@ -885,11 +885,11 @@ impl Executor {
     /// for approval: then it is kept, to be acknowledged once nothing before it waits.
     async fn ack(&mut self, delivery: Delivery<Decision>) -> Result<(), BusError> {
         let blocked = |seq: u64, held: &BTreeSet<u64>| held.first().is_some_and(|&w| w < seq);
-        if blocked(delivery.stream_seq, &self.held) {
+        if blocked(delivery.stream_seq(), &self.held) {
             if self
                 .deferred
                 .as_ref()
-                .is_none_or(|d| d.stream_seq < delivery.stream_seq)
+                .is_none_or(|d| d.stream_seq() < delivery.stream_seq())
             {
                 self.deferred = Some(delivery);
             }
@@ -900,8 +900,8 @@ impl Executor {
         // waited has been delivered again since. Acking this one after is then a no-op, or
         // covers it if the first ack was ignored.
         match self.deferred.take() {
-            Some(d) if d.stream_seq > delivery.stream_seq => {
-                if blocked(d.stream_seq, &self.held) {
+            Some(d) if d.stream_seq() > delivery.stream_seq() => {
+                if blocked(d.stream_seq(), &self.held) {
                     self.deferred = Some(d);
                 } else {
                     d.ack().await?;

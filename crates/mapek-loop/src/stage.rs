@@ -149,7 +149,7 @@ pub async fn run_stage<S: Stage>(
                 .min(config.fetch_wait),
             None => config.fetch_wait,
         };
-        let batch = tokio::select! {
+        let mut batch = tokio::select! {
             batch = inbox.next_batch(wait) => batch?,
             () = &mut shutdown => {
                 acknowledge::<_, S::Out>(&mut publisher, unacked.take(), &pending).await?;
@@ -182,7 +182,8 @@ pub async fn run_stage<S: Stage>(
             }
         }
         let taken = batch.len() as u64;
-        if let Some(last) = batch.into_iter().last() {
+        // The last is kept for its ack; the others are dropped where they lie.
+        if let Some(last) = batch.pop() {
             if unacked.is_none() {
                 unacked_since = started;
             }
