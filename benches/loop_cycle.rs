@@ -103,26 +103,36 @@ fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::
     ]
 }
 
-/// Messages the analyze consumers have yet to take.
-async fn analyze_backlog(js: &JetStream) -> u64 {
-    let mut total = 0;
+/// The stream that holds each analyze partition, looked up once before a measurement: a
+/// backlog poll then costs the server one consumer info per partition, not the stream
+/// lookups as well (six requests per partition, every 20 ms, competing with the loop for the
+/// server until session 12).
+async fn partition_streams(js: &JetStream) -> Vec<async_nats::jetstream::stream::Stream> {
+    let mut streams = Vec::with_capacity(8);
     for p in 0..8 {
         let name = mapek_bus::layout::stream_for(js, mapek_domain::Phase::Monitor, Some(p))
             .await
             .unwrap();
-        let stream = js.get_stream(name).await.unwrap();
-        if let Ok(info) = stream.consumer_info(format!("analyze-p{p}")).await {
-            total += info.num_pending + info.num_ack_pending as u64;
-        } else {
-            // Not created yet: everything in that partition is backlog, counted when it is.
-        }
+        streams.push(js.get_stream(name).await.unwrap());
     }
-    total
+    streams
 }
 
-async fn wait_drained(js: &JetStream) {
+/// Messages the analyze consumers have yet to take or acknowledge; `streams` from
+/// [`partition_streams`], by partition. `None` while a partition has no consumer yet.
+async fn analyze_backlog(streams: &[async_nats::jetstream::stream::Stream]) -> Option<u64> {
+    let mut total = 0;
+    for (p, stream) in streams.iter().enumerate() {
+        let info = stream.consumer_info(format!("analyze-p{p}")).await.ok()?;
+        total += info.num_pending + info.num_ack_pending as u64;
+    }
+    Some(total)
+}
+
+/// Waits until the analyze consumers exist and have taken and acknowledged everything.
+async fn wait_drained(streams: &[async_nats::jetstream::stream::Stream]) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while analyze_backlog(js).await > 0 && Instant::now() < deadline {
+    while analyze_backlog(streams).await != Some(0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -230,6 +240,7 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
     .unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = start_loop(js, &stop_rx);
+    let partitions = partition_streams(js).await;
     let (sim_tx, mut sim_rx) = watch::channel(false);
     let start_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let cpu_before = cpu_split(server_pid);
@@ -243,14 +254,15 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
     let mut max_backlog = 0;
     for _ in 0..seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        max_backlog = max_backlog.max(analyze_backlog(js).await);
+        // A partition whose consumer is not there yet counts as no backlog.
+        max_backlog = max_backlog.max(analyze_backlog(&partitions).await.unwrap_or(0));
     }
     let cpu_after = cpu_split(server_pid);
     let cpu_share = |i: usize| (cpu_after[i] - cpu_before[i]) / cpu_since.elapsed().as_secs_f64();
     let cpu = [cpu_share(0), cpu_share(1), cpu_share(2)];
     sim_tx.send(true).unwrap();
     let report = sim.await.unwrap();
-    wait_drained(js).await;
+    wait_drained(&partitions).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_tx.send(true).unwrap();
     for w in workers {
@@ -311,16 +323,17 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
     );
 }
 
-/// Waits until the analyze consumers have taken all `burst` events published since `start`,
-/// then stops `readers`; returns the events per second from `start` to then.
+/// Waits until the analyze consumers (of `partitions`) have taken all `burst` events
+/// published since `start`, then stops `readers`; returns the events per second from `start`
+/// to then.
 async fn drained_rate(
-    js: &JetStream,
+    partitions: &[async_nats::jetstream::stream::Stream],
     burst: usize,
     start: Instant,
     stop: watch::Sender<bool>,
     readers: Vec<tokio::task::JoinHandle<()>>,
 ) -> f64 {
-    wait_drained(js).await;
+    wait_drained(partitions).await;
     let rate = burst as f64 / start.elapsed().as_secs_f64();
     stop.send(true).unwrap();
     for r in readers {
@@ -384,11 +397,12 @@ async fn with_bare_readers(
     fresh_streams(js).await;
     let (read_tx, read_rx) = watch::channel(false);
     let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
+    let partitions = partition_streams(js).await;
     let cpu = cpu_split(server_pid);
     let start = Instant::now();
     publish.await;
     (
-        drained_rate(js, burst, start, read_tx, readers).await,
+        drained_rate(&partitions, burst, start, read_tx, readers).await,
         per_event(cpu, cpu_split(server_pid), burst),
     )
 }
@@ -439,12 +453,13 @@ async fn sustained_round(
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers = start_loop(js, &stop_rx);
     tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
+    let partitions = partition_streams(js).await;
     let to_publish = events.to_vec();
     let cpu = cpu_split(server_pid);
     let start = Instant::now();
     library_publish(url, to_publish).await;
     let looped = (
-        drained_rate(js, burst, start, stop_tx, workers).await,
+        drained_rate(&partitions, burst, start, stop_tx, workers).await,
         per_event(cpu, cpu_split(server_pid), burst),
     );
     Round {
