@@ -1,6 +1,6 @@
 //! The headers every mapek message carries.
 
-use async_nats::{HeaderMap, HeaderName};
+use async_nats::HeaderMap;
 use mapek_codec::{AvroEvent, CodecError, JSON_CONTENT_TYPE, decode, decode_json};
 use mapek_domain::{Event, EventId, Phase};
 
@@ -19,16 +19,25 @@ pub const TRACEPARENT: &str = "traceparent";
 /// W3C vendor trace state, passed along unchanged.
 pub const TRACESTATE: &str = "tracestate";
 
+/// A header name made at compile time: one given as `&str` is checked, and unless NATS knows
+/// it, copied, on every insert and every lookup.
+macro_rules! name {
+    ($name:expr) => {
+        const { async_nats::HeaderName::from_static($name) }
+    };
+}
+pub(crate) use name;
+
 /// The headers for `event`, written with schema `schema_label` (`Telemetry/2`).
 pub fn for_event<E: Event>(event: &E, schema_label: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID, event.event_id());
-    headers.insert(SCHEMA, schema_label);
+    headers.insert(name!(MSG_ID), event.event_id());
+    headers.insert(name!(SCHEMA), schema_label);
     if let Some(causation) = event.causation() {
-        headers.insert(CAUSATION, causation);
+        headers.insert(name!(CAUSATION), causation);
     }
     if let Some(correlation) = event.correlation() {
-        headers.insert(CORRELATION, correlation);
+        headers.insert(name!(CORRELATION), correlation);
     }
     headers
 }
@@ -42,7 +51,7 @@ pub fn for_event<E: Event>(event: &E, schema_label: &str) -> HeaderMap {
 /// retried or replayed publish carries the same context.
 pub fn child_traceparent<E: Event>(event: &E, cause: Option<&HeaderMap>) -> String {
     let parent = cause
-        .and_then(|h| h.get(TRACEPARENT))
+        .and_then(|h| h.get(name!(TRACEPARENT)))
         .and_then(|v| parse_traceparent(v.as_str()));
     let (trace_id, flags) = match parent {
         Some((trace, flags)) => (trace.to_owned(), flags.to_owned()),
@@ -80,10 +89,9 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
 
 /// Whether a message says its body is JSON.
 pub fn is_json(headers: Option<&HeaderMap>) -> bool {
-    // Every consumed message asks: a name made once costs no check and no copy per lookup.
-    const NAME: HeaderName = HeaderName::from_static(CONTENT_TYPE);
+    // Every consumed message asks.
     headers
-        .and_then(|h| h.get(NAME))
+        .and_then(|h| h.get(name!(CONTENT_TYPE)))
         .is_some_and(|v| v.as_str().starts_with(JSON_CONTENT_TYPE))
 }
 

@@ -121,9 +121,10 @@ impl Publisher {
         let traceparent = (E::PHASE != mapek_domain::Phase::Monitor || cause.is_some())
             .then(|| headers::child_traceparent(event, cause));
         if let Some(traceparent) = &traceparent {
-            headers.insert(headers::TRACEPARENT, traceparent.as_str());
-            if let Some(state) = cause.and_then(|h| h.get(headers::TRACESTATE)) {
-                headers.insert(headers::TRACESTATE, state.as_str());
+            headers.insert(headers::name!(headers::TRACEPARENT), traceparent.as_str());
+            let tracestate = headers::name!(headers::TRACESTATE);
+            if let Some(state) = cause.and_then(|h| h.get(tracestate.clone())) {
+                headers.insert(tracestate, state.as_str());
             }
         }
         let subject = E::PHASE.subject(event.node());

@@ -42,7 +42,7 @@ pub fn record_span<E: AvroEvent>(
         return;
     };
     let parent = cause
-        .and_then(|h| h.get(headers::TRACEPARENT))
+        .and_then(|h| h.get(headers::name!(headers::TRACEPARENT)))
         .and_then(|v| span_of(v.as_str()));
     let context =
         match parent {
