@@ -254,7 +254,7 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
     let mut max_backlog = 0;
     for _ in 0..seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // A partition whose consumer is not there yet counts as no backlog.
+        // Until every partition's consumer is there (the first second), it reads as none.
         max_backlog = max_backlog.max(analyze_backlog(&partitions).await.unwrap_or(0));
     }
     let cpu_after = cpu_split(server_pid);
