@@ -130,9 +130,20 @@ async fn analyze_backlog(streams: &[async_nats::jetstream::stream::Stream]) -> O
 }
 
 /// Waits until the analyze consumers exist and have taken and acknowledged everything.
+///
+/// # Panics
+/// If they have not within 120 s: a rate measured to then would mean nothing.
 async fn wait_drained(streams: &[async_nats::jetstream::stream::Stream]) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while analyze_backlog(streams).await != Some(0) && Instant::now() < deadline {
+    loop {
+        let backlog = analyze_backlog(streams).await;
+        if backlog == Some(0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "analyze did not drain within 120 s (backlog {backlog:?}; None: a consumer is missing)"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
