@@ -885,12 +885,10 @@ impl Executor {
     /// for approval: then it is kept, to be acknowledged once nothing before it waits.
     async fn ack(&mut self, delivery: Delivery<Decision>) -> Result<(), BusError> {
         let blocked = |seq: u64, held: &BTreeSet<u64>| held.first().is_some_and(|&w| w < seq);
-        if blocked(delivery.stream_seq(), &self.held) {
-            if self
-                .deferred
-                .as_ref()
-                .is_none_or(|d| d.stream_seq() < delivery.stream_seq())
-            {
+        // Read from the reply subject once: it is compared up to three times below.
+        let seq = delivery.stream_seq();
+        if blocked(seq, &self.held) {
+            if self.deferred.as_ref().is_none_or(|d| d.stream_seq() < seq) {
                 self.deferred = Some(delivery);
             }
             return Ok(());
@@ -900,7 +898,7 @@ impl Executor {
         // waited has been delivered again since. Acking this one after is then a no-op, or
         // covers it if the first ack was ignored.
         match self.deferred.take() {
-            Some(d) if d.stream_seq() > delivery.stream_seq() => {
+            Some(d) if d.stream_seq() > seq => {
                 if blocked(d.stream_seq(), &self.held) {
                     self.deferred = Some(d);
                 } else {
