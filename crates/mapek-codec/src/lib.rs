@@ -2,23 +2,26 @@
 //!
 //! Every message body is Avro in the spec's single-object encoding: the two bytes `C3 01`, the
 //! 8-byte little-endian CRC-64-AVRO (Rabin) fingerprint of the writer's schema, then the
-//! binary datum. Any Avro library in any language can read it with the schemas in `schemas/`.
+//! binary datum. Any Avro library in any language can read it with the schemas in `schemas/`
+//! (docs/wire.md).
 //! A reader keeps a table of every schema version it knows, by fingerprint, and resolves an
 //! older writer's data into the newest shape. The monitor subjects also take JSON telemetry,
 //! checked against the same schema.
 //!
 //! # Layout
+//! - [`canonical`]: the specification's Parsing Canonical Form and CRC-64-AVRO fingerprint.
 //! - [`registry`]: the schemas of `schemas/`, embedded, looked up by fingerprint or name.
-//! - [`codec`]: [`encode`], [`decode`] and [`decode_json`].
+//! - [`codec`]: [`encode`], [`decode`], [`decode_json`] and [`same_message`].
 //! - [`error`]: [`CodecError`], what can be wrong with a message.
 //! - [`telemetry`]: the newest Telemetry schema written and read by hand, the hot path.
 
+pub mod canonical;
 pub mod codec;
 pub mod error;
 pub mod registry;
 pub mod telemetry;
 
-pub use codec::{AvroEvent, decode, decode_json, encode, encode_into, peek_schema};
+pub use codec::{AvroEvent, decode, decode_json, encode, encode_into, peek_schema, same_message};
 pub use error::CodecError;
 pub use registry::{KnownSchema, Registry};
 

@@ -2,12 +2,18 @@
 //!
 //! `schemas/` is the only source of truth: the files are compiled in as they are, and a test
 //! checks that each newer version can read every older one and every stored example.
+//!
+//! Each version is known by the fingerprint the Avro specification gives it, which writers
+//! write. The versions that existed before mapek computed that fingerprint itself are also
+//! known by the one it wrote then ([`Form::LogicalTypesKept`]), so that logs written then
+//! still read (ADR 0015).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use apache_avro::Schema;
-use apache_avro::rabin::Rabin;
+
+use crate::canonical::{self, Form};
 
 /// The schema files, as `(name, version, text)`. Add a version here when you add a file.
 const SOURCES: &[(&str, u32, &str)] = &[
@@ -48,6 +54,19 @@ const SOURCES: &[(&str, u32, &str)] = &[
     ),
 ];
 
+/// The schema versions that mapek wrote with the fingerprint of
+/// [`Form::LogicalTypesKept`] before it wrote the specification's. A version added later is
+/// known by the specification's fingerprint alone.
+const WRITTEN_WITH_THE_OLD_FINGERPRINT: &[(&str, u32)] = &[
+    ("Telemetry", 1),
+    ("Telemetry", 2),
+    ("Symptom", 1),
+    ("Decision", 1),
+    ("ActionResult", 1),
+    ("Outcome", 1),
+    ("Rejected", 1),
+];
+
 /// One version of one schema.
 #[derive(Debug)]
 pub struct KnownSchema {
@@ -57,10 +76,16 @@ pub struct KnownSchema {
     pub version: u32,
     /// The parsed schema.
     pub schema: Schema,
-    /// Its CRC-64-AVRO fingerprint, as a little-endian number.
+    /// Its Parsing Canonical Form, as the Avro specification defines it.
+    pub canonical_form: String,
+    /// The CRC-64-AVRO fingerprint of that form (the number Java's `parsingFingerprint64`
+    /// gives), which writers write.
     pub fingerprint: u64,
-    /// The fingerprint as it is written in a message header.
+    /// The fingerprint as it is written in a message header: little-endian.
     pub fingerprint_bytes: [u8; 8],
+    /// The fingerprint mapek wrote for this version before it wrote the specification's, if
+    /// the version is that old: still read, never written.
+    pub old_fingerprint: Option<u64>,
     /// `name/version`, made once: every published event carries it.
     label: String,
 }
@@ -99,16 +124,27 @@ impl Registry {
             latest: BTreeMap::new(),
         };
         for &(name, version, text) in sources {
-            let schema = Schema::parse_str(text).map_err(|e| format!("{name} v{version}: {e}"))?;
-            let bytes: [u8; 8] = schema.fingerprint::<Rabin>().bytes[..8]
-                .try_into()
-                .expect("a Rabin fingerprint has 8 bytes");
-            let fingerprint = u64::from_le_bytes(bytes);
+            let invalid = |e: String| format!("{name} v{version}: {e}");
+            let schema = Schema::parse_str(text).map_err(|e| invalid(e.to_string()))?;
+            let canonical_form =
+                canonical::canonical_form(text, Form::Specification).map_err(invalid)?;
+            let fingerprint = canonical::fingerprint(&canonical_form);
+            let old_fingerprint = WRITTEN_WITH_THE_OLD_FINGERPRINT
+                .contains(&(name, version))
+                .then(|| canonical::canonical_form(text, Form::LogicalTypesKept))
+                .transpose()
+                .map_err(invalid)?
+                .map(|form| canonical::fingerprint(&form));
             let index = registry.schemas.len();
-            if registry.by_fingerprint.insert(fingerprint, index).is_some() {
-                return Err(format!(
-                    "{name} v{version} has the fingerprint of another schema"
-                ));
+            for fp in std::iter::once(fingerprint).chain(old_fingerprint) {
+                if registry
+                    .by_fingerprint
+                    .get(&fp)
+                    .is_some_and(|&i| i != index)
+                {
+                    return Err(invalid("has the fingerprint of another schema".into()));
+                }
+                registry.by_fingerprint.insert(fp, index);
             }
             let newest = registry.latest.entry(name).or_insert(index);
             if registry
@@ -122,15 +158,18 @@ impl Registry {
                 name,
                 version,
                 schema,
+                canonical_form,
                 fingerprint,
-                fingerprint_bytes: bytes,
+                fingerprint_bytes: fingerprint.to_le_bytes(),
+                old_fingerprint,
                 label: format!("{name}/{version}"),
             });
         }
         Ok(registry)
     }
 
-    /// The schema with this fingerprint.
+    /// The schema with this fingerprint: the specification's, or the one an old version was
+    /// written with.
     pub fn by_fingerprint(&self, fingerprint: u64) -> Option<&KnownSchema> {
         self.by_fingerprint
             .get(&fingerprint)

@@ -1,6 +1,8 @@
 //! What mapek's tests and benchmarks share.
 //!
 //! # Layout
+//! - [`foreign`]: Avro and NATS clients mapek did not write (Java's Avro, fastavro, nats-py),
+//!   to hold the wire to them.
 //! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
 //!   temporary store, stopped and removed on drop; tests can stop and restart it.
 //! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
@@ -8,6 +10,7 @@
 //!   [`RedisServer`], a Redis of the test's own to stop and start again.
 //! - [`samples`]: one valid sample of every event type, for round trips.
 
+pub mod foreign;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
