@@ -17,6 +17,7 @@ link, a rate limit or a restart brings the CPU down), so the loop can be watched
 
 import argparse
 import asyncio
+import datetime
 import io
 import json
 import os
@@ -153,7 +154,8 @@ class Agent:
 
 
 async def read_all(nc, schemas):
-    """Every message of every mapek stream, decoded, as one JSON line each."""
+    """Every message of every mapek stream, decoded, as one JSON line each: Avro by its
+    fingerprint, JSON telemetry (`Content-Type: application/json`) as it is."""
     js = nc.jetstream()
     for info in await js.streams_info():
         stream = info.config.name
@@ -165,11 +167,25 @@ async def read_all(nc, schemas):
             except NotFoundError:
                 continue
             line = {"stream": stream, "seq": seq, "subject": msg.subject}
+            content_type = (msg.headers or {}).get("Content-Type", "")
             try:
-                line["schema"], line["event"] = schemas.decode(msg.data)
+                if content_type.startswith("application/json"):
+                    line["schema"], line["event"] = "json", json.loads(msg.data)
+                else:
+                    line["schema"], line["event"] = schemas.decode(msg.data)
             except ValueError as e:
                 line["error"] = str(e)
-            print(json.dumps(line, default=lambda b: b.hex()), flush=True)
+            print(json.dumps(line, default=plain), flush=True)
+
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def plain(value):
+    """JSON for what fastavro reads that JSON lacks: bytes as hex, a timestamp-millis as ms."""
+    if isinstance(value, datetime.datetime):
+        return (value - EPOCH) // datetime.timedelta(milliseconds=1)
+    return value.hex()
 
 
 def log(**fields):

@@ -75,12 +75,16 @@ impl Log {
         Ok(log)
     }
 
-    /// The recorded decisions on `symptom_id`, each distinct encoding once, in stream order.
+    /// The recorded decisions on `symptom_id`, each distinct message once (the same event under
+    /// either fingerprint of its schema is one), in stream order.
     pub(crate) fn decisions_on(&self, symptom_id: &str) -> Vec<&Stored<Decision>> {
         let mut out: Vec<&Stored<Decision>> = Vec::new();
         for &i in self.by_symptom.get(symptom_id).into_iter().flatten() {
             let d = &self.decisions[i];
-            if !out.iter().any(|o| o.bytes == d.bytes) {
+            if !out
+                .iter()
+                .any(|o| mapek_codec::same_message(&o.bytes, &d.bytes))
+            {
                 out.push(d);
             }
         }

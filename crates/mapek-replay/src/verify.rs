@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Instant;
 
-use mapek_codec::encode;
+use mapek_codec::{encode, same_message};
 use mapek_domain::{AnalyzeConfig, Analyzer, Decision, NodeId, Phase, Policy, Symptom, Telemetry};
 use serde::Serialize;
 
@@ -267,13 +267,13 @@ fn compare_symptoms(
     for s in &log.symptoms {
         let e = &s.event;
         let bytes = seen.entry(e.symptom_id.as_str()).or_default();
-        if bytes.contains(&s.bytes.as_ref()) || !wanted(&e.node, e.ts_ms) {
+        if bytes.iter().any(|b| same_message(b, &s.bytes)) || !wanted(&e.node, e.ts_ms) {
             continue;
         }
         bytes.push(s.bytes.as_ref());
         tally.recorded += 1;
         match replayed.get(&e.symptom_id) {
-            Some((_, b)) if b.as_slice() == s.bytes.as_ref() => tally.identical += 1,
+            Some((_, b)) if same_message(b, &s.bytes) => tally.identical += 1,
             Some((r, _)) => {
                 tally.different += 1;
                 report
@@ -340,7 +340,7 @@ fn compare_decisions(
             });
             let bytes = decided.as_ref().map(|d| encode(d).unwrap_or_default());
             match (&decided, &bytes) {
-                (Some(_), Some(b)) if b.as_slice() == r.bytes.as_ref() => {
+                (Some(_), Some(b)) if same_message(b, &r.bytes) => {
                     tally.identical += 1;
                     matched = true;
                 }
