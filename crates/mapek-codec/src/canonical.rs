@@ -76,16 +76,7 @@ const TABLE: [u64; 256] = {
 fn write(schema: &Value, namespace: &str, form: Form, out: &mut String) -> Result<(), String> {
     match schema {
         Value::String(name) => push_str(out, &full_name(name, namespace)),
-        Value::Array(branches) => {
-            out.push('[');
-            for (i, branch) in branches.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write(branch, namespace, form, out)?;
-            }
-            out.push(']');
-        }
+        Value::Array(branches) => list(out, branches, |out, b| write(b, namespace, form, out))?,
         Value::Object(attrs) => write_object(attrs, namespace, form, out)?,
         other => return Err(format!("{other} is not a schema")),
     }
@@ -106,41 +97,17 @@ fn write_object(
         _ => return Err(format!("{} has no type", Value::Object(attrs.clone()))),
     };
     match kind {
-        "record" | "error" => {
-            let (full, inner) = named(attrs, namespace)?;
-            open_named(out, &full, "record");
-            out.push_str(",\"fields\":[");
-            for (i, field) in array(attrs, "fields")?.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let name = field.get("name").and_then(Value::as_str);
-                let ty = field.get("type");
-                let (Some(name), Some(ty)) = (name, ty) else {
-                    return Err(format!("field {field} needs a name and a type"));
-                };
-                out.push_str("{\"name\":");
-                push_str(out, name);
-                out.push_str(",\"type\":");
-                write(ty, &inner, form, out)?;
-                out.push('}');
-            }
-            out.push_str("]}");
-        }
+        "record" | "error" => write_record(attrs, namespace, form, out)?,
         "enum" => {
             let (full, _) = named(attrs, namespace)?;
             open_named(out, &full, "enum");
-            out.push_str(",\"symbols\":[");
-            for (i, symbol) in array(attrs, "symbols")?.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_str(
-                    out,
-                    symbol.as_str().ok_or("an enum symbol is not a string")?,
-                );
-            }
-            out.push_str("]}");
+            out.push_str(",\"symbols\":");
+            list(out, array(attrs, "symbols")?, |out, symbol| {
+                let symbol = symbol.as_str().ok_or("an enum symbol is not a string")?;
+                push_str(out, symbol);
+                Ok(())
+            })?;
+            out.push('}');
         }
         "fixed" => {
             let (full, _) = named(attrs, namespace)?;
@@ -167,6 +134,48 @@ fn write_object(
         }
         reference => push_str(out, &full_name(reference, namespace)),
     }
+    Ok(())
+}
+
+fn write_record(
+    attrs: &Map<String, Value>,
+    namespace: &str,
+    form: Form,
+    out: &mut String,
+) -> Result<(), String> {
+    let (full, inner) = named(attrs, namespace)?;
+    open_named(out, &full, "record");
+    out.push_str(",\"fields\":");
+    list(out, array(attrs, "fields")?, |out, field| {
+        let name = field.get("name").and_then(Value::as_str);
+        let (Some(name), Some(ty)) = (name, field.get("type")) else {
+            return Err(format!("field {field} needs a name and a type"));
+        };
+        out.push_str("{\"name\":");
+        push_str(out, name);
+        out.push_str(",\"type\":");
+        write(ty, &inner, form, out)?;
+        out.push('}');
+        Ok(())
+    })?;
+    out.push('}');
+    Ok(())
+}
+
+/// `[a,b,…]`, each item written by `each`.
+fn list(
+    out: &mut String,
+    items: &[Value],
+    mut each: impl FnMut(&mut String, &Value) -> Result<(), String>,
+) -> Result<(), String> {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        each(out, item)?;
+    }
+    out.push(']');
     Ok(())
 }
 
