@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`foreign`]: Avro and NATS clients mapek did not write (Java's Avro, fastavro, nats-py),
 //!   to hold the wire to them.
+//! - [`mutate`]: damaged copies of valid input, to show a decoder never panics.
 //! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
 //!   temporary store, stopped and removed on drop; tests can stop and restart it.
 //! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
@@ -11,6 +12,7 @@
 //! - [`samples`]: one valid sample of every event type, for round trips.
 
 pub mod foreign;
+pub mod mutate;
 pub mod nats;
 pub mod postgres;
 pub mod redis;
