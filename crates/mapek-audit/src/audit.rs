@@ -29,14 +29,11 @@ pub struct AuditReport {
     pub failures: Vec<Failure>,
 }
 
-/// The partition of a stored plan subject, `mapek.plan.<p>.<node>`; 0 for a subject without
-/// one (a stream without the partition transform).
-pub fn partition_of(subject: &str) -> u32 {
-    subject
-        .split('.')
-        .nth(2)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
+/// The chain a stored plan subject's decision belongs to: its partition
+/// (`mapek.plan.<p>.<node>`), or 0 for a subject without one (a stream without the partition
+/// transform).
+pub fn chain_of(subject: &str) -> u32 {
+    mapek_bus::layout::partition_of(subject).unwrap_or(0)
 }
 
 /// Reads MAPEK_PLAN from the start to its current end and checks every decision: the
@@ -61,7 +58,7 @@ pub async fn verify_stream(
         report.decisions += 1;
         let outcome = match &received.event {
             Ok(d) => chain
-                .check(partition_of(&received.subject), d)
+                .check(chain_of(&received.subject), d)
                 .map_err(|b: Broken| (d.decision_id.clone(), b.to_string())),
             Err(e) => Err((String::from("(undecodable)"), e.to_string())),
         };

@@ -681,7 +681,7 @@ impl Executor {
             self.stats.skipped += 1;
             return self.ack(delivery).await;
         }
-        let partition = mapek_audit::audit::partition_of(&delivery.message().subject);
+        let partition = mapek_audit::audit::chain_of(&delivery.message().subject);
         // A decision given back and delivered again was checked the first time; later ones of
         // its partition may have moved the chain's head on since.
         let checked = self.held.contains(&seq);

@@ -4,7 +4,6 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use mapek_bus::{headers, layout};
 use mapek_codec::{AvroEvent, CodecError};
-use mapek_domain::Phase;
 
 /// A message as JetStream stored it: everything a replay needs to decode it again exactly.
 #[derive(Clone, Debug)]
@@ -28,7 +27,7 @@ impl Record {
     /// The partition of a stored phase subject (`mapek.<phase>.<p>.<node>`), or `None` for
     /// a subject of another shape.
     pub fn partition(&self) -> Option<u32> {
-        partition_of(&self.subject)
+        layout::partition_of(&self.subject)
     }
 
     /// The value of header `name`, if set.
@@ -44,18 +43,6 @@ impl Record {
     pub fn decode<E: AvroEvent>(&self) -> Result<E, CodecError> {
         headers::decode_body::<E>(self.headers.as_ref(), &self.body)
     }
-}
-
-/// The partition token of a stored subject `mapek.<phase>.<p>.<node>`
-/// ([`mapek_bus::layout::partition_of`]).
-pub fn partition_of(subject: &str) -> Option<u32> {
-    layout::partition_of(subject)
-}
-
-/// The phase stream `stream` stores: `MAPEK_MONITOR` and `MAPEK_MONITOR_<n>` store telemetry
-/// ([`mapek_bus::layout::phase_of_stream`]).
-pub fn phase_of(stream: &str) -> Option<Phase> {
-    layout::phase_of_stream(stream)
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -123,18 +110,5 @@ mod tests {
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert_eq!(base64_decode("Zm9=v"), None);
-    }
-
-    #[test]
-    fn the_partition_is_the_third_token() {
-        assert_eq!(partition_of("mapek.monitor.3.n17"), Some(3));
-        assert_eq!(partition_of("mapek.monitor.n17"), None);
-    }
-
-    #[test]
-    fn both_layouts_store_telemetry() {
-        assert_eq!(phase_of("MAPEK_MONITOR"), Some(Phase::Monitor));
-        assert_eq!(phase_of("MAPEK_MONITOR_1"), Some(Phase::Monitor));
-        assert_eq!(phase_of("MAPEK_PLAN"), Some(Phase::Plan));
     }
 }
