@@ -105,8 +105,8 @@ fn start_loop(js: &JetStream, stop: &watch::Receiver<bool>) -> Vec<tokio::task::
 
 /// The stream that holds each analyze partition, looked up once before a measurement: a
 /// backlog poll then costs the server one consumer info per partition, not the stream
-/// lookups as well (six requests per partition, every 20 ms, competing with the loop for the
-/// server until session 12).
+/// lookups as well (six requests per partition, every 20 ms, which competed with the loop for
+/// the server).
 async fn partition_streams(js: &JetStream) -> Vec<async_nats::jetstream::stream::Stream> {
     let mut streams = Vec::with_capacity(8);
     for p in 0..8 {

@@ -261,8 +261,7 @@ async fn resumes_exactly_and_rebuilds_the_same(open: impl AsyncFn() -> Arc<dyn I
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up() {
-    let Some(mut qdrant) = qdrant_server::QdrantProcess::start("the projection's outage test")
-    else {
+    let Some(mut qdrant) = qdrant_server::QdrantProcess::start() else {
         return;
     };
     let server = NatsServer::start();

@@ -1,5 +1,7 @@
 //! The incident index on the Qdrant server of QDRANT_URL, for the tests that run against both
 //! engines: each test gets a collection of its own, and deletes it when done.
+//!
+//! Without a server these tests return early and so pass; [`skipped`] makes that visible.
 
 #![allow(dead_code)]
 
@@ -15,11 +17,11 @@ pub struct TestCollection {
 
 impl TestCollection {
     /// A new collection name for `test` on the server at QDRANT_URL (its gRPC address, e.g.
-    /// http://127.0.0.1:6334), or `None` with a line saying the test is skipped when
-    /// QDRANT_URL is not set.
+    /// http://127.0.0.1:6334), or `None` after saying the test is [`skipped`] when QDRANT_URL
+    /// is not set.
     pub fn new(test: &str) -> Option<Self> {
         let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
-            eprintln!("skipped: set QDRANT_URL to a Qdrant server's gRPC address to run {test}");
+            skipped("QDRANT_URL", "a Qdrant server's gRPC address");
             return None;
         };
         let nanos = std::time::SystemTime::now()
@@ -41,6 +43,26 @@ impl TestCollection {
     }
 }
 
+/// Says that the running test did not run because `variable` (naming `what`) is unset: a
+/// SKIPPED line on stderr (shown with `--nocapture`), and a line in the file MAPEK_TEST_SKIPS
+/// names, which tests/run sums up after the run, since the test itself still passes.
+pub fn skipped(variable: &str, what: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a Qdrant-server test");
+    eprintln!("SKIPPED {test}: set {variable} to {what} to run it");
+    let Some(path) = std::env::var_os("MAPEK_TEST_SKIPS").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    // One short write in append mode: lines of tests running at once do not interleave.
+    let line = format!("Qdrant-server\tset {variable}\t{test}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    written.unwrap_or_else(|e| panic!("cannot note the skip in {path:?}: {e}"));
+}
+
 /// A Qdrant server of the test's own, from the binary QDRANT_BIN names, on free ports with its
 /// storage in a temporary directory, so the test can stop and restart it.
 pub struct QdrantProcess {
@@ -52,11 +74,11 @@ pub struct QdrantProcess {
 }
 
 impl QdrantProcess {
-    /// Starts one, or returns `None` with a line saying `test` is skipped when QDRANT_BIN is
+    /// Starts one, or returns `None` after saying the test is [`skipped`] when QDRANT_BIN is
     /// not set.
-    pub fn start(test: &str) -> Option<Self> {
+    pub fn start() -> Option<Self> {
         let Some(bin) = std::env::var_os("QDRANT_BIN").filter(|b| !b.is_empty()) else {
-            eprintln!("skipped: set QDRANT_BIN to a Qdrant server binary to run {test}");
+            skipped("QDRANT_BIN", "a Qdrant server binary");
             return None;
         };
         let free = || {

@@ -145,6 +145,10 @@ is active: they share the partitions, lease each node in Redis while its command
 judge one decision at a time under a Redis lock after folding every result, so together
 they refuse what one executor would have refused.
 
+Spans of each incident go to an OpenTelemetry collector over OTLP/HTTP when
+OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names one; OTEL_SERVICE_NAME
+names the service [default: mapek], and OTEL_SDK_DISABLED=true turns the export off.
+
 Examples:
   mapek run                               every phase in this process
   mapek run --phase analyze &             two analyze workers sharing the partitions
