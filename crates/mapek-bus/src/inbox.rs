@@ -54,8 +54,8 @@ pub struct Delivery<E> {
 }
 
 impl<E> Delivery<E> {
-    /// Its stream sequence, read from the message's reply subject when asked: a worker that
-    /// does not ask (analyze, plan) does not pay for parsing it on every message.
+    /// Its stream sequence, read from the message's reply subject when asked (0 if it has
+    /// none).
     pub fn stream_seq(&self) -> u64 {
         self.message.info().map_or(0, |i| i.stream_sequence)
     }
