@@ -115,13 +115,42 @@ pub async fn connect_with(url: &str, security: &NatsSecurity) -> Result<JetStrea
     let js = async_nats::jetstream::ContextBuilder::new()
         .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
         .build(client);
-    js.query_account()
-        .await
-        .map_err(|e| BusError::NoJetStream {
-            url: url.to_owned(),
-            detail: format!("has no JetStream ({e})"),
-        })?;
+    wait_for_jetstream(&js, url).await?;
     Ok(js)
+}
+
+/// How long a starting process waits for JetStream to answer: a cluster elects its meta
+/// leader within seconds after a server restarts.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
+
+/// Checks that JetStream answers. A server without it is an error at once; a request that
+/// times out (a cluster electing its leader, or without a quorum yet) is retried, with a
+/// warning, for up to [`JETSTREAM_WAIT`].
+async fn wait_for_jetstream(js: &JetStream, url: &str) -> Result<(), BusError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    let started = std::time::Instant::now();
+    loop {
+        let detail = match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == AccountErrorKind::TimedOut => {
+                if started.elapsed() < JETSTREAM_WAIT {
+                    tracing::warn!("JetStream did not answer (electing a leader?); asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                format!(
+                    "did not answer for JetStream within {} s (a cluster without a quorum of \
+                     servers up?)",
+                    JETSTREAM_WAIT.as_secs()
+                )
+            }
+            Err(e) => format!("has no JetStream ({e})"),
+        };
+        return Err(BusError::NoJetStream {
+            url: url.to_owned(),
+            detail,
+        });
+    }
 }
 
 /// Connects a plain NATS client (for request/reply and core subjects), secured as the

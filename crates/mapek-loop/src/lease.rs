@@ -7,8 +7,8 @@
 //!
 //! On a cluster the bucket may not answer for a while (a leader election, a lost server). A
 //! worker then keeps its leases and its work, retrying ([`crate::retry`]), and gives a lease up
-//! only once it has gone a whole `ttl` without a renewal the server confirmed: only then can
-//! the key have expired and another worker have taken it.
+//! only once it has gone two thirds of `ttl` without a renewal the server confirmed: a third
+//! of `ttl` before the key can expire and another worker take it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -81,7 +81,7 @@ impl Leases {
     }
 
     /// Renews every lease held; returns the keys that were lost: taken over, or not renewed
-    /// for a whole `ttl` (the server may have let them expire). A renewal that fails for
+    /// for two thirds of `ttl` (see [`Leases::keep_for`]). A renewal that fails for
     /// another reason (no answer during an election) keeps the lease, to be renewed at the
     /// next call.
     pub async fn renew(&mut self) -> Vec<String> {
@@ -101,7 +101,7 @@ impl Leases {
                 }
                 Err(e) => {
                     failed_for_now("lease", "renew", &format!("{key}: {e}"));
-                    Some(revision).filter(|_| renewed.elapsed() < self.ttl)
+                    Some(revision).filter(|_| renewed.elapsed() < self.keep_for())
                 }
             };
             match now {
@@ -116,6 +116,14 @@ impl Leases {
             self.held.remove(key);
         }
         lost
+    }
+
+    /// How long a lease is kept without a confirmed renewal: two thirds of `ttl`. Leases are
+    /// renewed every third of `ttl`, so the lease is given up (and its work stopped) at a
+    /// renewal at least a third of `ttl` before the server can let the key expire and
+    /// another worker take it: two workers never run one partition at once.
+    fn keep_for(&self) -> Duration {
+        self.ttl * 2 / 3
     }
 
     /// After a renewal was refused for its revision: the key's revision if it still names
