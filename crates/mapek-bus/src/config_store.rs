@@ -77,21 +77,19 @@ fn failed(detail: String) -> BusError {
     }
 }
 
-/// Opens the bucket, creating it if missing.
+/// Opens the bucket, creating it if missing (with the streams' replicas).
 pub async fn open(js: &JetStream) -> Result<Store, BusError> {
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.into(),
-                description: "The policies and analyze settings the workers ran with, for replay"
-                    .into(),
-                history: HISTORY,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.to_string())),
-    }
+    crate::buckets::open_or_create(
+        js,
+        kv::Config {
+            bucket: BUCKET.into(),
+            description: "The policies and analyze settings the workers ran with, for replay"
+                .into(),
+            history: HISTORY,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Opens the bucket if it exists: a replay must not create anything on a live server.

@@ -14,9 +14,17 @@
 //!
 //! A `tls://` URL requires TLS even without `NATS_CA` (the system roots then apply).
 //! [`connect_with`] takes the settings explicitly.
+//!
+//! A URL may list several servers of one cluster, comma-separated as the NATS tools take them
+//! (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`): the client starts on any that answers and,
+//! when its server goes away, reconnects to another of the list or of the servers the cluster
+//! told it about, without end; what it sent meanwhile waits in its buffer. Disconnects and
+//! reconnects are logged.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use async_nats::{Event, ServerAddr};
 
 use crate::{BusError, JetStream};
 
@@ -81,7 +89,7 @@ impl NatsSecurity {
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
         }
-        if url.starts_with("tls://") {
+        if url.split(',').any(|u| u.trim().starts_with("tls://")) {
             options = options.require_tls(true);
         }
         Ok(options)
@@ -107,13 +115,42 @@ pub async fn connect_with(url: &str, security: &NatsSecurity) -> Result<JetStrea
     let js = async_nats::jetstream::ContextBuilder::new()
         .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
         .build(client);
-    js.query_account()
-        .await
-        .map_err(|e| BusError::NoJetStream {
-            url: url.to_owned(),
-            detail: format!("has no JetStream ({e})"),
-        })?;
+    wait_for_jetstream(&js, url).await?;
     Ok(js)
+}
+
+/// How long a starting process waits for JetStream to answer: a cluster elects its meta
+/// leader within seconds after a server restarts.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
+
+/// Checks that JetStream answers. A server without it is an error at once; a request that
+/// times out (a cluster electing its leader, or without a quorum yet) is retried, with a
+/// warning, for up to [`JETSTREAM_WAIT`].
+async fn wait_for_jetstream(js: &JetStream, url: &str) -> Result<(), BusError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    let started = std::time::Instant::now();
+    loop {
+        let detail = match js.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == AccountErrorKind::TimedOut => {
+                if started.elapsed() < JETSTREAM_WAIT {
+                    tracing::warn!("JetStream did not answer (electing a leader?); asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                format!(
+                    "did not answer for JetStream within {} s (a cluster without a quorum of \
+                     servers up?)",
+                    JETSTREAM_WAIT.as_secs()
+                )
+            }
+            Err(e) => format!("has no JetStream ({e})"),
+        };
+        return Err(BusError::NoJetStream {
+            url: url.to_owned(),
+            detail,
+        });
+    }
 }
 
 /// Connects a plain NATS client (for request/reply and core subjects), secured as the
@@ -122,22 +159,62 @@ pub async fn connect_client(url: &str) -> Result<async_nats::Client, BusError> {
     connect_client_with(url, &NatsSecurity::from_env()).await
 }
 
-/// Connects a plain NATS client secured by `security`.
+/// Connects a plain NATS client secured by `security`. `url` may list several servers,
+/// comma-separated; the first that answers is used and the others are where it reconnects.
 pub async fn connect_client_with(
     url: &str,
     security: &NatsSecurity,
 ) -> Result<async_nats::Client, BusError> {
+    let servers = server_list(url)?;
     security
         .options(url)
         .await?
         .name("mapek")
         .connection_timeout(Duration::from_secs(3))
-        .connect(url)
+        .max_reconnects(None)
+        .event_callback(|event| async move { log_event(&event) })
+        .connect(servers)
         .await
         .map_err(|e| BusError::Connect {
             url: url.to_owned(),
             detail: e.to_string(),
         })
+}
+
+/// The servers of a comma-separated list (`nats://a:4222, b:4222`), each checked.
+pub fn server_list(url: &str) -> Result<Vec<ServerAddr>, BusError> {
+    let bad = |detail: String| BusError::Connect {
+        url: url.to_owned(),
+        detail,
+    };
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|e| bad(format!("{s:?} is not a NATS server URL ({e})")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(bad("no server given".into()));
+    }
+    Ok(servers)
+}
+
+/// Logs what happens to the connection: losing a server is worth a line, not an exit.
+fn log_event(event: &Event) {
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => {
+            tracing::warn!("lost the NATS server; reconnecting to one of the cluster")
+        }
+        Event::ServerError(e) => tracing::warn!(error = %e, "the NATS server reported an error"),
+        Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+        Event::LameDuckMode => tracing::warn!("the NATS server is shutting down (lame duck)"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer"),
+        _ => tracing::debug!(?event, "NATS connection event"),
+    }
 }
 
 /// Whether a server version (`2.10.4`, `2.11.0-beta.1`) is 2.10 or newer.
@@ -152,6 +229,20 @@ fn at_least_2_10(version: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_url_may_list_several_servers() {
+        let servers = super::server_list("nats://127.0.0.1:4222, 127.0.0.1:4223,").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].port(), 4223);
+        let bad = super::server_list("nats://127.0.0.1:4222,nats://:x").unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("\"nats://:x\" is not a NATS server URL"),
+            "{bad}"
+        );
+        assert!(super::server_list(" , ").is_err());
+    }
+
     #[test]
     fn versions_before_2_10_are_refused() {
         for (v, ok) in [

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use futures::{FutureExt, StreamExt};
 use mapek_codec::AvroEvent;
 use mapek_domain::Phase;
@@ -54,8 +55,8 @@ pub struct Delivery<E> {
 }
 
 impl<E> Delivery<E> {
-    /// Its stream sequence, read from the message's reply subject when asked: a worker that
-    /// does not ask (analyze, plan) does not pay for parsing it on every message.
+    /// Its stream sequence, read from the message's reply subject when asked (0 if it has
+    /// none).
     pub fn stream_seq(&self) -> u64 {
         self.message.info().map_or(0, |i| i.stream_sequence)
     }
@@ -110,10 +111,13 @@ impl<E: AvroEvent> Inbox<E> {
             stream: stream_name.clone(),
             detail,
         };
-        let stream = js
-            .get_stream(&stream_name)
-            .await
-            .map_err(|e| failed(format!("{e}; run `mapek streams apply`")))?;
+        let stream = js.get_stream(&stream_name).await.map_err(|e| {
+            if crate::streams::is_not_found(&e) {
+                failed(format!("{e}; run `mapek streams apply`"))
+            } else {
+                failed(format!("cannot read the stream (electing a leader?): {e}"))
+            }
+        })?;
         // Whoever opens the inbox takes it over: messages the previous reader took but never
         // acknowledged (it died, or gave the partition away) are delivered again, in stream
         // order, before anything newer. So the durable consumer is recreated to start right
@@ -127,7 +131,15 @@ impl<E: AvroEvent> Inbox<E> {
                     .map_err(|e| failed(format!("cannot take over {}: {e}", config.durable)))?;
                 floor
             }
-            Err(_) => 0,
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
+            // Not knowing the floor is not a floor of 0: the reader would start from an empty
+            // state on a consumer that goes on where it was. The caller retries.
+            Err(e) => {
+                return Err(failed(format!(
+                    "cannot read {} (electing a leader?): {e}",
+                    config.durable
+                )));
+            }
         };
         let deliver_policy = if acked_through == 0 {
             DeliverPolicy::All
@@ -136,8 +148,10 @@ impl<E: AvroEvent> Inbox<E> {
                 start_sequence: acked_through + 1,
             }
         };
+        // Strict: a consumer that is still there (its deletion did not reach the server) is
+        // an error to retry, never reused from where it was.
         let consumer = stream
-            .create_consumer(pull::Config {
+            .create_consumer_strict(pull::Config {
                 durable_name: Some(config.durable.clone()),
                 filter_subject: config.filter.clone().unwrap_or_default(),
                 deliver_policy,

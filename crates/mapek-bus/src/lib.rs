@@ -24,6 +24,7 @@
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
+//! - [`buckets`]: the key-value buckets beside the streams, with the streams' replicas.
 //! - [`config_store`]: the policies and analyze settings the workers ran with, in the
 //!   `MAPEK_CONFIG` bucket, for replay.
 //! - [`command`]: the actuator protocol, [`command::Command`] and
@@ -33,6 +34,7 @@
 //! - [`trace`]: the loop's spans, through OpenTelemetry's global tracer.
 //! - [`error`]: [`BusError`], what can go wrong.
 
+pub mod buckets;
 pub mod command;
 pub mod config_store;
 mod connect;

@@ -31,6 +31,11 @@ pub struct StreamProgress {
     pub messages: u64,
     /// Its last sequence.
     pub last_seq: u64,
+    /// How many servers keep a copy of it (1 unless applied with `--replicas`).
+    pub replicas: usize,
+    /// The server leading it now, on a cluster: `None` on a single server, and also on a
+    /// cluster while it elects one (then it takes no writes).
+    pub leader: Option<String>,
     /// Its consumers: the durable ones by name, then the ephemeral ones.
     pub consumers: Vec<ConsumerProgress>,
 }
@@ -91,7 +96,10 @@ async fn progress(
                 continue;
             };
             // Fetched with the stream just now: no second request.
-            let state = stream.cached_info().state.clone();
+            let info = stream.cached_info();
+            let state = info.state.clone();
+            let replicas = info.config.num_replicas.max(1);
+            let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
             let mut consumers = Vec::new();
             let mut infos = stream.consumers();
             while let Some(info) = infos.next().await {
@@ -118,6 +126,8 @@ async fn progress(
                 phase,
                 messages: state.messages,
                 last_seq: state.last_sequence,
+                replicas,
+                leader,
                 consumers,
             });
         }

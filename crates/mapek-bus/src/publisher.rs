@@ -55,13 +55,27 @@ impl PublishReport {
     }
 }
 
+/// The family of a subject: `mapek.monitor.n1` → `mapek.monitor.>`.
+fn family_of(subject: &str) -> String {
+    let mut tokens = subject.splitn(3, '.');
+    match (tokens.next(), tokens.next()) {
+        (Some(a), Some(b)) => format!("{a}.{b}.>"),
+        _ => subject.to_owned(),
+    }
+}
+
 /// Publishes events to their phase's subject with a bounded window of acks in flight.
 pub struct Publisher {
     js: JetStream,
     window: usize,
-    in_flight: VecDeque<(Box<str>, PublishAckFuture)>,
+    /// Each ack awaited: the event id and subject, for the report.
+    in_flight: VecDeque<(Box<str>, String, PublishAckFuture)>,
     report: PublishReport,
     started: Option<Instant>,
+    /// Why the last event no stream answered for was not stored, and when that was asked:
+    /// reused for a second, so an election costs one question to the server, not one per
+    /// event.
+    unanswered: Option<(Instant, String)>,
 }
 
 impl Publisher {
@@ -79,6 +93,7 @@ impl Publisher {
             in_flight: VecDeque::with_capacity(window),
             report: PublishReport::default(),
             started: None,
+            unanswered: None,
         }
     }
 
@@ -149,16 +164,21 @@ impl Publisher {
         if self.in_flight.len() >= self.window {
             self.settle_oldest().await;
         }
-        let ack = self
+        let ack = match self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .map_err(|e| BusError::Publish {
-                subject,
-                detail: e.to_string(),
-            })?;
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                return Err(BusError::Publish {
+                    subject,
+                    detail: e.to_string(),
+                });
+            }
+        };
         self.report.sent += 1;
-        self.in_flight.push_back((event_id.into(), ack));
+        self.in_flight.push_back((event_id.into(), subject, ack));
         Ok(())
     }
 
@@ -207,7 +227,7 @@ impl Publisher {
     }
 
     async fn settle_oldest(&mut self) {
-        let Some((id, ack)) = self.in_flight.pop_front() else {
+        let Some((id, subject, ack)) = self.in_flight.pop_front() else {
             return;
         };
         match ack.await {
@@ -217,15 +237,46 @@ impl Publisher {
                 self.report.failed += 1;
                 if self.report.failures.len() < KEPT_FAILURES {
                     let why = match e.kind() {
-                        PublishErrorKind::StreamNotFound => {
-                            "no stream stores this subject: run `mapek streams apply`".to_owned()
-                        }
-                        PublishErrorKind::TimedOut => "no ack before the timeout".to_owned(),
+                        // The server answers "no responders" both when no stream stores the
+                        // subject and when the stream that does has no leader to answer.
+                        PublishErrorKind::StreamNotFound => self.why_unanswered(&subject).await,
+                        PublishErrorKind::TimedOut => "no ack before the timeout (a leader \
+                            election, or the client reconnecting to another server)"
+                            .to_owned(),
                         _ => e.to_string(),
                     };
                     self.report.failures.push((id.into(), why));
                 }
             }
         }
+    }
+
+    /// Why nothing answered a publish to `subject`: asks the server which stream stores its
+    /// family (`mapek.monitor.>`: the server may map the subject itself into another).
+    async fn why_unanswered(&mut self, subject: &str) -> String {
+        if let Some((asked, why)) = &self.unanswered
+            && asked.elapsed() < Duration::from_secs(1)
+        {
+            return why.clone();
+        }
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.js.stream_by_subject(family_of(subject)),
+        )
+        .await;
+        let why = match lookup {
+            Ok(Ok(stream)) => format!(
+                "stream {stream} has no leader now (an election, or too few of its servers \
+                 up): not stored; publish it again, its id keeps it stored once"
+            ),
+            Ok(Err(e)) if e.to_string().contains("no stream found") => {
+                "no stream stores this subject: run `mapek streams apply`".to_owned()
+            }
+            _ => "JetStream did not answer (the cluster is electing a leader, or the client \
+                  is reconnecting): not stored; publish it again, its id keeps it stored once"
+                .to_owned(),
+        };
+        self.unanswered = Some((Instant::now(), why.clone()));
+        why
     }
 }

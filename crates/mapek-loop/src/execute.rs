@@ -84,7 +84,7 @@ use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig, Interloc
 use tracing::{info, warn};
 
 /// The key-value bucket of approvals: key = decision id, value = who approved it.
-pub const APPROVALS: &str = "MAPEK_APPROVALS";
+pub const APPROVALS: &str = mapek_bus::buckets::APPROVALS;
 /// The executor's durable consumer on `MAPEK_PLAN`.
 pub const DURABLE: &str = "execute";
 /// How long approvals are kept.
@@ -187,21 +187,19 @@ fn kv_failed(detail: String) -> BusError {
     }
 }
 
-/// Opens the approvals bucket, creating it if it is missing.
+/// Opens the approvals bucket, creating it if it is missing (with the streams' replicas).
 pub async fn approvals(js: &JetStream) -> Result<Store, BusError> {
-    match js.get_key_value(APPROVALS).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: APPROVALS.into(),
-                description: "Decisions approved by a human: decision id -> approver".into(),
-                history: 1,
-                max_age: APPROVALS_MAX_AGE,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| kv_failed(format!("cannot create the approvals bucket: {e}"))),
-    }
+    mapek_bus::buckets::open_or_create(
+        js,
+        kv::Config {
+            bucket: APPROVALS.into(),
+            description: "Decisions approved by a human: decision id -> approver".into(),
+            history: 1,
+            max_age: APPROVALS_MAX_AGE,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Checks that `decision_id` can be a key: decision ids are hex, and nothing else is one.

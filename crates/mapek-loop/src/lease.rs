@@ -4,17 +4,23 @@
 //! only if absent and renewed by revision, so two workers can never both hold it. The bucket
 //! forgets a key `ttl` after its last renewal: a worker that dies loses its leases within one
 //! `ttl`, and another worker takes its partitions from where their durable consumers stopped.
+//!
+//! On a cluster the bucket may not answer for a while (a leader election, a lost server). A
+//! worker then keeps its leases and its work, retrying ([`crate::retry`]), and gives a lease up
+//! only once it has gone two thirds of `ttl` without a renewal the server confirmed: a third
+//! of `ttl` before the key can expire and another worker take it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Store};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Store, UpdateErrorKind};
 use futures::StreamExt;
 use mapek_bus::{BusError, JetStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::retry::{self, failed_for_now};
 use crate::stage::{Stage, StageConfig, StageStats, run_stage};
 
 /// The bucket of partition leases.
@@ -33,37 +39,40 @@ fn failed(detail: String) -> BusError {
 pub struct Leases {
     kv: Store,
     owner: String,
-    held: BTreeMap<String, u64>,
+    ttl: Duration,
+    /// Each lease held: its revision, and when the request of its last confirmed renewal was
+    /// sent (the key expires no sooner than `ttl` after that).
+    held: BTreeMap<String, (u64, Instant)>,
+    /// The live workers counted last, for when the bucket does not answer.
+    alive: usize,
 }
 
 impl Leases {
     /// Opens the lease bucket (creating it with `ttl` if missing) for the worker `owner`.
     pub async fn open(js: &JetStream, owner: &str, ttl: Duration) -> Result<Self, BusError> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "Which worker owns which phase partition".into(),
-                    history: 1,
-                    max_age: ttl,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?,
+        let config = kv::Config {
+            bucket: BUCKET.into(),
+            description: "Which worker owns which phase partition".into(),
+            history: 1,
+            max_age: ttl,
+            ..Default::default()
         };
+        let kv = mapek_bus::buckets::open_or_create(js, config).await?;
         Ok(Self {
             kv,
             owner: owner.to_owned(),
+            ttl,
             held: BTreeMap::new(),
+            alive: 1,
         })
     }
 
     /// Takes the lease `key` if nobody holds it; `false` if somebody does.
     pub async fn try_acquire(&mut self, key: &str) -> Result<bool, BusError> {
+        let sent = Instant::now();
         match self.kv.create(key, self.owner.clone().into()).await {
             Ok(revision) => {
-                self.held.insert(key.to_owned(), revision);
+                self.held.insert(key.to_owned(), (revision, sent));
                 Ok(true)
             }
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
@@ -71,17 +80,36 @@ impl Leases {
         }
     }
 
-    /// Renews every lease held; returns the keys that were lost (taken over or expired).
+    /// Renews every lease held; returns the keys that were lost: taken over, or not renewed
+    /// for two thirds of `ttl` (see [`Leases::keep_for`]). A renewal that fails for
+    /// another reason (no answer during an election) keeps the lease, to be renewed at the
+    /// next call.
     pub async fn renew(&mut self) -> Vec<String> {
         let mut lost = Vec::new();
-        for (key, revision) in self.held.iter_mut() {
-            match self
+        let keys: Vec<String> = self.held.keys().cloned().collect();
+        for key in keys {
+            let (revision, renewed) = self.held[&key];
+            let sent = Instant::now();
+            let result = self
                 .kv
-                .update(key, self.owner.clone().into(), *revision)
-                .await
-            {
-                Ok(r) => *revision = r,
-                Err(_) => lost.push(key.clone()),
+                .update(&key, self.owner.clone().into(), revision)
+                .await;
+            let now = match result {
+                Ok(r) => Some(r),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    self.still_mine(&key).await
+                }
+                Err(e) => {
+                    failed_for_now("lease", "renew", &format!("{key}: {e}"));
+                    Some(revision).filter(|_| renewed.elapsed() < self.keep_for())
+                }
+            };
+            match now {
+                Some(r) if r != revision => {
+                    self.held.insert(key, (r, sent));
+                }
+                Some(_) => {}
+                None => lost.push(key),
             }
         }
         for key in &lost {
@@ -90,9 +118,31 @@ impl Leases {
         lost
     }
 
+    /// How long a lease is kept without a confirmed renewal: two thirds of `ttl`. Leases are
+    /// renewed every third of `ttl`, so the lease is given up (and its work stopped) at a
+    /// renewal at least a third of `ttl` before the server can let the key expire and
+    /// another worker take it: two workers never run one partition at once.
+    fn keep_for(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+
+    /// After a renewal was refused for its revision: the key's revision if it still names
+    /// this worker (an earlier renewal was stored though its answer was lost), else `None`.
+    async fn still_mine(&self, key: &str) -> Option<u64> {
+        match self.kv.entry(key).await {
+            Ok(Some(entry))
+                if entry.operation == kv::Operation::Put
+                    && entry.value.as_ref() == self.owner.as_bytes() =>
+            {
+                Some(entry.revision)
+            }
+            _ => None,
+        }
+    }
+
     /// Gives every lease back, so another worker need not wait for them to expire.
     pub async fn release_all(&mut self) {
-        for (key, revision) in std::mem::take(&mut self.held) {
+        for (key, (revision, _)) in std::mem::take(&mut self.held) {
             let _ = self.kv.update(&key, Vec::new().into(), revision).await;
             let _ = self.kv.purge(&key).await;
         }
@@ -111,8 +161,17 @@ impl Leases {
     }
 
     /// Says this worker is alive for `phase` (a key that expires with the leases) and returns
-    /// how many workers of `phase` are alive, this one included.
-    pub async fn heartbeat(&self, phase: &str) -> Result<usize, BusError> {
+    /// how many workers of `phase` are alive, this one included. When the bucket does not
+    /// answer, the failure is counted and the count of the last answer is returned.
+    pub async fn heartbeat(&mut self, phase: &str) -> usize {
+        match self.count_alive(phase).await {
+            Ok(alive) => self.alive = alive,
+            Err(e) => failed_for_now(phase, "heartbeat", &e),
+        }
+        self.alive
+    }
+
+    async fn count_alive(&self, phase: &str) -> Result<usize, BusError> {
         let prefix = format!("{phase}.worker.");
         self.kv
             .put(format!("{prefix}{}", self.owner), self.owner.clone().into())
@@ -130,6 +189,33 @@ impl Leases {
             }
         }
         Ok(alive.max(1))
+    }
+
+    /// Opens the lease bucket as [`Leases::open`] does, retrying while the server does not
+    /// answer; `None` if `shutdown` completes first.
+    async fn open_until_ok(
+        js: &JetStream,
+        phase: &str,
+        owner: &str,
+        ttl: Duration,
+        shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Self> {
+        retry::until_ok(
+            phase,
+            "open leases",
+            || Leases::open(js, owner, ttl),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Takes the lease `key` if it is free; a failed request counts as not taken, and is
+    /// logged and counted.
+    async fn acquire_or_count(&mut self, phase: &str, key: &str) -> bool {
+        self.try_acquire(key).await.unwrap_or_else(|e| {
+            failed_for_now(phase, "take lease", &e);
+            false
+        })
     }
 }
 
@@ -209,10 +295,13 @@ where
         owner,
         ttl,
     } = sharing;
-    let mut leases = Leases::open(js, &owner, ttl).await?;
+    tokio::pin!(shutdown);
+    let Some(mut leases) = Leases::open_until_ok(js, phase, &owner, ttl, shutdown.as_mut()).await
+    else {
+        return Ok(());
+    };
     let mut running: BTreeMap<u32, Running<T>> = BTreeMap::new();
     let mut tick = tokio::time::interval(ttl / 3);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -227,7 +316,7 @@ where
                 done(task.await);
             }
         }
-        let share = (partitions as usize).div_ceil(leases.heartbeat(phase).await?);
+        let share = (partitions as usize).div_ceil(leases.heartbeat(phase).await);
         while running.len() > share {
             let (p, (stop, task)) = running.pop_last().expect("more than share > 0");
             let _ = stop.send(());
@@ -237,7 +326,9 @@ where
         for p in 0..partitions {
             if running.len() >= share
                 || running.contains_key(&p)
-                || !leases.try_acquire(&format!("{phase}.p{p}")).await?
+                || !leases
+                    .acquire_or_count(phase, &format!("{phase}.p{p}"))
+                    .await
             {
                 continue;
             }
@@ -245,8 +336,8 @@ where
             let task = tokio::spawn(work(p, stopped));
             running.insert(p, (stop, task));
         }
-        // A piece of work that failed gives its partition back, to be retried at the next
-        // tick.
+        // A piece of work that failed (its consumer or its publishes, while a stream had no
+        // leader, say) gives its partition back, to be retried at the next tick.
         let finished: Vec<u32> = running
             .iter()
             .filter(|(_, (_, task))| task.is_finished())
@@ -254,7 +345,11 @@ where
             .collect();
         for p in finished {
             let (_, task) = running.remove(&p).expect("listed above");
-            done(task.await);
+            let result = task.await;
+            if let Ok(Err(e)) = &result {
+                failed_for_now(phase, "partition", &format!("p{p}: {e}"));
+            }
+            done(result);
             leases.release(&format!("{phase}.p{p}")).await;
         }
     }
@@ -284,7 +379,9 @@ fn add(
 
 /// Runs `work` in one process at a time among every process that calls this with the same
 /// `name`: the one holding the lease `name` runs it, the others stand by and take over within
-/// `ttl` when it dies. Returns when `shutdown` completes (or `work` ends).
+/// `ttl` when it dies. Work that fails gives the lease back and is started again at a later
+/// tick (logged and counted in `mapek_retries_total`). Returns when `shutdown` completes, or
+/// `work` ends without an error.
 ///
 /// The evaluator, and the executor without Redis, run this way: their pending evaluations and
 /// interlocks are kept in process, so two copies at once would each see half the picture.
@@ -301,10 +398,13 @@ where
     Fut: Future<Output = Result<T, BusError>> + Send + 'static,
     T: Send + 'static,
 {
-    let mut leases = Leases::open(&js, &owner, ttl).await?;
+    tokio::pin!(shutdown);
+    let Some(mut leases) = Leases::open_until_ok(&js, name, &owner, ttl, shutdown.as_mut()).await
+    else {
+        return Ok(None);
+    };
     let mut tick = tokio::time::interval(ttl / 3);
     let mut running: Option<Running<T>> = None;
-    tokio::pin!(shutdown);
     let outcome = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -317,14 +417,19 @@ where
             let _ = stop.send(());
             let _ = task.await;
         }
-        if running.is_none() && leases.try_acquire(name).await? {
+        if running.is_none() && leases.acquire_or_count(name, name).await {
             let (stop, stopped) = oneshot::channel();
             running = Some((stop, tokio::spawn(work(stopped))));
         }
         if running.as_ref().is_some_and(|(_, task)| task.is_finished()) {
             let (_, task) = running.take().expect("checked above");
             leases.release_all().await;
-            break Some(task.await);
+            match task.await {
+                // Work that failed (its stream had no leader, its server went away) starts
+                // again at a later tick, in this process or another.
+                Ok(Err(e)) => failed_for_now(name, "restart", &e),
+                ended => break Some(ended),
+            }
         }
     };
     let result = match (outcome, running.take()) {

@@ -15,6 +15,7 @@
 //!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`].
 //! - [`metrics`]: the Prometheus metrics every worker keeps, and the `/metrics` endpoint.
 //! - [`evaluate`]: action results and symptoms → outcomes, with [`mapek_domain::Evaluator`].
+//! - [`retry`]: riding through a lost server: backoff, and retries logged and counted.
 //! - [`runtime`]: the tokio runtime the workers run on, on half the cores by default.
 
 pub mod analyze;
@@ -23,6 +24,7 @@ pub mod execute;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod retry;
 pub mod runtime;
 pub mod stage;
 

@@ -14,6 +14,7 @@
 //! | `mapek_consumer_pending` | gauge | phase, consumer | messages waiting for the consumer |
 //! | `mapek_cycle_seconds` | histogram | | telemetry event time to its decision sent to the server |
 //! | `mapek_projection_failures_total` | counter | projection (`sql`, `incidents`) | store reads and writes that failed and were retried |
+//! | `mapek_retries_total` | counter | phase, what | NATS requests that failed for a while (no responders, a timeout, a leader election, a reconnect) and were retried with backoff |
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -113,12 +114,24 @@ pub static PROJECTION_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Requests to NATS that failed for a while and were retried: leases, heartbeats, a stage
+/// restarted after its consumer or its publishes failed. They rise during a leader election
+/// or while a server is down; steadily rising, they say the cluster lacks a quorum.
+pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "mapek_retries_total",
+        "NATS requests that failed for a while and were retried with backoff",
+        &["phase", "what"],
+    )
+});
+
 /// Every metric of this process in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so the page lists them (at zero) before the first event.
     for m in [&*EVENTS_IN, &*EVENTS_OUT, &*PROJECTION_FAILURES] {
         let _ = m.with_label_values(&["none"]);
     }
+    let _ = RETRIES.with_label_values(&["none", "none"]);
     LazyLock::force(&STEP_SECONDS);
     LazyLock::force(&BATCH_SECONDS);
     LazyLock::force(&CONSUMER_PENDING);

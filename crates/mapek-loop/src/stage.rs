@@ -127,6 +127,10 @@ pub async fn run_stage<S: Stage>(
         replayed: rebuild(&js, &mut inbox, &mut stage, config.partition).await?,
         ..Default::default()
     };
+    // The last input stepped. A server that takes over a consumer's leadership may deliver
+    // again what the old leader had delivered and not yet seen acknowledged; stepping it a
+    // second time would fold it twice into the state, which replay would not.
+    let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
     // The metrics' label lookups (a hash and a lock each) once, not per event.
     let phase = S::In::PHASE.token();
@@ -161,6 +165,12 @@ pub async fn run_stage<S: Stage>(
         let mut outputs = 0;
         let mut decided_at = Vec::new();
         for delivery in &batch {
+            let seq = delivery.stream_seq();
+            if seq != 0 && seq <= stepped_through {
+                tracing::debug!(seq, phase, "skipping an input delivered again");
+                continue;
+            }
+            stepped_through = seq;
             let step_started = Instant::now();
             let outs = stage.step(&delivery.event);
             step_seconds.observe(step_started.elapsed().as_secs_f64());

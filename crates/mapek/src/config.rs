@@ -66,7 +66,8 @@ pub struct PlanSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSection {
-    /// The NATS URL (`MAPEK_NATS_URL`, `--nats-url`); default `nats://127.0.0.1:4222`.
+    /// The NATS URL (`MAPEK_NATS_URL`, `--nats-url`), or several of one cluster,
+    /// comma-separated; default `nats://127.0.0.1:4222`.
     pub url: Option<String>,
 }
 

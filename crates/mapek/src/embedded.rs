@@ -31,9 +31,15 @@ impl EmbeddedNats {
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(dir.join("nats-server.log"))?;
-        // The config holds only the telemetry mapping (ADR 0012); the flags set the rest.
+        // The config holds the telemetry mapping (ADR 0012) and flushes every stored message
+        // before acknowledging it (ADR 0014); the flags set the rest.
         let config = dir.join("nats.conf");
-        std::fs::write(&config, format!("{}\n", mapek_domain::TELEMETRY_MAPPING))
+        let text = format!(
+            "jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{}\n",
+            dir,
+            mapek_domain::TELEMETRY_MAPPING
+        );
+        std::fs::write(&config, text)
             .with_context(|| format!("cannot write {}", config.display()))?;
         let mut command = Command::new(&bin);
         for (name, value) in GO_GC {
@@ -44,8 +50,7 @@ impl EmbeddedNats {
         let child = command
             .arg("-c")
             .arg(&config)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

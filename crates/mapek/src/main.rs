@@ -39,7 +39,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "MAPEK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The NATS server [default: nats://127.0.0.1:4222, or nats.url in the config file]
+    /// The NATS server, or several servers of one cluster, comma-separated
+    /// (nats://a:4222,nats://b:4222) [default: nats://127.0.0.1:4222, or nats.url in the
+    /// config file]
     #[arg(long, global = true, env = "MAPEK_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
 

@@ -14,6 +14,7 @@ use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
 use mapek_knowledge::Redis;
 use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
 use mapek_loop::plan::PlanStage;
+use mapek_loop::retry::until_ok;
 use mapek_loop::{evaluate, execute};
 use mapek_vectors::{IncidentIndex, IndexKnowledge};
 use tokio::task::JoinSet;
@@ -260,7 +261,14 @@ impl Loop {
             );
             tasks.spawn(async move {
                 // Replay needs the settings the symptoms were found with.
-                mapek_bus::config_store::record_analyze(&js, &config).await?;
+                let record = || mapek_bus::config_store::record_analyze(&js, &config);
+                let stopped = std::pin::pin!(stop.clone().wait());
+                if until_ok("analyze", "record config", record, stopped)
+                    .await
+                    .is_none()
+                {
+                    return Ok("analyze: stopped before it started".to_owned());
+                }
                 let stats = run_partitioned(
                     js,
                     "analyze",
@@ -365,7 +373,14 @@ impl Loop {
             let index = self.stores.as_ref().map(|s| s.index.clone());
             tasks.spawn(async move {
                 // Decisions record only the policy's hash; replay needs its text.
-                mapek_bus::config_store::record_policy(&js, &policy_text).await?;
+                let record = || mapek_bus::config_store::record_policy(&js, &policy_text);
+                let stopped = std::pin::pin!(stop.clone().wait());
+                if until_ok("plan", "record policy", record, stopped)
+                    .await
+                    .is_none()
+                {
+                    return Ok("plan: stopped before it started".to_owned());
+                }
                 let stats = run_partitioned(
                     js,
                     "plan",

@@ -208,11 +208,17 @@ fn render_loop(view: &LoopView) -> String {
     let width = names.map(|c| c.name.len()).max().unwrap_or(0).max(6);
     let _ = writeln!(
         out,
-        "  {:<18} {:>9}  {:<width$} {:>7} {:>7} {:>11}  HELD BY",
-        "STREAM", "MESSAGES", "READER", "BEHIND", "UNACKED", "REDELIVERED"
+        "  {:<18} {:>9} {:<16}  {:<width$} {:>7} {:>7} {:>11}  HELD BY",
+        "STREAM", "MESSAGES", "REPLICAS/LEADER", "READER", "BEHIND", "UNACKED", "REDELIVERED"
     );
     for s in &view.streams {
-        let _ = write!(out, "  {:<18} {:>9}", s.stream, s.messages);
+        let _ = write!(
+            out,
+            "  {:<18} {:>9} {:<16}",
+            s.stream,
+            s.messages,
+            replicas_and_leader(s)
+        );
         if s.consumers.is_empty() {
             let what = if s.phase == mapek_domain::Phase::Dlq {
                 "(dead letters)"
@@ -223,7 +229,7 @@ fn render_loop(view: &LoopView) -> String {
         }
         for (i, c) in s.consumers.iter().enumerate() {
             if i > 0 {
-                let _ = write!(out, "  {:<18} {:>9}", "", "");
+                let _ = write!(out, "  {:<18} {:>9} {:<16}", "", "", "");
             }
             let held_by = match (&c.owner, c.reading) {
                 _ if !c.durable => "(subscriber, not the loop's)".to_owned(),
@@ -239,6 +245,16 @@ fn render_loop(view: &LoopView) -> String {
         }
     }
     out
+}
+
+/// `R3 n2`: how many copies the stream keeps and which server leads it; `R3 (no leader)`
+/// while a cluster elects one; `R1` on a single server, which has no leader to name.
+fn replicas_and_leader(s: &StreamProgress) -> String {
+    match (&s.leader, s.replicas) {
+        (Some(leader), r) => format!("R{r} {leader}"),
+        (None, 1) => "R1".to_owned(),
+        (None, r) => format!("R{r} (no leader)"),
+    }
 }
 
 /// The human form.

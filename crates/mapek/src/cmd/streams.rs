@@ -18,7 +18,8 @@ pub enum StreamsCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Keep this many copies of each message (3 on a 3-node cluster; at most the number
-        /// of servers) [default: as the definitions say, 1]
+        /// of servers), in every stream and in the key-value buckets (leases, approvals,
+        /// recorded config) [default: as the definitions say, 1]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
         /// When the server maps telemetry into partitions (docs/adr/0012), store them in this
@@ -50,7 +51,14 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
     let js = mapek_bus::connect(&settings.nats_url).await?;
     let layout = streams::detect_layout(&js, usize::from(monitor_streams)).await?;
     println!("{layout}");
-    let applied = streams::apply_layout(&js, &defs, layout).await?;
+    let mut applied = streams::apply_layout(&js, &defs, layout).await?;
+    // The buckets keep as many copies as the streams: a lease or an approval must outlive a
+    // server as the events do.
+    let replicas = defs
+        .iter()
+        .find(|d| d.name() == mapek_domain::Phase::Plan.stream())
+        .map_or(1, |d| d.config.num_replicas.max(1));
+    applied.extend(mapek_bus::buckets::apply_replicas(&js, replicas).await?);
     for a in &applied {
         println!("{a}");
     }
