@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{
+    GetStreamByNameErrorKind, PublishAckFuture, PublishErrorKind,
+};
 use bytes::Bytes;
 use mapek_codec::{AvroEvent, KnownSchema, Registry, encode};
 
@@ -269,7 +271,7 @@ impl Publisher {
                 "stream {stream} has no leader now (an election, or too few of its servers \
                  up): not stored; publish it again, its id keeps it stored once"
             ),
-            Ok(Err(e)) if e.to_string().contains("no stream found") => {
+            Ok(Err(e)) if e.kind() == GetStreamByNameErrorKind::NotFound => {
                 "no stream stores this subject: run `mapek streams apply`".to_owned()
             }
             _ => "JetStream did not answer (the cluster is electing a leader, or the client \
