@@ -369,9 +369,7 @@ pub async fn run_shared(
             config.clone(),
             key.clone(),
             Some(part),
-            async {
-                let _ = stopped.await;
-            },
+            mapek_bus::until_stopped(stopped),
         )
     };
     let sharing = Sharing {
@@ -383,6 +381,7 @@ pub async fn run_shared(
     let done = |r: Result<Result<ExecuteStats, BusError>, tokio::task::JoinError>| match r {
         Ok(Ok(s)) => total.add(&s),
         Ok(Err(e)) => tracing::error!(error = %e, "an execute partition stopped"),
+        Err(e) if e.is_cancelled() => tracing::warn!("an execute partition stopped: lease lost"),
         Err(e) => tracing::error!(error = %e, "an execute partition panicked"),
     };
     share_partitions(&js, sharing, work, done, shutdown).await?;

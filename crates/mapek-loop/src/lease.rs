@@ -47,6 +47,26 @@ pub struct Leases {
     alive: usize,
 }
 
+/// What [`Leases::renew`] found.
+#[derive(Debug, Default)]
+pub struct Renewal {
+    /// The leases lost (taken over, or unrenewed for too long): their work must stop.
+    pub lost: Vec<String>,
+    /// Whether the bucket answered every renewal; when it did not, the caller skips what else
+    /// it would ask of it until the next tick.
+    pub answered: bool,
+}
+
+/// How one lease's renewal went.
+enum RenewOne {
+    /// Renewed, or found renewed: the new revision and when its request was sent.
+    Kept((u64, Instant)),
+    /// No answer: the lease as it was.
+    Unanswered((u64, Instant)),
+    /// Somebody else holds it now.
+    Lost,
+}
+
 impl Leases {
     /// Opens the lease bucket (creating it with `ttl` if missing) for the worker `owner`.
     pub async fn open(js: &JetStream, owner: &str, ttl: Duration) -> Result<Self, BusError> {
@@ -70,52 +90,81 @@ impl Leases {
     /// Takes the lease `key` if nobody holds it; `false` if somebody does.
     pub async fn try_acquire(&mut self, key: &str) -> Result<bool, BusError> {
         let sent = Instant::now();
-        match self.kv.create(key, self.owner.clone().into()).await {
-            Ok(revision) => {
+        let created = self.bounded(self.kv.create(key, self.owner.clone().into()));
+        match created.await {
+            Ok(Ok(revision)) => {
                 self.held.insert(key.to_owned(), (revision, sent));
                 Ok(true)
             }
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(failed(format!("cannot take lease {key}: {e}"))),
+            Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(Err(e)) => Err(failed(format!("cannot take lease {key}: {e}"))),
+            Err(unanswered) => Err(failed(format!("cannot take lease {key}: {unanswered}"))),
         }
     }
 
-    /// Renews every lease held; returns the keys that were lost: taken over, or not renewed
-    /// for two thirds of `ttl` (see [`Leases::keep_for`]). A renewal that fails for
-    /// another reason (no answer during an election) keeps the lease, to be renewed at the
-    /// next call.
-    pub async fn renew(&mut self) -> Vec<String> {
-        let mut lost = Vec::new();
-        let keys: Vec<String> = self.held.keys().cloned().collect();
-        for key in keys {
-            let (revision, renewed) = self.held[&key];
-            let sent = Instant::now();
-            let result = self
-                .kv
-                .update(&key, self.owner.clone().into(), revision)
-                .await;
-            let now = match result {
-                Ok(r) => Some(r),
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    self.still_mine(&key).await
+    /// `request`, given up after a sixth of `ttl`: a bucket that does not answer (an election)
+    /// must not hold up the renewals that decide whether a lease is still ours.
+    async fn bounded<T>(&self, request: impl Future<Output = T>) -> Result<T, String> {
+        let limit = self.ttl / 6;
+        tokio::time::timeout(limit, request)
+            .await
+            .map_err(|_| format!("no answer within {} ms", limit.as_millis()))
+    }
+
+    /// Renews every lease held, all at once; returns the keys that were lost: taken over, or
+    /// not renewed for two thirds of `ttl` (see [`Leases::keep_for`]; such a lease is given up
+    /// without asking). A renewal that fails for another reason (no answer during an
+    /// election) keeps the lease, to be renewed at the next call; `answered` says whether
+    /// every renewal was answered.
+    pub async fn renew(&mut self) -> Renewal {
+        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(_, (_, renewed))| renewed.elapsed() >= self.keep_for());
+        let mut lost: Vec<String> = expired.into_iter().map(|(key, _)| key).collect();
+        let renewals = live.iter().map(|(key, held)| self.renew_one(key, *held));
+        let mut answered = true;
+        for ((key, _), outcome) in live.iter().zip(futures::future::join_all(renewals).await) {
+            match outcome {
+                RenewOne::Kept(held) => {
+                    self.held.insert(key.clone(), held);
                 }
-                Err(e) => {
-                    failed_for_now("lease", "renew", &format!("{key}: {e}"));
-                    Some(revision).filter(|_| renewed.elapsed() < self.keep_for())
+                RenewOne::Unanswered(held) => {
+                    answered = false;
+                    self.held.insert(key.clone(), held);
                 }
-            };
-            match now {
-                Some(r) if r != revision => {
-                    self.held.insert(key, (r, sent));
-                }
-                Some(_) => {}
-                None => lost.push(key),
+                RenewOne::Lost => lost.push(key.clone()),
             }
         }
-        for key in &lost {
-            self.held.remove(key);
+        Renewal { lost, answered }
+    }
+
+    /// Renews one lease held at `revision`, last confirmed by a request sent at `renewed`.
+    async fn renew_one(&self, key: &str, (revision, renewed): (u64, Instant)) -> RenewOne {
+        let sent = Instant::now();
+        let update = self.kv.update(key, self.owner.clone().into(), revision);
+        match self.bounded(update).await {
+            Ok(Ok(r)) => RenewOne::Kept((r, sent)),
+            Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                match self.bounded(self.still_mine(key)).await {
+                    Ok(Some(r)) => RenewOne::Kept((r, sent)),
+                    Ok(None) => RenewOne::Lost,
+                    Err(e) => self.unanswered(key, &e, (revision, renewed)),
+                }
+            }
+            Ok(Err(e)) => self.unanswered(key, &e, (revision, renewed)),
+            Err(e) => self.unanswered(key, &e, (revision, renewed)),
         }
-        lost
+    }
+
+    /// A renewal of `key` that got no answer: counted, and the lease kept as it was.
+    fn unanswered(
+        &self,
+        key: &str,
+        error: &dyn std::fmt::Display,
+        held: (u64, Instant),
+    ) -> RenewOne {
+        failed_for_now("lease", "renew", &format!("{key}: {error}"));
+        RenewOne::Unanswered(held)
     }
 
     /// How long a lease is kept without a confirmed renewal: two thirds of `ttl`. Leases are
@@ -172,6 +221,12 @@ impl Leases {
     }
 
     async fn count_alive(&self, phase: &str) -> Result<usize, BusError> {
+        self.bounded(self.put_and_count(phase))
+            .await
+            .map_err(|e| failed(format!("heartbeat: {e}")))?
+    }
+
+    async fn put_and_count(&self, phase: &str) -> Result<usize, BusError> {
         let prefix = format!("{phase}.worker.");
         self.kv
             .put(format!("{prefix}{}", self.owner), self.owner.clone().into())
@@ -245,9 +300,12 @@ where
     let mut total = StageStats::default();
     let work = |p: u32, stopped: oneshot::Receiver<()>| {
         let config = StageConfig::new(phase, Some(p));
-        run_stage(js.clone(), make(p), config, async {
-            let _ = stopped.await;
-        })
+        run_stage(
+            js.clone(),
+            make(p),
+            config,
+            mapek_bus::until_stopped(stopped),
+        )
     };
     let sharing = Sharing {
         phase,
@@ -307,14 +365,18 @@ where
             _ = tick.tick() => {}
             () = &mut shutdown => break,
         }
-        for key in leases.renew().await {
+        let renewal = leases.renew().await;
+        for key in renewal.lost {
             tracing::warn!(lease = %key, "lost a partition lease; stopping that partition");
             if let Some(p) = key.rsplit(".p").next().and_then(|p| p.parse().ok())
-                && let Some((stop, task)) = running.remove(&p)
+                && let Some((_, task)) = running.remove(&p)
             {
-                let _ = stop.send(());
-                done(task.await);
+                done(abort(task).await);
             }
+        }
+        if !renewal.answered {
+            // The bucket does not answer: ask nothing more of it until the next renewal.
+            continue;
         }
         let share = (partitions as usize).div_ceil(leases.heartbeat(phase).await);
         while running.len() > share {
@@ -324,13 +386,17 @@ where
             leases.release(&format!("{phase}.p{p}")).await;
         }
         for p in 0..partitions {
-            if running.len() >= share
-                || running.contains_key(&p)
-                || !leases
-                    .acquire_or_count(phase, &format!("{phase}.p{p}"))
-                    .await
-            {
+            if running.len() >= share || running.contains_key(&p) {
                 continue;
+            }
+            match leases.try_acquire(&format!("{phase}.p{p}")).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    // Not answered: the rest wait for the next tick, after the renewals.
+                    failed_for_now(phase, "take lease", &e);
+                    break;
+                }
             }
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(work(p, stopped));
@@ -362,6 +428,14 @@ where
     Ok(())
 }
 
+/// Stops work whose lease was lost at once, wherever it is: another worker may own its
+/// partition now, so it must not publish or acknowledge anything more. What it took and did
+/// not acknowledge is delivered again to the new owner.
+async fn abort<T>(task: JoinHandle<T>) -> Result<T, tokio::task::JoinError> {
+    task.abort();
+    task.await
+}
+
 fn add(
     total: &mut StageStats,
     result: Result<Result<StageStats, BusError>, tokio::task::JoinError>,
@@ -373,6 +447,7 @@ fn add(
             total.emitted += s.emitted;
         }
         Ok(Err(e)) => tracing::error!(error = %e, "a partition stage stopped"),
+        Err(e) if e.is_cancelled() => tracing::warn!("a partition stage stopped: lease lost"),
         Err(e) => tracing::error!(error = %e, "a partition stage panicked"),
     }
 }
@@ -410,12 +485,12 @@ where
             _ = tick.tick() => {}
             () = &mut shutdown => break None,
         }
-        if !leases.renew().await.is_empty()
+        if !leases.renew().await.lost.is_empty()
             && let Some((stop, task)) = running.take()
         {
             tracing::warn!(lease = name, "lost the lease; standing by");
-            let _ = stop.send(());
-            let _ = task.await;
+            drop(stop);
+            let _ = abort(task).await;
         }
         if running.is_none() && leases.acquire_or_count(name, name).await {
             let (stop, stopped) = oneshot::channel();
