@@ -100,9 +100,11 @@ async fn project_until_caught_up(
     want: Offsets,
 ) -> ProjectStats {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(mapek_vectors::project(js.clone(), index.clone(), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(mapek_vectors::project(
+        js.clone(),
+        index.clone(),
+        mapek_bus::until_stopped(stopped),
+    ));
     tokio::time::timeout(Duration::from_secs(20), async {
         while index.offsets().await.unwrap() != want {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -282,9 +284,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
         js.clone(),
         index.clone(),
         failures.clone(),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     let reaches = |want: Offsets, within: Duration| {
         let index = index.clone();

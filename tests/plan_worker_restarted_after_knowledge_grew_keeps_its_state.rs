@@ -78,9 +78,7 @@ fn start_worker(
         js.clone(),
         stage,
         StageConfig::new("plan", None),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     (stop, task)
 }

@@ -111,9 +111,7 @@ fn worker(
         owner.to_owned(),
         Duration::from_millis(1500),
         |_| PlanStage::without_knowledge(Policy::builtin()),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     (stop, task)
 }

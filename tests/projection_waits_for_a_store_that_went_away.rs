@@ -38,9 +38,7 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
             ..ProjectionConfig::default()
         },
         stats.clone(),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     let monitor = || stats.phase(Phase::Monitor).last_seq;
 

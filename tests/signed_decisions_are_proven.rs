@@ -94,9 +94,7 @@ async fn signed_decisions_pass_the_audit_and_a_forgery_is_refused() {
         client,
         config,
         key(),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     let results: Vec<ActionResult> = wait_for(&js, 4).await;
     let _ = stop.send(());

@@ -64,9 +64,14 @@ async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::
         fault: vec![bad_link],
     })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sim = tokio::spawn(run(js.clone(), client.clone(), mesh, 50.0, T0, async {
-        let _ = stopped.await;
-    }));
+    let sim = tokio::spawn(run(
+        js.clone(),
+        client.clone(),
+        mesh,
+        50.0,
+        T0,
+        mapek_bus::until_stopped(stopped),
+    ));
 
     // Given: n0's telemetry on MAPEK_MONITOR shows the degraded link.
     let mut sub = Subscriber::<Telemetry>::open(&js, SubscriberConfig::node(id("n0"))).await?;

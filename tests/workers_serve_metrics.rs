@@ -63,9 +63,7 @@ async fn metrics_count_the_events_a_worker_handles() {
         js.clone(),
         Analyzer::new(AnalyzeConfig::default()),
         config,
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let page = loop {

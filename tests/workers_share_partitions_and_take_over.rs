@@ -63,9 +63,7 @@ fn worker(
         owner.to_owned(),
         TTL,
         |_| Analyzer::new(AnalyzeConfig::default()),
-        async {
-            let _ = stopped.await;
-        },
+        mapek_bus::until_stopped(stopped),
     ));
     (stop, task)
 }

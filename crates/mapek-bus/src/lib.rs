@@ -56,5 +56,12 @@ pub use inbox::{Delivery, Inbox, InboxConfig};
 pub use publisher::{PublishReport, Publisher};
 pub use subscriber::{Family, Received, StartAt, Subscriber, SubscriberConfig};
 
+/// The shutdown signal of work that a supervisor stops: completes when `stop` is sent, or
+/// when its sender is dropped (the supervisor is gone). Every worker and projection of
+/// mapek takes its shutdown as a future; this turns a oneshot channel into one.
+pub async fn until_stopped(stop: tokio::sync::oneshot::Receiver<()>) {
+    let _ = stop.await;
+}
+
 /// The JetStream context everything here works through.
 pub type JetStream = async_nats::jetstream::Context;

@@ -1,7 +1,11 @@
 //! `mapek`: the MAPE-K loop's one command.
 //!
 //! The binary parses configuration and wires parts together; the work is in the library
-//! crates (`mapek-bus`, `mapek-codec`, `mapek-domain`).
+//! crates: `mapek-domain` (events and the pure phase logic), `mapek-codec` (Avro),
+//! `mapek-bus` (JetStream), `mapek-loop` (the phase workers), `mapek-knowledge` (the read
+//! model and Redis), `mapek-vectors` (the incident index), `mapek-replay`, `mapek-audit`
+//! (signatures), `mapek-sim` (the simulated mesh); `mapek-testkit` serves tests only.
+//! docs/architecture.md maps them.
 
 mod cmd;
 mod config;

@@ -327,9 +327,7 @@ impl Loop {
                         client.clone(),
                         config.clone(),
                         verifier.clone(),
-                        async {
-                            let _ = stopped.await;
-                        },
+                        mapek_bus::until_stopped(stopped),
                     )
                 },
                 |s: execute::ExecuteStats| {
@@ -349,9 +347,11 @@ impl Loop {
                 self.worker.clone(),
                 shutdown.clone(),
                 move |stopped| {
-                    evaluate::run(js2.clone(), config.clone(), async {
-                        let _ = stopped.await;
-                    })
+                    evaluate::run(
+                        js2.clone(),
+                        config.clone(),
+                        mapek_bus::until_stopped(stopped),
+                    )
                 },
                 |s: evaluate::EvaluateStats| {
                     format!(
@@ -462,9 +462,7 @@ impl Loop {
                         redis,
                         mapek_knowledge::ProjectionConfig::default(),
                         stats.clone(),
-                        async {
-                            let _ = stopped.await;
-                        },
+                        mapek_bus::until_stopped(stopped),
                     )
                     .await;
                     exporter.finish();
@@ -492,9 +490,12 @@ impl Loop {
                     let exporter = FailureExporter::start("incidents", move || {
                         watched.load(std::sync::atomic::Ordering::Relaxed)
                     });
-                    let done = mapek_vectors::project_with(js, index, failures, async {
-                        let _ = stopped.await;
-                    })
+                    let done = mapek_vectors::project_with(
+                        js,
+                        index,
+                        failures,
+                        mapek_bus::until_stopped(stopped),
+                    )
                     .await;
                     exporter.finish();
                     done.map_err(|e| mapek_bus::BusError::Consumer {
