@@ -91,6 +91,16 @@ async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::
     .await?;
     assert!(reply.ok, "{reply:?}");
     assert_eq!(reply.detail, "n0 routes around n1");
+    // The same decision sent again (an executor that crashed before storing its result) is
+    // answered as before, not applied again ("already routes around n1" if it were).
+    let again = send_command(
+        &client,
+        &id("n0"),
+        &command(ActionKind::Reroute, Some("n1")),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_eq!(again, reply);
 
     // Then: later samples show the loss gone, one fewer route, and the link still bad.
     let healed = next_where(&mut sub, |t| t.metrics["loss"] < 0.01).await;
@@ -118,7 +128,7 @@ async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::
 
     stop.send(()).unwrap();
     let report = sim.await??;
-    assert_eq!((report.commands, report.refused), (2, 1));
+    assert_eq!((report.commands, report.refused), (3, 1));
     assert!(report.published.all_acked(), "{:?}", report.published);
     assert_eq!(report.published.sent, report.ticks * 12);
     Ok(())

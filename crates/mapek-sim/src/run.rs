@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mapek_bus::command::{CommandReply, Commands};
 use mapek_bus::{JetStream, PublishReport, Publisher};
+use mapek_domain::NodeId;
 use tokio::time::MissedTickBehavior;
 
 use crate::{Mesh, SimError};
@@ -77,6 +78,7 @@ pub async fn run_faster(
     // A late slice fires at once: event time comes from the tick count, never the clock.
     interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut report = RunReport::default();
+    let mut answered = Answered::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -98,10 +100,12 @@ pub async fn run_faster(
             incoming = commands.next() => {
                 let Some(incoming) = incoming else { break };
                 let reply = match &incoming.command {
-                    Ok(cmd) => match mesh.apply(&cmd.action, &incoming.node) {
-                        Ok(done) => CommandReply::applied(done),
-                        Err(why) => CommandReply::failed(why),
-                    },
+                    Ok(cmd) => answered.reply(&incoming.node, &cmd.decision_id, || {
+                        match mesh.apply(&cmd.action, &incoming.node) {
+                            Ok(done) => CommandReply::applied(done),
+                            Err(why) => CommandReply::failed(why),
+                        }
+                    }),
                     Err(why) => CommandReply::failed(why.clone()),
                 };
                 tracing::info!(node = %incoming.node, ok = reply.ok, detail = %reply.detail, "command");
@@ -117,4 +121,40 @@ pub async fn run_faster(
     }
     report.published = publisher.finish().await;
     Ok(report)
+}
+
+/// How many decisions' replies the simulator remembers.
+const REMEMBERED: usize = 10_000;
+
+/// The replies each node gave, by decision id: a command sent again (an executor that
+/// crashed after sending it and before storing its result sends it again) is answered as
+/// before and not applied twice, as every agent must.
+#[derive(Default)]
+struct Answered {
+    replies: std::collections::HashMap<(NodeId, String), CommandReply>,
+    order: std::collections::VecDeque<(NodeId, String)>,
+}
+
+impl Answered {
+    /// The reply `node` gave to `decision_id` before, or else `apply`'s, remembered.
+    fn reply(
+        &mut self,
+        node: &NodeId,
+        decision_id: &str,
+        apply: impl FnOnce() -> CommandReply,
+    ) -> CommandReply {
+        let key = (node.clone(), decision_id.to_owned());
+        if let Some(reply) = self.replies.get(&key) {
+            return reply.clone();
+        }
+        let reply = apply();
+        if self.order.len() == REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.replies.remove(&oldest);
+        }
+        self.order.push_back(key.clone());
+        self.replies.insert(key, reply.clone());
+        reply
+    }
 }
