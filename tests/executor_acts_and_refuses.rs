@@ -1,12 +1,13 @@
 //! The executor sends decisions to node agents over NATS and records what came of them:
 //! applied, refused by an interlock with the reason, failed by the agent or for want of a
-//! reply; in dry-run mode it sends nothing; restarted, it remembers what it did.
+//! reply; in dry-run mode it sends nothing; restarted, it remembers what it did; killed
+//! after sending a command, it sends it again (actuation is at least once).
 
 mod agent;
 
 use agent::{
-    Received, Running, SILENT, decision, publish, quick, setup, start_agent, wait_caught_up,
-    wait_for,
+    Received, Running, SILENT, decision, publish, quick, setup, start_agent, stored,
+    wait_caught_up, wait_for,
 };
 use mapek_bus::{BusError, JetStream};
 use mapek_domain::ActionKind::{Escalate, Quarantine, Reroute, RestartService};
@@ -177,6 +178,84 @@ async fn a_restarted_executor_rebuilds_its_interlocks_from_the_results() {
         "cooldown: n4 had reroute applied 30.0 s ago, cooldown is 60 s"
     );
     assert_eq!(commands(&received), [pair("n4", "d-a")]);
+}
+
+/// A node agent that applies each decision id once and answers a repeat with its first
+/// reply, but never answers the first command it gets: it tells `first` instead, so that the
+/// executor can be killed while it waits. Returns how many times it applied an action.
+async fn agent_applying_each_decision_once(
+    url: &str,
+    first: tokio::sync::oneshot::Sender<()>,
+) -> (Received, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use mapek_bus::command::{CommandReply, Commands};
+    let client = mapek_bus::connect_client(url).await.unwrap();
+    let mut commands = Commands::subscribe(&client, None).await.unwrap();
+    client.flush().await.unwrap();
+    let applied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let received = Received::default();
+    let (log, count) = (received.clone(), std::sync::Arc::clone(&applied));
+    tokio::spawn(async move {
+        let mut first = Some(first);
+        let mut replies = std::collections::HashMap::new();
+        while let Some(incoming) = commands.next().await {
+            let cmd = incoming.command.as_ref().unwrap();
+            let id = cmd.decision_id.clone();
+            log.lock()
+                .unwrap()
+                .push((incoming.node.to_string(), id.clone()));
+            if let Some(reply) = replies.get(&id) {
+                incoming.respond(&client, reply).await.unwrap();
+                continue;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            replies.insert(
+                id,
+                CommandReply::applied(format!("{} done", cmd.action.kind.as_str())),
+            );
+            let _ = first.take().unwrap().send(());
+        }
+    });
+    (received, applied)
+}
+
+#[tokio::test]
+async fn an_executor_killed_after_sending_a_command_sends_it_again_and_the_node_acts_once() {
+    let (server, js, client) = setup().await;
+    let (sent, first_sent) = tokio::sync::oneshot::channel();
+    let (received, applied) = agent_applying_each_decision_once(&server.url(), sent).await;
+    let worker = start(&js, &client, quick());
+    publish(&js, &[decision("a", "n3", Reroute, 0)]).await;
+
+    // Killed between sending the command and storing its result.
+    first_sent.await.unwrap();
+    worker.kill().await;
+    assert!(stored::<ActionResult>(&js).await.is_empty());
+
+    // Restarted, it reads on from the last decision acknowledged, and sends this one again.
+    let worker = start(&js, &client, quick());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    let results = loop {
+        let results = stored::<ActionResult>(&js).await;
+        if !results.is_empty() || tokio::time::Instant::now() > deadline {
+            break results;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    wait_caught_up(&js, "MAPEK_PLAN", execute::DURABLE).await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(commands(&received), [pair("n3", "d-a"), pair("n3", "d-a")]);
+    assert_eq!(
+        applied.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "applied once"
+    );
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(
+        (results[0].status, results[0].reason.as_str()),
+        (ActionStatus::Applied, "")
+    );
+    assert_eq!(stored::<ActionResult>(&js).await.len(), 1, "one result");
 }
 
 #[tokio::test]

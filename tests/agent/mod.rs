@@ -212,6 +212,13 @@ impl<T: Send + 'static> Running<T> {
         Self { stop, task }
     }
 
+    /// Kills it, as kill -9 would: none of its code runs again, nothing it took is
+    /// acknowledged, and what it was waiting for is left as it was.
+    pub async fn kill(self) {
+        self.task.abort();
+        assert!(self.task.await.is_err_and(|e| e.is_cancelled()));
+    }
+
     /// Stops it and returns what it returned.
     pub async fn stop(self) -> T {
         let _ = self.stop.send(());
