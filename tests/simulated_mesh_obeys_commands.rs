@@ -82,25 +82,14 @@ async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::
     assert!(link.is_some_and(|l| l.up && l.loss > 0.3), "{link:?}");
 
     // When: the executor orders n0 to route around n1.
-    let reply = send_command(
-        &client,
-        &id("n0"),
-        &command(ActionKind::Reroute, Some("n1")),
-        Duration::from_secs(2),
-    )
-    .await?;
+    let (n0, reroute) = (id("n0"), command(ActionKind::Reroute, Some("n1")));
+    let send = || send_command(&client, &n0, &reroute, Duration::from_secs(2));
+    let reply = send().await?;
     assert!(reply.ok, "{reply:?}");
     assert_eq!(reply.detail, "n0 routes around n1");
     // The same decision sent again (an executor that crashed before storing its result) is
     // answered as before, not applied again ("already routes around n1" if it were).
-    let again = send_command(
-        &client,
-        &id("n0"),
-        &command(ActionKind::Reroute, Some("n1")),
-        Duration::from_secs(2),
-    )
-    .await?;
-    assert_eq!(again, reply);
+    assert_eq!(send().await?, reply);
 
     // Then: later samples show the loss gone, one fewer route, and the link still bad.
     let healed = next_where(&mut sub, |t| t.metrics["loss"] < 0.01).await;
