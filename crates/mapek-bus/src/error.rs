@@ -85,6 +85,15 @@ pub enum BusError {
     },
 }
 
+impl BusError {
+    /// Whether doing the same again fails the same way: the input is at fault (an event that
+    /// is invalid or too large to publish), not the server or the network. A worker that
+    /// keeps meeting it dead-letters its input instead of retrying forever.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, BusError::Codec(_))
+    }
+}
+
 impl From<Invalid> for BusError {
     fn from(invalid: Invalid) -> Self {
         BusError::Codec(CodecError::Invalid(invalid))

@@ -204,6 +204,27 @@ fn normalise(url_or_path: &str) -> Result<(String, Backend), KnowledgeError> {
     Ok((format!("sqlite://{path}?mode=rwc"), Backend::Sqlite))
 }
 
+/// Whether `e` says the store refuses this data, so that writing it again fails the same
+/// way, rather than that the store is unavailable (which passes). Postgres: a data exception
+/// (SQLSTATE class 22, such as a NUL byte in text) or an integrity violation (class 23).
+/// SQLite: a value too big, a constraint or a type mismatch.
+pub(crate) fn refuses_the_data(backend: Backend, e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match backend {
+                Backend::Postgres => code.starts_with("22") || code.starts_with("23"),
+                // The extended result code: its low byte is the primary one.
+                Backend::Sqlite => code
+                    .parse::<i64>()
+                    .is_ok_and(|c| matches!(c & 0xff, 18..=20)),
+            }
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => true,
+        _ => false,
+    }
+}
+
 /// A text column.
 pub(crate) fn text(row: &AnyRow, i: usize) -> Result<String, sqlx::Error> {
     row.try_get::<String, _>(i)

@@ -12,6 +12,9 @@
 //!   `approval_poll_ms` ([`mapek_bus::Delivery::retry_after`]) and looked at again until the
 //!   key of its decision id appears in the key-value bucket [`APPROVALS`] ([`approve`]).
 //!
+//! A decision whose handling fails the way it will fail again ([`BusError::is_permanent`]) is
+//! looked at [`REFUSALS`] times, then dead-lettered (`mapek.dlq.plan`) and acknowledged.
+//!
 //! Every result is published with an id derived from its decision, stored (flushed), folded
 //! into the interlocks, and only then is the decision acknowledged. Results carry their
 //! decision's event time, so every interlock is judged in the mesh's time.
@@ -62,7 +65,7 @@
 //! stream's readers the other way left (`execute`, or `execute-p<n>`), so a switch does not
 //! leave one behind that nobody reads and that falls further behind forever.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -77,7 +80,8 @@ use crate::lease::{Sharing, share_partitions};
 use async_nats::jetstream::kv::{self, Store};
 use mapek_bus::command::{Command, send_command};
 use mapek_bus::{
-    BusError, Delivery, Inbox, InboxConfig, JetStream, Publisher, Subscriber, SubscriberConfig,
+    BusError, DeadLetters, Delivery, Inbox, InboxConfig, JetStream, Publisher, Subscriber,
+    SubscriberConfig,
 };
 use mapek_domain::execute::{self, Verdict};
 use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig, Interlocks, Phase};
@@ -100,6 +104,9 @@ const JUDGE_LOCK_TTL: Duration = Duration::from_secs(5);
 /// How long a decision waits before it is looked at again when Redis did not answer or
 /// another executor has its command out.
 const PAUSE: Duration = Duration::from_millis(500);
+/// How many deliveries of a decision may fail the way they will fail again (an invalid
+/// decision id, a result that cannot be stored) before it is dead-lettered.
+const REFUSALS: u32 = 3;
 /// How long catching up with the results stored may take before it is an error.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
@@ -127,6 +134,8 @@ pub struct ExecuteStats {
     pub busy_elsewhere: u64,
     /// Times a decision was given back because Redis did not answer (sharing through Redis).
     pub paused: u64,
+    /// Decisions that kept failing the same way, stored in the dead-letter stream.
+    pub dead_lettered: u64,
 }
 
 impl ExecuteStats {
@@ -141,6 +150,7 @@ impl ExecuteStats {
         self.commands += other.commands;
         self.busy_elsewhere += other.busy_elsewhere;
         self.paused += other.paused;
+        self.dead_lettered += other.dead_lettered;
     }
 }
 
@@ -212,9 +222,11 @@ fn check_key(decision_id: &str) -> Result<(), BusError> {
     if ok {
         Ok(())
     } else {
-        Err(kv_failed(format!(
-            "{decision_id:?} is not a decision id (letters, digits, '-' and '_')"
-        )))
+        Err(BusError::from(mapek_domain::Invalid::Name {
+            field: "decision id",
+            name: decision_id.to_owned(),
+            why: "an approval's key is letters, digits, '-' and '_', at most 128 of them",
+        }))
     }
 }
 
@@ -447,6 +459,8 @@ async fn execute(
         deferred: None,
         chain: key.map(|k| mapek_audit::Chain::new(Some(k))),
         judge,
+        refused: BTreeMap::new(),
+        dead_letters: DeadLetters::new(js.clone()),
         stats: ExecuteStats {
             replayed,
             ..ExecuteStats::default()
@@ -629,6 +643,22 @@ impl JudgeLock {
 #[derive(Debug)]
 struct Paused(String);
 
+/// What to do with a decision's delivery once it has been looked at.
+enum Next {
+    /// Done with (its result is stored): acknowledge it.
+    Ack,
+    /// Not yet: give it back, to be looked at again after this pause.
+    LookAgain(Duration),
+}
+
+/// What the interlocks ruled on a decision.
+enum Judged {
+    /// Nothing to send.
+    Done(Next),
+    /// Send its command, holding this lease on its node when sharing the work.
+    Send(Option<String>),
+}
+
 /// A command out, from a node lease and its holder text ([`Judge::lease_holder`]).
 fn command_out(node: &str, holder: &str) -> Option<CommandOut> {
     let mut parts = holder.splitn(3, ' ');
@@ -656,6 +686,10 @@ struct Executor {
     chain: Option<mapek_audit::Chain>,
     /// How to judge beside other executors, when sharing the work.
     judge: Option<Judge>,
+    /// Stream sequences of decisions that failed the way they will fail again, and how
+    /// many times: at [`REFUSALS`] they are dead-lettered.
+    refused: BTreeMap<u64, u32>,
+    dead_letters: DeadLetters,
     stats: ExecuteStats,
 }
 
@@ -667,16 +701,47 @@ impl Executor {
         }
     }
 
+    /// Handles one delivery of a decision: acknowledges it once its result is stored, gives
+    /// it back to be looked at again, or dead-letters it when looking at it keeps failing
+    /// the same way ([`REFUSALS`] deliveries).
     async fn handle(&mut self, delivery: Delivery<Decision>) -> Result<(), BusError> {
+        let seq = delivery.stream_seq();
+        self.stats.processed += 1;
+        match self.look_at(&delivery, seq).await {
+            Ok(Next::Ack) => {
+                self.held.remove(&seq);
+                self.refused.remove(&seq);
+                self.ack(delivery).await
+            }
+            Ok(Next::LookAgain(delay)) => self.look_again(delivery, delay).await,
+            Err(e) if e.is_permanent() => {
+                let refusals = self.refused.entry(seq).or_default();
+                *refusals += 1;
+                if *refusals < REFUSALS {
+                    warn!(
+                        seq,
+                        "a decision failed the way it will fail again ({e}): trying it again"
+                    );
+                    return self.look_again(delivery, PAUSE).await;
+                }
+                self.refused.remove(&seq);
+                self.dead_letter(delivery, e).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks at a decision: records its result (acting first if the interlocks allow it), or
+    /// says to look again later. When sharing the work, this is the one place the
+    /// executors' lock is taken and given back.
+    async fn look_at(&mut self, delivery: &Delivery<Decision>, seq: u64) -> Result<Next, BusError> {
         // Where the span of this decision's result starts (mapek_bus::trace).
         let started = std::time::SystemTime::now();
         let decision = &delivery.event;
-        let seq = delivery.stream_seq();
-        self.stats.processed += 1;
+        let cause = delivery.message().headers.as_ref();
         if self.interlocks.has_result(&decision.decision_id) {
-            self.held.remove(&seq);
             self.stats.skipped += 1;
-            return self.ack(delivery).await;
+            return Ok(Next::Ack);
         }
         let partition = mapek_audit::audit::chain_of(&delivery.message().subject);
         // A decision given back and delivered again was checked the first time; later ones of
@@ -687,121 +752,149 @@ impl Executor {
             self.chain.as_mut().map(|c| c.check(partition, decision)),
         ) {
             let result = execute::unverified(decision, &broken.to_string());
-            self.record(&result, delivery.message().headers.as_ref(), started)
-                .await?;
-            self.held.remove(&seq);
-            return self.ack(delivery).await;
+            self.record(&result, cause, started).await?;
+            return Ok(Next::Ack);
         }
+        let approved = self.approved(decision).await?;
+        if let Some(stale) = self.stale(delivery, approved) {
+            self.record(&stale, cause, started).await?;
+            return Ok(Next::Ack);
+        }
+        let judged = match self.judge.as_mut() {
+            None => {
+                self.rule_on(decision, approved, seq, cause, started)
+                    .await?
+            }
+            Some(judge) => {
+                if let Err(Paused(why)) = judge.begin(&mut self.interlocks).await {
+                    warn!(decision = %decision.decision_id, "cannot judge beside the other executors: {why}");
+                    self.stats.paused += 1;
+                    return Ok(Next::LookAgain(PAUSE));
+                }
+                let judged = self.rule_on(decision, approved, seq, cause, started).await;
+                if let Some(lock) = self.judge.as_ref().map(|j| &j.lock) {
+                    lock.end().await;
+                }
+                judged?
+            }
+        };
+        let lease = match judged {
+            Judged::Done(next) => return Ok(next),
+            Judged::Send(lease) => lease,
+        };
+        self.interlocks.begin(decision);
+        let result = self.actuate(decision).await;
+        let recorded = self.record(&result, cause, started).await;
+        if let (Some(holder), Some(lock)) = (&lease, self.judge.as_ref().map(|j| &j.lock)) {
+            // The result is stored: whoever judges next folds it before the lease is gone.
+            if let Err(e) = lock.redis.release(decision.node.as_str(), holder).await {
+                warn!(node = %decision.node, "cannot release the lease; it expires by itself: {e}");
+            }
+        }
+        recorded.map(|()| Next::Ack)
+    }
+
+    /// Whether a human approved `decision`, for an action that needs it.
+    async fn approved(&mut self, decision: &Decision) -> Result<bool, BusError> {
         let config = self.interlocks.config();
-        let approved = if config.require_approval.required_for(decision.action.kind) {
-            approver(&self.kv, &decision.decision_id).await?.is_some()
-        } else {
-            false
-        };
-        let max_wait = config.max_decision_wait_ms;
-        if max_wait > 0 && !approved {
-            let waited = waited_ms(&delivery);
-            if waited > max_wait as i64 {
-                let result = mapek_domain::execute::stale(decision, waited, max_wait as i64);
-                self.record(&result, delivery.message().headers.as_ref(), started)
-                    .await?;
-                self.held.remove(&seq);
-                return self.ack(delivery).await;
-            }
+        if !config.require_approval.required_for(decision.action.kind) {
+            return Ok(false);
         }
-        if let Some(judge) = self.judge.as_mut() {
-            if let Err(Paused(why)) = judge.begin(&mut self.interlocks).await {
-                warn!(decision = %decision.decision_id, "cannot judge beside the other executors: {why}");
-                self.stats.paused += 1;
-                return self.look_again(delivery, PAUSE).await;
-            }
-            // Judged under the lock from here: every return below ends it.
-            let lock = &judge.lock;
-            if self.interlocks.has_result(&decision.decision_id) {
-                lock.end().await;
-                self.held.remove(&seq);
-                self.stats.skipped += 1;
-                return self.ack(delivery).await;
-            }
-            if self
-                .interlocks
-                .out_elsewhere_for(&decision.decision_id)
-                .is_some()
-            {
-                // Its partition moved while another executor was acting on it.
-                lock.end().await;
-                self.stats.busy_elsewhere += 1;
-                return self.look_again(delivery, PAUSE).await;
-            }
+        Ok(approver(&self.kv, &decision.decision_id).await?.is_some())
+    }
+
+    /// The result of a decision that waited longer than `max_decision_wait_ms` to be
+    /// looked at (unless approved): acting on the mesh as it was then could do harm.
+    fn stale(&self, delivery: &Delivery<Decision>, approved: bool) -> Option<ActionResult> {
+        let max_wait = self.interlocks.config().max_decision_wait_ms as i64;
+        let waited = waited_ms(delivery);
+        (max_wait > 0 && !approved && waited > max_wait)
+            .then(|| execute::stale(&delivery.event, waited, max_wait))
+    }
+
+    /// Judges a decision with the interlocks (under the executors' lock when sharing the
+    /// work): records a refusal, a dry run or an escalation, holds one that waits for
+    /// approval, or says to send its command, with its node's lease taken when sharing.
+    async fn rule_on(
+        &mut self,
+        decision: &Decision,
+        approved: bool,
+        seq: u64,
+        cause: Option<&async_nats::HeaderMap>,
+        started: std::time::SystemTime,
+    ) -> Result<Judged, BusError> {
+        // Looked at again here: another executor may have recorded it meanwhile.
+        if self.interlocks.has_result(&decision.decision_id) {
+            self.stats.skipped += 1;
+            return Ok(Judged::Done(Next::Ack));
         }
-        let verdict = self.interlocks.handle(decision, approved);
-        let lease = match &verdict {
-            Verdict::Send => match self.judge.as_ref().map(|j| &j.lock) {
-                None => None,
-                Some(judge) => {
-                    let holder = judge.lease_holder(decision);
-                    let taken = judge
-                        .redis
-                        .try_lease(decision.node.as_str(), &holder, judge.command_ttl)
-                        .await;
-                    match taken {
-                        Ok(true) => Some(holder),
-                        outcome => {
-                            // Listed free a moment ago under the lock: a lease taken since
-                            // then was taken without it (a lock that expired). Wait.
-                            judge.end().await;
-                            match outcome {
-                                Err(e) => {
-                                    warn!(decision = %decision.decision_id, "cannot lease {}: {e}", decision.node);
-                                    self.stats.paused += 1;
-                                }
-                                _ => self.stats.busy_elsewhere += 1,
-                            }
-                            return self.look_again(delivery, PAUSE).await;
-                        }
-                    }
-                }
-            },
-            _ => None,
-        };
-        let result = match verdict {
+        if self
+            .interlocks
+            .out_elsewhere_for(&decision.decision_id)
+            .is_some()
+        {
+            // Its partition moved while another executor was acting on it.
+            self.stats.busy_elsewhere += 1;
+            return Ok(Judged::Done(Next::LookAgain(PAUSE)));
+        }
+        match self.interlocks.handle(decision, approved) {
             Verdict::AwaitApproval(refusal) => {
-                if let Some(judge) = &self.judge {
-                    judge.lock.end().await;
-                }
                 if !self.held.contains(&seq) {
                     info!(decision = %decision.decision_id, "{refusal}");
                 }
                 self.stats.held += 1;
                 let poll = Duration::from_millis(self.interlocks.config().approval_poll_ms);
-                return self.look_again(delivery, poll).await;
+                Ok(Judged::Done(Next::LookAgain(poll)))
             }
             // Recorded under the lock: a dry run counts toward the others' interlocks.
-            Verdict::Record(result) => result,
-            Verdict::Send => {
-                if let Some(judge) = &self.judge {
-                    judge.lock.end().await;
-                }
-                self.interlocks.begin(decision);
-                self.actuate(decision).await
+            Verdict::Record(result) => {
+                self.record(&result, cause, started).await?;
+                Ok(Judged::Done(Next::Ack))
             }
+            Verdict::Send => Ok(self.lease(decision).await),
+        }
+    }
+
+    /// Takes the lease on the decision's node when sharing the work; alone, there is none.
+    async fn lease(&mut self, decision: &Decision) -> Judged {
+        let Some(lock) = self.judge.as_ref().map(|j| &j.lock) else {
+            return Judged::Send(None);
         };
-        let recorded = self
-            .record(&result, delivery.message().headers.as_ref(), started)
+        let holder = lock.lease_holder(decision);
+        let taken = lock
+            .redis
+            .try_lease(decision.node.as_str(), &holder, lock.command_ttl)
             .await;
-        if let Some(judge) = self.judge.as_ref().map(|j| &j.lock) {
-            match &lease {
-                // The result is stored: whoever judges next folds it before the lease is gone.
-                Some(holder) => {
-                    if let Err(e) = judge.redis.release(decision.node.as_str(), holder).await {
-                        warn!(node = %decision.node, "cannot release the lease; it expires by itself: {e}");
-                    }
-                }
-                None => judge.end().await,
+        // Listed free a moment ago under the lock: a lease taken since then was taken without
+        // it (a lock that expired). Wait.
+        match taken {
+            Ok(true) => return Judged::Send(Some(holder)),
+            Ok(false) => self.stats.busy_elsewhere += 1,
+            Err(e) => {
+                warn!(decision = %decision.decision_id, "cannot lease {}: {e}", decision.node);
+                self.stats.paused += 1;
             }
         }
-        recorded?;
-        self.held.remove(&seq);
+        Judged::Done(Next::LookAgain(PAUSE))
+    }
+
+    /// Stores a decision that keeps failing the same way in the dead-letter stream with the
+    /// reason, and acknowledges it: the decisions after it go on.
+    async fn dead_letter(
+        &mut self,
+        delivery: Delivery<Decision>,
+        error: BusError,
+    ) -> Result<(), BusError> {
+        let reason = format!("the executor failed on it {REFUSALS} times: {error}");
+        warn!(decision = %delivery.event.decision_id, "dead-lettered: {reason}");
+        self.dead_letters
+            .reject(Phase::Plan, delivery.message(), reason)
+            .await?;
+        crate::metrics::DEAD_LETTERS
+            .with_label_values(&[DURABLE])
+            .inc();
+        self.stats.dead_lettered += 1;
+        self.held.remove(&delivery.stream_seq());
         self.ack(delivery).await
     }
 

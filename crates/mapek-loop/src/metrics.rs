@@ -114,6 +114,17 @@ pub static PROJECTION_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Inputs that decoded but kept failing the same way (a poison message), stored in the
+/// dead-letter stream so that what comes after them goes on, by the consumer that gave up
+/// on them (`execute`, `knowledge-sql`).
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "mapek_dead_letters_total",
+        "Inputs that kept failing the same way, stored in the dead-letter stream",
+        &["consumer"],
+    )
+});
+
 /// Requests to NATS that failed for a while and were retried: leases, heartbeats, a stage
 /// restarted after its consumer or its publishes failed. They rise during a leader election
 /// or while a server is down; steadily rising, they say the cluster lacks a quorum.
@@ -128,7 +139,12 @@ pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Every metric of this process in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so the page lists them (at zero) before the first event.
-    for m in [&*EVENTS_IN, &*EVENTS_OUT, &*PROJECTION_FAILURES] {
+    for m in [
+        &*EVENTS_IN,
+        &*EVENTS_OUT,
+        &*PROJECTION_FAILURES,
+        &*DEAD_LETTERS,
+    ] {
         let _ = m.with_label_values(&["none"]);
     }
     let _ = RETRIES.with_label_values(&["none", "none"]);

@@ -11,6 +11,12 @@
 //! and the ack brings the batch back; its sequences are at or below the stored one and change
 //! nothing. A store that goes away pauses the projection: it retries the same batch with
 //! backoff, counting the failures, and goes on with no gap when the store returns.
+//!
+//! A message the store itself refuses (Postgres stores no NUL byte in text, say) would hold
+//! its stream forever: a batch refused that way is written again one message at a time, and
+//! a message refused [`REFUSALS`] times is a poison message. It goes to the dead-letter stream
+//! (`mapek.dlq.<phase>`) with the store's reason, its sequence is recorded as skipped, and the
+//! projection goes on with the next.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +26,7 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::{FutureExt, StreamExt};
 use mapek_bus::headers::decode_body;
-use mapek_bus::{JetStream, layout};
+use mapek_bus::{DeadLetters, JetStream, layout};
 use mapek_domain::Phase;
 use sqlx::AnyConnection;
 use tokio::sync::watch;
@@ -28,7 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::redis::Redis;
 use crate::rows::{self, Events};
-use crate::store::int;
+use crate::store::{int, refuses_the_data};
 use crate::{KnowledgeError, ReadModel};
 
 mod stats;
@@ -311,13 +317,10 @@ impl Projection {
                     }
                 }
                 let last_seq = seq(taken.last().expect("one message at least"));
-                let (mut events, mut skipped) = self.decode(&taken);
-                let Some(commit) = self.commit(&mut events, &mut skipped, last_seq).await else {
-                    return Ok(());
-                };
-                match commit {
-                    Commit::Moved => continue 'reopen,
-                    Commit::Done => {}
+                match self.write(&taken).await? {
+                    None => return Ok(()),
+                    Some(Commit::Moved) => continue 'reopen,
+                    Some(Commit::Done) => {}
                 }
                 if let Some(hook) = &self.config.crash_after_commit
                     && hook(stream_name, last_seq)
@@ -335,15 +338,6 @@ impl Projection {
                             "ack failed (harmless: the batch is stored): {e}"
                         );
                     }
-                }
-                if let Some(redis) = &self.redis
-                    && events.len() > 0
-                    && let Err(e) = redis.project(&events).await
-                {
-                    self.counters()
-                        .redis_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(stream = stream_name, "hot state not written to Redis: {e}");
                 }
                 if self.config.until_caught_up && last_seq >= target {
                     return Ok(());
@@ -415,18 +409,118 @@ impl Projection {
         (events, skipped)
     }
 
+    /// Writes the rows of `taken` and its last sequence in one transaction, then the hot
+    /// state to Redis. A batch the store refuses is written again one message at a time
+    /// ([`Projection::one_by_one`]). `None` if asked to stop meanwhile.
+    async fn write(&mut self, taken: &[Message]) -> Result<Option<Commit>, KnowledgeError> {
+        let last_seq = seq(taken.last().expect("one message at least"));
+        let (mut events, mut skipped) = self.decode(taken);
+        match self.commit(&mut events, &mut skipped, last_seq, 1).await {
+            None => Ok(None),
+            Some(Ok(commit)) => {
+                self.hot_state(&events).await;
+                Ok(Some(commit))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    stream = self.stream.as_str(),
+                    last_seq,
+                    "the read model refused a batch ({e}); writing it one message at a time"
+                );
+                self.one_by_one(taken).await
+            }
+        }
+    }
+
+    /// Writes each message of `taken` in a transaction of its own. One the store still
+    /// refuses after [`REFUSALS`] tries is a poison message: it goes to the dead-letter
+    /// stream with the store's reason, its sequence is recorded as skipped, and the
+    /// messages after it are written. `None` if asked to stop meanwhile.
+    async fn one_by_one(&mut self, taken: &[Message]) -> Result<Option<Commit>, KnowledgeError> {
+        for message in taken {
+            let s = seq(message);
+            let (mut events, mut skipped) = self.decode(std::slice::from_ref(message));
+            let written = match self.commit(&mut events, &mut skipped, s, REFUSALS).await {
+                None => return Ok(None),
+                Some(Ok(commit)) => commit,
+                Some(Err(e)) => {
+                    self.dead_letter(message, &e).await?;
+                    let (mut nothing, _) = self.decode(&[]);
+                    match self.commit(&mut nothing, &mut vec![s], s, 1).await {
+                        None => return Ok(None),
+                        Some(Ok(commit)) => commit,
+                        Some(Err(e)) => return Err(self.log_failed(format!("skipping {s}: {e}"))),
+                    }
+                }
+            };
+            if let Commit::Moved = written {
+                return Ok(Some(Commit::Moved));
+            }
+            self.hot_state(&events).await;
+        }
+        Ok(Some(Commit::Done))
+    }
+
+    /// Stores `message`, which the store refused with `e`, in the dead-letter stream.
+    async fn dead_letter(&self, message: &Message, e: &sqlx::Error) -> Result<(), KnowledgeError> {
+        let reason = format!(
+            "the read model ({:?}) refused it {REFUSALS} times: {e}",
+            self.read_model.backend()
+        );
+        tracing::warn!(
+            stream = self.stream.as_str(),
+            seq = seq(message),
+            "dead-lettered: {reason}"
+        );
+        DeadLetters::new(self.js.clone())
+            .reject(self.phase, message, reason)
+            .await
+            .map_err(|e| self.log_failed(format!("dead-lettering a poison message: {e}")))?;
+        self.counters()
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the hot state of `events` to Redis, if there is one; a failure is counted and
+    /// logged, as the SQL rows are stored.
+    async fn hot_state(&self, events: &Events) {
+        if let Some(redis) = &self.redis
+            && events.len() > 0
+            && let Err(e) = redis.project(events).await
+        {
+            self.counters()
+                .redis_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stream = self.stream.as_str(),
+                "hot state not written to Redis: {e}"
+            );
+        }
+    }
+
     /// Writes a batch and its last sequence in one transaction, retrying while the store is
-    /// down; `None` if asked to stop meanwhile.
+    /// unavailable. `Err` once the store has refused the data itself `refusals` times
+    /// ([`refuses_the_data`]); `None` if asked to stop meanwhile.
     async fn commit(
         &mut self,
         events: &mut Events,
         skipped: &mut Vec<u64>,
         last_seq: u64,
-    ) -> Option<Commit> {
+        refusals: u32,
+    ) -> Option<Result<Commit, sqlx::Error>> {
         let mut backoff = Duration::from_millis(100);
+        let mut refused = 0;
         loop {
             match self.try_commit(events, skipped, last_seq).await {
-                Ok(c) => return Some(c),
+                Ok(c) => return Some(Ok(c)),
+                Err(e) if refuses_the_data(self.read_model.backend(), &e) => {
+                    refused += 1;
+                    if refused >= refusals {
+                        return Some(Err(e));
+                    }
+                    self.failed("writing a message", e, &mut backoff).await;
+                }
                 Err(e) => self.failed("writing a batch", e, &mut backoff).await,
             }
             if self.stopped() {
@@ -504,6 +598,9 @@ impl Projection {
         Ok(Commit::Done)
     }
 }
+
+/// How many times a message the store refuses is written before it is dead-lettered.
+const REFUSALS: u32 = 3;
 
 /// The longest a batch waits to fill while the stream holds more.
 const FILL_WAIT: Duration = Duration::from_millis(50);

@@ -14,8 +14,11 @@ use super::PROJECTED;
 pub struct StreamCounters {
     /// Events written (their rows are in the read model).
     pub applied: AtomicU64,
-    /// Messages that did not decode, skipped with a warning.
+    /// Messages that did not decode, or that the store refused (dead-lettered), skipped with
+    /// a warning.
     pub skipped: AtomicU64,
+    /// Messages the store kept refusing, stored in the dead-letter stream (and skipped).
+    pub dead_lettered: AtomicU64,
     /// Messages at or below the stored sequence, delivered again and ignored.
     pub redelivered: AtomicU64,
     /// Transactions committed.
@@ -35,6 +38,7 @@ impl StreamCounters {
         Counts {
             applied: get(&self.applied),
             skipped: get(&self.skipped),
+            dead_lettered: get(&self.dead_lettered),
             redelivered: get(&self.redelivered),
             batches: get(&self.batches),
             store_failures: get(&self.store_failures),
@@ -49,8 +53,10 @@ impl StreamCounters {
 pub struct Counts {
     /// Events written (their rows are in the read model).
     pub applied: u64,
-    /// Messages that did not decode, skipped with a warning.
+    /// Messages that did not decode or that the store refused, skipped with a warning.
     pub skipped: u64,
+    /// Messages the store kept refusing, stored in the dead-letter stream.
+    pub dead_lettered: u64,
     /// Messages at or below the stored sequence, delivered again and ignored.
     pub redelivered: u64,
     /// Transactions committed.
@@ -68,6 +74,7 @@ impl std::ops::AddAssign for Counts {
     fn add_assign(&mut self, o: Self) {
         self.applied += o.applied;
         self.skipped += o.skipped;
+        self.dead_lettered += o.dead_lettered;
         self.redelivered += o.redelivered;
         self.batches += o.batches;
         self.store_failures += o.store_failures;

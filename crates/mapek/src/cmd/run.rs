@@ -13,6 +13,7 @@ use mapek_bus::JetStream;
 use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
 use mapek_knowledge::Redis;
 use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
+use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::retry::until_ok;
 use mapek_loop::{evaluate, execute};
@@ -451,11 +452,17 @@ impl Loop {
                         ),
                         None => None,
                     };
-                    // The projection counts the writes its store refused; /metrics shows them.
+                    // The projection counts the writes that failed and the messages its store
+                    // kept refusing; /metrics shows them.
                     let stats = mapek_knowledge::ProjectionStats::default();
-                    let watched = stats.clone();
-                    let exporter =
-                        FailureExporter::start("sql", move || watched.total(|c| &c.store_failures));
+                    let (watched, refused) = (stats.clone(), stats.clone());
+                    let exporter = CounterExporter::start(projection_failures("sql"), move || {
+                        watched.total(|c| &c.store_failures)
+                    });
+                    let dead = CounterExporter::start(
+                        |n| DEAD_LETTERS.with_label_values(&["knowledge-sql"]).inc_by(n),
+                        move || refused.total(|c| &c.dead_lettered),
+                    );
                     let done = mapek_knowledge::project_with(
                         js,
                         model,
@@ -466,6 +473,7 @@ impl Loop {
                     )
                     .await;
                     exporter.finish();
+                    dead.finish();
                     done.map(|()| stats).map_err(|e| failed(&e))
                 }
             },
@@ -487,9 +495,10 @@ impl Loop {
                     // them out); /metrics shows them.
                     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     let watched = failures.clone();
-                    let exporter = FailureExporter::start("incidents", move || {
-                        watched.load(std::sync::atomic::Ordering::Relaxed)
-                    });
+                    let exporter =
+                        CounterExporter::start(projection_failures("incidents"), move || {
+                            watched.load(std::sync::atomic::Ordering::Relaxed)
+                        });
                     let done = mapek_vectors::project_with(
                         js,
                         index,
@@ -513,21 +522,31 @@ impl Loop {
 
 /// Adds a projection's failed store reads and writes, as its counter grows, to
 /// `mapek_projection_failures_total{projection}` every 2 s, and once more when it finishes.
-struct FailureExporter {
+struct CounterExporter {
     task: tokio::task::JoinHandle<()>,
     export: Arc<dyn Fn() + Send + Sync>,
 }
 
-impl FailureExporter {
-    /// Starts exporting what `count` (a running total) adds, under the label `projection`.
-    fn start(projection: &'static str, count: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+/// Adds to the projection failures of `projection`.
+fn projection_failures(projection: &'static str) -> impl Fn(u64) + Send + Sync + 'static {
+    move |n| {
+        PROJECTION_FAILURES
+            .with_label_values(&[projection])
+            .inc_by(n)
+    }
+}
+
+impl CounterExporter {
+    /// Starts passing to `add` what `count` (a running total) has added, every 2 s.
+    fn start(
+        add: impl Fn(u64) + Send + Sync + 'static,
+        count: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
         let exported = std::sync::atomic::AtomicU64::new(0);
         let export: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let now = count();
             let before = exported.swap(now, std::sync::atomic::Ordering::Relaxed);
-            mapek_loop::metrics::PROJECTION_FAILURES
-                .with_label_values(&[projection])
-                .inc_by(now.saturating_sub(before));
+            add(now.saturating_sub(before));
         });
         let periodic = export.clone();
         let task = tokio::spawn(async move {
