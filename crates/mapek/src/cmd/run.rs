@@ -253,64 +253,130 @@ impl Loop {
         shutdown: &Shutdown,
         tasks: &mut JoinSet<anyhow::Result<String>>,
     ) {
-        if matches!(phase, PhaseArg::All | PhaseArg::Analyze) {
-            let (js, config, worker, stop) = (
-                js.clone(),
-                self.analyze.clone(),
-                self.worker.clone(),
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                // Replay needs the settings the symptoms were found with.
-                let record = || mapek_bus::config_store::record_analyze(&js, &config);
-                let stopped = std::pin::pin!(stop.clone().wait());
-                if until_ok("analyze", "record config", record, stopped)
-                    .await
-                    .is_none()
-                {
-                    return Ok("analyze: stopped before it started".to_owned());
-                }
-                let stats = run_partitioned(
-                    js,
-                    "analyze",
-                    PARTITIONS,
-                    worker,
-                    DEFAULT_TTL,
-                    move |_| Analyzer::new(config.clone()),
-                    stop.wait(),
-                )
-                .await?;
-                Ok(format!(
-                    "analyze: {} telemetry in, {} symptoms out ({} replayed at start)",
-                    stats.processed, stats.emitted, stats.replayed
-                ))
-            });
+        let runs = |p: PhaseArg| matches!(phase, PhaseArg::All) || phase == p;
+        if runs(PhaseArg::Analyze) {
+            self.spawn_analyze(js, shutdown, tasks);
         }
-        if let (true, Some(redis)) = (
-            matches!(phase, PhaseArg::All | PhaseArg::Execute),
-            &self.executors_share,
-        ) {
-            let (js, client, config, verifier, stop) = (
-                js.clone(),
-                client.clone(),
-                self.execute.clone(),
-                self.verifier.clone(),
-                shutdown.clone(),
-            );
-            let shared = execute::Shared::new(redis.clone(), self.worker.clone())
-                .partitions(PARTITIONS)
-                .lease_ttl(DEFAULT_TTL);
-            tasks.spawn(async move {
-                let s =
-                    execute::run_shared(js, client, config, verifier, shared, stop.wait()).await?;
-                Ok(format!(
-                    "execute (sharing through Redis): {} decisions, {} applied, {} failed, {} \
-                     refused, {} waited for another executor",
-                    s.processed, s.applied, s.failed, s.refused, s.busy_elsewhere
-                ))
-            });
-        } else if matches!(phase, PhaseArg::All | PhaseArg::Execute) {
-            let (js2, client, config, verifier) = (
+        if runs(PhaseArg::Execute) {
+            self.spawn_execute(js, client, shutdown, tasks);
+        }
+        if runs(PhaseArg::Evaluate) {
+            self.spawn_evaluate(js, shutdown, tasks);
+        }
+        if runs(PhaseArg::Plan) {
+            self.spawn_plan(js, shutdown, tasks);
+        }
+        if let (true, Some(stores)) = (runs(PhaseArg::Project), &self.stores) {
+            self.spawn_projections(js, stores, shutdown, tasks);
+        }
+    }
+
+    /// The analyze workers, sharing the partitions with other processes.
+    fn spawn_analyze(
+        &self,
+        js: &JetStream,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let (js, config, worker, stop) = (
+            js.clone(),
+            self.analyze.clone(),
+            self.worker.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            // Replay needs the settings the symptoms were found with.
+            let record = || mapek_bus::config_store::record_analyze(&js, &config);
+            let stopped = std::pin::pin!(stop.clone().wait());
+            if until_ok("analyze", "record config", record, stopped)
+                .await
+                .is_none()
+            {
+                return Ok("analyze: stopped before it started".to_owned());
+            }
+            let stats = run_partitioned(
+                js,
+                "analyze",
+                PARTITIONS,
+                worker,
+                DEFAULT_TTL,
+                move |_| Analyzer::new(config.clone()),
+                stop.wait(),
+            )
+            .await?;
+            Ok(format!(
+                "analyze: {} telemetry in, {} symptoms out ({} replayed at start)",
+                stats.processed, stats.emitted, stats.replayed
+            ))
+        });
+    }
+
+    /// The plan workers, sharing the partitions with other processes.
+    fn spawn_plan(
+        &self,
+        js: &JetStream,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let (js, policy, worker, stop) = (
+            js.clone(),
+            self.policy.clone(),
+            self.worker.clone(),
+            shutdown.clone(),
+        );
+        let policy_text = self.policy_text.clone();
+        let signer = self.signer.clone();
+        let index = self.stores.as_ref().map(|s| s.index.clone());
+        tasks.spawn(async move {
+            // Decisions record only the policy's hash; replay needs its text.
+            let record = || mapek_bus::config_store::record_policy(&js, &policy_text);
+            let stopped = std::pin::pin!(stop.clone().wait());
+            if until_ok("plan", "record policy", record, stopped)
+                .await
+                .is_none()
+            {
+                return Ok("plan: stopped before it started".to_owned());
+            }
+            let stats = run_partitioned(
+                js,
+                "plan",
+                PARTITIONS,
+                worker,
+                DEFAULT_TTL,
+                move |_| {
+                    let stage = match &index {
+                        Some(index) => PlanStage::new(
+                            policy.clone(),
+                            Box::new(IndexKnowledge::new(index.clone())),
+                        ),
+                        None => PlanStage::without_knowledge(policy.clone()),
+                    };
+                    match &signer {
+                        Some(key) => stage.signed_by(key.clone()),
+                        None => stage,
+                    }
+                },
+                stop.wait(),
+            )
+            .await?;
+            Ok(format!(
+                "plan: {} symptoms in, {} decisions out ({} replayed at start)",
+                stats.processed, stats.emitted, stats.replayed
+            ))
+        });
+    }
+
+    /// The executor: every copy active, sharing the work through Redis when executors
+    /// share it, else one active copy and the others standing by.
+    fn spawn_execute(
+        &self,
+        js: &JetStream,
+        client: &async_nats::Client,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let Some(redis) = &self.executors_share else {
+            let (worker_js, client, config, verifier) = (
                 js.clone(),
                 client.clone(),
                 self.execute.clone(),
@@ -324,7 +390,7 @@ impl Loop {
                 shutdown.clone(),
                 move |stopped| {
                     execute::run_audited(
-                        js2.clone(),
+                        worker_js.clone(),
                         client.clone(),
                         config.clone(),
                         verifier.clone(),
@@ -338,84 +404,56 @@ impl Loop {
                     )
                 },
             );
-        }
-        if matches!(phase, PhaseArg::All | PhaseArg::Evaluate) {
-            let (js2, config) = (js.clone(), self.execute.clone());
-            spawn_singleton(
-                tasks,
-                js,
-                "evaluate",
-                self.worker.clone(),
-                shutdown.clone(),
-                move |stopped| {
-                    evaluate::run(
-                        js2.clone(),
-                        config.clone(),
-                        mapek_bus::until_stopped(stopped),
-                    )
-                },
-                |s: evaluate::EvaluateStats| {
-                    format!(
-                        "{} results and {} symptoms in, {} resolved, {} not resolved",
-                        s.results, s.symptoms, s.resolved, s.not_resolved
-                    )
-                },
-            );
-        }
-        if matches!(phase, PhaseArg::All | PhaseArg::Plan) {
-            let (js, policy, worker, stop) = (
-                js.clone(),
-                self.policy.clone(),
-                self.worker.clone(),
-                shutdown.clone(),
-            );
-            let policy_text = self.policy_text.clone();
-            let signer = self.signer.clone();
-            let index = self.stores.as_ref().map(|s| s.index.clone());
-            tasks.spawn(async move {
-                // Decisions record only the policy's hash; replay needs its text.
-                let record = || mapek_bus::config_store::record_policy(&js, &policy_text);
-                let stopped = std::pin::pin!(stop.clone().wait());
-                if until_ok("plan", "record policy", record, stopped)
-                    .await
-                    .is_none()
-                {
-                    return Ok("plan: stopped before it started".to_owned());
-                }
-                let stats = run_partitioned(
-                    js,
-                    "plan",
-                    PARTITIONS,
-                    worker,
-                    DEFAULT_TTL,
-                    move |_| {
-                        let stage = match &index {
-                            Some(index) => PlanStage::new(
-                                policy.clone(),
-                                Box::new(IndexKnowledge::new(index.clone())),
-                            ),
-                            None => PlanStage::without_knowledge(policy.clone()),
-                        };
-                        match &signer {
-                            Some(key) => stage.signed_by(key.clone()),
-                            None => stage,
-                        }
-                    },
-                    stop.wait(),
+            return;
+        };
+        let (js, client, config, verifier, stop) = (
+            js.clone(),
+            client.clone(),
+            self.execute.clone(),
+            self.verifier.clone(),
+            shutdown.clone(),
+        );
+        let shared = execute::Shared::new(redis.clone(), self.worker.clone())
+            .partitions(PARTITIONS)
+            .lease_ttl(DEFAULT_TTL);
+        tasks.spawn(async move {
+            let s = execute::run_shared(js, client, config, verifier, shared, stop.wait()).await?;
+            Ok(format!(
+                "execute (sharing through Redis): {} decisions, {} applied, {} failed, {} \
+                 refused, {} waited for another executor",
+                s.processed, s.applied, s.failed, s.refused, s.busy_elsewhere
+            ))
+        });
+    }
+
+    /// The evaluator: one active copy, the others standing by.
+    fn spawn_evaluate(
+        &self,
+        js: &JetStream,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let (worker_js, config) = (js.clone(), self.execute.clone());
+        spawn_singleton(
+            tasks,
+            js,
+            "evaluate",
+            self.worker.clone(),
+            shutdown.clone(),
+            move |stopped| {
+                evaluate::run(
+                    worker_js.clone(),
+                    config.clone(),
+                    mapek_bus::until_stopped(stopped),
                 )
-                .await?;
-                Ok(format!(
-                    "plan: {} symptoms in, {} decisions out ({} replayed at start)",
-                    stats.processed, stats.emitted, stats.replayed
-                ))
-            });
-        }
-        if let (true, Some(stores)) = (
-            matches!(phase, PhaseArg::All | PhaseArg::Project),
-            &self.stores,
-        ) {
-            self.spawn_projections(js, stores, shutdown, tasks);
-        }
+            },
+            |s: evaluate::EvaluateStats| {
+                format!(
+                    "{} results and {} symptoms in, {} resolved, {} not resolved",
+                    s.results, s.symptoms, s.resolved, s.not_resolved
+                )
+            },
+        );
     }
 
     /// The two projections, each under a lease so one process at a time writes a store
@@ -427,7 +465,8 @@ impl Loop {
         shutdown: &Shutdown,
         tasks: &mut JoinSet<anyhow::Result<String>>,
     ) {
-        let (js2, database, redis) = (js.clone(), stores.database.clone(), stores.redis.clone());
+        let (worker_js, database, redis) =
+            (js.clone(), stores.database.clone(), stores.redis.clone());
         spawn_singleton(
             tasks,
             js,
@@ -435,7 +474,7 @@ impl Loop {
             self.worker.clone(),
             shutdown.clone(),
             move |stopped| {
-                let (js, database, redis) = (js2.clone(), database.clone(), redis.clone());
+                let (js, database, redis) = (worker_js.clone(), database.clone(), redis.clone());
                 async move {
                     let failed = |e: &dyn std::fmt::Display| mapek_bus::BusError::Consumer {
                         stream: "the SQL read model".into(),
@@ -481,7 +520,7 @@ impl Loop {
                 format!("{} events into the read model", s.total(|c| &c.applied))
             },
         );
-        let (js2, index) = (js.clone(), stores.index.clone());
+        let (worker_js, index) = (js.clone(), stores.index.clone());
         spawn_singleton(
             tasks,
             js,
@@ -489,7 +528,7 @@ impl Loop {
             self.worker.clone(),
             shutdown.clone(),
             move |stopped| {
-                let (js, index) = (js2.clone(), index.clone());
+                let (js, index) = (worker_js.clone(), index.clone());
                 async move {
                     // The projection counts the index's failed reads and writes (it waits
                     // them out); /metrics shows them.
