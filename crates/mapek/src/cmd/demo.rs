@@ -38,9 +38,25 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
-    /// Where the embedded nats-server keeps its store (ignored with MAPEK_NATS_URL)
-    #[arg(long, default_value = "mapek-data", value_name = "DIR")]
-    data_dir: PathBuf,
+    /// A Qdrant server (gRPC, http://host:6334) for the incident index [default: qdrant-edge
+    /// under the data directory]
+    #[arg(long, env = "QDRANT_URL", value_name = "URL")]
+    qdrant_url: Option<String>,
+
+    /// The knowledge's stores [default: SQLite and qdrant-edge under the data directory],
+    /// which also holds the embedded nats-server's store and the demo's keys
+    #[command(flatten)]
+    stores: StoreArgs,
+}
+
+impl DemoArgs {
+    /// Where the demo keeps its files: `--data-dir`, else ./mapek-data.
+    fn data_dir(&self) -> PathBuf {
+        self.stores
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("mapek-data"))
+    }
 }
 
 const DEMO_HELP: &str = "\
@@ -104,7 +120,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     let (_embedded, url) = if settings.nats_url_given {
         (None, settings.nats_url.clone())
     } else {
-        let nats = EmbeddedNats::start(&args.data_dir.join("nats"))?;
+        let nats = EmbeddedNats::start(&args.data_dir().join("nats"))?;
         let url = nats.url().to_owned();
         (Some(nats), url)
     };
@@ -157,7 +173,7 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     };
     // Decisions are signed and the executor checks them (ADR 0006); the key pair is made on
     // the first run and kept with the rest of the demo's data.
-    let (secret, public) = demo_keys(&args.data_dir.join("keys"))?;
+    let (secret, public) = demo_keys(&args.data_dir().join("keys"))?;
     let workers = Loop::from_settings(
         None,
         Some(format!("demo-{}", std::process::id())),
@@ -165,15 +181,10 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     )?
     .with_keys(Some(&secret), Some(&public))?;
     // The knowledge goes to the embedded stores under the data directory (SQLite, qdrant-edge),
-    // unless DATABASE_URL, QDRANT_URL or REDIS_URL name others.
-    let store_args = StoreArgs {
-        database_url: std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()),
-        redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
-        redis_prefix: "mapek:".into(),
-        data_dir: Some(args.data_dir.clone()),
-    };
-    let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
-    let stores = Stores::open(&store_args, qdrant_url.as_deref(), &demo_settings).await?;
+    // unless the store arguments (DATABASE_URL, QDRANT_URL, REDIS_URL) name others.
+    let mut store_args = args.stores.clone();
+    store_args.data_dir = Some(args.data_dir());
+    let stores = Stores::open(&store_args, args.qdrant_url.as_deref(), &demo_settings).await?;
     let knowledge_at = stores.database.clone();
     let index_at = stores.index.location().to_owned();
     let workers = workers.with_stores(stores);
