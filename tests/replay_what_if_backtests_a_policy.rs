@@ -30,6 +30,16 @@ async fn what_if_with_the_policy_in_force_changes_nothing() {
     let (_, report) = mapek_json(&url, &["replay", "what-if", "--policy", &same]);
     let recorded = decisions(&url).len() as u64;
     assert_eq!(report["total"]["same"], recorded, "{report}");
+    let listed = report["decisions"].as_array().unwrap();
+    assert_eq!(
+        listed.len() as u64,
+        recorded,
+        "every decision is listed: {report}"
+    );
+    assert!(
+        listed.iter().all(|x| x["recorded"] == x["what_if"]),
+        "{report}"
+    );
     for change in ["changed", "added", "removed"] {
         assert_eq!(report["total"][change], 0, "{report}");
     }
@@ -78,8 +88,18 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
         lossy,
         "{report}"
     );
+    // Every decision is in the report, the same ones too; the text lists every change.
+    let all = report["decisions"].as_array().unwrap();
+    let count = |change: &str| all.iter().filter(|x| x["change"] == change).count() as u64;
+    for change in ["same", "changed", "added", "removed"] {
+        assert_eq!(
+            count(change),
+            report["total"][change].as_u64().unwrap(),
+            "{change}"
+        );
+    }
     let mut escalated = 0;
-    for x in report["examples"].as_array().unwrap() {
+    for x in all.iter().filter(|x| x["change"] != "same") {
         assert_eq!(x["kind"], "packet_loss", "{x}");
         if x["recorded"]["rule"] == "lossy-link" {
             assert_eq!(x["change"], "changed");
@@ -88,10 +108,26 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
             escalated += 1;
         }
     }
-    assert!(escalated >= 1, "{report}");
+    assert_eq!(
+        escalated, lossy,
+        "every lossy-link decision is listed: {report}"
+    );
     let text = stdout(&mapek_run(
         &url,
         &["replay", "what-if", "--policy", &candidate],
     ));
+    let listed = text
+        .lines()
+        .filter(|l| {
+            ["Changed: ", "Added: ", "Removed: "]
+                .iter()
+                .any(|c| l.starts_with(c))
+        })
+        .count() as u64;
+    assert_eq!(
+        listed,
+        count("changed") + count("added") + count("removed"),
+        "{text}"
+    );
     assert!(text.contains("decisions would change"), "{text}");
 }

@@ -16,9 +16,6 @@ use serde::Serialize;
 use crate::log::Log;
 use crate::{Range, ReplayError, Source};
 
-/// How many examples of each kind of change a report keeps.
-pub const EXAMPLES: usize = 5;
-
 /// Same, changed, added or removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,9 +90,9 @@ pub fn describe(a: &Action) -> String {
     s
 }
 
-/// One symptom whose decision changed, was added or removed.
+/// One symptom decided on under either policy, and how its decisions compare.
 #[derive(Clone, Debug, Serialize)]
-pub struct Example {
+pub struct Compared {
     /// What changed.
     pub change: Change,
     /// The symptom.
@@ -129,8 +126,8 @@ pub struct WhatIfReport {
     pub per_action: BTreeMap<String, [u64; 2]>,
     /// Changes per symptom kind.
     pub per_kind: BTreeMap<String, Counts>,
-    /// The first [`EXAMPLES`] of each change but `same`, in stream order.
-    pub examples: Vec<Example>,
+    /// Every symptom decided on under either policy, in stream order, `same` included.
+    pub decisions: Vec<Compared>,
 }
 
 impl WhatIfReport {
@@ -168,7 +165,6 @@ fn compare(
     };
     let mut planners: BTreeMap<u32, Planner> = BTreeMap::new();
     let mut seen: HashMap<&str, ()> = HashMap::new();
-    let mut shown: BTreeMap<Change, usize> = BTreeMap::new();
     for s in &log.symptoms {
         let e = &s.event;
         let planner = planners
@@ -220,21 +216,16 @@ fn compare(
             .entry(e.kind.as_str().into())
             .or_default()
             .add(change);
-        let n = shown.entry(change).or_default();
-        if change != Change::Same && *n < EXAMPLES {
-            *n += 1;
-            report.examples.push(Example {
-                change,
-                symptom_id: e.symptom_id.clone(),
-                kind: e.kind.as_str().into(),
-                node: e.node.to_string(),
-                ts_ms: e.ts_ms,
-                recorded: recorded.map(Brief::of),
-                what_if: decided.as_ref().map(Brief::of),
-            });
-        }
+        report.decisions.push(Compared {
+            change,
+            symptom_id: e.symptom_id.clone(),
+            kind: e.kind.as_str().into(),
+            node: e.node.to_string(),
+            ts_ms: e.ts_ms,
+            recorded: recorded.map(Brief::of),
+            what_if: decided.as_ref().map(Brief::of),
+        });
     }
-    report.examples.sort_by_key(|x| x.change);
     report
 }
 
@@ -265,7 +256,14 @@ impl fmt::Display for WhatIfReport {
                 c.same, c.changed, c.added, c.removed
             )?;
         }
-        for x in &self.examples {
+        // Every change, grouped by kind of change, each group in stream order.
+        let mut changes: Vec<&Compared> = self
+            .decisions
+            .iter()
+            .filter(|x| x.change != Change::Same)
+            .collect();
+        changes.sort_by_key(|x| x.change);
+        for x in changes {
             let b = |b: &Option<Brief>| match b {
                 Some(b) => format!("{} (rule `{}`)", b.action, b.rule),
                 None => "nothing".to_owned(),

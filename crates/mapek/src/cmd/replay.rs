@@ -269,9 +269,34 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
     if args.json {
         emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        emit(&report.to_string())?;
+        emit_paged(&report.to_string())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout, through `$PAGER` (else `less -FRX`) when stdout is a terminal
+/// and the text is longer than a screen; straight to stdout when the pager cannot start.
+fn emit_paged(text: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    use std::process::{Command, Stdio};
+    const SCREEN: usize = 40;
+    if !std::io::stdout().is_terminal() || text.lines().count() <= SCREEN {
+        return emit(text);
+    }
+    let pager = std::env::var("PAGER").unwrap_or_else(|_| "less -FRX".into());
+    let child = Command::new("sh")
+        .args(["-c", &pager])
+        .stdin(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        return emit(text);
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A pager quit early closes its input: the rest is not wanted.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    child.wait().context("the pager failed")?;
+    Ok(())
 }
 
 /// The incident index what-if consults: the server, or the embedded index if one exists
