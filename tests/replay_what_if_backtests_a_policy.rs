@@ -1,11 +1,14 @@
 //! `mapek replay what-if` backtests a policy on the recorded symptoms: the policy in force
 //! changes nothing; a rule's threshold raised out of reach turns exactly its decisions into
-//! escalations.
+//! escalations; a backtest through the incident index consults no outcome from after the
+//! symptom it decides on.
 
 mod common;
 mod replay_common;
 
-use common::{stderr, stdout};
+use std::collections::BTreeMap;
+
+use common::{stderr, stdout, subscribe_all};
 use replay_common::{decisions, mapek_json, mapek_run, recorded_demo};
 
 const DEFAULT: &str = include_str!("../policies/default.toml");
@@ -130,4 +133,57 @@ async fn what_if_with_a_raised_threshold_escalates_what_the_rule_decided() {
         "{text}"
     );
     assert!(text.contains("decisions would change"), "{text}");
+}
+
+#[tokio::test]
+async fn a_backtest_through_the_incident_index_consults_no_outcome_from_after_the_symptom() {
+    let (server, _js) = recorded_demo().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let rebuilt = mapek_run(&url, &["knowledge", "rebuild", "--data-dir", data]);
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    let policy = write_policy(&dir, "default.toml", DEFAULT);
+    let args = ["replay", "what-if", "--policy", &policy, "--consult-index"];
+    let (out, report) = mapek_json(&url, &[&args[..], &["--data-dir", data]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // When each incident's outcome was first known, from the log.
+    let mut judged: BTreeMap<String, i64> = BTreeMap::new();
+    for o in subscribe_all(&url, "outcomes", &[]) {
+        let (id, ts) = (&o["event"]["incident_id"], &o["event"]["ts_ms"]);
+        let ts = ts.as_i64().unwrap();
+        let first = judged.entry(id.as_str().unwrap().to_owned()).or_insert(ts);
+        *first = (*first).min(ts);
+    }
+    let mut consulted = 0;
+    let mut earliest = i64::MAX;
+    for x in report["decisions"].as_array().unwrap() {
+        let decided_at = x["ts_ms"].as_i64().unwrap();
+        for id in x["what_if"]["knowledge"].as_array().into_iter().flatten() {
+            let id = id.as_str().unwrap();
+            assert!(
+                judged[id] < decided_at,
+                "{} at {decided_at} consulted {id}, judged at {}",
+                x["symptom_id"],
+                judged[id]
+            );
+            consulted += 1;
+            earliest = earliest.min(decided_at);
+        }
+    }
+    assert!(consulted > 0, "the backtest consulted the index: {report}");
+    assert!(
+        judged.values().any(|&t| t > earliest),
+        "the index held outcomes from after the symptoms that consulted it"
+    );
+    // Asked without an index, it says where to get one.
+    let none = mapek_run(&url, &[&args[..], &["--data-dir", "/nonexistent"]].concat());
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("mapek knowledge rebuild"),
+        "{}",
+        stderr(&none)
+    );
 }

@@ -63,6 +63,8 @@ pub struct Brief {
     pub rule: String,
     /// Why.
     pub reason: String,
+    /// The past incidents it consulted.
+    pub knowledge: Vec<String>,
 }
 
 impl Brief {
@@ -71,8 +73,21 @@ impl Brief {
             action: describe(&d.action),
             rule: d.rule.clone(),
             reason: d.reason.clone(),
+            knowledge: d.knowledge.iter().map(|n| n.incident_id.clone()).collect(),
         }
     }
+}
+
+/// What the candidate's planner consults for a symptom.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consult {
+    /// The neighbours the recorded decision consulted, when there is one (what the live
+    /// planner knew then); the knowledge view for the symptoms not decided on.
+    #[default]
+    Recorded,
+    /// The knowledge view for every symptom, as of the symptom's time: the index as it
+    /// stands now, without the projection's lag the live planner had.
+    Index,
 }
 
 /// An action in a few words: `reroute n1`, `restart_service agent`, `rate_limit`.
@@ -145,9 +160,10 @@ pub async fn what_if(
     node: Option<&NodeId>,
     policy: &Policy,
     knowledge: &dyn KnowledgeView,
+    consult: Consult,
 ) -> Result<WhatIfReport, ReplayError> {
     let log = Log::load(source).await?;
-    Ok(compare(&log, range, node, policy, knowledge))
+    Ok(compare(&log, range, node, policy, knowledge, consult))
 }
 
 fn compare(
@@ -156,6 +172,7 @@ fn compare(
     node: Option<&NodeId>,
     policy: &Policy,
     knowledge: &dyn KnowledgeView,
+    consult: Consult,
 ) -> WhatIfReport {
     let mut report = WhatIfReport {
         policy: policy.name().to_owned(),
@@ -178,6 +195,7 @@ fn compare(
         let recorded_knowledge = log
             .decisions_on(&e.symptom_id)
             .first()
+            .filter(|_| consult == Consult::Recorded)
             .map(|d| RecordedKnowledge::from_decision(&d.event));
         let decided = match &recorded_knowledge {
             Some(k) => planner.decide(e, k),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use mapek_domain::plan::NoKnowledge;
 use mapek_domain::{KnowledgeView, NodeId, Phase, Policy};
-use mapek_replay::{Bound, Progress, Range, Source, VerifyOptions};
+use mapek_replay::{Bound, Consult, Progress, Range, Source, VerifyOptions};
 use mapek_vectors::{IncidentIndex, IndexKnowledge};
 
 use crate::Settings;
@@ -81,8 +81,14 @@ pub struct WhatIfArgs {
     data_dir: Option<PathBuf>,
 
     /// Consult no incident index for the symptoms the live run did not decide on
-    #[arg(long)]
+    #[arg(long, conflicts_with = "consult_index")]
     no_knowledge: bool,
+
+    /// Every symptom consults the incident index as it stands now, as of the symptom's
+    /// time, instead of what its recorded decision consulted: a backtest with all the
+    /// knowledge the index has gathered since, none of it from after a symptom
+    #[arg(long)]
+    consult_index: bool,
 
     #[command(flatten)]
     range: RangeArgs,
@@ -247,6 +253,12 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
     } else {
         incident_index(&args, settings).await
     };
+    if args.consult_index && index.is_none() {
+        anyhow::bail!(
+            "--consult-index: no incident index to consult; set QDRANT_URL, or --data-dir to \
+             where one is (`mapek knowledge rebuild` makes one from the log)"
+        );
+    }
     let knowledge: Box<dyn KnowledgeView> = match &index {
         Some(index) => {
             eprintln!(
@@ -264,6 +276,11 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
         args.range.node.as_ref(),
         &policy,
         knowledge.as_ref(),
+        if args.consult_index {
+            Consult::Index
+        } else {
+            Consult::Recorded
+        },
     )
     .await?;
     if args.json {
