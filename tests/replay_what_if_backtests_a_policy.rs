@@ -187,3 +187,61 @@ async fn a_backtest_through_the_incident_index_consults_no_outcome_from_after_th
         stderr(&none)
     );
 }
+
+#[tokio::test]
+async fn what_if_with_other_analyze_settings_finds_the_symptoms_again_and_compares() {
+    let (server, _js) = recorded_demo().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(&dir, "default.toml", DEFAULT);
+    let what_if = |analyze: &str| {
+        let file = write_policy(&dir, "analyze.toml", analyze);
+        let args = ["replay", "what-if", "--policy", &policy, "--analyze", &file];
+        mapek_json(&url, &args)
+    };
+
+    // The settings the demo ran with (silence after 10 s of its simulated time) find every
+    // symptom again, and the same decisions.
+    const DEMO: &str = "[analyze]\nsilent_after_ms = 10000\n";
+    let (out, report) = what_if(DEMO);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report["reanalyzed"], true);
+    assert_eq!(
+        report["total"]["same"],
+        decisions(&url).len() as u64,
+        "{report}"
+    );
+    for change in ["changed", "added", "removed"] {
+        assert_eq!(report["total"][change], 0, "{report}");
+    }
+
+    // A CPU threshold above the hog's 96 % finds no CPU saturation: its decisions go.
+    let recorded_cpu = decisions(&url)
+        .iter()
+        .filter(|d| d["rule"] == "cpu-saturated")
+        .count() as u64;
+    assert!(recorded_cpu >= 1, "the demo's CPU hog was decided on");
+    let (out, report) = what_if("silent_after_ms = 10000\ncpu_threshold = 0.99\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cpu = &report["per_kind"]["cpu_saturation"];
+    assert_eq!(cpu["removed"].as_u64().unwrap(), recorded_cpu, "{report}");
+    assert_eq!(
+        (&cpu["same"], &cpu["added"]),
+        (&0.into(), &0.into()),
+        "{report}"
+    );
+
+    // The defaults judge silence after 30 s: the crashed node's silence is not found, and its
+    // recorded decision is removed.
+    let (_, report) = what_if("[analyze]\n");
+    let silent = &report["per_kind"]["node_silent"];
+    assert!(silent["removed"].as_u64().unwrap() >= 1, "{report}");
+    // Settings that break a rule are refused, naming the file.
+    let bad = write_policy(&dir, "bad.toml", "cpu_threshold = 7.0\n");
+    let out = mapek_run(
+        &url,
+        &["replay", "what-if", "--policy", &policy, "--analyze", &bad],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.toml"), "{}", stderr(&out));
+}

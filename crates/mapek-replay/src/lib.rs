@@ -48,4 +48,4 @@ pub use story::{Stage, Story, incident_story};
 pub use verify::{
     DiffKind, Difference, Progress, Tally, VerifyOptions, VerifyReport, verify, verify_with,
 };
-pub use whatif::{Consult, WhatIfReport, what_if};
+pub use whatif::{Candidate, Consult, WhatIfReport, what_if};

@@ -217,9 +217,39 @@ async fn replay_analyze(
     report: &mut VerifyReport,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<HashMap<String, (Symptom, Vec<u8>)>, ReplayError> {
+    let again = analyze_again(source, config, progress).await?;
+    report.telemetry = again.telemetry;
+    report.unreadable += again.unreadable;
+    Ok(again
+        .symptoms
+        .into_iter()
+        .map(|s| {
+            let bytes = encode(&s).unwrap_or_default();
+            (s.symptom_id.clone(), (s, bytes))
+        })
+        .collect())
+}
+
+/// What analyze finds in the recorded telemetry when run again.
+pub(crate) struct AnalyzedAgain {
+    /// The symptoms, in the order the analyzers emitted them (by telemetry stream order).
+    pub(crate) symptoms: Vec<Symptom>,
+    /// Telemetry messages read.
+    pub(crate) telemetry: u64,
+    /// Telemetry messages that did not decode.
+    pub(crate) unreadable: u64,
+}
+
+/// Runs one [`Analyzer`] per telemetry partition with `config` over the recorded telemetry,
+/// each fed its partition's telemetry in stream order from the first message.
+pub(crate) async fn analyze_again(
+    source: &Source,
+    config: &AnalyzeConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<AnalyzedAgain, ReplayError> {
     let total = source.count(Phase::Monitor).await?;
     let mut analyzers: BTreeMap<u32, Analyzer> = BTreeMap::new();
-    let mut out = HashMap::new();
+    let mut symptoms = Vec::new();
     let (mut done, mut unreadable) = (0u64, 0u64);
     let started = Instant::now();
     source
@@ -240,10 +270,7 @@ async fn replay_analyze(
             let analyzer = analyzers
                 .entry(partition)
                 .or_insert_with(|| Analyzer::new(config.clone()));
-            for s in analyzer.step(&t) {
-                let bytes = encode(&s).unwrap_or_default();
-                out.insert(s.symptom_id.clone(), (s, bytes));
-            }
+            symptoms.extend(analyzer.step(&t));
         })
         .await?;
     progress(Progress {
@@ -251,9 +278,11 @@ async fn replay_analyze(
         total: total.max(done),
         elapsed: started.elapsed(),
     });
-    report.telemetry = done;
-    report.unreadable += unreadable;
-    Ok(out)
+    Ok(AnalyzedAgain {
+        symptoms,
+        telemetry: done,
+        unreadable,
+    })
 }
 
 fn compare_symptoms(

@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use mapek_domain::plan::RecordedKnowledge;
-use mapek_domain::{Action, Decision, KnowledgeView, NodeId, Planner, Policy};
+use mapek_domain::{
+    Action, AnalyzeConfig, Decision, KnowledgeView, NodeId, Planner, Policy, Symptom,
+};
 use serde::Serialize;
 
-use crate::log::Log;
+use crate::log::{Log, Stored, UNPARTITIONED};
+use crate::verify::analyze_again;
 use crate::{Range, ReplayError, Source};
 
 /// Same, changed, added or removed.
@@ -78,6 +81,18 @@ impl Brief {
     }
 }
 
+/// What a what-if runs the recorded log through.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// The policy to decide with.
+    pub policy: &'a Policy,
+    /// Analyze settings to find the symptoms again with, from the recorded telemetry; the
+    /// recorded symptoms when `None`.
+    pub analyze: Option<&'a AnalyzeConfig>,
+    /// What the planner consults.
+    pub consult: Consult,
+}
+
 /// What the candidate's planner consults for a symptom.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consult {
@@ -133,6 +148,9 @@ pub struct WhatIfReport {
     pub policy_hash: String,
     /// The range compared.
     pub range: Range,
+    /// Whether the symptoms were found again with candidate analyze settings (else they are
+    /// the recorded ones).
+    pub reanalyzed: bool,
     /// Symptoms decided on (in the range).
     pub symptoms: u64,
     /// All changes.
@@ -152,22 +170,67 @@ impl WhatIfReport {
     }
 }
 
-/// Runs `range` of `source`'s recorded symptoms through `policy`, consulting `knowledge`,
-/// and compares with the recorded decisions.
+/// Runs `range` of `source`'s recorded symptoms (or those the candidate's analyze settings
+/// find in the recorded telemetry) through the candidate's policy, consulting `knowledge`,
+/// and compares with the recorded decisions, symptom by symptom.
 pub async fn what_if(
     source: &Source,
     range: Range,
     node: Option<&NodeId>,
-    policy: &Policy,
+    candidate: &Candidate<'_>,
     knowledge: &dyn KnowledgeView,
-    consult: Consult,
 ) -> Result<WhatIfReport, ReplayError> {
     let log = Log::load(source).await?;
-    Ok(compare(&log, range, node, policy, knowledge, consult))
+    let again = match candidate.analyze {
+        Some(config) => Some(found_again(source, config, &log).await?),
+        None => None,
+    };
+    let mut report = compare(
+        &log,
+        again.as_deref().unwrap_or(&log.symptoms),
+        range,
+        node,
+        candidate.policy,
+        knowledge,
+        candidate.consult,
+    );
+    report.reanalyzed = candidate.analyze.is_some();
+    Ok(report)
 }
 
+/// The symptoms analyze with `config` finds in the recorded telemetry, each in the plan
+/// partition the live loop would have put it in: its node's, when the recorded symptoms are
+/// partitioned. The same reading gives the same symptom id, so a symptom found at the same
+/// moment compares with its recorded decision; one found at another moment is another symptom.
+async fn found_again(
+    source: &Source,
+    config: &AnalyzeConfig,
+    log: &Log,
+) -> Result<Vec<Stored<Symptom>>, ReplayError> {
+    let partitioned = log.symptoms.iter().all(|s| s.partition != UNPARTITIONED);
+    let again = analyze_again(source, config, &mut |_| {}).await?;
+    Ok(again
+        .symptoms
+        .into_iter()
+        .map(|event| Stored {
+            partition: if partitioned {
+                mapek_bus::layout::partition_of_node(&event.node)
+            } else {
+                UNPARTITIONED
+            },
+            seq: 0,
+            bytes: Default::default(),
+            event,
+        })
+        .collect())
+}
+
+/// Decides on each of `symptoms` under `policy` and compares with the recorded decisions
+/// of `log`; a recorded decision on a symptom not among them (analyze settings that no
+/// longer find it) is removed.
 fn compare(
     log: &Log,
+    symptoms: &[Stored<Symptom>],
     range: Range,
     node: Option<&NodeId>,
     policy: &Policy,
@@ -180,9 +243,10 @@ fn compare(
         range,
         ..Default::default()
     };
+    let wanted = |e: &Symptom| range.contains(e.ts_ms) && node.is_none_or(|n| n == &e.node);
     let mut planners: BTreeMap<u32, Planner> = BTreeMap::new();
     let mut seen: HashMap<&str, ()> = HashMap::new();
-    for s in &log.symptoms {
+    for s in symptoms {
         let e = &s.event;
         let planner = planners
             .entry(s.partition)
@@ -201,50 +265,54 @@ fn compare(
             Some(k) => planner.decide(e, k),
             None => planner.decide(e, knowledge),
         };
-        if seen.insert(e.symptom_id.as_str(), ()).is_some()
-            || !range.contains(e.ts_ms)
-            || node.is_some_and(|n| n != &e.node)
-        {
-            continue;
+        if seen.insert(e.symptom_id.as_str(), ()).is_none() && wanted(e) {
+            report.symptoms += 1;
+            let recorded = log.decisions_on(&e.symptom_id).first().map(|d| &d.event);
+            report.add(e, recorded, decided.as_ref());
         }
-        report.symptoms += 1;
-        let recorded = log.decisions_on(&e.symptom_id).first().map(|d| &d.event);
-        let change = match (recorded, &decided) {
-            (None, None) => continue,
+    }
+    for s in &log.symptoms {
+        let e = &s.event;
+        if seen.insert(e.symptom_id.as_str(), ()).is_none() && wanted(e) {
+            let recorded = log.decisions_on(&e.symptom_id).first().map(|d| &d.event);
+            report.add(e, recorded, None);
+        }
+    }
+    report
+}
+
+impl WhatIfReport {
+    /// Counts and lists how the decisions on symptom `e` compare, if either policy decided.
+    fn add(&mut self, e: &Symptom, recorded: Option<&Decision>, decided: Option<&Decision>) {
+        let change = match (recorded, decided) {
+            (None, None) => return,
             (Some(r), Some(d)) if r.action == d.action => Change::Same,
             (Some(_), Some(_)) => Change::Changed,
             (None, Some(_)) => Change::Added,
             (Some(_), None) => Change::Removed,
         };
-        if let Some(r) = recorded {
-            report
-                .per_action
-                .entry(r.action.kind.as_str().into())
-                .or_default()[0] += 1;
+        for (i, d) in [recorded, decided].into_iter().enumerate() {
+            if let Some(d) = d {
+                self.per_action
+                    .entry(d.action.kind.as_str().into())
+                    .or_default()[i] += 1;
+            }
         }
-        if let Some(d) = &decided {
-            report
-                .per_action
-                .entry(d.action.kind.as_str().into())
-                .or_default()[1] += 1;
-        }
-        report.total.add(change);
-        report
-            .per_kind
+        self.total.add(change);
+        self.per_kind
             .entry(e.kind.as_str().into())
             .or_default()
             .add(change);
-        report.decisions.push(Compared {
+        self.decisions.push(Compared {
             change,
             symptom_id: e.symptom_id.clone(),
             kind: e.kind.as_str().into(),
             node: e.node.to_string(),
             ts_ms: e.ts_ms,
             recorded: recorded.map(Brief::of),
-            what_if: decided.as_ref().map(Brief::of),
+            what_if: decided.map(Brief::of),
         });
     }
-    report
 }
 
 impl fmt::Display for WhatIfReport {
@@ -252,10 +320,15 @@ impl fmt::Display for WhatIfReport {
         let t = &self.total;
         writeln!(
             f,
-            "what-if policy {} ({}): {} symptoms decided on",
+            "what-if policy {} ({}): {} symptoms decided on{}",
             self.policy,
             &self.policy_hash[..self.policy_hash.len().min(12)],
-            self.symptoms
+            self.symptoms,
+            if self.reanalyzed {
+                ", found again in the telemetry with the candidate analyze settings"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             f,

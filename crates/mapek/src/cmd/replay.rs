@@ -1,14 +1,14 @@
 //! `mapek replay`: verify recorded decisions, backtest a policy, tell an incident's story.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{KnowledgeView, NodeId, Phase, Policy};
-use mapek_replay::{Bound, Consult, Progress, Range, Source, VerifyOptions};
+use mapek_domain::{AnalyzeConfig, KnowledgeView, NodeId, Phase, Policy};
+use mapek_replay::{Bound, Candidate, Consult, Progress, Range, Source, VerifyOptions};
 use mapek_vectors::{IncidentIndex, IndexKnowledge};
 
 use crate::Settings;
@@ -70,6 +70,12 @@ pub struct WhatIfArgs {
     /// The candidate policy file
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
+
+    /// Candidate analyze settings (a TOML file: an `[analyze]` table as in mapek.toml, or
+    /// its fields alone): the symptoms are found again in the recorded telemetry with them
+    /// [default: the recorded symptoms]
+    #[arg(long, value_name = "FILE")]
+    analyze: Option<PathBuf>,
 
     /// A Qdrant server (gRPC) holding the incident index [default: the embedded index under
     /// the data directory, if there is one]
@@ -270,17 +276,22 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
         }
         None => Box::new(NoKnowledge),
     };
-    let report = mapek_replay::what_if(
-        &source,
-        range,
-        args.range.node.as_ref(),
-        &policy,
-        knowledge.as_ref(),
-        if args.consult_index {
+    let analyze = args.analyze.as_deref().map(read_analyze).transpose()?;
+    let candidate = Candidate {
+        policy: &policy,
+        analyze: analyze.as_ref(),
+        consult: if args.consult_index {
             Consult::Index
         } else {
             Consult::Recorded
         },
+    };
+    let report = mapek_replay::what_if(
+        &source,
+        range,
+        args.range.node.as_ref(),
+        &candidate,
+        knowledge.as_ref(),
     )
     .await?;
     if args.json {
@@ -314,6 +325,22 @@ fn emit_paged(text: &str) -> anyhow::Result<()> {
     }
     child.wait().context("the pager failed")?;
     Ok(())
+}
+
+/// Reads candidate analyze settings: a file with an `[analyze]` table, or the table's fields.
+fn read_analyze(path: &Path) -> anyhow::Result<AnalyzeConfig> {
+    let what = || format!("analyze settings {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the analyze settings {}", path.display()))?;
+    let mut file: toml::Table = toml::from_str(&text).with_context(what)?;
+    let table = match file.remove("analyze") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => anyhow::bail!("{}: `analyze` is not a table", what()),
+        None => file,
+    };
+    let config: AnalyzeConfig = table.try_into().with_context(what)?;
+    config.validate().with_context(what)?;
+    Ok(config)
 }
 
 /// The incident index what-if consults: the server, or the embedded index if one exists
