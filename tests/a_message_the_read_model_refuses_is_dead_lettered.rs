@@ -5,12 +5,12 @@
 
 mod knowledge_log;
 
-use std::time::Duration;
-
-use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams, telemetry};
+use knowledge_log::{
+    assert_same_as_rebuild, project_all, publish_samples, server_with_streams, telemetry,
+};
 use mapek_bus::{Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{Phase, Rejected};
-use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
+use mapek_knowledge::ReadModel;
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
 use sqlx::Row;
@@ -31,24 +31,7 @@ async fn a_telemetry_event_postgres_refuses_is_dead_lettered_and_the_rest_is_pro
     let db = TestDatabase::create().await;
     let model = ReadModel::connect(db.url()).await.unwrap();
     model.migrate().await.unwrap();
-    let stats = ProjectionStats::default();
-    let config = ProjectionConfig {
-        until_caught_up: true,
-        batch: 50,
-        ..ProjectionConfig::default()
-    };
-    let projected = project_with(
-        js.clone(),
-        model.clone(),
-        None,
-        config,
-        stats.clone(),
-        std::future::pending(),
-    );
-    tokio::time::timeout(Duration::from_secs(60), projected)
-        .await
-        .expect("the projection is not held by the poison message")
-        .expect("the projection ends cleanly");
+    let stats = project_all(&js, &model).await;
 
     let monitor = stats.phase(Phase::Monitor);
     assert_eq!(monitor.last_seq, 241, "every message gone through");

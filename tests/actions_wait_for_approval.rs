@@ -6,15 +6,23 @@ mod agent;
 use std::time::Duration;
 
 use agent::{
-    Running, decision, publish, quick, setup, start_agent, stored, wait_caught_up, wait_for,
+    Received, Running, decision, publish, quick, setup, start_agent, stored, wait_caught_up,
+    wait_for,
 };
+use mapek_bus::{BusError, JetStream};
 use mapek_domain::ActionKind::{RateLimit, Reroute};
 use mapek_domain::execute::Approval;
 use mapek_domain::{ActionResult, ActionStatus, ExecuteConfig, Rejected};
-use mapek_loop::execute;
+use mapek_loop::execute::{self, ExecuteStats};
+use mapek_testkit::NatsServer;
 
-#[tokio::test]
-async fn an_action_waits_for_approval_then_is_applied() {
+/// A server, an agent for every node, and an executor for which rate limits need approval.
+async fn rate_limits_need_approval() -> (
+    NatsServer,
+    JetStream,
+    Received,
+    Running<Result<ExecuteStats, BusError>>,
+) {
     let (server, js, client) = setup().await;
     let received = start_agent(&server.url()).await;
     let config = ExecuteConfig {
@@ -25,6 +33,12 @@ async fn an_action_waits_for_approval_then_is_applied() {
         let (js, client) = (js.clone(), client.clone());
         Running::start(move |shutdown| execute::run(js, client, config, shutdown))
     };
+    (server, js, received, worker)
+}
+
+#[tokio::test]
+async fn an_action_waits_for_approval_then_is_applied() {
+    let (_server, js, received, worker) = rate_limits_need_approval().await;
     // d-a needs approval; d-b, after it in the stream, does not.
     publish(
         &js,
@@ -77,16 +91,7 @@ async fn approving_something_that_is_not_a_decision_id_is_an_error() {
 
 #[tokio::test]
 async fn a_decision_whose_approval_cannot_be_looked_up_is_dead_lettered_and_the_next_goes_on() {
-    let (server, js, client) = setup().await;
-    let received = start_agent(&server.url()).await;
-    let config = ExecuteConfig {
-        require_approval: Approval::Kinds([RateLimit].into()),
-        ..quick()
-    };
-    let worker = {
-        let (js, client) = (js.clone(), client.clone());
-        Running::start(move |shutdown| execute::run(js, client, config, shutdown))
-    };
+    let (_server, js, received, worker) = rate_limits_need_approval().await;
     // A decision from another writer whose id can be no approval's key: looking its
     // approval up fails every time. The decision after it must not wait behind it forever.
     publish(
