@@ -1,69 +1,26 @@
 //! The execute worker: decisions in, commands to node agents, action results out.
+//! docs/execute.md tells the whole of it; in short:
 //!
-//! For each decision it asks [`Interlocks::handle`] what to do, then:
-//! - **send**: takes the node's lease and sends the command to `mapek.cmd.<node>`
-//!   ([`send_command`]), waiting `command_timeout_ms` for a reply and trying up to
-//!   `command_attempts` times when none comes. The agent's answer makes the result applied or
-//!   failed (with the agent's detail); no answer at all makes it failed ("no reply within 2 s
-//!   after 3 attempts: …"). An agent that answers "failed" is not asked again.
-//! - **record**: a refusal (with the interlock's reason), a dry run (applied, `dry_run`, nothing
-//!   sent) or an escalation (applied, nothing sent) is recorded as it is.
-//! - **wait for approval**: nothing is recorded; the delivery is given back with a delay of
-//!   `approval_poll_ms` ([`mapek_bus::Delivery::retry_after`]) and looked at again until the
-//!   key of its decision id appears in the key-value bucket [`APPROVALS`] ([`approve`]).
-//!
-//! A decision whose handling fails the way it will fail again ([`BusError::is_permanent`]) is
-//! looked at [`REFUSALS`] times, then dead-lettered (`mapek.dlq.plan`) and acknowledged.
-//!
-//! Every result is published with an id derived from its decision, stored (flushed), folded
-//! into the interlocks, and only then is the decision acknowledged. Results carry their
-//! decision's event time, so every interlock is judged in the mesh's time.
-//!
-//! # Restarts and redeliveries
-//! On start the interlocks are rebuilt by reading every result in `MAPEK_EXECUTE` from the
-//! start. A decision that already has a result (the worker died between publishing it and the
-//! ack) is acknowledged without acting again, so a node never gets the same order twice from
-//! a redelivery.
-//!
-//! The inbox acknowledges cumulatively (one ack covers every earlier message), so a decision
-//! waiting for approval must not be covered by the ack of a later one: while one waits, later
-//! decisions are acted on and recorded but their ack is deferred until nothing before them
-//! waits. Should the worker stop meanwhile, they come back, are recognised by their result,
-//! and are acknowledged without acting again.
-//!
-//! # Signatures
-//! With a verifying key ([`run_audited`]), a decision is acted on only if its ML-DSA-65
-//! signature verifies and its `prev_hash` links to the previous decision of its partition
-//! ([`mapek_audit::Chain`]); one that fails is recorded as refused ("audit: …"). After a
-//! restart, the first decision of each partition starts the chain again.
-//!
-//! # Alone or sharing the work
-//! Without Redis, one executor runs for the whole mesh ([`run`], [`run_audited`]; `mapek run`
-//! keeps one active copy and the others stand by): its interlocks see everything.
-//!
-//! With Redis ([`run_shared`]), every copy is active. They share the plan partitions as the
-//! other phases do (one durable consumer `execute-p<n>` per partition, leased by one executor
-//! at a time, so each node's decisions are taken in order), and they share what the
-//! interlocks need through Redis and the log:
-//! - every executor follows `MAPEK_EXECUTE`, so every result, whoever recorded it, is folded
-//!   into its interlocks (cooldowns, the rate limit's window, the blast radius);
-//! - a command out is a lease on its node in Redis, listed with its decision, action and
-//!   executor: the other executors count it toward the lease, the rate limit and the blast
-//!   radius until its result is folded;
-//! - executors judge one decision at a time under one Redis lock: take the lock, fold every
-//!   result stored so far, read the commands out, judge, take the node's lease (or record
-//!   the verdict), give the lock back. Commands are then sent in parallel.
-//!
-//! So several executors together refuse what one would have refused; they never act on one
-//! node at once (its Redis lease), even while a partition moves from one to another. A Redis
-//! that cannot be reached pauses judging (the decision is given back and retried), it never
-//! skips an interlock. See ADR 0007.
-//!
-//! The two ways do not mix: an executor refuses to start while one running the other way
-//! holds its lease (`execute` alone, `execute.p<n>` sharing; a stopped one's lease lapses
-//! within its TTL), since both would act on every decision. Starting, it deletes the plan
-//! stream's readers the other way left (`execute`, or `execute-p<n>`), so a switch does not
-//! leave one behind that nobody reads and that falls further behind forever.
+//! - Each decision is looked at once (`Executor::handle`): [`Interlocks::handle`] rules on
+//!   it, and the verdict is sent (the command goes to `mapek.cmd.<node>` and the agent's
+//!   answer, or its silence after `command_attempts`, makes the result), recorded as it is
+//!   (a refusal, a dry run, an escalation), or held until the key of its decision id appears
+//!   in [`APPROVALS`] ([`approve`]). A decision whose handling fails the way it will fail
+//!   again ([`BusError::is_permanent`]) is looked at three times, then dead-lettered.
+//! - Every result is published with an id derived from its decision, stored, folded into the
+//!   interlocks, and only then is the decision acknowledged; results carry their decision's
+//!   event time, so every interlock is judged in the mesh's time.
+//! - Restarts: the interlocks are rebuilt from every result in `MAPEK_EXECUTE`; a decision
+//!   that already has a result is acknowledged without acting again. Acks are cumulative, so
+//!   a decision held for approval defers the acks of later ones until it is done.
+//! - With a verifying key ([`run_audited`]) a decision is acted on only if its ML-DSA-65
+//!   signature verifies and it links to the previous decision of its partition.
+//! - Alone ([`run`], [`run_audited`]) one executor serves the mesh. With Redis
+//!   ([`run_shared`]) every copy is active: they share the plan partitions, follow every
+//!   result, lease each node for a command out, and judge one decision at a time under one
+//!   Redis lock, taken and given back in one place (`Executor::look_at`), so together they
+//!   refuse what one would have refused (ADR 0007). The two ways do not mix: an executor
+//!   refuses to start while one running the other way holds its lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
