@@ -112,7 +112,7 @@ impl Leases {
     }
 
     /// Renews every lease held, all at once; returns the keys that were lost: taken over, or
-    /// not renewed for two thirds of `ttl` (see [`Leases::keep_for`]; such a lease is given up
+    /// not renewed for two thirds of `ttl` (see `Leases::keep_for`; such a lease is given up
     /// without asking). A renewal that fails for another reason (no answer during an
     /// election) keeps the lease, to be renewed at the next call; `answered` says whether
     /// every renewal was answered.

@@ -14,7 +14,7 @@
 //!
 //! # Layout
 //! - [`policy`]: [`Policy`], the TOML policy file, its checks and its hash.
-//! - [`features`]: [`features()`], the feature vector the knowledge store compares incidents by.
+//! - [`features`](mod@features): [`features()`], the feature vector the knowledge store compares incidents by.
 //! - [`knowledge`]: [`KnowledgeView`], the planner's window on past incidents, with
 //!   [`NoKnowledge`] and [`RecordedKnowledge`].
 //! - [`state`]: [`PlanState`], the fold of symptoms and decisions that cooldowns and the
