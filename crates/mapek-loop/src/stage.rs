@@ -137,7 +137,9 @@ pub async fn run_stage<S: Stage>(
     };
     // The last input stepped. A server that takes over a consumer's leadership may deliver
     // again what the old leader had delivered and not yet seen acknowledged; stepping it a
-    // second time would fold it twice into the state, which replay would not.
+    // second time would fold it twice into the state, which replay would not. (A delivery
+    // that never arrived is not skipped this way when it comes again: the inbox fails at the
+    // first delivery after it, and the stage is started again from the ack floor.)
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
     // The metrics' label lookups (a hash and a lock each) once, not per event.
