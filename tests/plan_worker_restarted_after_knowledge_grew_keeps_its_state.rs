@@ -3,14 +3,21 @@
 //! known could now be decided differently, and the rebuilt cooldowns would not be those of
 //! the decisions actually published. The worker replays with the knowledge each recorded
 //! decision consulted instead, so its state after a restart is the state it decided from.
+//!
+//! The same holds for a symptom whose decision was stored by a worker that died before
+//! acknowledging the symptom: the worker that takes over is handed the symptom again, and
+//! must make the stored decision again (the server drops its copy as a duplicate), not one
+//! of its own knowledge, or its next decision would chain to a decision that is not in the
+//! log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
+use mapek_domain::plan::NoKnowledge;
 use mapek_domain::{
-    Action, ActionKind, Decision, Outcome, OutcomeResult, Policy, Symptom, SymptomKind,
+    Action, ActionKind, Decision, Outcome, OutcomeResult, Planner, Policy, Symptom, SymptomKind,
     SymptomState,
 };
 use mapek_loop::plan::PlanStage;
@@ -149,4 +156,80 @@ async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recor
         stats.replayed, 1,
         "the first symptom was replayed, not decided again"
     );
+}
+
+/// A worker with nothing known decided on the first CPU incident on n1 (it escalated) and
+/// stored its decision, then died before acknowledging the symptom; with `acknowledged_before`
+/// it had decided on and acknowledged an incident on n2 first. The worker that takes over
+/// (knowing by now that a restart resolved such an incident) is handed the first incident
+/// again: it must make the stored decision again and chain the next one to it.
+async fn taking_over_a_decided_symptom(acknowledged_before: bool) {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&dir.path().join("i")).unwrap());
+    let mut p = Publisher::new(js.clone());
+
+    // The decisions the dead worker took, as its planner took them.
+    let mut planner = Planner::new(Policy::parse(POLICY).unwrap());
+    if acknowledged_before {
+        let (stop, task) = start_worker(&js, index.clone());
+        let zero = cpu("zero", "n2", T0 + 900_000);
+        p.publish(&zero).await.unwrap();
+        p.flush().await;
+        let d0 = decision_on(&js, &zero.symptom_id).await;
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(planner.decide(&zero, &NoKnowledge), Some(d0));
+    }
+    let first = cpu("first", "n1", T0 + 1_000_000);
+    let stored = planner.decide(&first, &NoKnowledge).unwrap();
+    assert_eq!(
+        stored.action.kind,
+        ActionKind::Escalate,
+        "{}",
+        stored.reason
+    );
+    p.publish(&first).await.unwrap();
+    p.publish(&stored).await.unwrap();
+    p.flush().await;
+
+    // Decided on today's knowledge, the first incident would be restarted, and
+    // restart_service would be in cooldown on n1 for 600 s.
+    let past = restarted_and_resolved("n7", T0, T0 + 500_000);
+    index.write(vec![past], Offsets::default()).await.unwrap();
+
+    let (stop, task) = start_worker(&js, index.clone());
+    let second = cpu("second", "n1", T0 + 1_200_000);
+    p.publish(&second).await.unwrap();
+    p.flush().await;
+    let d2 = decision_on(&js, &second.symptom_id).await;
+    assert_eq!(
+        d2.prev_hash,
+        stored.chain_hash(),
+        "the next decision must chain to the stored one"
+    );
+    assert_eq!(
+        d2.action.kind,
+        ActionKind::RestartService,
+        "the state must hold the stored escalation, not a restart: {}",
+        d2.reason
+    );
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!(stats.processed, 2, "{stats:?}");
+    assert_eq!(decision_on(&js, &first.symptom_id).await, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_worker_taking_over_a_decided_symptom_makes_the_stored_decision_again() {
+    taking_over_a_decided_symptom(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_plan_worker_that_died_before_acknowledging_anything_is_followed_likewise() {
+    taking_over_a_decided_symptom(false).await;
 }

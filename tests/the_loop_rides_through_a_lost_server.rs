@@ -142,10 +142,12 @@ async fn wait_until_caught_up(js: &JetStream) {
     }
 }
 
-/// Why the kill test runs only when MAPEK_CLUSTER_KILL=1: in about one run of three, the
-/// replay after the kills differs from the recorded decisions in a `prev_hash` (a decision
-/// chained to another head than the one replay rebuilds), which is not yet understood.
-const KILL_TEST_OFF: &str = "set MAPEK_CLUSTER_KILL=1: a decision's prev_hash can differ in replay";
+/// Why the kill test runs only when MAPEK_CLUSTER_KILL=1: in about one run of eight it still
+/// fails, though not in what it checks of the log: the loop does not catch up within 60 s
+/// after the kills, or a loop process ends with an error when stopped (its knowledge
+/// projections time out on MAPEK_KNOWLEDGE). Neither is understood yet.
+const KILL_TEST_OFF: &str =
+    "set MAPEK_CLUSTER_KILL=1: the loop may not catch up, or not stop cleanly, after the kills";
 
 /// Notes the kill test as skipped for tests/run's summary (the file MAPEK_TEST_SKIPS names).
 fn skipped_kill_test() {

@@ -6,6 +6,14 @@
 //! in the dead-letter stream with the reason and then terminated, so it is neither retried
 //! forever nor lost, and the good messages around it flow on. The worker acknowledges each
 //! delivery once its effects are stored.
+//!
+//! Acknowledgements are cumulative, and a worker folds its input in order, so it must never
+//! go on past a delivery it did not get: one lost on the way (the client's server went away
+//! with it, or a new consumer leader counts it as delivered) would come again only after the
+//! ack wait, behind newer input, or never, once a later ack covered it. The consumer numbers
+//! its deliveries 1, 2, 3…; a number skipped is such a loss, and the inbox then fails
+//! instead of handing out what came after. Whoever opens the consumer again starts right
+//! after its ack floor, with every message after it delivered again in stream order.
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -91,6 +99,8 @@ impl<E> Delivery<E> {
 pub struct Inbox<E> {
     /// The ack floor when this inbox took the consumer over.
     acked_through: u64,
+    /// The consumer sequence of the last message taken: the next should be one more.
+    delivered: u64,
     messages: pull::Stream,
     dead_letters: DeadLetters,
     phase: Phase,
@@ -172,6 +182,7 @@ impl<E: AvroEvent> Inbox<E> {
             .map_err(|e| failed(e.to_string()))?;
         Ok(Self {
             acked_through,
+            delivered: 0,
             messages,
             dead_letters: DeadLetters::new(js.clone()),
             phase,
@@ -220,6 +231,22 @@ impl<E: AvroEvent> Inbox<E> {
         good: &mut Vec<Delivery<E>>,
     ) -> Result<(), BusError> {
         let message = message.map_err(|e| self.failed(e.to_string()))?;
+        if let Ok(info) = message.info() {
+            let expected = self.delivered + 1;
+            if info.consumer_sequence > expected {
+                let lost = match info.consumer_sequence - 1 {
+                    last if last == expected => format!("delivery {expected}"),
+                    last => format!("deliveries {expected} to {last}"),
+                };
+                return Err(self.failed(format!(
+                    "{lost} never arrived (a server or a consumer leader was lost); reading on \
+                     would step past it: the consumer must be opened again, from its ack floor"
+                )));
+            }
+            // Lower than expected: a new consumer leader delivers again what the last one
+            // had delivered (a stage skips what it already stepped).
+            self.delivered = info.consumer_sequence;
+        }
         match headers::decode_body::<E>(message.headers.as_ref(), &message.payload) {
             Ok(event) => good.push(Delivery { event, message }),
             Err(e) => {

@@ -12,6 +12,16 @@
 //! decisions came from. A rebuild therefore answers each symptom with the knowledge its
 //! recorded decision consulted ([`RecordedKnowledge`]), read from the partition's decisions
 //! before the replay starts.
+//!
+//! The same goes for a symptom past the acknowledged ones whose decision is already stored:
+//! a worker that died (or lost its lease) between storing a decision and acknowledging its
+//! symptom leaves the symptom to be delivered again to whoever takes the partition over. The
+//! new worker's decision has the same id, so the server keeps the stored one; were it
+//! decided on the new worker's knowledge, it could differ from the stored one (other
+//! neighbours, another action), and every later decision would chain to a head that is not in
+//! the log (`prev_hash`) and be judged from a state replay does not rebuild. So a live step
+//! too answers a symptom that has a stored decision with the knowledge that decision
+//! recorded, and comes out as the stored decision.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,8 +40,9 @@ pub struct PlanStage {
     knowledge: Box<dyn KnowledgeView + Send>,
     /// Signs each decision's chain hash (ADR 0006); `None` publishes them unsigned.
     signer: Option<Arc<SigningKey>>,
-    /// While rebuilding: the knowledge each recorded decision consulted, by symptom id.
-    recorded: BTreeMap<String, Vec<Neighbour>>,
+    /// The knowledge each decision stored in the partition at start consulted, by symptom id,
+    /// for the symptoms not stepped since (see [`recorded_knowledge`]).
+    recorded: BTreeMap<String, Recorded>,
 }
 
 impl PlanStage {
@@ -68,12 +79,22 @@ impl Stage for PlanStage {
     type Out = Decision;
 
     fn step(&mut self, symptom: &Symptom) -> Vec<Decision> {
-        if !self.recorded.is_empty() {
-            self.recorded = BTreeMap::new();
-        }
+        // A symptom decided under this policy by a worker that did not acknowledge it: its
+        // decision is stored, and is the one to make again (see the module's doc).
+        let stored = match self.recorded.remove(&symptom.symptom_id) {
+            Some(Recorded {
+                ours: true,
+                knowledge,
+            }) => Some(RecordedKnowledge::new(knowledge)),
+            _ => None,
+        };
+        let knowledge: &dyn KnowledgeView = match &stored {
+            Some(recorded) => recorded,
+            None => self.knowledge.as_ref(),
+        };
         let mut decisions: Vec<Decision> = self
             .planner
-            .decide(symptom, self.knowledge.as_ref())
+            .decide(symptom, knowledge)
             .into_iter()
             .collect();
         if let Some(key) = &self.signer {
@@ -94,13 +115,13 @@ impl Stage for PlanStage {
         // (or not decided at all): no knowledge reproduces that.
         let knowledge = self
             .recorded
-            .get(&symptom.symptom_id)
-            .map(|n| RecordedKnowledge::new(n.clone()))
+            .remove(&symptom.symptom_id)
+            .map(|r| RecordedKnowledge::new(r.knowledge))
             .unwrap_or_default();
         let _ = self.planner.decide(symptom, &knowledge);
     }
 
-    fn prepare_rebuild(
+    fn prepare(
         &mut self,
         js: &JetStream,
         partition: Option<u32>,
@@ -114,33 +135,41 @@ impl Stage for PlanStage {
     }
 }
 
+/// What a stored decision consulted.
+struct Recorded {
+    /// Whether it was decided under this worker's policy.
+    ours: bool,
+    /// The past incidents it consulted.
+    knowledge: Vec<Neighbour>,
+}
+
 /// The knowledge each decision stored in the partition consulted, by symptom id. Where a
-/// symptom was decided under several policies, this policy's decision wins.
+/// symptom was decided more than once, the first decision under this policy wins (as in
+/// replay), else the first under any.
 async fn recorded_knowledge(
     js: &JetStream,
     partition: Option<u32>,
     policy_hash: &str,
-) -> Result<BTreeMap<String, Vec<Neighbour>>, BusError> {
+) -> Result<BTreeMap<String, Recorded>, BusError> {
     let filter = partition_filter::<Decision>(partition);
     let mut decisions = Subscriber::<Decision>::open_subject(js, filter, StartAt::All).await?;
-    let mut found: BTreeMap<String, (bool, Vec<Neighbour>)> = BTreeMap::new();
+    let mut found: BTreeMap<String, Recorded> = BTreeMap::new();
     if decisions.pending_at_start() == 0 {
-        return Ok(BTreeMap::new());
+        return Ok(found);
     }
     while let Some(received) = decisions.next().await {
         let received = received?;
         if let Ok(d) = received.event {
             let ours = d.policy_hash == policy_hash;
-            let keep = found
-                .get(&d.symptom_id)
-                .is_none_or(|(was_ours, _)| ours || !was_ours);
+            let keep = found.get(&d.symptom_id).is_none_or(|was| ours && !was.ours);
             if keep {
-                found.insert(d.symptom_id, (ours, d.knowledge));
+                let knowledge = d.knowledge;
+                found.insert(d.symptom_id, Recorded { ours, knowledge });
             }
         }
         if received.pending == 0 {
             break;
         }
     }
-    Ok(found.into_iter().map(|(k, (_, n))| (k, n)).collect())
+    Ok(found)
 }

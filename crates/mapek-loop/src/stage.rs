@@ -8,7 +8,10 @@
 //! whenever the input runs dry) it waits until the outputs so far are stored and only then
 //! acknowledges the inputs, all with one cumulative ack. A crash at any point redelivers
 //! input whose outputs may already be stored; outputs have deterministic ids, so the second
-//! copy is dropped as a duplicate. Nothing is lost and nothing doubled.
+//! copy is dropped as a duplicate. Nothing is lost and nothing doubled. The stored copy is
+//! the one that counts, so the stage must make that same copy again: a stage whose step
+//! consults something outside the log (the planner's knowledge) answers such input with what
+//! its stored output recorded ([`Stage::prepare`]).
 //!
 //! Acknowledging a run of inputs at once rather than each batch costs the server one ack
 //! instead of one per message or two when the loop keeps up with the nodes (its batches are
@@ -44,9 +47,14 @@ pub trait Stage {
         self.step(input);
     }
 
-    /// Called once before a rebuild with acknowledged input, to load what
-    /// [`Stage::rebuild_step`] needs from the log. The default loads nothing.
-    fn prepare_rebuild(
+    /// Called once at start, before the rebuild (also when nothing was acknowledged yet), to
+    /// load from the log what [`Stage::rebuild_step`] needs, and what [`Stage::step`] needs
+    /// for input that a previous reader stepped, published the outputs of and did not
+    /// acknowledge: that input is delivered again, its outputs are already stored, and the
+    /// step must make those same outputs (and fold them) rather than ones of its own, which
+    /// would be dropped as duplicates while the state went on from them. The default loads
+    /// nothing.
+    fn prepare(
         &mut self,
         js: &JetStream,
         partition: Option<u32>,
@@ -129,7 +137,9 @@ pub async fn run_stage<S: Stage>(
     };
     // The last input stepped. A server that takes over a consumer's leadership may deliver
     // again what the old leader had delivered and not yet seen acknowledged; stepping it a
-    // second time would fold it twice into the state, which replay would not.
+    // second time would fold it twice into the state, which replay would not. (A delivery
+    // that never arrived is not skipped this way when it comes again: the inbox fails at the
+    // first delivery after it, and the stage is started again from the ack floor.)
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
     // The metrics' label lookups (a hash and a lock each) once, not per event.
@@ -258,18 +268,20 @@ fn observe_cycle(symptom_times_ms: &[i64]) {
     }
 }
 
-/// Feeds the stage everything its consumer already acknowledged, publishing nothing.
+/// Feeds the stage everything its consumer already acknowledged, publishing nothing, after
+/// [`Stage::prepare`].
 async fn rebuild<S: Stage>(
     js: &JetStream,
     inbox: &mut Inbox<S::In>,
     stage: &mut S,
     partition: Option<u32>,
 ) -> Result<u64, BusError> {
+    // Even with nothing acknowledged, a reader before this one may have stored outputs.
+    stage.prepare(js, partition).await?;
     let through = inbox.acked_through();
     if through == 0 {
         return Ok(0);
     }
-    stage.prepare_rebuild(js, partition).await?;
     let filter = partition_filter::<S::In>(partition);
     let mut replay = Subscriber::<S::In>::open_subject(js, filter, StartAt::All).await?;
     let mut replayed = 0;
