@@ -75,3 +75,49 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
 
     assert_same_as_rebuild(&js, &model).await;
 }
+
+#[tokio::test]
+async fn the_projection_rides_through_a_restarted_nats_server() {
+    let (mut server, js) = server_with_streams().await;
+    let db = TestDatabase::create().await;
+    let model = ReadModel::connect(db.url()).await.unwrap();
+    model.migrate().await.unwrap();
+
+    let stats = ProjectionStats::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(project_with(
+        js.clone(),
+        model.clone(),
+        None,
+        ProjectionConfig::default(),
+        stats.clone(),
+        mapek_bus::until_stopped(stopped),
+    ));
+    let monitor = || stats.phase(Phase::Monitor).last_seq;
+    publish_samples(&js, 0, 300, 11).await;
+    wait_for("the first 300", Duration::from_secs(20), || {
+        monitor() == 300
+    })
+    .await;
+
+    // The server goes away long enough for the projection's reads to fail, then comes back
+    // with its store.
+    server.stop();
+    wait_for("a failed read", Duration::from_secs(30), || {
+        stats.phase(Phase::Monitor).log_failures >= 1
+    })
+    .await;
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while js.query_account().await.is_err() {
+        assert!(Instant::now() < deadline, "JetStream is back within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_samples(&js, 300, 200, 11).await;
+    wait_for("catching up", Duration::from_secs(60), || monitor() == 500).await;
+    assert!(!task.is_finished(), "the projection kept running");
+    let _ = stop.send(());
+    task.await.unwrap().expect("the projection ends cleanly");
+    assert_eq!(stats.phase(Phase::Monitor).applied, 500);
+    assert_same_as_rebuild(&js, &model).await;
+}

@@ -10,7 +10,9 @@
 //! last sequence in one transaction, then acknowledges the batch. A crash between the commit
 //! and the ack brings the batch back; its sequences are at or below the stored one and change
 //! nothing. A store that goes away pauses the projection: it retries the same batch with
-//! backoff, counting the failures, and goes on with no gap when the store returns.
+//! backoff, counting the failures, and goes on with no gap when the store returns. A log
+//! that fails to be read (a leader election, a lost server) is waited out the same way: the
+//! projection opens its consumer again from the stored sequence a second later.
 //!
 //! A message the store itself refuses (Postgres stores no NUL byte in text, say) would hold
 //! its stream forever: a batch refused that way is written again one message at a time, and
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
 use futures::{FutureExt, StreamExt};
 use mapek_bus::headers::decode_body;
 use mapek_bus::{DeadLetters, JetStream, layout};
@@ -236,6 +239,9 @@ impl Projection {
             .last_sequence;
         let mut redeliver_from = self.config.redeliver_from;
         'reopen: loop {
+            if self.stopped() {
+                return Ok(());
+            }
             let Some(stored) = self.stored_seq().await else {
                 return Ok(());
             };
@@ -249,38 +255,14 @@ impl Projection {
                 .durable_prefix
                 .as_ref()
                 .map(|p| format!("{p}-{}", self.phase.token()));
-            if let Some(name) = &durable {
-                // Taking the consumer over at the stored sequence: whatever its ack floor
-                // says, the database knows what has been applied.
-                let _ = stream.delete_consumer(name).await;
-            }
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    durable_name: durable.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ack_policy: if durable.is_some() {
-                        AckPolicy::All
-                    } else {
-                        AckPolicy::None
-                    },
-                    ack_wait: Duration::from_secs(60),
-                    max_ack_pending: 100_000,
-                    inactive_threshold: Duration::from_secs(60),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| self.log_failed(e))?;
+            let mut messages = match self.open(&stream, start, durable.as_deref()).await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    self.log_failed_for_now(&e).await;
+                    continue 'reopen;
+                }
+            };
             let batch = self.config.batch.max(1);
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| self.log_failed(e))?;
             loop {
                 if self.stopped() {
                     return Ok(());
@@ -292,8 +274,16 @@ impl Projection {
                 };
                 let first = match first {
                     Err(_) => continue,
-                    Ok(None) => return Err(self.log_failed("the consumer's messages ended")),
-                    Ok(Some(m)) => m.map_err(|e| self.log_failed(e))?,
+                    Ok(Some(Ok(m))) => m,
+                    Ok(None) => {
+                        self.log_failed_for_now("the consumer's messages ended")
+                            .await;
+                        continue 'reopen;
+                    }
+                    Ok(Some(Err(e))) => {
+                        self.log_failed_for_now(&e.to_string()).await;
+                        continue 'reopen;
+                    }
                 };
                 let mut taken = vec![first];
                 // While the stream holds more, wait a little for a full batch: a transaction
@@ -311,9 +301,10 @@ impl Projection {
                         }
                         None => break,
                     };
+                    // A failed read ends the batch; the next read tells whether it lasts.
                     match next {
-                        Some(m) => taken.push(m.map_err(|e| self.log_failed(e))?),
-                        None => break,
+                        Some(Ok(m)) => taken.push(m),
+                        _ => break,
                     }
                 }
                 let last_seq = seq(taken.last().expect("one message at least"));
@@ -344,6 +335,59 @@ impl Projection {
                 }
             }
         }
+    }
+
+    /// Opens the projection's consumer on `stream` from sequence `start` (durable, taking
+    /// over the one of that name, or ephemeral). An error is the log's (a leader election, a
+    /// lost server), for the caller to wait out.
+    async fn open(
+        &self,
+        stream: &Stream,
+        start: u64,
+        durable: Option<&str>,
+    ) -> Result<pull::Stream, String> {
+        if let Some(name) = durable {
+            // Taking the consumer over at the stored sequence: whatever its ack floor
+            // says, the database knows what has been applied.
+            let _ = stream.delete_consumer(name).await;
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: durable.map(str::to_owned),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: if durable.is_some() {
+                    AckPolicy::All
+                } else {
+                    AckPolicy::None
+                },
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 100_000,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot open its consumer: {e}"))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| format!("cannot read its consumer: {e}"))
+    }
+
+    /// Counts and logs a failure to read the log, and pauses before the projection opens its
+    /// consumer again from the stored sequence.
+    async fn log_failed_for_now(&mut self, detail: &str) {
+        self.counters().log_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            stream = self.stream.as_str(),
+            "reading the log failed ({detail}); opening it again in 1 s"
+        );
+        self.pause(LOG_PAUSE).await;
     }
 
     /// The stored sequence, retried with backoff while the store is down; `None` if asked
@@ -598,6 +642,9 @@ impl Projection {
         Ok(Commit::Done)
     }
 }
+
+/// The pause before a projection whose log reading failed opens its consumer again.
+const LOG_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many times a message the store refuses is written before it is dead-lettered.
 const REFUSALS: u32 = 3;

@@ -27,6 +27,9 @@ pub struct StreamCounters {
     pub store_failures: AtomicU64,
     /// Failed writes to Redis (the cache misses them; the SQL rows are there).
     pub redis_failures: AtomicU64,
+    /// Failed reads of the log (a leader election, a lost server), each followed by a pause
+    /// and the consumer opened again from the stored sequence.
+    pub log_failures: AtomicU64,
     /// The last stream sequence committed.
     pub last_seq: AtomicU64,
 }
@@ -43,6 +46,7 @@ impl StreamCounters {
             batches: get(&self.batches),
             store_failures: get(&self.store_failures),
             redis_failures: get(&self.redis_failures),
+            log_failures: get(&self.log_failures),
             last_seq: get(&self.last_seq),
         }
     }
@@ -65,6 +69,8 @@ pub struct Counts {
     pub store_failures: u64,
     /// Failed writes to Redis.
     pub redis_failures: u64,
+    /// Failed reads of the log.
+    pub log_failures: u64,
     /// The last stream sequence committed. Summed over a phase's streams it counts the
     /// messages the projections have gone through, as each stream numbers its own from 1.
     pub last_seq: u64,
@@ -79,6 +85,7 @@ impl std::ops::AddAssign for Counts {
         self.batches += o.batches;
         self.store_failures += o.store_failures;
         self.redis_failures += o.redis_failures;
+        self.log_failures += o.log_failures;
         self.last_seq += o.last_seq;
     }
 }

@@ -13,7 +13,7 @@ use mapek_bus::JetStream;
 use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
 use mapek_knowledge::Redis;
 use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
-use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES};
+use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES, RETRIES};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::retry::until_ok;
 use mapek_loop::{evaluate, execute};
@@ -494,10 +494,18 @@ impl Loop {
                     // The projection counts the writes that failed and the messages its store
                     // kept refusing; /metrics shows them.
                     let stats = mapek_knowledge::ProjectionStats::default();
-                    let (watched, refused) = (stats.clone(), stats.clone());
+                    let (watched, refused, read) = (stats.clone(), stats.clone(), stats.clone());
                     let exporter = CounterExporter::start(projection_failures("sql"), move || {
                         watched.total(|c| &c.store_failures)
                     });
+                    let log = CounterExporter::start(
+                        |n| {
+                            RETRIES
+                                .with_label_values(&["knowledge-sql", "read the log"])
+                                .inc_by(n)
+                        },
+                        move || read.total(|c| &c.log_failures),
+                    );
                     let dead = CounterExporter::start(
                         |n| DEAD_LETTERS.with_label_values(&["knowledge-sql"]).inc_by(n),
                         move || refused.total(|c| &c.dead_lettered),
@@ -513,6 +521,7 @@ impl Loop {
                     .await;
                     exporter.finish();
                     dead.finish();
+                    log.finish();
                     done.map(|()| stats).map_err(|e| failed(&e))
                 }
             },
