@@ -334,3 +334,74 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
     assert!(got_b.ready);
     assert_eq!(got_b.resolved, Some(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_rides_through_a_restarted_nats_server() {
+    let mut server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&dir.path().join("i")).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(mapek_vectors::project_with(
+        js.clone(),
+        index.clone(),
+        Arc::default(),
+        mapek_bus::until_stopped(stopped),
+    ));
+    let reaches = async |want: Offsets| {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while index.offsets().await.unwrap() != want {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the projection catches up within 60 s");
+    };
+    for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+        let at = T0 + i as i64 * 60_000;
+        publish_closed(
+            &js,
+            &format!("i{i}"),
+            node,
+            at,
+            ActionKind::RestartService,
+            true,
+        )
+        .await;
+    }
+    reaches(through(3)).await;
+
+    // The server is killed, stays away long enough for reads to fail, and comes back with its
+    // store; the projection goes on from where it was.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while js.query_account().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "JetStream is back within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 3..5 {
+        let at = T0 + i * 60_000;
+        publish_closed(
+            &js,
+            &format!("i{i}"),
+            "n4",
+            at,
+            ActionKind::Quarantine,
+            false,
+        )
+        .await;
+    }
+    reaches(through(5)).await;
+    assert!(!task.is_finished(), "the projection kept running");
+    stop.send(()).unwrap();
+    task.await.unwrap().expect("the projection ends cleanly");
+    assert!(index.get("i4").await.unwrap().unwrap().ready);
+}

@@ -11,7 +11,9 @@
 //! When the index cannot be read or written (a Qdrant server that went away), the live
 //! projection ([`project_with`]) pauses and tries the same read or write again, with a backoff
 //! up to [`MAX_BACKOFF`], counting each failure; once the index answers it goes on from where
-//! it was, with no gap. A rebuild fails at once instead, naming the index.
+//! it was, with no gap. A log it cannot read (a leader election, a lost server) is counted the
+//! same way, and a second later the streams are followed again from the stored offsets. A
+//! rebuild fails at once instead, naming the index or the stream.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -60,7 +62,8 @@ pub async fn project(
     project_with(js, index, Arc::default(), shutdown).await
 }
 
-/// [`project`], adding each failed read or write of the index to `failures` as it happens
+/// [`project`], adding each failed read or write of the index, and each failed read of the
+/// log, to `failures` as it happens
 /// (`mapek run` exports it as `mapek_projection_failures_total{projection="incidents"}`).
 pub async fn project_with(
     js: JetStream,
@@ -69,8 +72,35 @@ pub async fn project_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProjectStats, VectorError> {
     let patience = Patience { failures };
-    run(&js, index.as_ref(), None, Some(&patience), shutdown).await
+    tokio::pin!(shutdown);
+    loop {
+        let ran = run(
+            &js,
+            index.as_ref(),
+            None,
+            Some(&patience),
+            shutdown.as_mut(),
+        )
+        .await;
+        match ran {
+            Ok(stats) => return Ok(stats),
+            // The log could not be read (a leader election, a lost server): count it, wait a
+            // second, and follow the streams again from the offsets the index stores.
+            Err(VectorError::Bus(e)) => {
+                patience.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("reading the log failed ({e}); following it again in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(LOG_PAUSE) => {}
+                    () = &mut shutdown => return Ok(ProjectStats::default()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
+
+/// The pause before the live projection follows a log it failed to read again.
+const LOG_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the live projection waits for its index.
 struct Patience {
