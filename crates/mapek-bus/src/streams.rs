@@ -449,7 +449,7 @@ pub async fn apply_layout(
 
 /// Whether a stream lookup failed because there is no such stream (not because nobody
 /// answered).
-pub(crate) fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+pub fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::GetStreamErrorKind;
     matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)

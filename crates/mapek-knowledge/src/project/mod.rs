@@ -226,17 +226,9 @@ impl Projection {
     async fn run(mut self) -> Result<(), KnowledgeError> {
         let stream_name = self.stream.clone();
         let stream_name = stream_name.as_str();
-        let stream = self
-            .js
-            .get_stream(stream_name)
-            .await
-            .map_err(|e| self.log_failed(format!("{e}; run `mapek streams apply`")))?;
-        let target = stream
-            .get_info()
-            .await
-            .map_err(|e| self.log_failed(e))?
-            .state
-            .last_sequence;
+        let Some((stream, target)) = self.stream_and_end().await? else {
+            return Ok(());
+        };
         let mut redeliver_from = self.config.redeliver_from;
         'reopen: loop {
             if self.stopped() {
@@ -333,6 +325,30 @@ impl Projection {
                 if self.config.until_caught_up && last_seq >= target {
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// The stream and the last sequence it holds now, waiting out a log that does not
+    /// answer; an error only if the stream does not exist, `None` if asked to stop meanwhile.
+    async fn stream_and_end(&mut self) -> Result<Option<(Stream, u64)>, KnowledgeError> {
+        loop {
+            let found = match self.js.get_stream(self.stream.as_str()).await {
+                Err(e) if mapek_bus::streams::is_not_found(&e) => {
+                    return Err(self.log_failed(format!("{e}; run `mapek streams apply`")));
+                }
+                Err(e) => Err(e.to_string()),
+                Ok(stream) => match stream.get_info().await {
+                    Ok(info) => Ok((stream, info.state.last_sequence)),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match found {
+                Ok(found) => return Ok(Some(found)),
+                Err(e) => self.log_failed_for_now(&e).await,
+            }
+            if self.stopped() {
+                return Ok(None);
             }
         }
     }
