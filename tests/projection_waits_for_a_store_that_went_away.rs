@@ -7,6 +7,7 @@ mod knowledge_log;
 use std::time::{Duration, Instant};
 
 use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
+use mapek_bus::JetStream;
 use mapek_domain::Phase;
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
 use mapek_testkit::TestDatabase;
@@ -19,27 +20,53 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-#[tokio::test]
-async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
-    let (_server, js) = server_with_streams().await;
+/// A fresh read model in Postgres, and its projection running until `stop` is sent.
+struct Projecting {
+    db: TestDatabase,
+    model: ReadModel,
+    stats: ProjectionStats,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), mapek_knowledge::KnowledgeError>>,
+}
+
+async fn projecting(js: &JetStream, config: ProjectionConfig) -> Projecting {
     let db = TestDatabase::create().await;
     let model = ReadModel::connect(db.url()).await.unwrap();
     model.migrate().await.unwrap();
-
     let stats = ProjectionStats::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(project_with(
         js.clone(),
         model.clone(),
         None,
-        ProjectionConfig {
-            max_backoff: Duration::from_millis(400),
-            batch: 50,
-            ..ProjectionConfig::default()
-        },
+        config,
         stats.clone(),
         mapek_bus::until_stopped(stopped),
     ));
+    Projecting {
+        db,
+        model,
+        stats,
+        stop,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
+    let (_server, js) = server_with_streams().await;
+    let config = ProjectionConfig {
+        max_backoff: Duration::from_millis(400),
+        batch: 50,
+        ..ProjectionConfig::default()
+    };
+    let Projecting {
+        db,
+        model,
+        stats,
+        stop,
+        task,
+    } = projecting(&js, config).await;
     let monitor = || stats.phase(Phase::Monitor).last_seq;
 
     publish_samples(&js, 0, 300, 11).await;
@@ -79,20 +106,13 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
 #[tokio::test]
 async fn the_projection_rides_through_a_restarted_nats_server() {
     let (mut server, js) = server_with_streams().await;
-    let db = TestDatabase::create().await;
-    let model = ReadModel::connect(db.url()).await.unwrap();
-    model.migrate().await.unwrap();
-
-    let stats = ProjectionStats::default();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(project_with(
-        js.clone(),
-        model.clone(),
-        None,
-        ProjectionConfig::default(),
-        stats.clone(),
-        mapek_bus::until_stopped(stopped),
-    ));
+    let Projecting {
+        db: _db,
+        model,
+        stats,
+        stop,
+        task,
+    } = projecting(&js, ProjectionConfig::default()).await;
     let monitor = || stats.phase(Phase::Monitor).last_seq;
     publish_samples(&js, 0, 300, 11).await;
     wait_for("the first 300", Duration::from_secs(20), || {
