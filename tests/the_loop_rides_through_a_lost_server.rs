@@ -122,11 +122,11 @@ fn stored_ids(url: &str, family: &str, key: &str) -> BTreeMap<String, usize> {
 }
 
 /// Waits until the loop has caught up: every decision has a result and nothing is behind.
-async fn wait_until_caught_up(js: &JetStream) {
+/// Says how far it was when it did not within 60 s.
+async fn wait_until_caught_up(js: &JetStream) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut settled = 0;
     while settled < 3 {
-        assert!(Instant::now() < deadline, "the loop did not catch up");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let behind =
             mapek_bus::progress::behind(js, &[Phase::Monitor, Phase::Analyze, Phase::Plan])
@@ -139,7 +139,27 @@ async fn wait_until_caught_up(js: &JetStream) {
         } else {
             0
         };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{behind} messages behind, {plan} decisions, {results} results"
+            ));
+        }
     }
+    Ok(())
+}
+
+/// The loop's state and the end of each loop process's log, to tell why it did not catch up.
+fn what_the_loop_was_doing(url: &str, dir: &Path) -> String {
+    let mut status = mapek(url);
+    status.args(["status", "--loop"]);
+    let mut out = stdout(&run(status));
+    for name in ["loop-a", "loop-b"] {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        out.push_str(&format!("\n--- the end of {name}'s log:\n{tail}\n"));
+    }
+    out
 }
 
 /// Why the kill test runs only when MAPEK_CLUSTER_KILL=1: in about one run of ten it still
@@ -201,7 +221,11 @@ async fn the_loop_loses_nothing_when_servers_and_a_worker_are_killed() {
     pause(5).await;
     stop.store(true, Ordering::Relaxed);
     let acked = publishing.await.unwrap();
-    wait_until_caught_up(&js).await;
+    if let Err(how_far) = wait_until_caught_up(&js).await {
+        let doing = what_the_loop_was_doing(&url, dir.path());
+        let _ = (a.kill(), b.kill());
+        panic!("the loop did not catch up within 60 s: {how_far}\n{doing}");
+    }
 
     for (name, child) in [("loop-a", &mut a), ("loop-b", &mut b)] {
         assert!(
