@@ -331,7 +331,19 @@ async fn executors_switched_to_sharing_delete_the_reader_they_ran_alone_with() {
     let a = start_executor(&js, &client, &redis, "a", interlocks(1.0, 1000)).await;
     let b = start_executor(&js, &client, &redis, "b", interlocks(1.0, 1000)).await;
     wait_until_partitions_shared(&js, &["a", "b"]).await;
-    let readers = plan_readers(&js).await;
+    // A partition's reader is created once its lease is taken, a moment later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let readers = loop {
+        let readers = plan_readers(&js).await;
+        let sharing = readers
+            .iter()
+            .filter(|r| r.starts_with("execute-p"))
+            .count();
+        if sharing == 8 || tokio::time::Instant::now() > deadline {
+            break readers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(!readers.contains("execute"), "{readers:?}");
     assert_eq!(
         readers
