@@ -764,9 +764,12 @@ impl Executor {
     /// looked at (unless approved): acting on the mesh as it was then could do harm.
     fn stale(&self, delivery: &Delivery<Decision>, approved: bool) -> Option<ActionResult> {
         let max_wait = self.interlocks.config().max_decision_wait_ms as i64;
+        if max_wait == 0 || approved {
+            return None;
+        }
+        // Read from the message's reply subject only when a limit applies.
         let waited = waited_ms(delivery);
-        (max_wait > 0 && !approved && waited > max_wait)
-            .then(|| execute::stale(&delivery.event, waited, max_wait))
+        (waited > max_wait).then(|| execute::stale(&delivery.event, waited, max_wait))
     }
 
     /// Judges a decision with the interlocks (under the executors' lock when sharing the
