@@ -112,13 +112,8 @@ async fn a_python_agent_publishes_telemetry_answers_commands_and_reads_every_eve
     let (server, js) = server_with_streams().await;
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    // Three nodes are a small mesh: tell the executor its size and let it act on two at once
-    // (the interlocks are tested elsewhere; this test is about the wire).
-    std::fs::write(
-        dir.path().join("mapek.toml"),
-        "[execute]\nknown_nodes = 3\nblast_radius = 1.0\n",
-    )
-    .unwrap();
+    // Three nodes are a small mesh: the default policy counts it as 20 nodes at least, and
+    // lets 10 % of them (two) be under action at once.
     // Signed decisions, so that the signature's bytes are read by both sides too.
     let keygen = common::run({
         let mut c = mapek(&url);

@@ -12,7 +12,7 @@ use agent::{
 use mapek_bus::{BusError, JetStream};
 use mapek_domain::ActionKind::{Escalate, Quarantine, Reroute, RestartService};
 use mapek_domain::execute::result_id;
-use mapek_domain::{ActionResult, ActionStatus, ExecuteConfig};
+use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig};
 use mapek_loop::execute::{self, ExecuteStats};
 
 fn start(
@@ -295,10 +295,10 @@ async fn decisions_that_waited_too_long_are_refused_as_stale_and_new_ones_applie
 }
 
 #[tokio::test]
-async fn the_blast_radius_is_a_share_of_every_reporting_node() {
+async fn the_blast_radius_is_the_policys_share_of_every_reporting_node() {
     let (server, js, client) = setup().await;
     let received = start_agent(&server.url()).await;
-    // Twenty nodes report; the config says nothing of the mesh's size.
+    // Twenty nodes report; the policy counts the mesh as 10 nodes at least, 10 % of it.
     let mut publisher = mapek_bus::Publisher::new(js.clone());
     for n in 0..20 {
         let node = mapek_domain::NodeId::new(format!("n{n}")).unwrap();
@@ -313,42 +313,56 @@ async fn the_blast_radius_is_a_share_of_every_reporting_node() {
             .unwrap();
     }
     assert!(publisher.finish().await.all_acked());
-    let config = ExecuteConfig {
-        known_nodes: 0,
-        blast_radius: 0.1,
-        ..quick()
-    };
-    let worker = start(&js, &client, config);
-    publish(
-        &js,
-        &[
-            decision("a", "n1", RestartService, 0),
-            decision("b", "n2", RestartService, 1),
-            decision("c", "n3", RestartService, 2),
-        ],
-    )
-    .await;
+    let policy = agent::ROOMY_POLICY
+        .replace("max_node_percent = 100.0", "max_node_percent = 10.0")
+        .replace("min_known_nodes = 1000", "min_known_nodes = 10");
+    let hash = mapek_bus::config_store::record_policy(&js, &policy)
+        .await
+        .unwrap();
+    let worker = start(&js, &client, quick());
+    let decisions = [("a", "n1"), ("b", "n2"), ("c", "n3")]
+        .into_iter()
+        .zip(0..)
+        .map(|((name, node), secs)| Decision {
+            policy_hash: hash.clone(),
+            ..decision(name, node, RestartService, secs)
+        });
+    publish(&js, &decisions.collect::<Vec<_>>()).await;
     let results: Vec<ActionResult> = wait_for(&js, 3).await;
     worker.stop().await.unwrap();
 
-    // 10 % of 20 nodes: two at once; counting only the nodes decisions named, it would be one.
+    // 10 % of 20 nodes: two at once; counting only the policy's floor, it would be one.
+    for applied in &results[..2] {
+        assert_eq!(applied.status, ActionStatus::Applied, "{}", applied.reason);
+    }
+    assert_eq!(results[2].status, ActionStatus::Refused);
     assert_eq!(
-        results[0].status,
-        ActionStatus::Applied,
+        results[2].reason,
+        "blast radius: acting would put 3 of 20 known nodes under action, more than 2 (10%); \
+         under action: n1, n2"
+    );
+    assert_eq!(commands(&received).len(), 2);
+}
+
+#[tokio::test]
+async fn a_decision_whose_policy_was_never_recorded_is_refused_not_acted_on() {
+    let (server, js, client) = setup().await;
+    let received = start_agent(&server.url()).await;
+    let worker = start(&js, &client, quick());
+    let unknown = Decision {
+        policy_hash: "cd".repeat(32),
+        ..decision("a", "n1", RestartService, 0)
+    };
+    publish(&js, &[unknown]).await;
+    let results: Vec<ActionResult> = wait_for(&js, 1).await;
+    worker.stop().await.unwrap();
+    assert_eq!(results[0].status, ActionStatus::Refused);
+    assert!(
+        results[0]
+            .reason
+            .contains("is not recorded in MAPEK_CONFIG"),
         "{}",
         results[0].reason
     );
-    assert_eq!(
-        results[1].status,
-        ActionStatus::Applied,
-        "{}",
-        results[1].reason
-    );
-    assert_eq!(results[2].status, ActionStatus::Refused);
-    assert!(
-        results[2].reason.contains("of 20 known nodes"),
-        "{}",
-        results[2].reason
-    );
-    assert_eq!(commands(&received).len(), 2);
+    assert!(commands(&received).is_empty());
 }

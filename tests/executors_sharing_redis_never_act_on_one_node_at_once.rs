@@ -86,6 +86,26 @@ async fn start_executor(
     Running::start(move |shutdown| execute::run_shared(js, client, config, None, shared, shutdown))
 }
 
+/// Records a policy for a mesh of 8 nodes, at most a quarter of them under action, an action
+/// under action for 1 s of event time (less than between two decisions: only commands out
+/// count); returns `decisions` made under it.
+async fn under_a_quarter_of_eight(js: &JetStream, decisions: Vec<Decision>) -> Vec<Decision> {
+    let policy = agent::ROOMY_POLICY
+        .replace("window_secs = 60", "window_secs = 1")
+        .replace("max_node_percent = 100.0", "max_node_percent = 25.0")
+        .replace("min_known_nodes = 1000", "min_known_nodes = 8");
+    let hash = mapek_bus::config_store::record_policy(js, &policy)
+        .await
+        .unwrap();
+    decisions
+        .into_iter()
+        .map(|d| Decision {
+            policy_hash: hash.clone(),
+            ..d
+        })
+        .collect()
+}
+
 /// Decisions `from..to` of the test, to reroute on n0…n7 in turn, 2 s of event time apart.
 fn decisions(from: usize, to: usize) -> Vec<Decision> {
     (from..to)
@@ -100,12 +120,9 @@ fn decisions(from: usize, to: usize) -> Vec<Decision> {
         .collect()
 }
 
-/// Interlocks for 8 nodes with no cooldown: at most `blast_radius` of them under command at
-/// once, and `max_actions` a minute.
-fn interlocks(blast_radius: f64, max_actions: u32) -> ExecuteConfig {
+/// Interlocks with no cooldown, and `max_actions` a minute.
+fn interlocks(max_actions: u32) -> ExecuteConfig {
     ExecuteConfig {
-        known_nodes: 8,
-        blast_radius,
         cooldown_ms: 0,
         evaluate_window_ms: 0,
         rate_limit: RateLimit {
@@ -151,18 +168,18 @@ async fn executors_sharing_redis_never_act_on_one_node_at_once_nor_beyond_the_bl
     let redis = TestRedis::new();
     let seen = start_slow_agent(&server.url(), Duration::from_millis(150)).await;
     // 8 nodes, at most 2 under action; nothing else in the way.
-    let config = interlocks(0.25, 1000);
+    let config = interlocks(1000);
     let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
     let b = start_executor(&js, &client, &redis, "exec-b", config.clone()).await;
     wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
 
-    publish(&js, &decisions(0, 48)).await;
+    publish(&js, &under_a_quarter_of_eight(&js, decisions(0, 48)).await).await;
     let results: Vec<ActionResult> = wait_for(&js, 48).await;
 
     // a stops; b takes its partitions over and acts on what comes next.
     let a_stats = a.stop().await.unwrap();
     wait_until_partitions_shared(&js, &["exec-b"]).await;
-    publish(&js, &decisions(48, 64)).await;
+    publish(&js, &under_a_quarter_of_eight(&js, decisions(48, 64)).await).await;
     let results_after: Vec<ActionResult> = wait_for(&js, 64).await;
     let b_stats = b.stop().await.unwrap();
 
@@ -216,7 +233,7 @@ async fn executors_sharing_redis_apply_no_more_than_the_rate_limit_together() {
     let redis = TestRedis::new();
     let seen = start_slow_agent(&server.url(), Duration::from_millis(100)).await;
     // At most 5 actions a minute, over all nodes and executors; nothing else in the way.
-    let config = interlocks(1.0, 5);
+    let config = interlocks(5);
     let a = start_executor(&js, &client, &redis, "exec-a", config.clone()).await;
     let b = start_executor(&js, &client, &redis, "exec-b", config).await;
     wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
@@ -258,7 +275,7 @@ async fn executors_whose_redis_went_away_wait_for_it_then_act_on_each_decision_o
     let mut redis = RedisServer::start();
     let slice = redis.slice();
     let seen = start_slow_agent(&server.url(), Duration::from_millis(20)).await;
-    let config = interlocks(1.0, 1000);
+    let config = interlocks(1000);
     let a = start_executor(&js, &client, &slice, "exec-a", config.clone()).await;
     let b = start_executor(&js, &client, &slice, "exec-b", config).await;
     wait_until_partitions_shared(&js, &["exec-a", "exec-b"]).await;
@@ -328,8 +345,8 @@ async fn executors_switched_to_sharing_delete_the_reader_they_ran_alone_with() {
     leave_the_reader_of_an_executor_that_ran_alone(&js).await;
     assert!(plan_readers(&js).await.contains("execute"));
 
-    let a = start_executor(&js, &client, &redis, "a", interlocks(1.0, 1000)).await;
-    let b = start_executor(&js, &client, &redis, "b", interlocks(1.0, 1000)).await;
+    let a = start_executor(&js, &client, &redis, "a", interlocks(1000)).await;
+    let b = start_executor(&js, &client, &redis, "b", interlocks(1000)).await;
     wait_until_partitions_shared(&js, &["a", "b"]).await;
     // A partition's reader is created once its lease is taken, a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -379,7 +396,7 @@ async fn an_executor_will_not_share_the_work_while_one_runs_alone_nor_the_other_
     let err = execute::run_shared(
         js.clone(),
         client.clone(),
-        interlocks(1.0, 1000),
+        interlocks(1000),
         None,
         Shared::new(shared, "new-host"),
         std::future::pending(),
@@ -405,7 +422,7 @@ async fn an_executor_will_not_share_the_work_while_one_runs_alone_nor_the_other_
     let err = execute::run(
         js.clone(),
         client.clone(),
-        interlocks(1.0, 1000),
+        interlocks(1000),
         std::future::pending(),
     )
     .await

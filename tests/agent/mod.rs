@@ -10,7 +10,7 @@ use std::time::Duration;
 use mapek_bus::command::{Command, CommandReply, Commands};
 use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
-use mapek_domain::{Action, ActionKind, Decision, ExecuteConfig, NodeId};
+use mapek_domain::{Action, ActionKind, Decision, ExecuteConfig, NodeId, Policy};
 use mapek_testkit::NatsServer;
 
 /// Event time of the tests' first decision: 2026-11-28T12:00:00Z.
@@ -19,11 +19,18 @@ pub const T0: i64 = 1_795_867_200_000;
 /// The node whose agent listens but never answers.
 pub const SILENT: &str = "n9";
 
-/// A fresh nats-server with mapek's streams, a JetStream context and a plain client.
+/// The policy [`decision`]s name, which lets every node act (tests/policies/roomy.toml).
+pub const ROOMY_POLICY: &str = include_str!("../policies/roomy.toml");
+
+/// A fresh nats-server with mapek's streams, [`ROOMY_POLICY`] recorded, a JetStream context and
+/// a plain client.
 pub async fn setup() -> (NatsServer, JetStream, async_nats::Client) {
     let server = NatsServer::start();
     let js = mapek_bus::connect(&server.url()).await.unwrap();
     mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .unwrap();
+    mapek_bus::config_store::record_policy(&js, ROOMY_POLICY)
         .await
         .unwrap();
     let client = mapek_bus::connect_client(&server.url()).await.unwrap();
@@ -56,8 +63,6 @@ pub fn analyze_by_partition(
 /// A config with short timeouts, so a test that waits for a missing reply is quick.
 pub fn quick() -> ExecuteConfig {
     ExecuteConfig {
-        known_nodes: 10,
-        blast_radius: 1.0,
         command_timeout_ms: 200,
         approval_poll_ms: 100,
         ..ExecuteConfig::default()
@@ -117,7 +122,7 @@ pub fn decision(name: &str, node: &str, kind: ActionKind, secs: i64) -> Decision
         rule: "test".into(),
         reason: "a test".into(),
         policy_name: "test".into(),
-        policy_hash: "ab".repeat(32),
+        policy_hash: Policy::parse(ROOMY_POLICY).unwrap().hash().to_owned(),
         knowledge: Vec::new(),
         prev_hash: String::new(),
         signature: Vec::new(),

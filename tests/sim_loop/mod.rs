@@ -84,7 +84,6 @@ impl SimLoop {
         let js = sim.js.clone();
         sim.spawn(|stopped| run_partitioned(js, "plan", 8, "t".into(), TTL, plan, stopped));
         let execute = ExecuteConfig {
-            known_nodes: 32,
             evaluate_window_ms: 30_000,
             command_timeout_ms: 500,
             ..ExecuteConfig::default()

@@ -117,6 +117,18 @@ pub async fn record_analyze(js: &JetStream, config: &AnalyzeConfig) -> Result<St
     Ok(h)
 }
 
+/// The text of the policy whose hash is `hash`, if it was recorded. Not a hash (64 lowercase
+/// hex digits, as [`mapek_domain::Policy::hash`] makes them): none.
+pub async fn policy(kv: &Store, hash: &str) -> Result<Option<String>, BusError> {
+    let is_hash = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !is_hash {
+        return Ok(None);
+    }
+    let key = format!("policy.{hash}");
+    let text = kv.get(&key).await.map_err(|e| failed(e.to_string()))?;
+    Ok(text.map(|t| String::from_utf8_lossy(&t).into_owned()))
+}
+
 async fn put_if_changed(kv: &Store, key: &str, value: &[u8]) -> Result<(), BusError> {
     let current = kv.get(key).await.map_err(|e| failed(e.to_string()))?;
     if current.as_deref() == Some(value) {

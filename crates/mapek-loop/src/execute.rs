@@ -40,8 +40,11 @@ use mapek_bus::{
     BusError, DeadLetters, Delivery, Inbox, InboxConfig, JetStream, Publisher, Subscriber,
     SubscriberConfig,
 };
+use mapek_codec::AvroEvent;
 use mapek_domain::execute::{self, Verdict};
-use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig, Interlocks, Phase};
+use mapek_domain::{
+    ActionResult, ActionStatus, Decision, ExecuteConfig, Interlocks, Outcome, Phase, Policy,
+};
 use tracing::{info, warn};
 
 /// The key-value bucket of approvals: key = decision id, value = who approved it.
@@ -64,6 +67,8 @@ const PAUSE: Duration = Duration::from_millis(500);
 /// How many deliveries of a decision may fail the way they will fail again (an invalid
 /// decision id, a result that cannot be stored) before it is dead-lettered.
 const REFUSALS: u32 = 3;
+/// How long a count of the reporting nodes is used before the next node action counts again.
+const RECOUNT: Duration = Duration::from_secs(5);
 /// How long catching up with the results stored may take before it is an error.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
@@ -390,8 +395,13 @@ async fn execute(
     inbox_config.ack_wait = Duration::from_secs(30) + command_time * inbox_config.batch as u32;
     let mut inbox = Inbox::<Decision>::open(&js, inbox_config).await?;
     let mut interlocks = Interlocks::new(config.clone());
-    let mut follower = Follower::open(&js).await?;
-    let replayed = follower.catch_up(&mut interlocks).await?;
+    // Known before the results are folded, so that as much history is kept as the longest
+    // blast-radius window needs.
+    let policies = learn_recorded_policies(&js, &mut interlocks).await?;
+    let mut follower = Follower::<ActionResult>::open(&js).await?;
+    let replayed = follower.catch_up(|r| interlocks.apply(r)).await?;
+    let mut outcomes = Follower::<Outcome>::open(&js).await?;
+    outcomes.catch_up(|o| interlocks.apply_outcome(o)).await?;
     let judge = match part {
         None => {
             // Alone, the executor folds its own results as it records them.
@@ -411,7 +421,11 @@ async fn execute(
         interlocks,
         publisher: Publisher::new(js.clone()),
         client,
+        js: js.clone(),
+        counted: None,
+        outcomes,
         kv,
+        policies,
         held: BTreeSet::new(),
         deferred: None,
         chain: key.map(|k| mapek_audit::Chain::new(Some(k))),
@@ -425,18 +439,9 @@ async fn execute(
     };
     info!(replayed, "executor ready");
     tokio::pin!(shutdown);
-    // The blast radius is a share of the whole mesh: count the reporting nodes now and
-    // every 30 s.
-    let every = Duration::from_secs(30);
-    worker.count_nodes(&js).await;
-    let mut count_nodes = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let batch = tokio::select! {
             batch = inbox.next_batch(FETCH_WAIT) => batch?,
-            _ = count_nodes.tick() => {
-                worker.count_nodes(&js).await;
-                continue;
-            }
             () = &mut shutdown => {
                 inbox.close().await;
                 break;
@@ -449,61 +454,81 @@ async fn execute(
     Ok(worker.stats)
 }
 
-/// Every result stored in `MAPEK_EXECUTE`, followed in order and folded into interlocks.
-struct Follower {
-    results: Subscriber<ActionResult>,
+/// Teaches `interlocks` the blast radius of every policy recorded in `MAPEK_CONFIG`; returns
+/// the bucket, to learn later ones from.
+async fn learn_recorded_policies(
+    js: &JetStream,
+    interlocks: &mut Interlocks,
+) -> Result<Store, BusError> {
+    let recorded = mapek_bus::config_store::read(js).await?;
+    for (hash, text) in &recorded.policies {
+        learn_policy(interlocks, hash, text);
+    }
+    mapek_bus::config_store::open(js).await
+}
+
+/// Teaches `interlocks` the blast radius of the policy `text`, recorded under `hash`.
+fn learn_policy(interlocks: &mut Interlocks, hash: &str, text: &str) {
+    match Policy::parse(text) {
+        Ok(policy) => interlocks.learn_policy(hash, policy.file().blast_radius.clone()),
+        // Recorded by a plan worker that parsed it, so only another version's policy.
+        Err(e) => warn!(policy = hash, "cannot read a recorded policy: {e}"),
+    }
+}
+
+/// Every `E` stored (results in `MAPEK_EXECUTE`, outcomes in `MAPEK_KNOWLEDGE`), followed in
+/// order, to be folded into the interlocks.
+struct Follower<E> {
+    events: Subscriber<E>,
     stream: Stream,
-    /// The stream sequence of the latest result folded.
+    /// The stream sequence of the latest event folded.
     folded: u64,
 }
 
-impl Follower {
+impl<E: AvroEvent> Follower<E> {
     async fn open(js: &JetStream) -> Result<Self, BusError> {
-        let phase = Phase::Execute;
-        let stream = js
-            .get_stream(phase.stream())
-            .await
-            .map_err(|e| BusError::Consumer {
-                stream: phase.stream().to_owned(),
-                detail: format!("{e}; run `mapek streams apply`"),
-            })?;
-        let results = Subscriber::<ActionResult>::open(js, SubscriberConfig::all()).await?;
+        let name = E::PHASE.stream();
+        let stream = js.get_stream(name).await.map_err(|e| BusError::Consumer {
+            stream: name.to_owned(),
+            detail: format!("{e}; run `mapek streams apply`"),
+        })?;
+        let events = Subscriber::<E>::open(js, SubscriberConfig::all()).await?;
         Ok(Self {
-            results,
+            events,
             stream,
             folded: 0,
         })
     }
 
-    /// Folds every result stored by now into `interlocks`; returns how many.
-    async fn catch_up(&mut self, interlocks: &mut Interlocks) -> Result<u64, BusError> {
+    /// Folds every event stored by now with `fold`; returns how many.
+    async fn catch_up(&mut self, mut fold: impl FnMut(&E)) -> Result<u64, BusError> {
+        let name = E::PHASE.stream();
         let failed = |detail: String| BusError::Consumer {
-            stream: Phase::Execute.stream().to_owned(),
+            stream: name.to_owned(),
             detail,
         };
         let last = self
             .stream
             .info()
             .await
-            .map_err(|e| failed(format!("cannot read how many results are stored: {e}")))?
+            .map_err(|e| failed(format!("cannot read how many events are stored: {e}")))?
             .state
             .last_sequence;
         let mut folded = 0;
         while self.folded < last {
-            let received = tokio::time::timeout(CATCH_UP_WAIT, self.results.next())
+            let received = tokio::time::timeout(CATCH_UP_WAIT, self.events.next())
                 .await
                 .map_err(|_| {
                     failed(format!(
-                        "results up to {last} are stored, but none after {} arrived within {} s",
+                        "events up to {last} are stored, but none after {} arrived within {} s",
                         self.folded,
                         CATCH_UP_WAIT.as_secs()
                     ))
                 })?
-                .ok_or_else(|| failed("the results' subscription ended".into()))??;
-            // A result that does not decode cannot be folded; it was not written by an
-            // executor.
-            if let Ok(result) = received.event {
-                interlocks.apply(&result);
+                .ok_or_else(|| failed("the subscription ended".into()))??;
+            // What does not decode cannot be folded; no mapek worker wrote it.
+            if let Ok(event) = received.event {
+                fold(&event);
                 folded += 1;
             }
             self.folded = received.stream_seq;
@@ -516,7 +541,7 @@ impl Follower {
 /// result stored, knowing every command out.
 struct Judge {
     lock: JudgeLock,
-    follower: Follower,
+    follower: Follower<ActionResult>,
 }
 
 /// The Redis side of judging: the lock and the node leases.
@@ -559,7 +584,7 @@ impl Judge {
                 .await
                 .map_err(|e| Paused(e.to_string()))?;
             self.follower
-                .catch_up(interlocks)
+                .catch_up(|r| interlocks.apply(r))
                 .await
                 .map_err(|e| Paused(e.to_string()))?;
             Ok(leases)
@@ -633,7 +658,16 @@ struct Executor {
     interlocks: Interlocks,
     publisher: Publisher,
     client: async_nats::Client,
+    js: JetStream,
+    /// The outcomes, folded before a node action is judged: an action whose outcome is in no
+    /// longer keeps its node under action.
+    outcomes: Follower<Outcome>,
+    /// When the reporting nodes were last counted.
+    counted: Option<tokio::time::Instant>,
     kv: Store,
+    /// Where the plan workers record their policies (`MAPEK_CONFIG`): the blast radius of a
+    /// decision is its policy's.
+    policies: Store,
     /// Stream sequences of decisions waiting for approval: no ack may cover them.
     held: BTreeSet<u64>,
     /// The latest decision acted on whose ack a waiting decision blocks; acknowledged (with
@@ -651,10 +685,18 @@ struct Executor {
 }
 
 impl Executor {
-    async fn count_nodes(&mut self, js: &JetStream) {
-        match mapek_bus::streams::count_reporting_nodes(js).await {
+    /// Counts the nodes reporting telemetry, the mesh's size for the blast radius, before a
+    /// node action is judged, unless they were counted less than [`RECOUNT`] ago.
+    async fn count_nodes(&mut self, decision: &Decision) {
+        let fresh = self.counted.is_some_and(|at| at.elapsed() < RECOUNT);
+        if fresh || decision.action.kind == ActionKind::Escalate {
+            return;
+        }
+        self.counted = Some(tokio::time::Instant::now());
+        match mapek_bus::streams::count_reporting_nodes(&self.js).await {
             Ok(n) => self.interlocks.mesh_reports(n),
-            Err(e) => tracing::warn!(error = %e, "cannot count the mesh's nodes"),
+            // Judged with the last count (or the policy's floor) until the next one.
+            Err(e) => warn!(error = %e, "cannot count the mesh's nodes"),
         }
     }
 
@@ -717,6 +759,14 @@ impl Executor {
             self.record(&stale, cause, started).await?;
             return Ok(Next::Ack);
         }
+        self.know_policy(decision).await?;
+        self.count_nodes(decision).await;
+        if decision.action.kind != ActionKind::Escalate {
+            let interlocks = &mut self.interlocks;
+            self.outcomes
+                .catch_up(|o| interlocks.apply_outcome(o))
+                .await?;
+        }
         let judged = match self.judge.as_mut() {
             None => {
                 self.rule_on(decision, approved, seq, cause, started)
@@ -749,6 +799,20 @@ impl Executor {
             }
         }
         recorded.map(|()| Next::Ack)
+    }
+
+    /// Learns the blast radius of `decision`'s policy from where the plan workers recorded it,
+    /// the first time a node action of that policy is judged. A policy not recorded stays
+    /// unknown, and the interlocks refuse the action.
+    async fn know_policy(&mut self, decision: &Decision) -> Result<(), BusError> {
+        let hash = &decision.policy_hash;
+        if decision.action.kind == ActionKind::Escalate || self.interlocks.knows_policy(hash) {
+            return Ok(());
+        }
+        if let Some(text) = mapek_bus::config_store::policy(&self.policies, hash).await? {
+            learn_policy(&mut self.interlocks, hash, &text);
+        }
+        Ok(())
     }
 
     /// Whether a human approved `decision`, for an action that needs it.

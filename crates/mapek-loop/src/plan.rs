@@ -3,8 +3,8 @@
 //! The planner's state (open incidents, cooldowns, the blast radius) is a fold of the symptoms
 //! and of the decisions it took on them; replaying the symptoms through the planner takes the
 //! same decisions again, so rebuilding from the log (see [`crate::stage`]) restores it exactly.
-//! With several partitions, each partition's planner counts the blast radius over its own
-//! nodes; the executor's interlocks count it over all of them.
+//! A policy's blast radius with `scope = "mesh"` is judged by the executor over the whole
+//! mesh; with `scope = "partition"` each partition's planner judges it over its own nodes.
 //!
 //! Replaying with the live knowledge would not be exact: the knowledge grows as outcomes come
 //! in, so a symptom decided on yesterday's knowledge could be decided differently today, and
@@ -126,9 +126,13 @@ impl Stage for PlanStage {
         js: &JetStream,
         partition: Option<u32>,
     ) -> impl Future<Output = Result<(), BusError>> + Send {
-        let hash = self.planner.policy().hash().to_owned();
+        let policy = self.planner.policy();
+        let (hash, text) = (policy.hash().to_owned(), policy.text().to_owned());
         let recorded = &mut self.recorded;
         async move {
+            // Before the first decision: decisions record only the policy's hash, and replay
+            // and the executor (which judges the blast radius by it) read its text here.
+            mapek_bus::config_store::record_policy(js, &text).await?;
             *recorded = recorded_knowledge(js, partition, &hash).await?;
             Ok(())
         }

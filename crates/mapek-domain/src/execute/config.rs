@@ -30,17 +30,9 @@ pub struct ExecuteConfig {
     /// At most this many actions applied per window, over all nodes: the guard against a
     /// storm of decisions from a bad detector or a bad rule.
     pub rate_limit: RateLimit,
-    /// At most this fraction (0 to 1] of the known nodes may be under action at once (an
-    /// action is under way for `evaluate_window_ms` after it was applied), rounded down but
-    /// never below one node, so a small mesh can still act.
-    pub blast_radius: f64,
-    /// How many nodes the mesh has, for the blast radius. The executor sees only the nodes
-    /// that decisions name, which undercounts a healthy mesh; it uses the larger of this and
-    /// what it saw. 0: only what it saw.
-    pub known_nodes: usize,
     /// How long after an action was applied (event time) its incident must resolve for the
-    /// action to count as having resolved it; also how long an action counts as under way for
-    /// the blast radius.
+    /// action to count as having resolved it. (How long an action counts as under way for the
+    /// blast radius is the policy's `blast_radius.window_secs`.)
     pub evaluate_window_ms: i64,
     /// How long the worker waits for a node agent's reply to one command, in milliseconds.
     pub command_timeout_ms: u64,
@@ -66,8 +58,6 @@ impl Default for ExecuteConfig {
             require_approval: Approval::default(),
             cooldown_ms: 60_000,
             rate_limit: RateLimit::default(),
-            blast_radius: 0.1,
-            known_nodes: 0,
             evaluate_window_ms: 60_000,
             command_timeout_ms: 2_000,
             command_attempts: 3,
@@ -78,7 +68,7 @@ impl Default for ExecuteConfig {
 }
 
 impl ExecuteConfig {
-    /// Checks the ranges serde cannot: a fraction in (0, 1], times not negative, at least
+    /// Checks the ranges serde cannot: times not negative, at least
     /// one attempt. The error names the field.
     pub fn check(&self) -> Result<(), Invalid> {
         let out = |field: &str, value: f64, range: &'static str| Invalid::OutOfRange {
@@ -86,13 +76,6 @@ impl ExecuteConfig {
             value,
             range,
         };
-        if !(self.blast_radius > 0.0 && self.blast_radius <= 1.0) {
-            return Err(out(
-                "blast_radius",
-                self.blast_radius,
-                "more than 0 and at most 1",
-            ));
-        }
         for (field, value) in [
             ("cooldown_ms", self.cooldown_ms),
             ("evaluate_window_ms", self.evaluate_window_ms),

@@ -1,7 +1,8 @@
 //! The interlocks every action passes before it reaches a node, and the state they are judged
 //! from: a fold of the action results.
 //!
-//! The state is folded from [`ActionResult`]s ([`Interlocks::apply`]), in log order, plus the
+//! The state is folded from [`ActionResult`]s ([`Interlocks::apply`]), in log order, the
+//! outcomes that end an action's time under action ([`Interlocks::apply_outcome`]), and the
 //! leases the executor takes while a command is out ([`Interlocks::begin`]). Time is the
 //! decision's event time (`ts_ms`), never a clock, so the same log gives the same verdicts.
 
@@ -9,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use super::{ExecuteConfig, secs};
-use crate::{ActionKind, ActionResult, ActionStatus, Decision, NodeId};
+use crate::plan::{BlastRadius, Load, Scope};
+use crate::{ActionKind, ActionResult, ActionStatus, Decision, NodeId, Outcome};
 
 /// How long the ids of decisions already acted on are remembered, in ms of event time, at
 /// least: a decision delivered again within that time (a crash before its ack) is recognised
@@ -25,7 +27,8 @@ pub enum Interlock {
     Cooldown,
     /// Too many actions were applied within the window, over all nodes.
     RateLimit,
-    /// Too many nodes would be under action at once.
+    /// Too many nodes would be under action at once, or too many actions within the window,
+    /// as the decision's policy says (`[blast_radius]`, scope `mesh`).
     BlastRadius,
     /// The executor records what it would do and sends nothing.
     DryRun,
@@ -63,12 +66,15 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// An action that reached a node (or would have, in dry-run), remembered for the rate limit
-/// and the blast radius.
+/// An action that reached a node (or would have, in dry-run), remembered for the cooldown,
+/// the rate limit and the blast radius.
 #[derive(Clone, Debug, PartialEq)]
 struct Applied {
     ts_ms: i64,
     node: NodeId,
+    decision_id: String,
+    /// Its outcome is in: the node is no longer under action because of it.
+    judged: bool,
 }
 
 /// A command out to a node, not yet recorded.
@@ -100,8 +106,6 @@ pub struct Interlocks {
     config: ExecuteConfig,
     /// The highest event time folded.
     watermark: Option<i64>,
-    /// Every node named by a result or a lease.
-    nodes: BTreeSet<NodeId>,
     leases: BTreeMap<NodeId, Lease>,
     /// The latest applied action on each node: when, and what.
     last: BTreeMap<NodeId, (i64, ActionKind)>,
@@ -109,8 +113,12 @@ pub struct Interlocks {
     applied: VecDeque<Applied>,
     /// Decisions already acted on (any status), with their time.
     done: BTreeMap<String, i64>,
+    /// Decisions whose outcome was folded before their result, with the outcome's time.
+    judged_early: BTreeMap<String, i64>,
     /// How many nodes the mesh reports, as last counted by the worker (0 before it counted).
     reporting: usize,
+    /// The blast radius of each policy decisions were judged under, by policy hash.
+    radii: BTreeMap<String, BlastRadius>,
 }
 
 impl Interlocks {
@@ -119,20 +127,33 @@ impl Interlocks {
         Self {
             config,
             watermark: None,
-            nodes: BTreeSet::new(),
             leases: BTreeMap::new(),
             last: BTreeMap::new(),
             applied: VecDeque::new(),
             done: BTreeMap::new(),
+            judged_early: BTreeMap::new(),
             reporting: 0,
+            radii: BTreeMap::new(),
         }
     }
 
-    /// Tells how many nodes the mesh reports (the worker counts the nodes on the monitor
-    /// stream), so the blast radius is a share of the whole mesh, not only of the nodes that
-    /// decisions named.
+    /// Tells how many nodes the mesh reports (the worker counts the nodes with telemetry on
+    /// the monitor streams): the mesh's size for the blast radius, with the policy's floor.
     pub fn mesh_reports(&mut self, nodes: usize) {
         self.reporting = nodes;
+    }
+
+    /// Learns the blast radius of the policy whose hash is `policy_hash` (the worker reads the
+    /// policy from where the plan workers recorded it): decisions that record this hash are
+    /// judged by it.
+    pub fn learn_policy(&mut self, policy_hash: &str, radius: BlastRadius) {
+        self.radii.insert(policy_hash.to_owned(), radius);
+    }
+
+    /// Whether the blast radius of the policy `policy_hash` is known
+    /// ([`Interlocks::learn_policy`]).
+    pub fn knows_policy(&self, policy_hash: &str) -> bool {
+        self.radii.contains_key(policy_hash)
     }
 
     /// The configuration it judges by.
@@ -209,22 +230,8 @@ impl Interlocks {
                 ),
             );
         }
-        let busy = self.under_action(now);
-        let allowed = self.blast_limit();
-        if !busy.contains(node) && busy.len() + 1 > allowed {
-            let names: Vec<&str> = busy.iter().map(|n| n.as_str()).collect();
-            return refuse(
-                Interlock::BlastRadius,
-                format!(
-                    "{} of {} known nodes are under action ({}), the limit is {}% ({} {})",
-                    busy.len(),
-                    self.known_nodes(),
-                    names.join(", "),
-                    self.config.blast_radius * 100.0,
-                    allowed,
-                    if allowed == 1 { "node" } else { "nodes" }
-                ),
-            );
+        if let Err(why) = self.blast_radius(decision) {
+            return refuse(Interlock::BlastRadius, why);
         }
         if self.config.dry_run {
             return refuse(
@@ -245,10 +252,45 @@ impl Interlocks {
         Ok(())
     }
 
+    /// Judges `decision`'s node action by its policy's blast radius over the whole mesh, when
+    /// the policy leaves the blast radius to the executor (scope `mesh`); with scope
+    /// `partition` the planner judged it. A policy it does not know is refused: how much of
+    /// the mesh it may act on is unknown.
+    fn blast_radius(&self, decision: &Decision) -> Result<(), String> {
+        let hash = &decision.policy_hash;
+        let Some(radius) = self.radii.get(hash) else {
+            return Err(format!(
+                "the policy that made the decision ({}, sha256 {}) is not recorded in \
+                 MAPEK_CONFIG, so how much of the mesh it may act on is unknown",
+                decision.policy_name,
+                &hash[..hash.len().min(12)]
+            ));
+        };
+        if radius.scope == Scope::Partition {
+            return Ok(());
+        }
+        let since = decision.ts_ms.saturating_sub(radius.window_ms());
+        let busy = self.under_action(since);
+        let load = Load {
+            seen: self.reporting,
+            nodes_after: busy.len() + usize::from(!busy.contains(&decision.node)),
+            // Commands out count as applied: they may well be (one executor never has one
+            // out when it judges; several executors do).
+            actions: self.applied_since(since).count() + self.leases.len(),
+        };
+        match radius.refuses(load) {
+            None => Ok(()),
+            Some(why) if busy.is_empty() => Err(why),
+            Some(why) => {
+                let names: Vec<&str> = busy.iter().map(|n| n.as_str()).collect();
+                Err(format!("{why}; under action: {}", names.join(", ")))
+            }
+        }
+    }
+
     /// Takes `decision`'s node lease while its command is out: until its result is applied,
     /// other decisions for the node are refused by [`Interlock::Lease`].
     pub fn begin(&mut self, decision: &Decision) {
-        self.nodes.insert(decision.node.clone());
         self.leases.insert(
             decision.node.clone(),
             Lease {
@@ -269,7 +311,6 @@ impl Interlocks {
             if self.done.contains_key(&c.decision_id) || self.leases.contains_key(&c.node) {
                 continue;
             }
-            self.nodes.insert(c.node.clone());
             self.leases.insert(
                 c.node,
                 Lease {
@@ -295,7 +336,6 @@ impl Interlocks {
     /// the blast radius. Escalations count toward none of them. Folding the same result twice
     /// changes nothing more.
     pub fn apply(&mut self, result: &ActionResult) {
-        self.nodes.insert(result.node.clone());
         if self
             .leases
             .get(&result.node)
@@ -319,10 +359,30 @@ impl Interlocks {
             self.applied.push_back(Applied {
                 ts_ms: result.ts_ms,
                 node: result.node.clone(),
+                decision_id: result.decision_id.clone(),
+                judged: self.judged_early.remove(&result.decision_id).is_some(),
             });
         }
         self.watermark = Some(self.watermark.map_or(result.ts_ms, |w| w.max(result.ts_ms)));
         self.prune();
+    }
+
+    /// Folds an outcome: the action it judged no longer keeps its node under action for the
+    /// blast radius (it still counts toward `max_actions` and the rate limit, resolved or not).
+    pub fn apply_outcome(&mut self, outcome: &Outcome) {
+        match self
+            .applied
+            .iter_mut()
+            .find(|a| a.decision_id == outcome.decision_id)
+        {
+            Some(applied) => applied.judged = true,
+            None if !self.done.contains_key(&outcome.decision_id) => {
+                self.judged_early
+                    .insert(outcome.decision_id.clone(), outcome.ts_ms);
+            }
+            // Its result was folded but is gone or did not touch a node.
+            None => {}
+        }
     }
 
     /// Whether `decision_id` was already acted on (a result of any status was folded).
@@ -330,27 +390,12 @@ impl Interlocks {
         self.done.contains_key(decision_id)
     }
 
-    /// The nodes the blast radius is measured against: the largest of the configured count,
-    /// the nodes the mesh reports ([`Interlocks::mesh_reports`]) and the nodes seen.
-    pub fn known_nodes(&self) -> usize {
-        self.config
-            .known_nodes
-            .max(self.reporting)
-            .max(self.nodes.len())
-    }
-
-    /// How many nodes may be under action at once: the fraction of the known nodes, rounded
-    /// down, but at least one.
-    pub fn blast_limit(&self) -> usize {
-        let n = (self.config.blast_radius * self.known_nodes() as f64).floor() as usize;
-        n.max(1)
-    }
-
-    /// The nodes under action at `now_ms`: an action applied less than the evaluation window
-    /// before (or after, if the log is out of time order), or a command out.
-    pub fn under_action(&self, now_ms: i64) -> BTreeSet<&NodeId> {
-        let since = now_ms - self.config.evaluate_window_ms;
-        self.applied_since(since)
+    /// The nodes under action since `since_ms` (event time): an action applied after it (or
+    /// after the decision judged, if the log is out of time order) whose outcome is not in
+    /// yet, or a command out.
+    fn under_action(&self, since_ms: i64) -> BTreeSet<&NodeId> {
+        self.applied_since(since_ms)
+            .filter(|a| !a.judged)
             .map(|a| &a.node)
             .chain(self.leases.keys())
             .collect()
@@ -363,15 +408,17 @@ impl Interlocks {
     /// Forgets what no later decision can be refused by.
     fn prune(&mut self) {
         let Some(w) = self.watermark else { return };
+        let radius = self.radii.values().map(BlastRadius::window_ms).max();
         let keep = self
             .config
             .cooldown_ms
             .max(self.config.rate_limit.window_ms)
-            .max(self.config.evaluate_window_ms);
+            .max(radius.unwrap_or(0));
         let since = w.saturating_sub(keep);
         self.applied.retain(|a| a.ts_ms > since);
         self.last.retain(|_, (ts, _)| *ts > since);
         let remember = w.saturating_sub(keep.max(REMEMBER_MS));
         self.done.retain(|_, ts| *ts > remember);
+        self.judged_early.retain(|_, ts| *ts > remember);
     }
 }

@@ -34,8 +34,8 @@ pub use features::{DIM as FEATURE_DIM, FEATURES, FEATURES_VERSION, features};
 pub use knowledge::{KnowledgeView, NoKnowledge, RecordedKnowledge};
 pub use planner::{decision_id, handle};
 pub use policy::{
-    BlastRadius, Candidate, DEFAULT_POLICY, Fallback, KnowledgeSettings, NO_RULE, Policy,
-    PolicyError, PolicyFile, Rule,
+    BlastRadius, Candidate, DEFAULT_POLICY, Fallback, KnowledgeSettings, Load, NO_RULE, Policy,
+    PolicyError, PolicyFile, Rule, Scope,
 };
 pub use state::{OpenIncident, PlanState};
 

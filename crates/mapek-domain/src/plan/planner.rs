@@ -18,7 +18,9 @@
 use std::fmt::Write as _;
 
 use super::knowledge::{KnowledgeView, consult, evidence};
-use super::policy::{Candidate, Fallback, NO_RULE, Policy, RATE_PARAM, Rule};
+use super::policy::{
+    BlastRadius, Candidate, Fallback, Load, NO_RULE, Policy, RATE_PARAM, Rule, Scope,
+};
 use super::state::{PlanState, millis};
 use crate::{Action, ActionKind, Decision, EventId, Neighbour, Symptom, SymptomState};
 
@@ -201,67 +203,44 @@ fn cooldown(state: &PlanState, symptom: &Symptom, candidate: &Candidate) -> Opti
     ))
 }
 
-/// What the blast radius allows at the symptom's time.
-struct Room {
-    window_secs: u64,
-    /// Nodes with an action in flight, counting the symptom's node if acting on it.
-    nodes_after: usize,
-    /// How many nodes may have an action in flight, and the percentage and known count.
-    max_nodes: Option<(usize, f64, usize)>,
-    /// Actions decided within the window.
-    actions: usize,
-    max_actions: Option<u32>,
+/// What the blast radius finds at the symptom's time, in this partition, when the policy
+/// has the planner judge it (scope `partition`).
+struct Room<'p> {
+    limits: &'p BlastRadius,
+    load: Option<Load>,
 }
 
-impl Room {
-    fn new(policy: &Policy, state: &PlanState, symptom: &Symptom) -> Self {
+impl<'p> Room<'p> {
+    fn new(policy: &'p Policy, state: &PlanState, symptom: &Symptom) -> Self {
         let limits = &policy.file().blast_radius;
+        if limits.scope == Scope::Mesh {
+            return Self { limits, load: None };
+        }
         let window_ms = millis(limits.window_secs);
         let in_flight = state.in_flight(symptom.ts_ms, window_ms);
-        let nodes_after = in_flight.len() + usize::from(!in_flight.contains(&symptom.node));
-        let mut known = state.known_nodes();
+        let mut seen = state.known_nodes();
         for n in std::iter::once(&symptom.node).chain(&symptom.peer) {
-            known += usize::from(!state.knows(n));
+            seen += usize::from(!state.knows(n));
         }
-        let known = known.max(limits.min_known_nodes as usize);
-        let max_nodes = limits.max_node_percent.map(|p| {
-            // p * known / 100, rounded down: a limit of 10 % of 15 nodes is 1 node, not 2.
-            let allowed = (p * known as f64 / 100.0).floor() as usize;
-            (allowed, p, known)
-        });
-        Self {
-            window_secs: limits.window_secs,
-            nodes_after,
-            max_nodes,
+        let load = Load {
+            seen,
+            nodes_after: in_flight.len() + usize::from(!in_flight.contains(&symptom.node)),
             actions: state.actions_within(symptom.ts_ms, window_ms),
-            max_actions: limits.max_actions,
+        };
+        Self {
+            limits,
+            load: Some(load),
         }
     }
 
     /// Why the blast radius refuses `candidate`, if it does. Escalations touch no node and
-    /// are never refused.
+    /// are never refused; with scope `mesh` the executor judges, not the planner.
     fn refuses(&self, candidate: &Candidate) -> Option<String> {
         if candidate.action == ActionKind::Escalate {
             return None;
         }
-        if let Some((allowed, percent, known)) = self.max_nodes
-            && self.nodes_after > allowed
-        {
-            return Some(format!(
-                "blast radius, acting would put {} of {known} known nodes under action, more \
-                 than {allowed} ({percent}%)",
-                self.nodes_after
-            ));
-        }
-        if let Some(max) = self.max_actions
-            && self.actions >= max as usize
-        {
-            return Some(format!(
-                "blast radius, {} actions decided in the last {} s, the most allowed",
-                self.actions, self.window_secs
-            ));
-        }
-        None
+        let why = self.limits.refuses(self.load?)?;
+        Some(format!("blast radius, {why}"))
     }
 }
 

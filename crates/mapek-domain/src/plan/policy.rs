@@ -56,29 +56,100 @@ pub struct PolicyFile {
     pub rules: Vec<Rule>,
 }
 
-/// How much of the mesh may be under action. Counted from the decisions the planner made,
-/// by event time; escalations do not count, since they do not touch a node.
+/// How much of the mesh may be under action, by event time; escalations do not count, since
+/// they do not touch a node. Where it is judged, and over which nodes, is [`Scope`]'s to say;
+/// what it refuses is [`BlastRadius::refuses`] either way.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlastRadius {
-    /// The window, in seconds of event time, over which actions are counted. An action is
-    /// *in flight* from its decision until its incident resolves or this window passes,
-    /// whichever comes first.
+    /// Where the limits are judged: `mesh` (by the executor, over every node of the mesh) or
+    /// `partition` (by each plan partition, over the nodes it has seen), the way of a policy
+    /// that does not say, so that decisions recorded under it replay the same.
+    #[serde(default)]
+    pub scope: Scope,
+    /// The window, in seconds of event time, over which actions are counted. A node is under
+    /// action for at most this long after an action on it (`mesh`: from when it was applied
+    /// until its outcome is in; `partition`: from its decision until its incident resolves),
+    /// whichever is first.
     pub window_secs: u64,
-    /// At most this percentage (0 to 100] of the known nodes may have an action in flight at
-    /// once, rounded down. A candidate that would exceed it is skipped.
+    /// At most this percentage (0 to 100] of the known nodes may be under action at once,
+    /// rounded down.
     #[serde(default)]
     pub max_node_percent: Option<f64>,
-    /// The known nodes are those seen in symptoms (as the node or its peer), but never fewer
-    /// than this: a planner that has seen three nodes must not take one of them for a third
-    /// of the mesh. Set it to the mesh's size; with `max_node_percent` it must allow at least
-    /// one node, or nothing could act at start.
+    /// The known nodes are those seen (`mesh`: every node with telemetry on the monitor
+    /// streams; `partition`: those seen in the partition's symptoms), but never fewer than
+    /// this, so that a loop that has seen three nodes does not take one of them for a third of
+    /// the mesh. With `max_node_percent` it must allow at least one node.
     #[serde(default)]
     pub min_known_nodes: u32,
-    /// At most this many actions may be decided within the window, over all nodes, in
-    /// flight or not: a rate limit on the planner itself.
+    /// At most this many node actions within the window, over all nodes (`mesh`: applied or
+    /// with their command out; `partition`: decided by the partition).
     #[serde(default)]
     pub max_actions: Option<u32>,
+}
+
+/// Where the blast radius is judged. The planner cannot judge the whole mesh: each plan
+/// partition decides from its own symptoms, so that its decisions are a pure function of
+/// them. The executor sees every decision acted on, whatever the number of partitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The executor judges each node action over the whole mesh when it acts on it; the
+    /// planner chooses without the blast radius, and a refusal is recorded with the action.
+    Mesh,
+    /// Each plan partition judges the candidates over the nodes it has seen and skips those
+    /// the blast radius refuses; with several partitions none of them sees the whole mesh.
+    #[default]
+    Partition,
+}
+
+/// What a node action would find: the counts the blast radius judges, made by the planner
+/// (scope `partition`) or the executor (scope `mesh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// The nodes seen, before the policy's floor (`min_known_nodes`).
+    pub seen: usize,
+    /// The nodes under action if the action goes ahead, its own node included.
+    pub nodes_after: usize,
+    /// The node actions within the window before this one.
+    pub actions: usize,
+}
+
+impl BlastRadius {
+    /// The mesh's size for the blast radius: the nodes seen, but never fewer than
+    /// `min_known_nodes`.
+    pub fn known_nodes(&self, seen: usize) -> usize {
+        seen.max(self.min_known_nodes as usize)
+    }
+
+    /// The window in milliseconds of event time.
+    pub fn window_ms(&self) -> i64 {
+        i64::try_from(self.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    /// Why the blast radius refuses a node action under `load`, if it does, in the words both
+    /// the planner and the executor give.
+    pub fn refuses(&self, load: Load) -> Option<String> {
+        let known = self.known_nodes(load.seen);
+        if let Some(percent) = self.max_node_percent {
+            // percent * known / 100, rounded down: 10 % of 15 nodes is 1 node, not 2.
+            let allowed = (percent * known as f64 / 100.0).floor() as usize;
+            if load.nodes_after > allowed {
+                return Some(format!(
+                    "acting would put {} of {known} known nodes under action, more than \
+                     {allowed} ({percent}%)",
+                    load.nodes_after
+                ));
+            }
+        }
+        match self.max_actions {
+            Some(max) if load.actions >= max as usize => Some(format!(
+                "{} actions decided in the last {} s, the most allowed",
+                load.actions, self.window_secs
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// How past incidents rank a rule's candidates.
@@ -196,11 +267,13 @@ pub enum PolicyError {
     },
 }
 
-/// A checked policy and the hash of the file it came from.
+/// A checked policy, the file it came from and its hash.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     file: PolicyFile,
     hash: String,
+    /// The file's exact text: what the plan workers record for replay and the executor.
+    text: std::sync::Arc<str>,
 }
 
 impl Policy {
@@ -211,6 +284,7 @@ impl Policy {
         Ok(Self {
             file,
             hash: hash(text.as_bytes()),
+            text: text.into(),
         })
     }
 
@@ -231,6 +305,11 @@ impl Policy {
     /// SHA-256 of the policy file's bytes, 64 lowercase hex digits.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The file's exact text, whose SHA-256 is [`Policy::hash`].
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The checked file.

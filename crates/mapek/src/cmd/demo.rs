@@ -164,8 +164,6 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     // judge an action after 30 s, so the last incidents get their outcome before the end.
     file.analyze.silent_after_ms = 10_000;
     file.execute.evaluate_window_ms = 30_000;
-    // The executor's blast radius counts against the whole mesh, not only the nodes it saw.
-    file.execute.known_nodes = args.nodes;
     let demo_settings = Settings {
         nats_url: url.clone(),
         nats_url_given: true,

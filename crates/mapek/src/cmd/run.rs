@@ -163,10 +163,8 @@ Examples:
 pub struct Loop {
     /// The detectors' settings.
     pub analyze: AnalyzeConfig,
-    /// The policy.
+    /// The policy; each plan worker records its text in MAPEK_CONFIG before deciding.
     pub policy: Policy,
-    /// The policy file's exact text: recorded in MAPEK_CONFIG at start, for replay.
-    pub policy_text: String,
     /// The interlocks and the actuator's settings.
     pub execute: ExecuteConfig,
     /// The name in the leases.
@@ -190,18 +188,13 @@ impl Loop {
         worker: Option<String>,
         settings: &Settings,
     ) -> anyhow::Result<Self> {
-        let (policy, policy_text) = match policy.or_else(|| settings.file.plan.policy.clone()) {
+        let policy = match policy.or_else(|| settings.file.plan.policy.clone()) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read the policy {}", path.display()))?;
-                let policy =
-                    Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?;
-                (policy, text)
+                Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?
             }
-            None => (
-                Policy::builtin(),
-                mapek_domain::plan::DEFAULT_POLICY.to_owned(),
-            ),
+            None => Policy::builtin(),
         };
         let worker = worker.unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "mapek".into());
@@ -211,7 +204,6 @@ impl Loop {
             analyze: settings.file.analyze.clone(),
             execute: settings.file.execute.clone(),
             policy,
-            policy_text,
             worker,
             signer: None,
             verifier: None,
@@ -324,19 +316,9 @@ impl Loop {
             self.worker.clone(),
             shutdown.clone(),
         );
-        let policy_text = self.policy_text.clone();
         let signer = self.signer.clone();
         let index = self.stores.as_ref().map(|s| s.index.clone());
         tasks.spawn(async move {
-            // Decisions record only the policy's hash; replay needs its text.
-            let record = || mapek_bus::config_store::record_policy(&js, &policy_text);
-            let stopped = std::pin::pin!(stop.clone().wait());
-            if until_ok("plan", "record policy", record, stopped)
-                .await
-                .is_none()
-            {
-                return Ok("plan: stopped before it started".to_owned());
-            }
             let stats = run_partitioned(
                 js,
                 "plan",
@@ -689,11 +671,15 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode>
     let mut tasks = JoinSet::new();
     workers.spawn(&js, &client, args.phase, &shutdown, &mut tasks);
     eprintln!(
-        "mapek run: {:?} as {} with policy {} ({}); Ctrl-C stops",
+        "mapek run: {:?} as {} with policy {} ({}, blast radius judged {}); Ctrl-C stops",
         args.phase,
         workers.worker,
         workers.policy.name(),
-        &workers.policy.hash()[..12]
+        &workers.policy.hash()[..12],
+        match workers.policy.file().blast_radius.scope {
+            mapek_domain::plan::Scope::Mesh => "over the mesh by the executor",
+            mapek_domain::plan::Scope::Partition => "per plan partition by the planner",
+        }
     );
     let mut failed = false;
     while let Some(done) = tasks.join_next().await {

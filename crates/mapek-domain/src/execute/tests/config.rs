@@ -14,7 +14,6 @@ fn defaults_are_the_documented_ones() {
         (c.rate_limit.max_actions, c.rate_limit.window_ms),
         (10, 60_000)
     );
-    assert_eq!(c.blast_radius, 0.1);
     assert_eq!((c.command_timeout_ms, c.command_attempts), (2_000, 3));
     c.check().unwrap();
 }
@@ -36,9 +35,15 @@ fn a_misspelt_field_or_a_bad_range_is_an_error_naming_it() {
     assert!(err.to_string().contains("cooldown_secs"), "{err}");
     let err = toml::from_str::<ExecuteConfig>("[rate_limit]\nmax = 5").unwrap_err();
     assert!(err.to_string().contains("max"), "{err}");
+    // The blast radius is the policy's ([blast_radius]), not the executor's.
+    let err = toml::from_str::<ExecuteConfig>("blast_radius = 0.1").unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `blast_radius`"),
+        "{err}"
+    );
+    let err = toml::from_str::<ExecuteConfig>("[rate_limit]\nmax = 5").unwrap_err();
+    assert!(err.to_string().contains("max"), "{err}");
     for (text, field) in [
-        ("blast_radius = 0.0", "blast_radius"),
-        ("blast_radius = 1.5", "blast_radius"),
         ("cooldown_ms = -1", "cooldown_ms"),
         ("command_attempts = 0", "command_attempts"),
     ] {

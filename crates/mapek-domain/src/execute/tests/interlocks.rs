@@ -7,8 +7,6 @@ use ActionKind::{Escalate, Quarantine, RateLimit as Limit, Reroute, RestartServi
 /// A config that isolates one interlock: a big mesh, and the others out of the way.
 fn roomy() -> ExecuteConfig {
     ExecuteConfig {
-        known_nodes: 100,
-        blast_radius: 1.0,
         rate_limit: RateLimit {
             max_actions: 1000,
             window_ms: 60_000,
@@ -125,52 +123,124 @@ fn rate_limit_caps_actions_per_window_over_all_nodes() {
 #[test]
 fn blast_radius_caps_the_share_of_nodes_under_action() {
     let config = ExecuteConfig {
-        known_nodes: 20,
-        blast_radius: 0.1,
         cooldown_ms: 0,
         ..ExecuteConfig::default()
     };
     let history = vec![done("a", "n1", Reroute, 0.0), done("b", "n2", Reroute, 1.0)];
-    given(config, history)
+    given_under(config, radius(10.0, 20), history)
         .when(&decision("c", "n3", Reroute, 5.0))
         .then_refused(
             Interlock::BlastRadius,
-            "blast radius: 2 of 20 known nodes are under action (n1, n2), the limit is 10% \
-             (2 nodes)",
+            "blast radius: acting would put 3 of 20 known nodes under action, more than 2 \
+             (10%); under action: n1, n2",
         )
         // A node already under action does not widen it.
         .when(&decision("d", "n1", RestartService, 5.0))
         .then_send()
-        // Once the evaluation window of n1's action passed, n3 fits.
+        // Once the policy's window since n1's action passed, n3 fits.
         .when(&decision("e", "n3", Reroute, 60.0))
         .then_send();
 }
 
 #[test]
-fn blast_radius_allows_one_node_in_a_small_mesh() {
-    // 10 % of 3 nodes rounds down to 0; one node may still act, not two.
-    let config = ExecuteConfig {
-        known_nodes: 3,
-        ..ExecuteConfig::default()
+fn a_node_whose_action_was_judged_is_no_longer_under_action() {
+    let judged = |name: &str, node: &str, secs: f64| crate::Outcome {
+        outcome_id: format!("o-{name}"),
+        decision_id: format!("d-{name}"),
+        incident_id: format!("i-{node}"),
+        node: id(node),
+        ts_ms: T0 + (secs * 1000.0) as i64,
+        result: crate::OutcomeResult::Resolved,
+        recovery_ms: Some(1000),
+        detail: "resolved".into(),
     };
-    given(config.clone(), vec![])
-        .when(&decision("a", "n1", Reroute, 0.0))
-        .then_send()
-        .and_then(&done("a", "n1", Reroute, 0.0))
+    let history = vec![done("a", "n1", Reroute, 0.0), done("b", "n2", Reroute, 1.0)];
+    let mut s = given_under(ExecuteConfig::default(), radius(10.0, 20), history)
+        .when(&decision("c", "n3", Reroute, 5.0))
+        .then_refused(
+            Interlock::BlastRadius,
+            "blast radius: acting would put 3 of 20 known nodes under action, more than 2 \
+             (10%); under action: n1, n2",
+        );
+    // n1's incident resolved: its action is over, and n3 fits.
+    s.interlocks.apply_outcome(&judged("a", "n1", 3.0));
+    let mut s = s.when(&decision("c", "n3", Reroute, 5.0)).then_send();
+    // An outcome folded before its result counts once the result is.
+    s.interlocks.apply_outcome(&judged("d", "n4", 6.0));
+    s.and_then(&done("d", "n4", Reroute, 4.0))
+        .when(&decision("e", "n5", Reroute, 7.0))
+        .then_send();
+}
+
+#[test]
+fn the_mesh_is_the_nodes_reporting_but_never_fewer_than_the_policys_floor() {
+    let history = vec![done("a", "n1", Reroute, 0.0)];
+    let mut s = given_under(ExecuteConfig::default(), radius(10.0, 10), history)
         .when(&decision("b", "n2", Reroute, 1.0))
         .then_refused(
             Interlock::BlastRadius,
-            "blast radius: 1 of 3 known nodes are under action (n1), the limit is 10% (1 node)",
+            "blast radius: acting would put 2 of 10 known nodes under action, more than 1 \
+             (10%); under action: n1",
         );
-    // Nodes seen in results count when the config knows fewer.
-    let seen: Vec<_> = (0..30)
-        .map(|i| failed_at(&format!("f{i}"), &format!("m{i}"), Reroute, 0.0))
-        .collect();
-    let s = given(config, seen);
-    assert_eq!(
-        (s.interlocks.known_nodes(), s.interlocks.blast_limit()),
-        (30, 3)
+    // 30 nodes report telemetry: 3 may be under action.
+    s.interlocks.mesh_reports(30);
+    let mut s = s.when(&decision("b", "n2", Reroute, 1.0)).then_send();
+    // Fewer than the floor reporting: the floor counts.
+    s.interlocks.mesh_reports(5);
+    s.when(&decision("b", "n2", Reroute, 1.0)).then_refused(
+        Interlock::BlastRadius,
+        "blast radius: acting would put 2 of 10 known nodes under action, more than 1 \
+             (10%); under action: n1",
     );
+}
+
+#[test]
+fn max_actions_counts_every_action_applied_or_out_in_the_window() {
+    let limit = BlastRadius {
+        max_node_percent: None,
+        max_actions: Some(2),
+        ..radius(100.0, 1000)
+    };
+    let mut s = given_under(roomy(), limit, vec![done("a", "n1", Reroute, 0.0)]);
+    s.interlocks
+        .out_elsewhere([out("n2", "b", Reroute, "exec-b")]);
+    s.when(&decision("c", "n3", Reroute, 1.0))
+        .then_refused(
+            Interlock::BlastRadius,
+            "blast radius: 2 actions decided in the last 60 s, the most allowed; under action: \
+             n1, n2",
+        )
+        // An escalation touches no node.
+        .when(&decision("d", "n3", Escalate, 1.0))
+        .then_record(|r| assert_eq!(r.status, ActionStatus::Applied));
+}
+
+#[test]
+fn a_partition_scoped_policy_was_judged_by_its_planner() {
+    let planner_judged = BlastRadius {
+        scope: Scope::Partition,
+        ..radius(10.0, 10)
+    };
+    let history = vec![done("a", "n1", Reroute, 0.0)];
+    given_under(roomy(), planner_judged, history)
+        .when(&decision("b", "n2", Reroute, 1.0))
+        .then_send();
+}
+
+#[test]
+fn a_decision_of_a_policy_not_recorded_is_refused() {
+    let mut d = decision("a", "n1", Reroute, 0.0);
+    d.policy_hash = "cd".repeat(32);
+    given(roomy(), vec![]).when(&d).then_refused(
+        Interlock::BlastRadius,
+        "blast radius: the policy that made the decision (test, sha256 cdcdcdcdcdcd) is not \
+             recorded in MAPEK_CONFIG, so how much of the mesh it may act on is unknown",
+    );
+    // An escalation needs no policy's blast radius.
+    d.action.kind = Escalate;
+    given(roomy(), vec![]).when(&d).then_record(|r| {
+        assert_eq!(r.status, ActionStatus::Applied);
+    });
 }
 
 #[test]
@@ -229,7 +299,6 @@ fn the_first_failing_interlock_in_order_is_the_reason() {
     let config = ExecuteConfig {
         dry_run: true,
         require_approval: Approval::All(true),
-        known_nodes: 10,
         rate_limit: RateLimit {
             max_actions: 1,
             window_ms: 60_000,
@@ -237,6 +306,7 @@ fn the_first_failing_interlock_in_order_is_the_reason() {
         ..ExecuteConfig::default()
     };
     let history = vec![done("a", "n1", Reroute, 0.0), done("b", "n7", Reroute, 0.0)];
+    let given = |config, history| given_under(config, radius(10.0, 10), history);
     let mut s = given(config.clone(), history.clone());
     s.interlocks.begin(&decision("c", "n7", Reroute, 0.0));
     let d = decision("d", "n7", Reroute, 1.0);
@@ -256,18 +326,15 @@ fn the_first_failing_interlock_in_order_is_the_reason() {
     };
     let s = given(roomier.clone(), history.clone()).when(&other);
     assert!(s.refused().reason.starts_with("blast radius"));
-    let wide = ExecuteConfig {
-        blast_radius: 1.0,
-        ..roomier
-    };
-    given(wide.clone(), history.clone())
+    let wide = |config, history| given_under(config, radius(100.0, 10), history);
+    wide(roomier.clone(), history.clone())
         .when(&other)
         .then_record(|r| assert!(r.dry_run && r.status == ActionStatus::Applied));
     let live = ExecuteConfig {
         dry_run: false,
-        ..wide
+        ..roomier
     };
-    given(live, history).when(&other).then_wait();
+    wide(live, history).when(&other).then_wait();
 }
 
 #[test]
@@ -363,17 +430,13 @@ fn commands_out_elsewhere_count_toward_the_rate_limit_and_the_blast_radius() {
         .out_elsewhere([out("n2", "b", Reroute, "exec-b")]);
     s.when(&decision("d", "n4", Reroute, 1.0)).then_send();
 
-    let config = ExecuteConfig {
-        known_nodes: 20,
-        blast_radius: 0.1,
-        ..roomy()
-    };
-    let mut s = given(config, vec![done("a", "n1", Reroute, 0.0)]);
+    let history = vec![done("a", "n1", Reroute, 0.0)];
+    let mut s = given_under(roomy(), radius(10.0, 20), history);
     s.interlocks
         .out_elsewhere([out("n2", "b", Reroute, "exec-b")]);
     s.when(&decision("c", "n3", Reroute, 1.0)).then_refused(
         Interlock::BlastRadius,
-        "blast radius: 2 of 20 known nodes are under action (n1, n2), the limit is 10% \
-         (2 nodes)",
+        "blast radius: acting would put 3 of 20 known nodes under action, more than 2 (10%); \
+         under action: n1, n2",
     );
 }

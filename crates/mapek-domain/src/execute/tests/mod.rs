@@ -13,6 +13,7 @@ mod interlocks;
 use std::collections::BTreeMap;
 
 use super::{CommandOut, ExecuteConfig, Interlock, Interlocks, Verdict, applied, failed};
+use crate::plan::{BlastRadius, Scope};
 use crate::{Action, ActionKind, ActionResult, ActionStatus, Decision, Event, NodeId};
 
 /// Far from any wall clock (2001-09-09), so a test that passes cannot lean on one.
@@ -40,7 +41,7 @@ pub(super) fn decision(name: &str, node: &str, kind: ActionKind, secs: f64) -> D
         rule: "test-rule".into(),
         reason: "a test".into(),
         policy_name: "test".into(),
-        policy_hash: "ab".repeat(32),
+        policy_hash: policy_hash(),
         knowledge: Vec::new(),
         prev_hash: String::new(),
         signature: Vec::new(),
@@ -63,9 +64,37 @@ pub(super) struct Scenario {
     verdict: Option<Verdict>,
 }
 
-/// Interlocks with `config` that folded `history`.
+/// The hash of the policy every test decision records.
+pub(super) fn policy_hash() -> String {
+    "ab".repeat(32)
+}
+
+/// A blast radius judged over the mesh: at most `percent` % of the nodes under action within
+/// a minute, the mesh counted at least `floor` nodes.
+pub(super) fn radius(percent: f64, floor: u32) -> BlastRadius {
+    BlastRadius {
+        scope: Scope::Mesh,
+        window_secs: 60,
+        max_node_percent: Some(percent),
+        min_known_nodes: floor,
+        max_actions: None,
+    }
+}
+
+/// Interlocks with `config` that folded `history`, under a policy whose blast radius lets
+/// every node act.
 pub(super) fn given(config: ExecuteConfig, history: Vec<ActionResult>) -> Scenario {
+    given_under(config, radius(100.0, 1000), history)
+}
+
+/// Interlocks with `config` that folded `history`, under a policy with `blast_radius`.
+pub(super) fn given_under(
+    config: ExecuteConfig,
+    blast_radius: BlastRadius,
+    history: Vec<ActionResult>,
+) -> Scenario {
     let mut interlocks = Interlocks::new(config);
+    interlocks.learn_policy(&policy_hash(), blast_radius);
     for r in &history {
         r.validate().expect("test results are valid");
         interlocks.apply(r);

@@ -32,6 +32,26 @@ fn a_node_past_the_limit_gets_an_escalation_instead_of_an_action() {
 }
 
 #[test]
+fn with_scope_mesh_the_planner_leaves_the_blast_radius_to_the_executor() {
+    let mesh = POLICY.replace("[blast_radius]\n", "[blast_radius]\nscope = \"mesh\"\n");
+    let d = given(&mesh, two_under_action())
+        .when(loss("n3", "n1", 20))
+        .then_chooses(ActionKind::Reroute);
+    assert!(!d.reason.contains("blast radius"), "{}", d.reason);
+    // The policy file says where, and nothing else changes: a policy without it judges
+    // per partition, as every policy did before it could say.
+    let file = Policy::parse(&mesh).unwrap().file().blast_radius.clone();
+    assert_eq!(file.scope, Scope::Mesh);
+    let file = Policy::parse(POLICY).unwrap().file().blast_radius.clone();
+    assert_eq!(file.scope, Scope::Partition);
+    let err =
+        Policy::parse(&POLICY.replace("[blast_radius]\n", "[blast_radius]\nscope = \"all\"\n"))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("scope") && err.contains("mesh"), "{err}");
+}
+
+#[test]
 fn a_node_already_under_action_does_not_widen_the_radius() {
     given(POLICY, two_under_action())
         .when(open("n1", SymptomKind::HighLatency, 20, 1.5))

@@ -14,7 +14,7 @@ mod ranking;
 mod replay;
 mod rules;
 
-use super::{Planner, Policy, RecordedKnowledge};
+use super::{Planner, Policy, RecordedKnowledge, Scope};
 use crate::{ActionKind, Decision, Event, Neighbour, NodeId, Symptom, SymptomKind, SymptomState};
 
 /// Far from any wall clock (2001-09-09), so a test that passes cannot lean on one.
