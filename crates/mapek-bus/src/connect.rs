@@ -124,15 +124,21 @@ pub async fn connect_with(url: &str, security: &NatsSecurity) -> Result<JetStrea
 const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
 
 /// Checks that JetStream answers. A server without it is an error at once; a request that
-/// times out (a cluster electing its leader, or without a quorum yet) is retried, with a
-/// warning, for up to [`JETSTREAM_WAIT`].
+/// times out or that JetStream answers with "temporarily unavailable" (a cluster electing its
+/// leader, or without a quorum yet) is retried, with a warning, for up to [`JETSTREAM_WAIT`].
 async fn wait_for_jetstream(js: &JetStream, url: &str) -> Result<(), BusError> {
+    use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::AccountErrorKind;
     let started = std::time::Instant::now();
+    let electing = |kind: AccountErrorKind| match kind {
+        AccountErrorKind::TimedOut => true,
+        AccountErrorKind::JetStream(e) => e.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE,
+        _ => false,
+    };
     loop {
         let detail = match js.query_account().await {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == AccountErrorKind::TimedOut => {
+            Err(e) if electing(e.kind()) => {
                 if started.elapsed() < JETSTREAM_WAIT {
                     tracing::warn!("JetStream did not answer (electing a leader?); asking again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
