@@ -284,7 +284,7 @@ async fn assert_every_family_reads_the_same(url: &str, js: &mapek_bus::JetStream
     }
     // Every Avro family, and the JSON telemetry as it was published.
     let wanted = [
-        "ActionResult/1",
+        "ActionResult/2",
         "Decision/1",
         "Outcome/1",
         "Rejected/1",

@@ -1,7 +1,8 @@
 //! Five nodes of a 32-node simulated mesh saturate their CPU at once, in different plan
 //! partitions, under the shipped policy (blast radius judged over the mesh: 10 % of the nodes
 //! reporting, so 3 of 32). The planner chooses an action for each; the executor applies what
-//! the policy allows and refuses the rest, counting the one mesh every partition is part of.
+//! the policy allows and refuses the rest, counting the one mesh every partition is part of,
+//! and hands each refusal to a human.
 
 mod sim_loop;
 
@@ -83,6 +84,12 @@ async fn concurrent_faults_are_acted_on_as_far_as_the_policys_blast_radius_allow
             ),
             "{}",
             r.reason
+        );
+        // Refused is not the end of it: the policy's fallback tells a human.
+        assert_eq!(
+            r.escalation_words().as_deref(),
+            Some("escalated to a human (team=netops, urgency=high)"),
+            "{r:#?}"
         );
     }
 }

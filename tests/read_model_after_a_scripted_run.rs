@@ -102,12 +102,13 @@ async fn postgres_and_sqlite_hold_the_scripted_run() {
         assert_eq!(
             rows(
                 model,
-                "SELECT result_id, status, attempts, dry_run, reason FROM actions ORDER BY result_id"
+                "SELECT result_id, status, attempts, dry_run, reason, escalation FROM actions \
+                 ORDER BY result_id"
             )
             .await,
             vec![
-                "r-a|applied|1|0|",
-                "r-b|refused|0|1|cooldown: n2 was acted on 10 s ago",
+                "r-a|applied|1|0||NULL",
+                "r-b|refused|0|1|cooldown: n2 was acted on 10 s ago|{\"team\":\"netops\"}",
             ],
             "actions in {which}"
         );

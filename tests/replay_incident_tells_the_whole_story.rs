@@ -55,7 +55,7 @@ async fn the_story_of_an_acted_incident_has_every_stage() {
 }
 
 #[tokio::test]
-async fn a_refused_action_shows_the_interlock_and_its_reason() {
+async fn a_refused_action_shows_the_interlock_its_reason_and_whom_it_was_escalated_to() {
     let (server, _js) = recorded_demo().await;
     let url = server.url();
     let actions = subscribe_all(&url, "actions", &[]);
@@ -73,7 +73,14 @@ async fn a_refused_action_shows_the_interlock_and_its_reason() {
         .find(|e| e["stage"] == "interlock")
         .unwrap_or_else(|| panic!("an interlock entry in {story}"));
     let reason = refused["reason"].as_str().unwrap();
-    assert!(entry["title"].as_str().unwrap().contains(reason), "{entry}");
+    let title = entry["title"].as_str().unwrap();
+    assert!(title.contains(reason), "{entry}");
+    // The refusal was handed to a human, and the story says to whom.
+    assert!(
+        refused["escalation"]["team"].is_string(),
+        "the refused result's escalation: {refused}"
+    );
+    assert!(title.contains("; escalated to a human (team="), "{entry}");
 }
 
 #[tokio::test]

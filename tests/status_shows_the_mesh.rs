@@ -64,6 +64,11 @@ fn check_json(text: &str, source: &str) {
         ["refused", "applied"],
         "newest first, from {source}"
     );
+    let escalated = &v["recent_actions"][0]["escalation"];
+    assert_eq!(
+        escalated["team"], "netops",
+        "the refusal's escalation, from {source}"
+    );
 }
 
 #[tokio::test]
@@ -141,7 +146,7 @@ async fn shows_the_scripted_run(server: NatsServer, js: JetStream, monitor: &[&s
     assert!(text.contains("cpu_saturation"), "{text}");
     assert!(text.contains("recent actions: 2"), "{text}");
     assert!(
-        text.contains("cooldown: n2 was acted on 10 s ago"),
+        text.contains("cooldown: n2 was acted on 10 s ago; escalated to a human (team=netops)"),
         "{text}"
     );
     check_json(

@@ -164,6 +164,7 @@ pub async fn publish_scripted_run(js: &JetStream) -> Script {
     rb.reason = "cooldown: n2 was acted on 10 s ago".into();
     rb.attempts = 0;
     rb.dry_run = true;
+    rb.escalation = Some([("team".to_owned(), "netops".to_owned())].into());
     p.publish(&ra).await.unwrap();
     p.publish(&rb).await.unwrap();
 

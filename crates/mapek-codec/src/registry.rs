@@ -43,6 +43,11 @@ const SOURCES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/action_result.v1.avsc"),
     ),
     (
+        "ActionResult",
+        2,
+        include_str!("../../../schemas/action_result.v2.avsc"),
+    ),
+    (
         "Outcome",
         1,
         include_str!("../../../schemas/outcome.v1.avsc"),

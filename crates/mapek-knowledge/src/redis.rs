@@ -4,6 +4,7 @@
 //! Every key starts with a prefix (`mapek:` by default) so that several meshes, or several
 //! tests, share one server without seeing each other.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -157,6 +158,9 @@ pub struct RecentAction {
     pub reason: String,
     /// The incident it answered.
     pub incident_id: String,
+    /// For a refused action handed to a human: the escalation's params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<BTreeMap<String, String>>,
 }
 
 /// A pool of connections to Redis, with the key prefix.
@@ -380,6 +384,7 @@ impl Redis {
                         status: a.status.as_str().to_owned(),
                         reason: a.reason.clone(),
                         incident_id: a.incident_id.clone(),
+                        escalation: a.escalation.clone(),
                     };
                     pipe.lpush(
                         format!("{p}actions"),

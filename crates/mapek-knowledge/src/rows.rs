@@ -346,7 +346,7 @@ async fn write_actions(
     events: &[(u64, ActionResult)],
 ) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(CHUNK) {
-        let mut rows = Rows::new(12);
+        let mut rows = Rows::new(13);
         for (seq, a) in chunk {
             rows.push(vec![
                 Value::Text(a.result_id.clone()),
@@ -361,12 +361,13 @@ async fn write_actions(
                 Value::Int(i64::from(a.attempts)),
                 Value::Int(i64::from(a.dry_run)),
                 Value::Int(*seq as i64),
+                Value::OptText(a.escalation.as_ref().map(escalation_json)),
             ]);
         }
         rows.execute(
             conn,
             "INSERT INTO actions (result_id, decision_id, incident_id, node, ts_ms, action, \
-             peer, status, reason, attempts, dry_run, stream_seq)",
+             peer, status, reason, attempts, dry_run, stream_seq, escalation)",
             "ON CONFLICT (result_id) DO NOTHING",
         )
         .await?;
@@ -407,4 +408,9 @@ async fn write_outcomes(
 /// A map as a JSON object, keys in order.
 fn json<V: serde::Serialize>(map: &BTreeMap<String, V>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+/// An escalation's params as the JSON object the `escalation` column holds.
+pub(crate) fn escalation_json(params: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(params).unwrap_or_default()
 }

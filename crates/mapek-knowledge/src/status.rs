@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use crate::redis::{NodeHealth, OpenIncident, RecentAction};
-use crate::store::{int, opt_float, opt_int, text};
+use crate::store::{int, opt_float, opt_int, opt_text, text};
 use crate::{KnowledgeError, ReadModel, Redis};
 
 /// A node whose latest telemetry is this much older than the newest node's is `silent`.
@@ -87,7 +87,7 @@ impl MeshStatus {
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(failed)?;
         let recent_actions = sqlx::query(
-            "SELECT node, ts_ms, action, status, reason, incident_id FROM actions \
+            "SELECT node, ts_ms, action, status, reason, incident_id, escalation FROM actions \
              ORDER BY ts_ms DESC, stream_seq DESC LIMIT $1",
         )
         .bind(actions as i64)
@@ -103,6 +103,7 @@ impl MeshStatus {
                 status: text(r, 3)?,
                 reason: text(r, 4)?,
                 incident_id: text(r, 5)?,
+                escalation: opt_text(r, 6)?.and_then(|j: String| serde_json::from_str(&j).ok()),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()

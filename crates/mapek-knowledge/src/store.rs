@@ -230,6 +230,11 @@ pub(crate) fn text(row: &AnyRow, i: usize) -> Result<String, sqlx::Error> {
     row.try_get::<String, _>(i)
 }
 
+/// A nullable text column.
+pub(crate) fn opt_text(row: &AnyRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+    row.try_get::<Option<String>, _>(i)
+}
+
 /// An integer column, whatever width the engine reports.
 pub(crate) fn int(row: &AnyRow, i: usize) -> Result<i64, sqlx::Error> {
     row.try_get::<i64, _>(i)

@@ -467,10 +467,10 @@ async fn learn_recorded_policies(
     mapek_bus::config_store::open(js).await
 }
 
-/// Teaches `interlocks` the blast radius of the policy `text`, recorded under `hash`.
+/// Teaches `interlocks` the policy `text`, recorded under `hash` (its SHA-256).
 fn learn_policy(interlocks: &mut Interlocks, hash: &str, text: &str) {
     match Policy::parse(text) {
-        Ok(policy) => interlocks.learn_policy(hash, policy.file().blast_radius.clone()),
+        Ok(policy) => interlocks.learn_policy(policy),
         // Recorded by a plan worker that parsed it, so only another version's policy.
         Err(e) => warn!(policy = hash, "cannot read a recorded policy: {e}"),
     }
@@ -750,16 +750,18 @@ impl Executor {
             checked,
             self.chain.as_mut().map(|c| c.check(partition, decision)),
         ) {
-            let result = execute::unverified(decision, &broken.to_string());
+            self.know_policy(decision).await?;
+            let unproven = execute::unverified(decision, &broken.to_string());
+            let result = self.interlocks.escalate(unproven, decision);
             self.record(&result, cause, started).await?;
             return Ok(Next::Ack);
         }
+        self.know_policy(decision).await?;
         let approved = self.approved(decision).await?;
         if let Some(stale) = self.stale(delivery, approved) {
             self.record(&stale, cause, started).await?;
             return Ok(Next::Ack);
         }
-        self.know_policy(decision).await?;
         self.count_nodes(decision).await;
         if decision.action.kind != ActionKind::Escalate {
             let interlocks = &mut self.interlocks;
@@ -833,7 +835,9 @@ impl Executor {
         }
         // Read from the message's reply subject only when a limit applies.
         let waited = waited_ms(delivery);
-        (waited > max_wait).then(|| execute::stale(&delivery.event, waited, max_wait))
+        let refused =
+            (waited > max_wait).then(|| execute::stale(&delivery.event, waited, max_wait));
+        refused.map(|r| self.interlocks.escalate(r, &delivery.event))
     }
 
     /// Judges a decision with the interlocks (under the executors' lock when sharing the

@@ -321,7 +321,11 @@ fn result_entry(r: &Record, a: &ActionResult) -> Entry {
     let (stage, title) = match a.status {
         ActionStatus::Refused => (
             Stage::Interlock,
-            format!("interlock refused {}: {}", describe(&a.action), a.reason),
+            format!(
+                "interlock refused {}: {}",
+                describe(&a.action),
+                a.reason_and_escalation()
+            ),
         ),
         ActionStatus::Applied => (
             Stage::Action,

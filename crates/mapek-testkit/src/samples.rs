@@ -97,6 +97,20 @@ pub fn action_result() -> ActionResult {
         reason: String::new(),
         attempts: 1,
         dry_run: false,
+        escalation: None,
+    }
+}
+
+/// The result of [`decision`] refused by the blast radius and escalated to a human.
+pub fn escalated_result() -> ActionResult {
+    ActionResult {
+        status: ActionStatus::Refused,
+        reason: "blast radius: acting would put 3 of 20 known nodes under action, more than 2 \
+                 (10%); under action: n2, n3"
+            .into(),
+        attempts: 0,
+        escalation: Some([("team".to_owned(), "netops".to_owned())].into()),
+        ..action_result()
     }
 }
 

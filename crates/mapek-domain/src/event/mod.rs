@@ -13,7 +13,7 @@ mod telemetry;
 
 pub use decision::{Action, ActionKind, Decision, Neighbour};
 pub use rejected::{MAX_KEPT_BYTES, Rejected};
-pub use result::{ActionResult, ActionStatus, Outcome, OutcomeResult};
+pub use result::{ActionResult, ActionStatus, Outcome, OutcomeResult, escalation_in_words};
 pub use symptom::{Symptom, SymptomKind, SymptomState};
 pub use telemetry::{LinkSample, MAX_LINKS, MAX_METRICS, Telemetry};
 

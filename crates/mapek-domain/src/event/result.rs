@@ -1,5 +1,7 @@
 //! What execute did, and what came of it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Action, Event, non_empty};
@@ -29,7 +31,7 @@ impl ActionStatus {
 }
 
 /// The result of acting on a decision, published on `mapek.execute.<node>`.
-/// Schema `ActionResult`, version 1.
+/// Schema `ActionResult`, version 2 (version 1 had no `escalation`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionResult {
@@ -53,6 +55,36 @@ pub struct ActionResult {
     pub attempts: i32,
     /// Whether the executor ran in dry-run mode (nothing was sent).
     pub dry_run: bool,
+    /// A refused action handed to a human: the escalation's params (the fallback of the rule
+    /// that decided it, or of its policy). `None` when nothing was refused, or the policy
+    /// records refusals only.
+    #[serde(default)]
+    pub escalation: Option<BTreeMap<String, String>>,
+}
+
+/// An escalation's params in words, for people: `escalated to a human (team=netops)`.
+pub fn escalation_in_words(params: &BTreeMap<String, String>) -> String {
+    if params.is_empty() {
+        return "escalated to a human".to_owned();
+    }
+    let params: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("escalated to a human ({})", params.join(", "))
+}
+
+impl ActionResult {
+    /// The escalation in words, for people: `escalated to a human (team=netops)`; `None`
+    /// when nothing was escalated.
+    pub fn escalation_words(&self) -> Option<String> {
+        self.escalation.as_ref().map(escalation_in_words)
+    }
+
+    /// The reason, followed by the escalation if there was one.
+    pub fn reason_and_escalation(&self) -> String {
+        match self.escalation_words() {
+            Some(words) => format!("{}; {words}", self.reason),
+            None => self.reason.clone(),
+        }
+    }
 }
 
 impl Event for ActionResult {
@@ -82,6 +114,13 @@ impl Event for ActionResult {
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("result_id", &self.result_id)?;
         non_empty("decision_id", &self.decision_id)?;
+        if self.escalation.is_some() && self.status != ActionStatus::Refused {
+            return Err(Invalid::Name {
+                field: "escalation of a result with status",
+                name: self.status.as_str().to_owned(),
+                why: "only a refused action is escalated",
+            });
+        }
         if self.attempts < 0 {
             return Err(Invalid::OutOfRange {
                 field: "attempts".into(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use super::{ExecuteConfig, secs};
-use crate::plan::{BlastRadius, Load, Scope};
+use crate::plan::{Load, Policy, Scope};
 use crate::{ActionKind, ActionResult, ActionStatus, Decision, NodeId, Outcome};
 
 /// How long the ids of decisions already acted on are remembered, in ms of event time, at
@@ -117,8 +117,8 @@ pub struct Interlocks {
     judged_early: BTreeMap<String, i64>,
     /// How many nodes the mesh reports, as last counted by the worker (0 before it counted).
     reporting: usize,
-    /// The blast radius of each policy decisions were judged under, by policy hash.
-    radii: BTreeMap<String, BlastRadius>,
+    /// The policies decisions were made under, by hash: their blast radius and escalation.
+    policies: BTreeMap<String, Policy>,
 }
 
 impl Interlocks {
@@ -133,7 +133,7 @@ impl Interlocks {
             done: BTreeMap::new(),
             judged_early: BTreeMap::new(),
             reporting: 0,
-            radii: BTreeMap::new(),
+            policies: BTreeMap::new(),
         }
     }
 
@@ -143,17 +143,36 @@ impl Interlocks {
         self.reporting = nodes;
     }
 
-    /// Learns the blast radius of the policy whose hash is `policy_hash` (the worker reads the
-    /// policy from where the plan workers recorded it): decisions that record this hash are
-    /// judged by it.
-    pub fn learn_policy(&mut self, policy_hash: &str, radius: BlastRadius) {
-        self.radii.insert(policy_hash.to_owned(), radius);
+    /// Learns a policy (the worker reads it from where the plan workers recorded it): the
+    /// decisions that record its hash are judged by its blast radius, and their refusals
+    /// escalated as it says.
+    pub fn learn_policy(&mut self, policy: Policy) {
+        self.policies.insert(policy.hash().to_owned(), policy);
     }
 
-    /// Whether the blast radius of the policy `policy_hash` is known
-    /// ([`Interlocks::learn_policy`]).
+    /// Whether the policy whose hash is `policy_hash` is known ([`Interlocks::learn_policy`]).
     pub fn knows_policy(&self, policy_hash: &str) -> bool {
-        self.radii.contains_key(policy_hash)
+        self.policies.contains_key(policy_hash)
+    }
+
+    /// Hands a refused action to a human, as the decision's policy says: `result` with the
+    /// escalation's params (the fallback of the rule that decided it, or the policy's), or as
+    /// it is when the policy records refusals only. A decision whose policy is not known is
+    /// escalated with no params: nobody is left untold for want of a policy.
+    pub fn escalate(&self, mut result: ActionResult, decision: &Decision) -> ActionResult {
+        if result.status != ActionStatus::Refused {
+            return result;
+        }
+        let fallback = self
+            .policies
+            .get(&decision.policy_hash)
+            .map(|p| p.fallback_for(&decision.rule));
+        result.escalation = match fallback {
+            Some(f) if !f.escalate_refusals => None,
+            Some(f) => Some(f.params.clone()),
+            None => Some(BTreeMap::new()),
+        };
+        result
     }
 
     /// The configuration it judges by.
@@ -258,7 +277,7 @@ impl Interlocks {
     /// the mesh it may act on is unknown.
     fn blast_radius(&self, decision: &Decision) -> Result<(), String> {
         let hash = &decision.policy_hash;
-        let Some(radius) = self.radii.get(hash) else {
+        let Some(radius) = self.policies.get(hash).map(|p| &p.file().blast_radius) else {
             return Err(format!(
                 "the policy that made the decision ({}, sha256 {}) is not recorded in \
                  MAPEK_CONFIG, so how much of the mesh it may act on is unknown",
@@ -408,7 +427,11 @@ impl Interlocks {
     /// Forgets what no later decision can be refused by.
     fn prune(&mut self) {
         let Some(w) = self.watermark else { return };
-        let radius = self.radii.values().map(BlastRadius::window_ms).max();
+        let radius = self
+            .policies
+            .values()
+            .map(|p| p.file().blast_radius.window_ms())
+            .max();
         let keep = self
             .config
             .cooldown_ms

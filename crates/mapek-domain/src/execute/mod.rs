@@ -37,8 +37,9 @@ pub enum Verdict {
     /// Every interlock passed: take the lease ([`Interlocks::begin`]), send the command,
     /// and record the reply with [`applied`] or [`failed`].
     Send,
-    /// Nothing to send; record this result: a refusal, a dry run, or an escalation.
-    Record(ActionResult),
+    /// Nothing to send; record this result: a refusal, a dry run, or an escalation (boxed:
+    /// a result is far larger than the other verdicts).
+    Record(Box<ActionResult>),
     /// The action waits for a human's approval; record nothing yet and look again later.
     AwaitApproval(Refusal),
 }
@@ -47,7 +48,8 @@ impl Interlocks {
     /// Decides what to do with `decision` ([`Interlocks::check`], then):
     /// - an escalation touches no node: it is recorded as applied at once, with no command;
     /// - a refusal by the lease, cooldown, rate limit or blast radius is recorded as refused,
-    ///   with the reason;
+    ///   with the reason, and escalated to a human unless the policy says otherwise
+    ///   ([`Interlocks::escalate`]);
     /// - in dry-run mode an action that passed those is recorded as applied with
     ///   `dry_run = true`, and nothing is sent;
     /// - an action that needs approval and has none waits;
@@ -55,21 +57,23 @@ impl Interlocks {
     pub fn handle(&self, decision: &Decision, approved: bool) -> Verdict {
         let dry_run = self.config().dry_run;
         if decision.action.kind == ActionKind::Escalate {
-            return Verdict::Record(result(decision, ActionStatus::Applied, "", 0, dry_run));
+            let escalation = result(decision, ActionStatus::Applied, "", 0, dry_run);
+            return Verdict::Record(Box::new(escalation));
         }
         match self.check(decision, approved) {
             Ok(()) => Verdict::Send,
-            Err(r) if r.interlock == Interlock::DryRun => {
-                Verdict::Record(result(decision, ActionStatus::Applied, "", 0, true))
-            }
-            Err(r) if r.interlock == Interlock::Approval => Verdict::AwaitApproval(r),
-            Err(r) => Verdict::Record(result(
+            Err(r) if r.interlock == Interlock::DryRun => Verdict::Record(Box::new(result(
                 decision,
-                ActionStatus::Refused,
-                &r.reason,
+                ActionStatus::Applied,
+                "",
                 0,
-                dry_run,
-            )),
+                true,
+            ))),
+            Err(r) if r.interlock == Interlock::Approval => Verdict::AwaitApproval(r),
+            Err(r) => Verdict::Record(Box::new(self.escalate(
+                result(decision, ActionStatus::Refused, &r.reason, 0, dry_run),
+                decision,
+            ))),
         }
     }
 }
@@ -133,6 +137,7 @@ fn result(
         reason: reason.to_owned(),
         attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
         dry_run,
+        escalation: None,
     }
 }
 

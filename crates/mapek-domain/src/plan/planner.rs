@@ -79,8 +79,7 @@ pub fn handle(
         }
     }
     reason.push_str("; every candidate skipped: escalating");
-    let fallback = rule.fallback.as_ref().unwrap_or(&policy.file().fallback);
-    let action = escalate(fallback);
+    let action = escalate(policy.fallback_for(&rule.name));
     Some(decision(
         policy, symptom, &rule.name, action, reason, consulted,
     ))

@@ -175,13 +175,28 @@ impl Default for KnowledgeSettings {
 
 /// The escalation to a human: the one action that never touches a node, so it is never
 /// refused by a cooldown or the blast radius.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fallback {
     /// Parameters passed with the escalation (`team`, `urgency`, …), for whatever pages a
     /// human. Keys are `[A-Za-z0-9_.-]{1,64}`.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Whether an action the executor refuses (the blast radius, the rate limit, a cooldown,
+    /// a node's lease, a stale or unproven decision) is escalated to a human with `params`,
+    /// so that no incident ends with nothing done and nobody told. `false`: the refusal is
+    /// only recorded.
+    #[serde(default = "yes")]
+    pub escalate_refusals: bool,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Self {
+            params: BTreeMap::new(),
+            escalate_refusals: true,
+        }
+    }
 }
 
 /// One rule: which symptoms it matches, and what to try, in order.
@@ -315,6 +330,14 @@ impl Policy {
     /// The checked file.
     pub fn file(&self) -> &PolicyFile {
         &self.file
+    }
+
+    /// The escalation of the rule named `rule`: its own `[rules.fallback]`, else the
+    /// policy's `[fallback]` (also for a decision no rule made).
+    pub fn fallback_for(&self, rule: &str) -> &Fallback {
+        self.rule(rule)
+            .and_then(|r| r.fallback.as_ref())
+            .unwrap_or(&self.file.fallback)
     }
 
     /// The rule named `name`.

@@ -334,6 +334,8 @@ struct Tally {
     decisions: u64,
     applied: u64,
     refused: u64,
+    /// Refused actions handed to a human.
+    escalated: u64,
     failed: u64,
     outcomes_resolved: u64,
     outcomes_unresolved: u64,
@@ -399,8 +401,9 @@ impl Tally {
                     ActionStatus::Refused => self.refused += 1,
                     ActionStatus::Failed => self.failed += 1,
                 }
+                self.escalated += u64::from(r.escalation.is_some());
                 let detail = if !r.reason.is_empty() {
-                    r.reason.clone()
+                    r.reason_and_escalation()
                 } else if r.attempts == 0 {
                     "nothing sent to the node".to_owned()
                 } else {
@@ -459,13 +462,15 @@ impl Tally {
         };
         format!(
             "summary: {} incidents opened, {} resolved; {} decisions; actions: {} applied, {} \
-             refused, {} failed; outcomes: {} resolved, {} not resolved; {mttr}. \
-             ({ticks} ticks simulated, {commands} commands answered by the mesh)",
+             refused ({} escalated to a human), {} failed; outcomes: {} resolved, {} not \
+             resolved; {mttr}. ({ticks} ticks simulated, {commands} commands answered by the \
+             mesh)",
             self.opened,
             self.resolved,
             self.decisions,
             self.applied,
             self.refused,
+            self.escalated,
             self.failed,
             self.outcomes_resolved,
             self.outcomes_unresolved

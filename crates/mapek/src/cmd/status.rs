@@ -324,7 +324,14 @@ fn render(s: &MeshStatus, max_nodes: usize) -> String {
             a.node,
             a.action,
             a.status,
-            a.reason
+            match &a.escalation {
+                Some(params) => format!(
+                    "{}; {}",
+                    a.reason,
+                    mapek_domain::event::escalation_in_words(params)
+                ),
+                None => a.reason.clone(),
+            }
         );
     }
     out

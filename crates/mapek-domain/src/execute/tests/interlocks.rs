@@ -364,7 +364,7 @@ impl Scenario {
     /// The refused result of the latest decision.
     fn refused(self) -> ActionResult {
         match self.verdict.expect("call when() first") {
-            Verdict::Record(r) if r.status == ActionStatus::Refused => r,
+            Verdict::Record(r) if r.status == ActionStatus::Refused => *r,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -439,4 +439,37 @@ fn commands_out_elsewhere_count_toward_the_rate_limit_and_the_blast_radius() {
         "blast radius: acting would put 3 of 20 known nodes under action, more than 2 (10%); \
          under action: n1, n2",
     );
+}
+
+#[test]
+fn a_refused_action_is_escalated_as_its_policy_says() {
+    let netops = BTreeMap::from([("team".to_owned(), "netops".to_owned())]);
+    let history = vec![done("a", "n1", Reroute, 0.0)];
+    let refused = decision("b", "n2", Reroute, 1.0);
+    given_under(roomy(), radius(10.0, 10), history.clone())
+        .when(&refused)
+        .then_record(|r| {
+            assert_eq!(r.status, ActionStatus::Refused);
+            assert_eq!(r.escalation.as_ref(), Some(&netops), "{r:#?}");
+        });
+    // A policy that records refusals only.
+    let quiet = policy(&radius(10.0, 10), false);
+    given_policy(roomy(), quiet, history.clone())
+        .when(&refused)
+        .then_record(|r| {
+            assert_eq!(r.status, ActionStatus::Refused);
+            assert_eq!(r.escalation, None);
+        });
+    // An unknown policy: refused, and a human is told all the same.
+    let unknown = Decision {
+        policy_hash: "cd".repeat(32),
+        ..refused.clone()
+    };
+    given(roomy(), history.clone())
+        .when(&unknown)
+        .then_record(|r| assert_eq!(r.escalation, Some(BTreeMap::new())));
+    // What is sent or applied is not escalated.
+    given(roomy(), history)
+        .when(&decision("c", "n3", Escalate, 1.0))
+        .then_record(|r| assert_eq!(r.escalation, None));
 }

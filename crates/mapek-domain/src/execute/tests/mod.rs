@@ -13,7 +13,7 @@ mod interlocks;
 use std::collections::BTreeMap;
 
 use super::{CommandOut, ExecuteConfig, Interlock, Interlocks, Verdict, applied, failed};
-use crate::plan::{BlastRadius, Scope};
+use crate::plan::{BlastRadius, Policy, Scope};
 use crate::{Action, ActionKind, ActionResult, ActionStatus, Decision, Event, NodeId};
 
 /// Far from any wall clock (2001-09-09), so a test that passes cannot lean on one.
@@ -61,12 +61,40 @@ pub(super) fn failed_at(name: &str, node: &str, kind: ActionKind, secs: f64) -> 
 /// Interlocks and the verdict on the latest decision.
 pub(super) struct Scenario {
     pub(super) interlocks: Interlocks,
+    /// The hash of the scenario's policy, which decisions naming [`policy_hash`] are given.
+    policy: String,
     verdict: Option<Verdict>,
 }
 
-/// The hash of the policy every test decision records.
+/// The policy hash test decisions name: the scenario's policy, whatever its hash.
 pub(super) fn policy_hash() -> String {
     "ab".repeat(32)
+}
+
+/// A policy with `blast_radius`, an escalation to netops for refusals (`escalate_refusals`)
+/// and one rule, `test-rule`, that decides what test decisions name.
+pub(super) fn policy(blast_radius: &BlastRadius, escalate_refusals: bool) -> Policy {
+    let scope = match blast_radius.scope {
+        Scope::Mesh => "mesh",
+        Scope::Partition => "partition",
+    };
+    let mut limits = format!(
+        "scope = \"{scope}\"\nwindow_secs = {}\nmin_known_nodes = {}\n",
+        blast_radius.window_secs, blast_radius.min_known_nodes
+    );
+    if let Some(p) = blast_radius.max_node_percent {
+        limits.push_str(&format!("max_node_percent = {p:?}\n"));
+    }
+    if let Some(n) = blast_radius.max_actions {
+        limits.push_str(&format!("max_actions = {n}\n"));
+    }
+    let text = format!(
+        "name = \"test\"\n[blast_radius]\n{limits}[fallback]\nparams = {{ team = \"netops\" }}\n\
+         escalate_refusals = {escalate_refusals}\n[[rules]]\nname = \"test-rule\"\n\
+         symptom = \"cpu_saturation\"\n[[rules.candidates]]\naction = \"escalate\"\n\
+         cooldown_secs = 0\n"
+    );
+    Policy::parse(&text).expect("a valid test policy")
 }
 
 /// A blast radius judged over the mesh: at most `percent` % of the nodes under action within
@@ -93,14 +121,25 @@ pub(super) fn given_under(
     blast_radius: BlastRadius,
     history: Vec<ActionResult>,
 ) -> Scenario {
+    given_policy(config, policy(&blast_radius, true), history)
+}
+
+/// Interlocks with `config` that folded `history`, under `policy`.
+pub(super) fn given_policy(
+    config: ExecuteConfig,
+    policy: Policy,
+    history: Vec<ActionResult>,
+) -> Scenario {
     let mut interlocks = Interlocks::new(config);
-    interlocks.learn_policy(&policy_hash(), blast_radius);
+    let hash = policy.hash().to_owned();
+    interlocks.learn_policy(policy);
     for r in &history {
         r.validate().expect("test results are valid");
         interlocks.apply(r);
     }
     Scenario {
         interlocks,
+        policy: hash,
         verdict: None,
     }
 }
@@ -117,6 +156,11 @@ impl Scenario {
     }
 
     fn ask(mut self, d: &Decision, approved: bool) -> Self {
+        let mut d = d.clone();
+        if d.policy_hash == policy_hash() {
+            d.policy_hash = self.policy.clone();
+        }
+        let d = &d;
         let verdict = self.interlocks.handle(d, approved);
         if let Verdict::Record(r) = &verdict {
             r.validate()

@@ -1,7 +1,7 @@
 //! The policy file: the shipped one, its hash, and the errors a bad one gets.
 
 use super::*;
-use crate::plan::policy::{DEFAULT_POLICY, PolicyError, hash};
+use crate::plan::policy::{DEFAULT_POLICY, NO_RULE, PolicyError, hash};
 
 /// The smallest valid policy; each bad-policy case edits one line of it.
 const MINIMAL: &str = r#"name = "minimal"
@@ -213,4 +213,23 @@ fn an_error_reads_as_one_sentence_with_its_place() {
     };
     assert_eq!(at, "line 12 (`cooldown_secs = \"1m\"`)");
     assert!(!message.contains('\n'), "{message:?}");
+}
+
+#[test]
+fn refusals_are_escalated_with_the_rules_fallback_unless_the_policy_says_otherwise() {
+    let policy = Policy::parse(MINIMAL).unwrap();
+    assert!(policy.fallback_for("cpu").escalate_refusals);
+    let quiet = MINIMAL.replace(
+        "[[rules]]",
+        "[fallback]\nparams = { team = \"ops\" }\nescalate_refusals = false\n\n[[rules]]",
+    );
+    let quiet = Policy::parse(&quiet).unwrap();
+    assert!(!quiet.fallback_for("cpu").escalate_refusals);
+    assert!(!quiet.fallback_for(NO_RULE).escalate_refusals);
+    // A rule's own fallback is its decisions' escalation.
+    let own = format!("{MINIMAL}[rules.fallback]\nparams = {{ team = \"cpu-team\" }}\n");
+    let own = Policy::parse(&own).unwrap();
+    assert_eq!(own.fallback_for("cpu").params["team"], "cpu-team");
+    assert!(own.fallback_for("cpu").escalate_refusals);
+    assert!(own.fallback_for(NO_RULE).params.is_empty());
 }
