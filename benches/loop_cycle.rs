@@ -33,6 +33,11 @@
 //! streams are split (ADR 0012) for the loop and for the raw baseline alike;
 //! MAPEK_BENCH_LAYOUT=single runs both on a server without the mapping (one monitor stream).
 //!
+//! MAPEK_BENCH_CLUSTER=3 runs both on a 3-node JetStream cluster on loopback instead, with
+//! every stream replicated 3 times and `sync_interval: always` as mapek ships it (ADR 0014);
+//! MAPEK_BENCH_SYNC=default leaves the server's default sync, to see what syncing costs. The
+//! CPU of nats-server is then the three servers' together. MAPEK_BENCH_SECONDS=0 skips part 1.
+//!
 //! MAPEK_BENCH_NATS_CONFIG adds lines to the server's config (`\n` between them), to profile
 //! it: `MAPEK_BENCH_NATS_CONFIG='prof_port: 6060\nprof_block_rate: 1'`.
 //!
@@ -46,7 +51,7 @@ use mapek_domain::{AnalyzeConfig, Analyzer, Decision, NodeId, Policy, Symptom, T
 use mapek_loop::lease::run_partitioned;
 use mapek_loop::plan::PlanStage;
 use mapek_sim::{Fault, FaultScript, Mesh, MeshConfig};
-use mapek_testkit::NatsServer;
+use mapek_testkit::{NatsCluster, NatsServer};
 
 mod common;
 
@@ -181,12 +186,15 @@ fn cpu_seconds(stat_path: &str) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// CPU seconds so far of nats-server (`server_pid`), of this process's tokio workers (the
+/// CPU seconds so far of nats-server (`servers`), of this process's tokio workers (the
 /// loop's, and the bare readers'), and of the rest of the process (the nodes' publisher on its
 /// own thread, main): the process's total less its workers', so a thread that has ended (the
 /// nodes', once they have published) still counts.
-fn cpu_split(server_pid: Option<u32>) -> [f64; 3] {
-    let server = server_pid.map_or(0.0, |p| cpu_seconds(&format!("/proc/{p}/stat")));
+fn cpu_split(servers: &[u32]) -> [f64; 3] {
+    let server: f64 = servers
+        .iter()
+        .map(|p| cpu_seconds(&format!("/proc/{p}/stat")))
+        .sum();
     let mut workers = 0.0;
     for task in std::fs::read_dir("/proc/self/task")
         .into_iter()
@@ -221,7 +229,7 @@ fn fault_every_s() -> f64 {
     env("MAPEK_BENCH_FAULT_EVERY_MS", 500) as f64 / 1000.0
 }
 
-async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds: usize) {
+async fn cycle_time(js: &JetStream, url: &str, servers: &[u32], seconds: usize) {
     fresh_streams(js).await;
     let faults = ((seconds as f64 - 2.0).max(0.0) / fault_every_s()) as usize;
     let script = FaultScript {
@@ -254,7 +262,7 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
     let partitions = partition_streams(js).await;
     let (sim_tx, mut sim_rx) = watch::channel(false);
     let start_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let cpu_before = cpu_split(server_pid);
+    let cpu_before = cpu_split(servers);
     let cpu_since = Instant::now();
     let sim = as_nodes(url, move |nodes_js| {
         let client = nodes_js.client();
@@ -268,7 +276,7 @@ async fn cycle_time(js: &JetStream, url: &str, server_pid: Option<u32>, seconds:
         // Until every partition's consumer is there (the first second), it reads as none.
         max_backlog = max_backlog.max(analyze_backlog(&partitions).await.unwrap_or(0));
     }
-    let cpu_after = cpu_split(server_pid);
+    let cpu_after = cpu_split(servers);
     let cpu_share = |i: usize| (cpu_after[i] - cpu_before[i]) / cpu_since.elapsed().as_secs_f64();
     let cpu = [cpu_share(0), cpu_share(1), cpu_share(2)];
     sim_tx.send(true).unwrap();
@@ -401,7 +409,7 @@ impl Round {
 /// `publish` starts when awaited, after the readers, the clock and the CPU count.
 async fn with_bare_readers(
     js: &JetStream,
-    server_pid: Option<u32>,
+    servers: &[u32],
     burst: usize,
     publish: impl Future<Output = ()>,
 ) -> (f64, [f64; 3]) {
@@ -409,12 +417,12 @@ async fn with_bare_readers(
     let (read_tx, read_rx) = watch::channel(false);
     let readers = bare_readers(partition_readers(js, "analyze").await, &read_rx);
     let partitions = partition_streams(js).await;
-    let cpu = cpu_split(server_pid);
+    let cpu = cpu_split(servers);
     let start = Instant::now();
     publish.await;
     (
         drained_rate(&partitions, burst, start, read_tx, readers).await,
-        per_event(cpu, cpu_split(server_pid), burst),
+        per_event(cpu, cpu_split(servers), burst),
     )
 }
 
@@ -422,7 +430,7 @@ async fn with_bare_readers(
 async fn sustained_round(
     js: &JetStream,
     url: &str,
-    server_pid: Option<u32>,
+    servers: &[u32],
     events: &[Telemetry],
 ) -> Round {
     let burst = events.len();
@@ -432,19 +440,19 @@ async fn sustained_round(
     // Raw: the same bytes, the same dedup header, nobody consuming. The nodes publish from
     // their own thread and connection, in both.
     fresh_streams(js).await;
-    let cpu = cpu_split(server_pid);
+    let cpu = cpu_split(servers);
     let raw_took = as_nodes(url, move |nodes_js| async move {
         raw_publish(&nodes_js, &messages, true, window()).await
     })
     .await;
     let raw = (
         burst as f64 / raw_took.as_secs_f64(),
-        per_event(cpu, cpu_split(server_pid), burst),
+        per_event(cpu, cpu_split(servers), burst),
     );
 
     // Raw again, with a bare reader per partition that only takes and acknowledges (no
     // decoding, no stage): the share of the gap that is the server delivering to consumers.
-    let bare = with_bare_readers(js, server_pid, burst, async move {
+    let bare = with_bare_readers(js, servers, burst, async move {
         as_nodes(url, move |nodes_js| async move {
             raw_publish(&nodes_js, &again, true, window()).await
         })
@@ -456,7 +464,7 @@ async fn sustained_round(
     // what the library's publishing costs the pair, so the loop's own cost is the rest.
     let to_publish = events.to_vec(); // copied before the clock and the CPU count start
     let library_bare =
-        with_bare_readers(js, server_pid, burst, library_publish(url, to_publish)).await;
+        with_bare_readers(js, servers, burst, library_publish(url, to_publish)).await;
 
     // The loop: publish through the library while analyze and plan run; done when analyze
     // has acknowledged every event.
@@ -466,12 +474,12 @@ async fn sustained_round(
     tokio::time::sleep(Duration::from_secs(1)).await; // the workers take their leases
     let partitions = partition_streams(js).await;
     let to_publish = events.to_vec();
-    let cpu = cpu_split(server_pid);
+    let cpu = cpu_split(servers);
     let start = Instant::now();
     library_publish(url, to_publish).await;
     let looped = (
         drained_rate(&partitions, burst, start, stop_tx, workers).await,
-        per_event(cpu, cpu_split(server_pid), burst),
+        per_event(cpu, cpu_split(servers), burst),
     );
     Round {
         raw,
@@ -490,13 +498,7 @@ fn median(mut values: Vec<f64>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn sustained_rate(
-    js: &JetStream,
-    url: &str,
-    server_pid: Option<u32>,
-    burst: usize,
-    rounds: usize,
-) {
+async fn sustained_rate(js: &JetStream, url: &str, servers: &[u32], burst: usize, rounds: usize) {
     let events = burst_events(nodes(), burst);
     println!(
         "2. sustained rate, a burst of {burst} telemetry events from {} nodes, {rounds} rounds \
@@ -508,7 +510,7 @@ async fn sustained_rate(
     );
     let mut results = Vec::new();
     for round in 1..=rounds {
-        let r = sustained_round(js, url, server_pid, &events).await;
+        let r = sustained_round(js, url, servers, &events).await;
         println!(
             "   {round:>5} {:>13.0} {:>14.0} {:>15.0} {:>10.0} {:>10.2} {:>10.2} {:>18.2}",
             r.raw.0,
@@ -552,22 +554,70 @@ fn main() {
     // The loop's runtime as `mapek run` builds it: half the cores, or TOKIO_WORKER_THREADS.
     let runtime = mapek_loop::runtime::build().unwrap();
     runtime.block_on(async {
-        // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
-        // (`prof_port: 6060`, `prof_block_rate: 1`).
-        let extra = std::env::var("MAPEK_BENCH_NATS_CONFIG").unwrap_or_default();
-        // MAPEK_BENCH_LAYOUT=single: a server without the telemetry mapping, so telemetry in
-        // one stream (ADR 0012's "before").
-        let single = std::env::var("MAPEK_BENCH_LAYOUT").is_ok_and(|v| v == "single");
-        let extra = extra.replace("\\n", "\n");
-        let server = NatsServer::start_with_options(&extra, &[], !single);
-        let js = mapek_bus::connect(&server.url()).await.unwrap();
-        let layout = if single {
-            "telemetry in one stream (no server mapping)"
-        } else {
-            "telemetry mapped by the server over 2 streams"
-        };
+        let (servers, layout) = servers();
+        let url = servers.url();
+        let js = mapek_bus::connect(&url).await.unwrap();
         println!("loop_cycle: nats-server and the loop on the same 2-core machine; {layout}");
-        cycle_time(&js, &server.url(), server.pid(), seconds).await;
-        sustained_rate(&js, &server.url(), server.pid(), burst, rounds).await;
+        let pids = servers.pids();
+        if seconds > 0 {
+            cycle_time(&js, &url, &pids, seconds).await;
+        }
+        sustained_rate(&js, &url, &pids, burst, rounds).await;
     });
+}
+
+/// The servers the bench runs on, and a line saying how they are set up.
+enum Servers {
+    One(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Servers {
+    fn url(&self) -> String {
+        match self {
+            Servers::One(s) => s.url(),
+            Servers::Cluster(c) => c.url(),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Servers::One(s) => s.pid().into_iter().collect(),
+            Servers::Cluster(c) => c.pids(),
+        }
+    }
+}
+
+/// One server, or with MAPEK_BENCH_CLUSTER=3 a 3-node cluster on loopback (streams with 3
+/// replicas, `sync_interval: always` unless MAPEK_BENCH_SYNC=default).
+fn servers() -> (Servers, String) {
+    if common::replicas() > 1 {
+        let sync = std::env::var("MAPEK_BENCH_SYNC").map_or(true, |v| v != "default");
+        let cluster = NatsCluster::start_with_sync(common::replicas(), sync);
+        let layout = format!(
+            "a {}-node cluster on loopback, streams with {} replicas, {}",
+            cluster.len(),
+            common::replicas(),
+            if sync {
+                "sync_interval: always"
+            } else {
+                "the server's default sync (every 2 min)"
+            }
+        );
+        return (Servers::Cluster(cluster), layout);
+    }
+    // MAPEK_BENCH_NATS_CONFIG: extra server config lines, to profile the server
+    // (`prof_port: 6060`, `prof_block_rate: 1`).
+    let extra = std::env::var("MAPEK_BENCH_NATS_CONFIG").unwrap_or_default();
+    // MAPEK_BENCH_LAYOUT=single: a server without the telemetry mapping, so telemetry in
+    // one stream (ADR 0012's "before").
+    let single = std::env::var("MAPEK_BENCH_LAYOUT").is_ok_and(|v| v == "single");
+    let extra = extra.replace("\\n", "\n");
+    let server = NatsServer::start_with_options(&extra, &[], !single);
+    let layout = if single {
+        "telemetry in one stream (no server mapping)"
+    } else {
+        "telemetry mapped by the server over 2 streams"
+    };
+    (Servers::One(server), layout.to_owned())
 }

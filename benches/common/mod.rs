@@ -27,7 +27,20 @@ pub async fn fresh_streams(js: &JetStream) {
         let _ = js.delete_stream(mapek_bus::layout::monitor_stream(i)).await;
     }
     let _ = js.delete_key_value(mapek_loop::lease::BUCKET).await;
-    streams::apply(js, &streams::builtin()).await.unwrap();
+    let defs: Vec<_> = streams::builtin()
+        .into_iter()
+        .map(|d| d.with_replicas(replicas()))
+        .collect();
+    streams::apply(js, &defs).await.unwrap();
+}
+
+/// How many servers the bench runs on, and so each stream's replicas: MAPEK_BENCH_CLUSTER
+/// (a cluster on loopback), else 1.
+pub fn replicas() -> usize {
+    std::env::var("MAPEK_BENCH_CLUSTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// `count` telemetry samples of a seeded mesh of `nodes` nodes, tick after tick (100 ms apart).

@@ -34,6 +34,15 @@ impl NatsCluster {
     /// # Panics
     /// When no usable `nats-server` is found or a server does not start within 10 s.
     pub fn start(size: usize) -> Self {
+        Self::start_with_sync(size, true)
+    }
+
+    /// [`NatsCluster::start`], with `sync_interval: always` as mapek ships it (`sync`) or the
+    /// server's default (a flush every two minutes), to measure what syncing costs.
+    ///
+    /// # Panics
+    /// As [`NatsCluster::start`].
+    pub fn start_with_sync(size: usize, sync: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("mapek-nats-cluster-")
             .tempdir()
@@ -51,10 +60,11 @@ impl NatsCluster {
                 let config = dir.path().join(format!("{name}.conf"));
                 let text = format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-                     jetstream {{\n  store_dir: {:?}\n  {SYNC}\n}}\n\
+                     jetstream {{\n  store_dir: {:?}\n  {}\n}}\n\
                      cluster {{\n  name: mapek\n  listen: 127.0.0.1:{route}\n  \
                      routes: [\n    {}\n  ]\n}}\n{}\n",
                     dir.path().join(&name),
+                    if sync { SYNC } else { "" },
                     routes.join("\n    "),
                     mapek_domain::TELEMETRY_MAPPING
                 );
@@ -80,6 +90,14 @@ impl NatsCluster {
             wait_for_port(node.port);
         }
         cluster
+    }
+
+    /// The process ids of the servers running, to read their CPU time.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// Every server's client URL, comma-separated, as `--nats-url` takes them.
