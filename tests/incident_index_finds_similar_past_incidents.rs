@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use mapek_domain::{
-    Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
-};
+use mapek_domain::{ActionKind, Symptom, SymptomKind, SymptomState};
 use mapek_sim::rng::SplitMix64;
 use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery, Tuning};
@@ -36,27 +34,10 @@ fn cpu_symptom(incident: &str, node: &str, ts_ms: i64, cpu: f64) -> Symptom {
 fn incident(s: &Symptom, action: ActionKind, resolved: Option<bool>) -> Incident {
     let mut i = Incident::new(&s.incident_id, s.node.as_str());
     assert!(i.apply_symptom(s));
-    let mut d: Decision = samples::decision();
-    d.decision_id = format!("d-{}", s.incident_id);
-    d.incident_id = s.incident_id.clone();
-    d.ts_ms = s.ts_ms;
-    d.action = Action {
-        kind: action,
-        peer: None,
-        service: None,
-        params: BTreeMap::new(),
-    };
+    let d = samples::decided(&s.incident_id, s.ts_ms, action);
     assert!(i.apply_decision(&d));
     if let Some(resolved) = resolved {
-        let mut o: Outcome = samples::outcome();
-        o.decision_id = d.decision_id.clone();
-        o.incident_id = s.incident_id.clone();
-        o.ts_ms = s.ts_ms + 30_000;
-        o.result = if resolved {
-            OutcomeResult::Resolved
-        } else {
-            OutcomeResult::NotResolved
-        };
+        let o = samples::judged(&d, s.ts_ms + 30_000, resolved);
         assert!(i.apply_outcome(&o));
         assert!(
             !i.apply_outcome(&o),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use mapek_domain::{Action, ActionKind, OutcomeResult, SymptomKind, SymptomState};
+use mapek_domain::{ActionKind, SymptomKind, SymptomState};
 use mapek_testkit::samples;
 use mapek_vectors::{Incident, IncidentIndex, Offsets, ServerIndex, SimilarQuery};
 
@@ -17,26 +17,11 @@ fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Inc
     (s.incident_id, s.symptom_id, s.ts_ms) = (incident.into(), format!("s-{incident}"), ts_ms);
     (s.kind, s.state, s.peer) = (SymptomKind::CpuSaturation, SymptomState::Open, None);
     s.evidence = BTreeMap::from([("mean_cpu".into(), 0.97), ("cpu_threshold".into(), 0.9)]);
-    let mut d = samples::decision();
-    (d.decision_id, d.incident_id, d.ts_ms) = (format!("d-{incident}"), incident.into(), ts_ms);
-    d.action = Action {
-        kind: action,
-        peer: None,
-        service: None,
-        params: BTreeMap::new(),
-    };
-    let mut o = samples::outcome();
-    (o.decision_id, o.incident_id, o.ts_ms) =
-        (d.decision_id.clone(), incident.into(), ts_ms + 30_000);
-    o.result = if resolved {
-        OutcomeResult::Resolved
-    } else {
-        OutcomeResult::NotResolved
-    };
+    let d = samples::decided(incident, ts_ms, action);
     let mut i = Incident::new(incident, "n1");
     i.apply_symptom(&s);
     i.apply_decision(&d);
-    i.apply_outcome(&o);
+    i.apply_outcome(&samples::judged(&d, ts_ms + 30_000, resolved));
     i
 }
 

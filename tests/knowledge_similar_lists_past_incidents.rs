@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use mapek_domain::{Action, ActionKind, OutcomeResult, SymptomKind, SymptomState};
+use mapek_domain::{ActionKind, SymptomKind, SymptomState};
 use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets};
 
@@ -36,24 +36,9 @@ fn cpu(
     let mut i = Incident::new(id, node);
     i.apply_symptom(&s);
     if let Some((action, resolved)) = outcome {
-        let mut d = samples::decision();
-        (d.decision_id, d.incident_id, d.ts_ms) = (format!("d-{id}"), id.into(), opened_ms);
-        d.action = Action {
-            kind: action,
-            peer: None,
-            service: None,
-            params: BTreeMap::new(),
-        };
-        let mut o = samples::outcome();
-        (o.decision_id, o.incident_id, o.ts_ms) =
-            (d.decision_id.clone(), id.into(), opened_ms + 30_000);
-        o.result = if resolved {
-            OutcomeResult::Resolved
-        } else {
-            OutcomeResult::NotResolved
-        };
+        let d = samples::decided(id, opened_ms, action);
         i.apply_decision(&d);
-        i.apply_outcome(&o);
+        i.apply_outcome(&samples::judged(&d, opened_ms + 30_000, resolved));
     }
     i
 }

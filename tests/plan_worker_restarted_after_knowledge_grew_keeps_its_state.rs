@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
 use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{
-    Action, ActionKind, Decision, Outcome, OutcomeResult, Planner, Policy, Symptom, SymptomKind,
-    SymptomState,
-};
+use mapek_domain::{ActionKind, Decision, Planner, Policy, Symptom, SymptomKind, SymptomState};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, run_stage};
 use mapek_testkit::{NatsServer, samples};
@@ -50,21 +47,11 @@ fn cpu(incident: &str, node: &str, ts_ms: i64) -> Symptom {
 /// A past CPU incident on `node` that `restart_service` resolved, judged at `judged_ms`.
 fn restarted_and_resolved(node: &str, opened_ms: i64, judged_ms: i64) -> Incident {
     let s = cpu("past", node, opened_ms);
-    let mut d = samples::decision();
-    (d.decision_id, d.incident_id, d.ts_ms) = ("d-past".into(), "past".into(), opened_ms);
-    d.action = Action {
-        kind: ActionKind::RestartService,
-        peer: None,
-        service: Some("meshd".into()),
-        params: BTreeMap::new(),
-    };
-    let mut o: Outcome = samples::outcome();
-    (o.decision_id, o.incident_id, o.ts_ms) = ("d-past".into(), "past".into(), judged_ms);
-    o.result = OutcomeResult::Resolved;
+    let d = samples::decided("past", opened_ms, ActionKind::RestartService);
     let mut i = Incident::new("past", node);
     i.apply_symptom(&s);
     i.apply_decision(&d);
-    i.apply_outcome(&o);
+    i.apply_outcome(&samples::judged(&d, judged_ms, true));
     assert!(i.ready);
     i
 }

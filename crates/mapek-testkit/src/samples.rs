@@ -128,6 +128,38 @@ pub fn outcome() -> Outcome {
     }
 }
 
+/// The decision `d-<incident>` to take `action` on `incident` at `ts_ms` (a restart names the
+/// service `meshd`), for building past incidents.
+pub fn decided(incident: &str, ts_ms: i64, action: ActionKind) -> Decision {
+    Decision {
+        decision_id: format!("d-{incident}"),
+        incident_id: incident.to_owned(),
+        ts_ms,
+        action: Action {
+            kind: action,
+            peer: None,
+            service: (action == ActionKind::RestartService).then(|| "meshd".to_owned()),
+            params: BTreeMap::new(),
+        },
+        ..decision()
+    }
+}
+
+/// The outcome of `decision`, judged at `ts_ms`: its incident resolved or not.
+pub fn judged(decision: &Decision, ts_ms: i64, resolved: bool) -> Outcome {
+    Outcome {
+        decision_id: decision.decision_id.clone(),
+        incident_id: decision.incident_id.clone(),
+        ts_ms,
+        result: if resolved {
+            OutcomeResult::Resolved
+        } else {
+            OutcomeResult::NotResolved
+        },
+        ..outcome()
+    }
+}
+
 /// A dead letter for a body that was not Avro.
 pub fn rejected() -> Rejected {
     Rejected::new(
