@@ -24,10 +24,34 @@ use mapek_testkit::{NatsCluster, NatsServer};
 const T0: i64 = 1_795_867_200_000;
 const NODES: usize = 8;
 
+/// A `mapek run` process, killed when dropped: a failed check leaves nothing running.
+struct LoopProcess(Option<Child>);
+
+impl std::ops::Deref for LoopProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for LoopProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for LoopProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = (child.kill(), child.wait());
+        }
+    }
+}
+
 /// `mapek run` (every phase) as `name` on `url`, with stores of its own under `dir`.
-fn loop_process(url: &str, name: &str, dir: &Path) -> Child {
+fn loop_process(url: &str, name: &str, dir: &Path) -> LoopProcess {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    mapek(url)
+    let child = mapek(url)
         .args(["run", "--worker", name, "--metrics-addr", "off"])
         .env("MAPEK_DATA_DIR", dir.join(name))
         .env("MAPEK_LOG", "warn")
@@ -35,7 +59,8 @@ fn loop_process(url: &str, name: &str, dir: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start mapek run")
+        .expect("start mapek run");
+    LoopProcess(Some(child))
 }
 
 /// Round `i` of telemetry: one sample per node, a second of event time apart. Each node in
@@ -220,7 +245,6 @@ async fn the_loop_loses_nothing_when_servers_and_a_worker_are_killed() {
     let acked = publishing.await.unwrap();
     if let Err(how_far) = wait_until_caught_up(&js).await {
         let doing = what_the_loop_was_doing(&url, dir.path());
-        let _ = (a.kill(), b.kill());
         panic!("the loop did not catch up: {how_far}\n{doing}");
     }
 
@@ -274,7 +298,8 @@ async fn the_loop_loses_nothing_when_servers_and_a_worker_are_killed() {
 }
 
 /// Stops a loop process as Ctrl-C would and checks that it ended well.
-fn stop_loop(child: Child, name: &str, dir: &Path) {
+fn stop_loop(mut process: LoopProcess, name: &str, dir: &Path) {
+    let child = process.0.take().expect("running");
     let pid = child.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-INT", &pid])
