@@ -1,9 +1,11 @@
 //! Projection rows per second into Postgres: the decisions projection (JetStream → decode →
 //! one transaction per batch with the offset) against a plain multi-row INSERT of the same
-//! rows into the same table, in the same run; and the monitor projection's rate at 1 000 nodes.
+//! rows into the same table, in the same run; and the monitor projection's rate at 10 000
+//! nodes into SQLite and into Postgres, against reading and decoding the same log.
 //!
 //! `cargo bench -p mapek-knowledge --bench projection_rows` (MAPEK_BENCH_ROWS sets the count
-//! of decisions, default 50 000; MAPEK_BENCH_SAMPLES the telemetry samples, default 100 000).
+//! of decisions, default 50 000; MAPEK_BENCH_SAMPLES the telemetry samples, default 100 000;
+//! MAPEK_BENCH_NODES the nodes they come from, default 10 000).
 //! Needs nats-server 2.10+ (NATS_SERVER_BIN or PATH) and Postgres (DATABASE_URL, default
 //! postgres://postgres@127.0.0.1:5432); each side writes into a fresh database of its own.
 
@@ -148,28 +150,76 @@ async fn main() {
         projected / raw
     );
 
-    // The monitor projection at 1 000 nodes: each batch keeps only each node's latest sample.
-    let telemetry: Vec<Telemetry> = (0..samples)
+    drop((js, server));
+    let nodes = count("MAPEK_BENCH_NODES", 10_000);
+    let telemetry = telemetry(samples, nodes);
+    println!(
+        "monitor: {samples} telemetry samples of {nodes} nodes, each store fresh, against \
+         reading and decoding the same log through an ordered consumer, without writing:"
+    );
+    let sqlite = tempfile::tempdir().expect("a directory for SQLite");
+    let sqlite = sqlite.path().join("knowledge.sqlite");
+    monitor_rate("SQLite", sqlite.to_str().unwrap(), &telemetry, 50_000.0).await;
+    let db = TestDatabase::create().await;
+    monitor_rate("Postgres", db.url(), &telemetry, 100_000.0).await;
+}
+
+/// `samples` telemetry samples of `nodes` nodes, a millisecond apart, round-robin.
+fn telemetry(samples: usize, nodes: usize) -> Vec<Telemetry> {
+    (0..samples)
         .map(|i| {
             let metrics = BTreeMap::from([
                 ("latency_ms".to_owned(), (i % 97) as f64 + 0.5),
                 ("cpu".to_owned(), (i % 100) as f64 / 100.0),
             ]);
             Telemetry::new(
-                NodeId::new(format!("n{}", i % 1000)).unwrap(),
+                NodeId::new(format!("n{}", i % nodes)).unwrap(),
                 TS_MS + i as i64,
                 metrics,
             )
         })
-        .collect();
-    publish(&js, &telemetry).await;
-    let (_db, model) = fresh_model().await;
+        .collect()
+}
+
+/// The monitor projection's rate into the store at `url` (each batch keeps only each node's
+/// latest sample), on a server of its own holding `telemetry` alone, against reading and
+/// decoding the same log; `goal` in samples/s.
+async fn monitor_rate(store: &str, url: &str, telemetry: &[Telemetry], goal: f64) {
+    let server = NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.expect("connect");
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .expect("streams");
+    publish(&js, telemetry).await;
+    let read = read_all(&js, telemetry.len()).await;
+    let model = ReadModel::connect(url).await.expect("connect");
+    model.migrate().await.expect("migrate");
     let (secs, stats) = project(&js, &model).await;
     let applied = stats.phase(Phase::Monitor).applied;
-    let batches = stats.phase(Phase::Monitor).batches;
+    assert_eq!(applied, telemetry.len() as u64);
+    let rate = applied as f64 / secs;
+    let read_rate = telemetry.len() as f64 / read;
     println!(
-        "monitor: {applied} telemetry samples of 1 000 nodes projected in {secs:.2} s \
-         (with the {rows} decisions again): {:.0} samples/s in {batches} transactions",
-        applied as f64 / secs
+        "  {store:<9} {rate:>8.0} samples/s in {} transactions; reading alone {read_rate:>8.0}/s; \
+         ratio {:.2}; goal >= {goal:.0}/s: {}",
+        stats.phase(Phase::Monitor).batches,
+        rate / read_rate,
+        if rate >= goal { "met" } else { "not met" }
     );
+}
+
+/// Reads and decodes the `n` telemetry samples stored; returns the seconds it took.
+async fn read_all(js: &JetStream, n: usize) -> f64 {
+    let start = Instant::now();
+    let config = mapek_bus::SubscriberConfig::all();
+    let mut sub = mapek_bus::Subscriber::<Telemetry>::open(js, config)
+        .await
+        .expect("subscribe");
+    let mut seen = 0;
+    while seen < n {
+        let received = sub.next().await.expect("open").expect("read");
+        received.event.expect("decodes");
+        seen += 1;
+    }
+    start.elapsed().as_secs_f64()
 }
