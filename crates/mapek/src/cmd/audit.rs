@@ -19,7 +19,8 @@ pub enum AuditCommand {
         dir: PathBuf,
     },
     /// Check every decision in MAPEK_PLAN: its signature, and its link to the decision
-    /// before it in its partition. Exits 1 when any decision fails
+    /// before it in its partition; and that each partition's chain still has its start and
+    /// the end its signed head (in MAPEK_CHAIN) names. Exits 1 when any check fails
     Verify {
         /// The public key to check signatures with; without it only the links are checked
         #[arg(long, env = "MAPEK_VERIFY_KEY", value_name = "FILE")]
@@ -51,8 +52,12 @@ pub async fn run(command: AuditCommand, settings: &Settings) -> anyhow::Result<E
             for f in &report.failures {
                 println!("seq {}: decision {}: {}", f.seq, f.decision, f.broken);
             }
+            for cut in &report.cuts {
+                println!("{cut}");
+            }
             println!(
-                "{} decisions in {} partitions: {} pass, {} fail ({})",
+                "{} decisions in {} partitions: {} pass, {} fail ({}); {} signed chain heads, \
+                 {} chains cut or unproven",
                 report.decisions,
                 report.partitions,
                 report.passed,
@@ -61,9 +66,19 @@ pub async fn run(command: AuditCommand, settings: &Settings) -> anyhow::Result<E
                     "signatures and links checked"
                 } else {
                     "links checked; give --key to check signatures too"
-                }
+                },
+                report.heads,
+                report.cuts.len(),
             );
-            Ok(if report.failures.is_empty() {
+            if let Some(at_ms) = report.oldest_head_at_ms {
+                let age_ms = mapek_audit::witness::now_ms().saturating_sub(at_ms).max(0);
+                println!(
+                    "the oldest chain head was signed {} s ago (a running witness signs each \
+                     every minute)",
+                    age_ms / 1000
+                );
+            }
+            Ok(if report.is_clean() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
