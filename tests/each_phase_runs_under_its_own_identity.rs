@@ -1,7 +1,8 @@
 //! An operator runs each phase as its own process with its own certificate, against a server
 //! configured as deploy/nats/secure.conf and permissions.conf say: `mapek run --phase
-//! analyze|plan|execute|evaluate|project`, each holding the SPIFFE ID of its phase and its own inbox
-//! prefix, plan signing its decisions (and witnessing the chain) and execute checking them.
+//! analyze|plan|execute|evaluate|project`, each holding the SPIFFE ID of its phase and its
+//! own inbox prefix, plan signing its decisions (and witnessing the chain) and execute
+//! checking them.
 //! A node agent holding n1's identity publishes telemetry and answers its command; the loop
 //! goes all the way round, no worker is refused anything it needs, and the decision log
 //! passes the audit.
