@@ -94,9 +94,17 @@ async fn each_phase_with_its_own_identity_runs_the_whole_loop() {
     assert!(out.status.success(), "streams apply: {}", stderr(&out));
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    let mut keygen = mapek_as(&url, certs.path(), None);
-    keygen.args(["audit", "keygen", "--dir"]).arg(&keys);
-    assert!(run(keygen).status.success());
+    // The deployments' set-up step makes the decision keys once and keeps them after.
+    let keygen = || {
+        let mut keygen = mapek_as(&url, certs.path(), None);
+        keygen
+            .args(["audit", "keygen", "--keep-existing", "--dir"])
+            .arg(&keys);
+        let out = run(keygen);
+        assert!(out.status.success(), "keygen: {}", stderr(&out));
+        std::fs::read(keys.join("decision.pub")).unwrap()
+    };
+    assert_eq!(keygen(), keygen(), "the key pair is kept");
 
     answer_as_n1(&url, certs.path()).await;
     let mut workers: Vec<(&str, Child)> = ["analyze", "plan", "execute", "evaluate", "project"]

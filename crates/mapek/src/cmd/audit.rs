@@ -17,6 +17,10 @@ pub enum AuditCommand {
         /// Where to write the two files
         #[arg(long, default_value = "mapek-data/keys", value_name = "DIR")]
         dir: PathBuf,
+        /// Keep a key pair that is there already and succeed, instead of refusing (for a
+        /// deployment's set-up step, run at every start)
+        #[arg(long)]
+        keep_existing: bool,
     },
     /// Check every decision in MAPEK_PLAN: its signature, and its link to the decision
     /// before it in its partition; and that each partition's chain still has its start and
@@ -31,7 +35,12 @@ pub enum AuditCommand {
 /// Runs `mapek audit …`.
 pub async fn run(command: AuditCommand, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
-        AuditCommand::Keygen { dir } => {
+        AuditCommand::Keygen { dir, keep_existing } => {
+            let secret = dir.join(keys::SECRET_FILE);
+            if keep_existing && secret.exists() && dir.join(keys::PUBLIC_FILE).exists() {
+                println!("kept the key pair in {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let (secret, public) = keys::generate(&dir)?;
             println!(
                 "secret key {} (for the plan workers: --signing-key, MAPEK_SIGNING_KEY)\n\
