@@ -13,11 +13,10 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::secure::{Holder, certificates, mapek_as, secure_config, security};
+use common::secure::{Holder, mapek_as, secure_server_with_streams, security};
 use common::{interrupt, run, run_with_input, stderr, stdout};
 use mapek_bus::command::{CommandReply, Commands};
 use mapek_domain::{ActionResult, ActionStatus, NodeId, Outcome};
-use mapek_testkit::NatsServer;
 
 /// `mapek run --phase <phase>` as the phase's own identity.
 fn phase(url: &str, certs: &Path, keys: &Path, data: &Path, name: &str) -> Child {
@@ -84,14 +83,8 @@ async fn first<E: mapek_codec::AvroEvent>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_phase_with_its_own_identity_runs_the_whole_loop() {
-    let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
-    let server = NatsServer::start_with(&secure_config(certs.path()));
+    let (server, certs) = secure_server_with_streams().await;
     let url = server.url();
-    let mut apply = mapek_as(&url, certs.path(), Some("mapek"));
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
-    assert!(out.status.success(), "streams apply: {}", stderr(&out));
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     // The deployments' set-up step makes the decision keys once and keeps them after.

@@ -13,23 +13,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::secure::{Holder, certificates, mapek_as, secure_config, security};
+use common::secure::{Holder, mapek_as, secure_server_with_streams, security};
 use common::{run, stderr, stdout, telemetry_len};
 use mapek_domain::NodeId;
-use mapek_testkit::NatsServer;
-
-/// A secure server with the streams applied by the admin, and the certificates.
-async fn secure_server_with_streams() -> (NatsServer, tempfile::TempDir) {
-    let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
-    let server = NatsServer::start_with(&secure_config(certs.path()));
-    let mut apply = mapek_as(&server.url(), certs.path(), Some("mapek"));
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
-    assert!(out.status.success(), "streams apply: {}", stderr(&out));
-    assert!(stdout(&out).contains("7 created"), "{}", stdout(&out));
-    (server, certs)
-}
 
 /// The subject n2's telemetry is checked under: the server maps it to its partition first.
 fn n2_telemetry() -> String {

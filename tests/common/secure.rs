@@ -10,7 +10,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use mapek_bus::NatsSecurity;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::{mapek, repo};
+use super::{mapek, repo, run, stderr, stdout};
 
 /// The nodes whose agents have users and certificates.
 pub const AGENTS: &str = "n1 n2";
@@ -54,6 +54,30 @@ pub fn secure_config(certs: &Path) -> String {
     )
 }
 
+/// A secure server with the streams applied by the admin, and the certificates.
+pub async fn secure_server_with_streams() -> (mapek_testkit::NatsServer, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let server = mapek_testkit::NatsServer::start_with(&secure_config(certs.path()));
+    let mut apply = mapek_as(&server.url(), certs.path(), Some("mapek"));
+    apply.args(["streams", "apply"]);
+    let out = run(apply);
+    assert!(out.status.success(), "streams apply: {}", stderr(&out));
+    assert!(stdout(&out).contains("7 created"), "{}", stdout(&out));
+    (server, certs)
+}
+
+/// The environment `who` is run with: the CA, its certificate and key, its inbox prefix.
+pub fn env_of(certs: &Path, who: &str) -> Vec<(&'static str, String)> {
+    let file = |f: String| certs.join(f).display().to_string();
+    vec![
+        ("NATS_CA", file("ca.pem".into())),
+        ("NATS_CERT", file(format!("{who}.pem"))),
+        ("NATS_KEY", file(format!("{who}-key.pem"))),
+        ("NATS_INBOX_PREFIX", inbox_prefix(who)),
+    ]
+}
+
 /// The inbox prefix permissions.conf gives the holder of gen.sh's certificate `who`
 /// (`mapek`, `plan`, `observer`, `agent-n1`): `_INBOX_` and its SPIFFE path, `/` as `_`.
 pub fn inbox_prefix(who: &str) -> String {
@@ -86,9 +110,7 @@ pub fn mapek_as(url: &str, certs: &Path, who: Option<&str>) -> std::process::Com
     let mut cmd = mapek(url);
     cmd.env("NATS_CA", certs.join("ca.pem"));
     if let Some(who) = who {
-        cmd.env("NATS_CERT", certs.join(format!("{who}.pem")))
-            .env("NATS_KEY", certs.join(format!("{who}-key.pem")))
-            .env("NATS_INBOX_PREFIX", inbox_prefix(who));
+        cmd.envs(env_of(certs, who));
     }
     cmd
 }
