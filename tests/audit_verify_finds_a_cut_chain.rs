@@ -54,11 +54,12 @@ async fn witnessed_chain() -> (NatsServer, JetStream, tempfile::TempDir) {
     (server, js, keys)
 }
 
-/// `mapek audit verify --key`: whether it passed, and what it printed.
-fn audit(server: &NatsServer, keys: &Path) -> (bool, String) {
+/// `mapek audit verify --key … <extra>`: whether it passed, and what it printed.
+fn audit_with(server: &NatsServer, keys: &Path, extra: &[&str]) -> (bool, String) {
     let mut cmd = mapek(&server.url());
     cmd.args(["audit", "verify", "--key"])
-        .arg(keys.join(keys::PUBLIC_FILE));
+        .arg(keys.join(keys::PUBLIC_FILE))
+        .args(extra);
     let out = run(cmd);
     assert!(
         out.status.success() || out.status.code() == Some(1),
@@ -66,6 +67,11 @@ fn audit(server: &NatsServer, keys: &Path) -> (bool, String) {
         stderr(&out)
     );
     (out.status.success(), stdout(&out))
+}
+
+/// `mapek audit verify --key`.
+fn audit(server: &NatsServer, keys: &Path) -> (bool, String) {
+    audit_with(server, keys, &[])
 }
 
 /// The chain n1's decisions are in.
@@ -152,6 +158,24 @@ async fn a_head_forged_or_deleted_to_hide_a_cut_end_is_found() {
     assert!(!passed, "{out}");
     assert!(
         out.contains(&format!("chain of partition {p}: it has no signed head")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_older_than_the_audit_allows_is_named() {
+    let (server, _js, keys) = witnessed_chain().await;
+    let (passed, out) = audit_with(&server, keys.path(), &["--max-head-age", "1m"]);
+    assert!(passed, "{out}");
+    // No witness signs it again: after a second and a half it is older than a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (passed, out) = audit_with(&server, keys.path(), &["--max-head-age", "1s"]);
+    assert!(!passed, "{out}");
+    let p = chain_of_n1();
+    assert!(
+        out.contains(&format!(
+            "chain of partition {p}: its signed head is 1 s old"
+        )),
         "{out}"
     );
 }

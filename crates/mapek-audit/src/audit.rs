@@ -58,16 +58,27 @@ pub fn chain_of(subject: &str) -> u32 {
 
 /// Reads MAPEK_PLAN from the start to its current end and checks every decision: the
 /// signature with `key` (links only, without), and each partition's chain; then each chain's
-/// start and end against the signed heads in `MAPEK_CHAIN`.
+/// start and end against the signed heads in `MAPEK_CHAIN`, whatever their age.
 pub async fn verify_stream(
     js: &JetStream,
     key: Option<VerifyingKey>,
+) -> Result<AuditReport, AuditError> {
+    verify_stream_within(js, key, None).await
+}
+
+/// Like [`verify_stream`], and with `head_within` a chain whose head was signed longer ago
+/// than that fails too (ADR 0016: a running witness signs every head each minute).
+pub async fn verify_stream_within(
+    js: &JetStream,
+    key: Option<VerifyingKey>,
+    head_within: Option<std::time::Duration>,
 ) -> Result<AuditReport, AuditError> {
     // The heads first: each then names a decision stored before the stream is read.
     let heads = heads::read_all(js).await?;
     let ages = Ages {
         max_age_ms: i64::try_from(plan_info(js).await?.config.max_age.as_millis())
             .unwrap_or(i64::MAX),
+        head_within_ms: head_within.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         now_ms: now_ms(),
     };
     let mut chain = Chain::new(key.clone());

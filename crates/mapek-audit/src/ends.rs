@@ -10,6 +10,8 @@
 //!   before the stream's `max_age`.
 //! - **Heads**: with the decision key, every chain must have a head that verifies; a forged,
 //!   damaged or missing head is reported. Without a key, heads that read are used unchecked.
+//!   Given a limit, a head signed longer ago than that is reported too: a running witness signs
+//!   each head every minute, so an old one is a stopped witness or a head put back.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -54,11 +56,14 @@ impl fmt::Display for Cut {
     }
 }
 
-/// How old a decision may be before the stream forgets it, and when the audit runs.
+/// How old a decision may be before the stream forgets it, how old a head may be, and when
+/// the audit runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Ages {
     /// The stream's `max_age` in ms; 0 keeps decisions for ever.
     pub max_age_ms: i64,
+    /// The most a head may have aged since it was signed, in ms; `None` takes any.
+    pub head_within_ms: Option<i64>,
     /// Now, in ms since the Unix epoch.
     pub now_ms: i64,
 }
@@ -109,6 +114,9 @@ pub fn judge(
         if let Some(what) = head.and_then(|h| end_cut(span, h, ages)) {
             cut(what);
         }
+        if let Some(what) = head.and_then(|h| stale(h, ages)) {
+            cut(what);
+        }
         if let Some(what) = start_cut(span, head, ages) {
             cut(what);
         }
@@ -128,6 +136,20 @@ fn end_cut(span: &Span, head: &Head, ages: Ages) -> Option<String> {
         &head.head[..head.head.len().min(16)],
         (head.at_ms - head.head_ms).max(0) / 1000
     ))
+}
+
+/// Why a head is too old to vouch for the chain's end, if it is.
+fn stale(head: &Head, ages: Ages) -> Option<String> {
+    let limit = ages.head_within_ms?;
+    let age = ages.now_ms - head.at_ms;
+    (age > limit).then(|| {
+        format!(
+            "its signed head is {} s old, older than the {} s allowed: the witness stopped, or \
+             someone put back an old head",
+            age / 1000,
+            limit / 1000
+        )
+    })
 }
 
 /// Why the chain lost its start, if it did: its first decision links to one that is gone and
@@ -160,6 +182,7 @@ mod tests {
     const DAY: i64 = 86_400_000;
     const AGES: Ages = Ages {
         max_age_ms: 7 * DAY,
+        head_within_ms: None,
         now_ms: NOW,
     };
 
@@ -218,6 +241,22 @@ mod tests {
         assert_eq!(judge(&cut, &unknown, None, AGES), vec![]);
         let headless = judge(&cut, &BTreeMap::new(), None, AGES);
         assert!(whats(&headless)[0].contains("no signed head shows"));
+    }
+
+    #[test]
+    fn a_head_older_than_allowed_is_named() {
+        let whole = span(true, &["a", "b"]);
+        let signed_a_second_ago = heads(head("b", NOW - DAY, Some(NOW - DAY)));
+        let within = |s: i64| Ages {
+            head_within_ms: Some(s * 1000),
+            ..AGES
+        };
+        assert_eq!(
+            judge(&whole, &signed_a_second_ago, None, within(60)),
+            vec![]
+        );
+        let found = judge(&whole, &signed_a_second_ago, None, within(0));
+        assert!(whats(&found)[0].contains("1 s old"), "{found:?}");
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum AuditCommand {
         /// The public key to check signatures with; without it only the links are checked
         #[arg(long, env = "MAPEK_VERIFY_KEY", value_name = "FILE")]
         key: Option<PathBuf>,
+        /// Fail a chain whose signed head is older than this (2m): the witness signs every
+        /// head each minute while it runs, so an older one is a stopped witness or a head
+        /// someone put back [default: any age]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_head_age: Option<std::time::Duration>,
     },
 }
 
@@ -50,14 +55,14 @@ pub async fn run(command: AuditCommand, settings: &Settings) -> anyhow::Result<E
             );
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { key } => {
+        AuditCommand::Verify { key, max_head_age } => {
             let key = key
                 .map(|k| VerifyingKey::load(&k))
                 .transpose()
                 .context("cannot load the verifying key")?;
             let signed = key.is_some();
             let js = mapek_bus::connect(&settings.nats_url).await?;
-            let report = mapek_audit::audit::verify_stream(&js, key).await?;
+            let report = mapek_audit::audit::verify_stream_within(&js, key, max_head_age).await?;
             for f in &report.failures {
                 println!("seq {}: decision {}: {}", f.seq, f.decision, f.broken);
             }
