@@ -7,7 +7,7 @@ use mapek_bus::{JetStream, StartAt, Subscriber};
 use mapek_domain::{Decision, Phase};
 
 use crate::ends::{self, Ages, Cut, Span};
-use crate::witness::now_ms;
+use crate::witness::{now_ms, stored_ms};
 use crate::{AuditError, Broken, Chain, VerifyingKey, heads};
 
 /// A decision that failed, where it is, and why.
@@ -100,7 +100,8 @@ pub async fn verify_stream_within(
         let outcome = match &received.event {
             Ok(d) => {
                 let span = spans.entry(partition).or_default();
-                span.read(received.stream_seq, &d.prev_hash, d.chain_hash());
+                let stored_ms = stored_ms(&received);
+                span.read(received.stream_seq, stored_ms, &d.prev_hash, d.chain_hash());
                 chain
                     .check(partition, d)
                     .map_err(|b: Broken| (d.decision_id.clone(), b.to_string()))

@@ -23,20 +23,29 @@ use crate::heads::Head;
 /// reads: they are taken as aged out.
 const AGE_SLACK_MS: i64 = 60_000;
 
+/// A chain begun less than this long ago may not have a head yet: the witness signs a new
+/// chain's head within a second or so ([`crate::witness::WitnessConfig::every`]).
+pub const HEADLESS_GRACE_MS: i64 = 3_000;
+
 /// What the audit read of one partition's chain.
 #[derive(Clone, Debug, Default)]
 pub struct Span {
     /// The stream sequence of its first decision in the stream, and whether that decision
     /// begins a chain (an empty `prev_hash`).
     pub first: Option<(u64, bool)>,
+    /// When the server stored that first decision, in ms since the Unix epoch.
+    pub first_ms: i64,
     /// The chain hash of every decision read in the partition.
     pub hashes: HashSet<String>,
 }
 
 impl Span {
-    /// Notes the next decision of the partition.
-    pub fn read(&mut self, seq: u64, prev_hash: &str, chain_hash: String) {
-        self.first.get_or_insert((seq, prev_hash.is_empty()));
+    /// Notes the next decision of the partition, stored at `stored_ms`.
+    pub fn read(&mut self, seq: u64, stored_ms: i64, prev_hash: &str, chain_hash: String) {
+        if self.first.is_none() {
+            self.first = Some((seq, prev_hash.is_empty()));
+            self.first_ms = stored_ms;
+        }
         self.hashes.insert(chain_hash);
     }
 }
@@ -103,7 +112,9 @@ pub fn judge(
                     cut(format!("its signed head cannot be read: {why}"));
                     None
                 }
-                (None, Some(_)) if span.first.is_some() => {
+                (None, Some(_))
+                    if span.first.is_some() && span.first_ms < ages.now_ms - HEADLESS_GRACE_MS =>
+                {
                     cut("it has no signed head (run the witness: mapek run with --signing-key), so \
                      decisions cut from its end would not show"
                     .into());
@@ -190,7 +201,7 @@ mod tests {
         let mut span = Span::default();
         for (i, h) in hashes.iter().enumerate() {
             let prev = if i == 0 && begins { "" } else { "x" };
-            span.read(10 + i as u64, prev, (*h).to_owned());
+            span.read(10 + i as u64, NOW - DAY, prev, (*h).to_owned());
         }
         BTreeMap::from([(3, span)])
     }
@@ -278,6 +289,10 @@ mod tests {
         assert!(whats(&found)[0].contains("does not verify"), "{found:?}");
         let missing = judge(&whole, &BTreeMap::new(), Some(&key), AGES);
         assert!(whats(&missing)[0].contains("no signed head"), "{missing:?}");
+        let mut just_begun = Span::default();
+        just_begun.read(1, NOW - 1000, "", "a".into());
+        let young = BTreeMap::from([(3, just_begun)]);
+        assert_eq!(judge(&young, &BTreeMap::new(), Some(&key), AGES), vec![]);
         let damaged = BTreeMap::from([(3, Err("it is not text".to_owned()))]);
         let found = judge(&whole, &damaged, Some(&key), AGES);
         assert!(whats(&found)[0].contains("cannot be read: it is not text"));
