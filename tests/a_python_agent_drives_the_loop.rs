@@ -33,9 +33,15 @@ struct Agent {
 
 impl Agent {
     fn start(url: &str, node: &str, flags: &[&str]) -> Agent {
+        Agent::start_with(url, node, flags, Vec::new())
+    }
+
+    /// Starts the agent with `env` too (a secured server's certificate and inbox prefix).
+    fn start_with(url: &str, node: &str, flags: &[&str], env: Vec<(&str, String)>) -> Agent {
         let mut child = agent_script()
             .args(["--url", url, "agent", "--node", node, "--seconds", "120"])
             .args(flags)
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -327,4 +333,59 @@ fn same(ours: &Value, theirs: &Value) -> bool {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         _ => ours == theirs,
     }
+}
+
+#[tokio::test]
+async fn on_a_secured_server_the_python_agent_is_its_node_and_no_other() {
+    let (server, certs) = common::secure::secure_server_with_streams().await;
+    let url = server.url();
+    let as_n1 = || common::secure::env_of(certs.path(), "agent-n1");
+    // A sample a second: the reads below wait for 300 ms without one.
+    let n1 = Agent::start_with(&url, "n1", &["--hz", "1"], as_n1());
+    // n1's certificate does not make it n2: its telemetry for n2 is refused.
+    let _posing = Agent::start_with(&url, "n2", &["--hz", "1"], as_n1());
+    wait_until("n1's agent to start", || n1.ready()).await;
+
+    wait_until("n1's telemetry", || {
+        subscribe_all_as(&url, certs.path(), "n1") > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        subscribe_all_as(&url, certs.path(), "n2"),
+        0,
+        "n1 posed as n2"
+    );
+
+    // The executor's command reaches n1's agent, and its answer the executor.
+    let execute = common::secure::security(certs.path(), "execute");
+    let client = mapek_bus::connect_client_with(&url, &execute)
+        .await
+        .unwrap();
+    let order = Order {
+        decision_id: "d-secure".into(),
+        action: Action {
+            kind: mapek_domain::ActionKind::RateLimit,
+            peer: None,
+            service: None,
+            params: BTreeMap::new(),
+        },
+    };
+    let n1_id = NodeId::new("n1").unwrap();
+    let reply = send_command(&client, &n1_id, &order, Duration::from_secs(5)).await;
+    assert!(reply.unwrap().ok);
+    wait_until("n1's agent to apply it", || {
+        n1.decisions("applied") == ["d-secure"]
+    })
+    .await;
+}
+
+/// How many telemetry events of `node` the admin reads back.
+fn subscribe_all_as(url: &str, certs: &std::path::Path, node: &str) -> usize {
+    let mut cmd = common::secure::mapek_as(url, certs, Some("mapek"));
+    cmd.args(["subscribe", "telemetry", "--all", "--json", "--until-idle"])
+        .args(["--idle", "300ms", "--node", node]);
+    let out = common::run(cmd);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    common::stdout(&out).lines().count()
 }

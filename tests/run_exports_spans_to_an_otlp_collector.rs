@@ -267,7 +267,7 @@ async fn a_collector_that_is_down_costs_the_spans_not_the_loop() {
 async fn spans_reach_a_collector_over_tls_that_trusts_the_given_ca() {
     let (server, js, _client) = agent::setup().await;
     let certs = tempfile::tempdir().unwrap();
-    common::certificates(certs.path());
+    common::secure::certificates(certs.path());
     let (endpoint, spans) = collector(Some(certs.path())).await;
     let ca = certs.path().join("ca.pem");
     let env = [

@@ -1,65 +1,63 @@
 //! An operator runs nats-server as deploy/nats/secure.conf says: TLS with client
-//! certificates, and permissions per role. mapek's workers connect with their certificate and
-//! manage the streams; a node agent publishes its own telemetry and nobody else's; a client
-//! without a certificate gets nowhere.
+//! certificates, each naming a SPIFFE ID in its URI SAN that the server takes as the user
+//! (verify_and_map), and permissions per identity (permissions.conf). The admin's certificate
+//! manages the streams; a node agent publishes its own telemetry and answers its own commands
+//! and nothing else; the observer reads and changes nothing; each phase publishes only its own
+//! family; nobody reads another's replies or removes what a stream holds; a client without a
+//! certificate gets nowhere.
+//!
+//! The certificates' subjects (`CN=node-n1`, `CN=mapek-plan`) name no user: every permission
+//! granted here is granted to a SPIFFE ID, so each allowed operation also shows that the server
+//! mapped the certificate by its URI SAN.
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use bytes::Bytes;
+use common::secure::{Holder, mapek_as, secure_server_with_streams, security};
+use common::{run, stderr, stdout, telemetry_len};
+use mapek_domain::NodeId;
 
-use common::{certificates, mapek, repo, run, stderr, stdout, telemetry_len};
-use mapek_bus::NatsSecurity;
-use mapek_testkit::NatsServer;
-
-/// secure.conf's tls block with the test's certificates, and permissions.conf with the users
-/// agent-users.sh writes for `n1`.
-fn secure_config(certs: &Path) -> String {
-    let agents = Command::new(repo().join("deploy/nats/agent-users.sh"))
-        .arg("n1")
-        .output()
-        .expect("run deploy/nats/agent-users.sh");
-    assert!(agents.status.success());
-    let permissions = std::fs::read_to_string(repo().join("deploy/nats/permissions.conf"))
-        .expect("read deploy/nats/permissions.conf")
-        .replacen(
-            "  users: [\n",
-            &format!("  users: [\n{}", String::from_utf8_lossy(&agents.stdout)),
-            1,
-        );
-    let c = |f: &str| certs.join(f).display().to_string();
-    format!(
-        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify_and_map: true\n}}\n{permissions}",
-        c("server.pem"),
-        c("server-key.pem"),
-        c("ca.pem"),
-    )
+/// The subject n2's telemetry is checked under: the server maps it to its partition first.
+fn n2_telemetry() -> String {
+    let p = mapek_bus::layout::partition_of_node(&NodeId::new("n2").unwrap());
+    format!("mapek.monitor.{p}.n2")
 }
 
-/// `mapek` as the holder of certificate `who` (`mapek`, `agent-n1`), or of none.
-fn mapek_as(url: &str, certs: &Path, who: Option<&str>) -> Command {
-    let mut cmd = mapek(url);
-    cmd.env("NATS_CA", certs.join("ca.pem"));
-    if let Some(who) = who {
-        cmd.env("NATS_CERT", certs.join(format!("{who}.pem")))
-            .env("NATS_KEY", certs.join(format!("{who}-key.pem")));
+/// Publishes `subject` through JetStream as `who` and expects it stored.
+async fn stored(who: &Holder, subject: &str) {
+    let sent = who
+        .js
+        .publish(subject.to_owned(), Bytes::from_static(b"{}"));
+    let ack = sent.await.unwrap_or_else(|e| panic!("{subject}: {e}"));
+    ack.await.unwrap_or_else(|e| panic!("{subject}: {e}"));
+}
+
+/// Tries what nobody but the admin may do to a stream, and expects each refused.
+async fn cannot_remove_what_streams_hold(who: &mut Holder) {
+    for api in [
+        "$JS.API.STREAM.PURGE.MAPEK_PLAN",
+        "$JS.API.STREAM.MSG.DELETE.MAPEK_PLAN",
+        "$JS.API.STREAM.DELETE.MAPEK_PLAN",
+        "$JS.API.STREAM.UPDATE.MAPEK_PLAN",
+    ] {
+        let _ = who.client.request(api, Bytes::from_static(b"{}")).await;
+        who.refused(&format!("Publish to \"{api}\"")).await;
     }
-    cmd
+}
+
+/// Tries to read every reply, and those of `other` (an inbox prefix not the holder's), and
+/// expects it refused.
+async fn cannot_read_other_inboxes(who: &mut Holder, other: &str) {
+    for inbox in ["_INBOX.>".to_owned(), format!("{other}.>")] {
+        let _spy = who.client.subscribe(inbox.clone()).await.unwrap();
+        who.refused(&format!("Subscription to \"{inbox}\"")).await;
+    }
 }
 
 #[tokio::test]
 async fn workers_and_agents_get_what_their_certificate_allows() {
-    let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
-    let server = NatsServer::start_with(&secure_config(certs.path()));
+    let (server, certs) = secure_server_with_streams().await;
     let url = server.url();
-
-    // The workers' certificate may create the streams.
-    let mut apply = mapek_as(&url, certs.path(), Some("mapek"));
-    apply.args(["streams", "apply"]);
-    let out = run(apply);
-    assert!(out.status.success(), "streams apply: {}", stderr(&out));
-    assert!(stdout(&out).contains("7 created"), "{}", stdout(&out));
 
     // Agent n1 publishes its own telemetry.
     let mut own = mapek_as(&url, certs.path(), Some("agent-n1"));
@@ -91,16 +89,147 @@ async fn workers_and_agents_get_what_their_certificate_allows() {
     assert!(stderr(&out).contains(&url), "{}", stderr(&out));
 
     // Only n1's own event was stored.
-    let security = NatsSecurity {
-        ca: Some(certs.path().join("ca.pem")),
-        client_cert: Some((
-            certs.path().join("mapek.pem"),
-            certs.path().join("mapek-key.pem"),
-        )),
-        ..NatsSecurity::default()
-    };
-    let js = mapek_bus::connect_with(&url, &security)
+    let js = mapek_bus::connect_with(&url, &security(certs.path(), "mapek"))
         .await
-        .expect("the workers' certificate connects");
+        .expect("the admin's certificate connects");
     assert_eq!(telemetry_len(&js).await, 1);
+}
+
+#[tokio::test]
+async fn an_agent_may_only_publish_its_telemetry_and_answer_its_commands() {
+    let (server, certs) = secure_server_with_streams().await;
+    let url = server.url();
+    let mut n1 = Holder::connect(&url, certs.path(), "agent-n1").await;
+    let execute = Holder::connect(&url, certs.path(), "execute").await;
+
+    stored(&n1, "mapek.monitor.n1").await;
+    let _ = n1.client.publish("mapek.monitor.n2", Bytes::new()).await;
+    n1.refused(&format!("Publish to \"{}\"", n2_telemetry()))
+        .await;
+
+    // n1 answers its own commands, through the executor's own inbox.
+    let mut commands = n1.client.subscribe("mapek.cmd.n1").await.unwrap();
+    let answering = n1.client.clone();
+    tokio::spawn(async move {
+        while let Some(command) = futures::StreamExt::next(&mut commands).await {
+            let reply = command.reply.expect("a command is a request");
+            answering.publish(reply, "applied".into()).await.unwrap();
+        }
+    });
+    n1.client.flush().await.unwrap();
+    let answer = execute.client.request("mapek.cmd.n1", "reroute".into());
+    assert_eq!(answer.await.expect("n1 answers").payload, "applied");
+
+    // It cannot take n2's commands, nor slip an answer into the executor's inbox.
+    let _spy = n1.client.subscribe("mapek.cmd.n2").await.unwrap();
+    n1.refused("Subscription to \"mapek.cmd.n2\"").await;
+    assert!(
+        execute
+            .client
+            .request("mapek.cmd.n2", "reroute".into())
+            .await
+            .is_err(),
+        "nobody may answer n2's commands but n2"
+    );
+    let _ = n1
+        .client
+        .publish("_INBOX_mapek_execute.forged", "applied".into())
+        .await;
+    n1.refused("Publish to \"_INBOX_mapek_execute.forged\"")
+        .await;
+
+    cannot_read_other_inboxes(&mut n1, "_INBOX_mapek_execute").await;
+    cannot_remove_what_streams_hold(&mut n1).await;
+}
+
+#[tokio::test]
+async fn the_observer_reads_decisions_and_changes_nothing() {
+    let (server, certs) = secure_server_with_streams().await;
+    let url = server.url();
+    let admin = Holder::connect(&url, certs.path(), "mapek").await;
+    let mut publisher = mapek_bus::Publisher::new(admin.js.clone());
+    publisher
+        .publish(&mapek_testkit::samples::decision())
+        .await
+        .unwrap();
+    assert!(publisher.finish().await.all_acked());
+    let plan = admin.js.get_stream("MAPEK_PLAN").await.unwrap();
+    plan.create_consumer(async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("execute".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // It reads what the stream holds, through an ordered consumer of its own.
+    let mut subscribe = mapek_as(&url, certs.path(), Some("observer"));
+    subscribe.args([
+        "subscribe",
+        "decisions",
+        "--all",
+        "--until-idle",
+        "--idle",
+        "300ms",
+    ]);
+    let out = run(subscribe);
+    assert!(out.status.success(), "subscribe: {}", stderr(&out));
+    let decision = mapek_testkit::samples::decision();
+    assert!(
+        stdout(&out).contains(decision.node.as_str()),
+        "{}",
+        stdout(&out)
+    );
+
+    let mut observer = Holder::connect(&url, certs.path(), "observer").await;
+    let _ = observer.client.publish("mapek.plan.n1", Bytes::new()).await;
+    observer.refused("Publish to \"mapek.plan.n1\"").await;
+    let ack = "$JS.ACK.MAPEK_PLAN.execute.1.1.1.0.0";
+    let _ = observer.client.publish(ack, Bytes::new()).await;
+    observer.refused(&format!("Publish to \"{ack}\"")).await;
+    for api in ["$JS.API.CONSUMER.DELETE.MAPEK_PLAN.execute"] {
+        let _ = observer
+            .client
+            .request(api, Bytes::from_static(b"{}"))
+            .await;
+        observer.refused(&format!("Publish to \"{api}\"")).await;
+    }
+    cannot_read_other_inboxes(&mut observer, "_INBOX_mapek_execute").await;
+    cannot_remove_what_streams_hold(&mut observer).await;
+
+    let mut plan = admin.js.get_stream("MAPEK_PLAN").await.unwrap();
+    assert!(plan.consumer_info("execute").await.is_ok(), "still there");
+    assert_eq!(plan.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn each_phase_publishes_only_its_own_family() {
+    let (server, certs) = secure_server_with_streams().await;
+    let url = server.url();
+    // (identity, what it publishes, what it may not: another phase's family)
+    let phases = [
+        ("analyze", Some("mapek.analyze.n1"), "mapek.plan.n1"),
+        ("plan", Some("mapek.plan.n1"), "mapek.execute.n1"),
+        ("execute", Some("mapek.execute.n1"), "mapek.knowledge.n1"),
+        ("evaluate", Some("mapek.knowledge.n1"), "mapek.plan.n1"),
+        ("project", None, "mapek.knowledge.n1"),
+    ];
+    for (phase, own, other) in phases {
+        let mut worker = Holder::connect(&url, certs.path(), phase).await;
+        if let Some(own) = own {
+            stored(&worker, own).await;
+        }
+        let _ = worker.client.publish(other, Bytes::new()).await;
+        worker.refused(&format!("Publish to \"{other}\"")).await;
+        let _ = worker.client.publish(n2_telemetry(), Bytes::new()).await;
+        worker
+            .refused(&format!("Publish to \"{}\"", n2_telemetry()))
+            .await;
+        let other = if phase == "execute" {
+            "_INBOX_mapek_plan"
+        } else {
+            "_INBOX_mapek_execute"
+        };
+        cannot_read_other_inboxes(&mut worker, other).await;
+        cannot_remove_what_streams_hold(&mut worker).await;
+    }
 }

@@ -10,7 +10,8 @@ often it is sent), and can read back every event mapek wrote, by fingerprint.
     python3 mapek_agent.py read                                  # every event, as JSON lines
     python3 mapek_agent.py fingerprints                          # each schema's fingerprint
 
-Needs fastavro and nats-py (requirements.txt). The node is simulated: it reports the figures
+Needs fastavro and nats-py (requirements.txt). On a secured server it connects as mapek does,
+with NATS_CA, NATS_CERT, NATS_KEY and NATS_INBOX_PREFIX. The node is simulated: it reports the figures
 given on the command line and changes them when an action is applied (a reroute heals the
 link, a rate limit or a restart brings the CPU down), so the loop can be watched end to end.
 """
@@ -22,6 +23,7 @@ import io
 import json
 import os
 import re
+import ssl
 import sys
 import time
 
@@ -197,6 +199,23 @@ def parse_link(text):
     return peer, float(loss or 0.0)
 
 
+def security_from_env():
+    """nats.connect's TLS and inbox prefix from the variables mapek reads: NATS_CA (the CA to
+    trust), NATS_CERT and NATS_KEY (this node's certificate, its SPIFFE ID in the URI SAN), and
+    NATS_INBOX_PREFIX (the only replies this node may read, `_INBOX_node_<node>`)."""
+    ca, cert, key, prefix = (os.environ.get(v) or None for v in
+                             ("NATS_CA", "NATS_CERT", "NATS_KEY", "NATS_INBOX_PREFIX"))
+    options = {}
+    if ca or cert:
+        context = ssl.create_default_context(cafile=ca)
+        if cert and key:
+            context.load_cert_chain(cert, key)
+        options["tls"] = context
+    if prefix:
+        options["inbox_prefix"] = prefix
+    return options
+
+
 async def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--url", default=os.environ.get("MAPEK_NATS_URL", "nats://127.0.0.1:4222"),
@@ -220,7 +239,8 @@ async def main():
         for wire, (label, _, _) in sorted(schemas.by_fingerprint.items(), key=lambda i: i[1][0]):
             print(f"{label} {wire.hex()}")
         return
-    nc = await nats.connect(servers=args.url.split(","), name="mapek-agent-py")
+    nc = await nats.connect(servers=args.url.split(","), name="mapek-agent-py",
+                            **security_from_env())
     try:
         if args.command == "read":
             await read_all(nc, schemas)

@@ -3,10 +3,14 @@
 # line, for the users list of deploy/nats/permissions.conf:
 #
 #   deploy/nats/agent-users.sh n1 n2 n3
+#   TRUST_DOMAIN=mesh.example.org deploy/nats/agent-users.sh n1
 #
-# Each agent may publish only its own telemetry, ask the server whether JetStream is there
-# (the publish ack needs it), and answer only its own commands (mapek.cmd.<node>, replies
-# allowed once per request).
+# Each agent is named by its SPIFFE ID, spiffe://<trust domain>/node/<node> (the URI SAN of
+# its certificate; trust domain mapek.internal unless TRUST_DOMAIN says otherwise). It may
+# publish only its own telemetry, ask the server whether JetStream is there (the publish ack
+# needs it), answer only its own commands (mapek.cmd.<node>, replies allowed once per
+# request), and read only the replies under its own inbox prefix, _INBOX_node_<node> (the
+# agent's NATS_INBOX_PREFIX).
 #
 # An agent publishes mapek.monitor.<node>. The configs here map that to
 # mapek.monitor.<partition>.<node> before the server checks permissions (docs/adr/0012), so
@@ -25,11 +29,16 @@ partition() {
   echo $(( hash % 8 ))
 }
 
+domain=${TRUST_DOMAIN:-mapek.internal}
+if [[ ! $domain =~ ^[a-z0-9._-]+$ ]]; then
+  echo "agent-users.sh: '$domain' is not a SPIFFE trust domain ([a-z0-9._-]+)" >&2
+  exit 2
+fi
 for node in "$@"; do
   if [[ ! $node =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     echo "agent-users.sh: '$node' is not a node id ([A-Za-z0-9_-]{1,64})" >&2
     exit 2
   fi
-  printf '    { user: "CN=%s", permissions: { publish: ["mapek.monitor.%s.%s", "mapek.monitor.%s", "$JS.API.INFO"], subscribe: ["mapek.cmd.%s", "_INBOX.>"], allow_responses: true } }\n' \
-    "$node" "$(partition "$node")" "$node" "$node" "$node"
+  printf '    { user: "spiffe://%s/node/%s", permissions: { publish: ["mapek.monitor.%s.%s", "mapek.monitor.%s", "$JS.API.INFO"], subscribe: ["mapek.cmd.%s", "_INBOX_node_%s.>"], allow_responses: true } }\n' \
+    "$domain" "$node" "$(partition "$node")" "$node" "$node" "$node" "$node"
 done

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod secure;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -132,19 +134,4 @@ pub fn interrupt(child: Child) -> String {
 /// The repository's top directory.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Certificates from deploy/certs/gen.sh in `dir`: the CA, the server's (for localhost and
-/// 127.0.0.1), `mapek`'s, and agent `n1`'s.
-pub fn certificates(dir: &Path) {
-    let out = Command::new(repo().join("deploy/certs/gen.sh"))
-        .arg(dir)
-        .env("AGENTS", "n1")
-        .output()
-        .expect("run deploy/certs/gen.sh");
-    assert!(
-        out.status.success(),
-        "gen.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -121,16 +121,23 @@ impl SigningKey {
     /// Signs `decision` in place: its signature covers its chain hash (every field but the
     /// signature, its link to the previous decision included).
     pub fn sign(&self, decision: &mut Decision) -> Result<(), AuditError> {
+        decision.signature = self.sign_bytes(&message(decision))?;
+        Ok(())
+    }
+
+    /// An ML-DSA-65 signature of `message`. What is signed must never read as another kind
+    /// of signed thing: a decision's message is 64 hex digits, a chain head's starts with
+    /// its own header line ([`crate::heads`]).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
         let key = self
             .sig
             .secret_key_from_bytes(&self.secret)
             .ok_or_else(|| AuditError::Crypto("the secret key has the wrong size".into()))?;
         let signature = self
             .sig
-            .sign(&message(decision), key)
+            .sign(message, key)
             .map_err(|e| AuditError::Crypto(e.to_string()))?;
-        decision.signature = signature.into_vec();
-        Ok(())
+        Ok(signature.into_vec())
     }
 }
 
@@ -154,13 +161,18 @@ impl VerifyingKey {
     /// Whether `decision`'s signature is a valid ML-DSA-65 signature of its chain hash by
     /// this key's owner.
     pub fn verifies(&self, decision: &Decision) -> bool {
+        self.verifies_bytes(&message(decision), &decision.signature)
+    }
+
+    /// Whether `signature` is this key's owner's ML-DSA-65 signature of `message`.
+    pub(crate) fn verifies_bytes(&self, message: &[u8], signature: &[u8]) -> bool {
         let (Some(key), Some(signature)) = (
             self.sig.public_key_from_bytes(&self.public),
-            self.sig.signature_from_bytes(&decision.signature),
+            self.sig.signature_from_bytes(signature),
         ) else {
             return false;
         };
-        self.sig.verify(&message(decision), signature, key).is_ok()
+        self.sig.verify(message, signature, key).is_ok()
     }
 }
 

@@ -3,7 +3,8 @@
 //! The planner links each decision to the previous one of its partition (`prev_hash`, see
 //! [`mapek_domain::Decision::chain_hash`]); the plan worker signs the chain hash with the
 //! decision key; the executor acts only on decisions whose signature verifies and whose link
-//! holds; `mapek audit verify` checks a whole plan stream. ML-DSA (FIPS 204) is a
+//! holds; a witness signs where each chain ends, apart from the stream; `mapek audit verify`
+//! checks a whole plan stream and that no chain lost its start or its end. ML-DSA (FIPS 204) is a
 //! post-quantum signature: a decision log kept for years stays provable.
 //!
 //! Signatures are randomised (hedged signing), so they are not part of what replay
@@ -14,13 +15,21 @@
 //! - [`keys`]: [`SigningKey`] and [`VerifyingKey`], generated and kept in files.
 //! - [`chain`]: [`Chain`], checking signatures and links decision by decision, one chain per
 //!   plan partition.
-//! - [`audit`]: [`audit::verify_stream`], the whole MAPEK_PLAN stream through a [`Chain`].
+//! - [`heads`]: [`heads::Head`], where a chain ended when the witness signed it, kept in the
+//!   `MAPEK_CHAIN` bucket apart from the decisions.
+//! - [`witness`]: [`witness::run`], following MAPEK_PLAN and signing each chain's head.
+//! - [`ends`]: [`ends::judge`], whether each chain still has its start and its end.
+//! - [`audit`]: [`audit::verify_stream`], the whole MAPEK_PLAN stream through a [`Chain`],
+//!   then [`ends::judge`].
 //! - [`error`]: what can go wrong, [`AuditError`].
 
 pub mod audit;
 pub mod chain;
+pub mod ends;
 pub mod error;
+pub mod heads;
 pub mod keys;
+pub mod witness;
 
 pub use chain::{Broken, Chain};
 pub use error::AuditError;

@@ -18,8 +18,11 @@ pub const LEASES: &str = crate::progress::LEASE_BUCKET;
 pub const APPROVALS: &str = "MAPEK_APPROVALS";
 /// The policies and analyze settings the workers ran with ([`crate::config_store`]).
 pub const CONFIG: &str = crate::config_store::BUCKET;
+/// The signed heads of the decision chains (`mapek_audit::heads`), kept apart from
+/// `MAPEK_PLAN` so that cutting decisions from that stream does not take them along.
+pub const CHAIN: &str = "MAPEK_CHAIN";
 /// Every bucket mapek creates.
-pub const ALL: [&str; 3] = [LEASES, APPROVALS, CONFIG];
+pub const ALL: [&str; 4] = [LEASES, APPROVALS, CONFIG, CHAIN];
 
 /// Opens `config.bucket`, creating it with `config` if it does not exist, with as many
 /// replicas as the loop's streams ([`loop_replicas`]) unless `config` says otherwise.

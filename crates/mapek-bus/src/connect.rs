@@ -11,6 +11,11 @@
 //! | `NATS_CREDS` | a `.creds` file (JWT and NKey seed) from `nsc` |
 //! | `NATS_USER`, `NATS_PASSWORD` | user and password (also possible in the URL) |
 //! | `NATS_TOKEN` | an auth token |
+//! | `NATS_INBOX_PREFIX` | the prefix of this client's reply subjects (default `_INBOX`) |
+//!
+//! Where identities must not read each other's replies, each gets a prefix of its own
+//! (`_INBOX_node_n1`) and may subscribe only under it; the server's permissions then keep
+//! every reply with its asker (deploy/nats/permissions.conf).
 //!
 //! A `tls://` URL requires TLS even without `NATS_CA` (the system roots then apply).
 //! [`connect_with`] takes the settings explicitly.
@@ -46,11 +51,15 @@ pub struct NatsSecurity {
     pub user_password: Option<(String, String)>,
     /// An auth token.
     pub token: Option<String>,
+    /// The prefix of the client's reply subjects (requests, JetStream API calls, publish
+    /// acks, ordered consumers' deliveries) instead of `_INBOX`: one per identity, so that
+    /// the server can let each read only its own replies.
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsSecurity {
-    /// Reads `NATS_CA`, `NATS_CERT`/`NATS_KEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD` and
-    /// `NATS_TOKEN`; unset or empty variables are left out.
+    /// Reads `NATS_CA`, `NATS_CERT`/`NATS_KEY`, `NATS_CREDS`, `NATS_USER`/`NATS_PASSWORD`,
+    /// `NATS_TOKEN` and `NATS_INBOX_PREFIX`; unset or empty variables are left out.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Self {
@@ -61,6 +70,7 @@ impl NatsSecurity {
             creds: var("NATS_CREDS").map(PathBuf::from),
             user_password: var("NATS_USER").zip(var("NATS_PASSWORD")),
             token: var("NATS_TOKEN"),
+            inbox_prefix: var("NATS_INBOX_PREFIX"),
         }
     }
 
@@ -91,6 +101,9 @@ impl NatsSecurity {
         }
         if url.split(',').any(|u| u.trim().starts_with("tls://")) {
             options = options.require_tls(true);
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
         }
         Ok(options)
     }

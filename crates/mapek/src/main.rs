@@ -45,7 +45,9 @@ pub struct Cli {
 
     /// The NATS server, or several servers of one cluster, comma-separated
     /// (nats://a:4222,nats://b:4222) [default: nats://127.0.0.1:4222, or nats.url in the
-    /// config file]
+    /// config file]. Secured as the NATS tools are: NATS_CA (TLS), NATS_CERT and NATS_KEY
+    /// (mutual TLS), NATS_CREDS, NATS_USER and NATS_PASSWORD, NATS_TOKEN; NATS_INBOX_PREFIX
+    /// gives the identity's own reply subjects
     #[arg(long, global = true, env = "MAPEK_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
 

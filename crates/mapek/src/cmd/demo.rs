@@ -267,11 +267,13 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
     );
     let key = mapek_audit::VerifyingKey::load(&public)?;
     let audit = mapek_audit::audit::verify_stream(&js, Some(key)).await?;
-    if audit.failures.is_empty() {
+    if audit.is_clean() {
         println!(
             "  audit: all {} decisions in the log are signed (ML-DSA-65) and linked, {} chains",
             audit.decisions, audit.partitions
         );
+    } else if let Some(cut) = audit.cuts.first() {
+        println!("  audit: {cut}");
     } else {
         println!(
             "  audit: {} of {} decisions fail: {}",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use mapek_audit::witness;
 use mapek_audit::{SigningKey, VerifyingKey};
 use mapek_bus::JetStream;
 use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
@@ -257,6 +258,7 @@ impl Loop {
         }
         if runs(PhaseArg::Plan) {
             self.spawn_plan(js, shutdown, tasks);
+            self.spawn_witness(js, shutdown, tasks);
         }
         if let (true, Some(stores)) = (runs(PhaseArg::Project), &self.stores) {
             self.spawn_projections(js, stores, shutdown, tasks);
@@ -346,6 +348,41 @@ impl Loop {
                 stats.processed, stats.emitted, stats.replayed
             ))
         });
+    }
+
+    /// The chain witness (ADR 0016), with the plan phase when it signs decisions: one active
+    /// copy, the others standing by.
+    fn spawn_witness(
+        &self,
+        js: &JetStream,
+        shutdown: &Shutdown,
+        tasks: &mut JoinSet<anyhow::Result<String>>,
+    ) {
+        let Some(key) = self.signer.clone() else {
+            return;
+        };
+        let worker_js = js.clone();
+        spawn_singleton(
+            tasks,
+            js,
+            "witness",
+            self.worker.clone(),
+            shutdown.clone(),
+            move |stopped| {
+                witness::run(
+                    worker_js.clone(),
+                    key.clone(),
+                    witness::WitnessConfig::default(),
+                    mapek_bus::until_stopped(stopped),
+                )
+            },
+            |s: witness::WitnessStats| {
+                format!(
+                    "{} decisions read, {} chain heads signed",
+                    s.decisions, s.heads_signed
+                )
+            },
+        );
     }
 
     /// The executor: every copy active, sharing the work through Redis when executors
