@@ -144,17 +144,11 @@ impl EdgeIndex {
         let shard = if dir.join("edge_config.json").exists() {
             EdgeShard::load(dir, None).map_err(|e| {
                 let e = e.to_string();
-                // qdrant-edge locks its write-ahead log: one process (one open) at a time.
-                if e.contains("WAL") {
-                    failed(format!(
-                        "{e}. Another process (`mapek run`?) has it open, and the embedded \
-                         index allows one at a time: stop it, or share a Qdrant server \
-                         through QDRANT_URL"
-                    ))
-                } else {
-                    failed(format!(
+                match in_use(&e) {
+                    Some(why) => failed(why),
+                    None => failed(format!(
                         "{e}; is it an incident index? Move it away to start a new one"
-                    ))
+                    )),
                 }
             })?
         } else {
@@ -166,7 +160,10 @@ impl EdgeIndex {
                 .hnsw_config(tuning.hnsw())
                 .optimizers(tuning.optimizers())
                 .build();
-            let shard = EdgeShard::new(dir, config).map_err(|e| failed(e.to_string()))?;
+            let shard = EdgeShard::new(dir, config).map_err(|e| {
+                let e = e.to_string();
+                failed(in_use(&e).unwrap_or(e))
+            })?;
             // Payload indexes for what every search filters on, so a search of a large index
             // visits only the candidates.
             for (field, ty) in [
@@ -527,4 +524,16 @@ fn dense(v: VectorStructInternal) -> Option<Vec<f32>> {
         },
         VectorStructInternal::MultiDense(_) => None,
     }
+}
+
+/// What to do when qdrant-edge could not lock the index's write-ahead log (`error`): another
+/// process has it open, and the embedded index allows one at a time.
+fn in_use(error: &str) -> Option<String> {
+    error.contains("WAL").then(|| {
+        format!(
+            "{error}. Another process (`mapek run`?) has it open, and the embedded index \
+             allows one at a time: stop it, give each process its own MAPEK_DATA_DIR, or \
+             share a Qdrant server through QDRANT_URL"
+        )
+    })
 }
