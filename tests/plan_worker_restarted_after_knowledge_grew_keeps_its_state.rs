@@ -95,6 +95,27 @@ async fn decision_on(js: &JetStream, symptom_id: &str) -> Decision {
     .unwrap_or_else(|_| panic!("no decision on {symptom_id} within 20 s"))
 }
 
+/// Knowledge grows (a restart on n7 that resolved an incident before the first one on n1
+/// opened arrives late in the index), a worker starts, and a second CPU incident opens on
+/// n1: its decision, and the worker.
+async fn after_knowledge_grew(
+    js: &JetStream,
+    index: &Arc<dyn IncidentIndex>,
+    p: &mut Publisher,
+) -> (
+    Decision,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<mapek_loop::StageStats, mapek_bus::BusError>>,
+) {
+    let past = restarted_and_resolved("n7", T0, T0 + 500_000);
+    index.write(vec![past], Offsets::default()).await.unwrap();
+    let (stop, task) = start_worker(js, index.clone());
+    let second = cpu("second", "n1", T0 + 1_200_000);
+    p.publish(&second).await.unwrap();
+    p.flush().await;
+    (decision_on(js, &second.symptom_id).await, stop, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recorded() {
     let server = NatsServer::start();
@@ -120,14 +141,7 @@ async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recor
     // Knowledge grows: a restart that resolved an incident, judged before the first one
     // opened, arrives late in the index. Replayed with it, the first incident would now be
     // restarted, and restart_service would be in cooldown on n1 for 600 s.
-    let past = restarted_and_resolved("n7", T0, T0 + 500_000);
-    index.write(vec![past], Offsets::default()).await.unwrap();
-
-    let (stop, task) = start_worker(&js, index.clone());
-    let second = cpu("second", "n1", T0 + 1_200_000);
-    p.publish(&second).await.unwrap();
-    p.flush().await;
-    let d2 = decision_on(&js, &second.symptom_id).await;
+    let (d2, stop, task) = after_knowledge_grew(&js, &index, &mut p).await;
     assert_eq!(
         d2.action.kind,
         ActionKind::RestartService,
@@ -186,14 +200,7 @@ async fn taking_over_a_decided_symptom(acknowledged_before: bool) {
 
     // Decided on today's knowledge, the first incident would be restarted, and
     // restart_service would be in cooldown on n1 for 600 s.
-    let past = restarted_and_resolved("n7", T0, T0 + 500_000);
-    index.write(vec![past], Offsets::default()).await.unwrap();
-
-    let (stop, task) = start_worker(&js, index.clone());
-    let second = cpu("second", "n1", T0 + 1_200_000);
-    p.publish(&second).await.unwrap();
-    p.flush().await;
-    let d2 = decision_on(&js, &second.symptom_id).await;
+    let (d2, stop, task) = after_knowledge_grew(&js, &index, &mut p).await;
     assert_eq!(
         d2.prev_hash,
         stored.chain_hash(),

@@ -13,7 +13,9 @@ mod telemetry;
 
 pub use decision::{Action, ActionKind, Decision, Neighbour};
 pub use rejected::{MAX_KEPT_BYTES, Rejected};
-pub use result::{ActionResult, ActionStatus, Outcome, OutcomeResult, escalation_in_words};
+pub use result::{
+    ActionResult, ActionStatus, Outcome, OutcomeResult, escalation_in_words, with_escalation,
+};
 pub use symptom::{Symptom, SymptomKind, SymptomState};
 pub use telemetry::{LinkSample, MAX_LINKS, MAX_METRICS, Telemetry};
 

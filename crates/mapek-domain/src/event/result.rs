@@ -71,6 +71,14 @@ pub fn escalation_in_words(params: &BTreeMap<String, String>) -> String {
     format!("escalated to a human ({})", params.join(", "))
 }
 
+/// `reason`, followed by `escalation` in words if there was one: how people read a refusal.
+pub fn with_escalation(reason: &str, escalation: Option<&BTreeMap<String, String>>) -> String {
+    match escalation {
+        Some(params) => format!("{reason}; {}", escalation_in_words(params)),
+        None => reason.to_owned(),
+    }
+}
+
 impl ActionResult {
     /// The escalation in words, for people: `escalated to a human (team=netops)`; `None`
     /// when nothing was escalated.
@@ -80,10 +88,7 @@ impl ActionResult {
 
     /// The reason, followed by the escalation if there was one.
     pub fn reason_and_escalation(&self) -> String {
-        match self.escalation_words() {
-            Some(words) => format!("{}; {words}", self.reason),
-            None => self.reason.clone(),
-        }
+        with_escalation(&self.reason, self.escalation.as_ref())
     }
 }
 

@@ -324,14 +324,7 @@ fn render(s: &MeshStatus, max_nodes: usize) -> String {
             a.node,
             a.action,
             a.status,
-            match &a.escalation {
-                Some(params) => format!(
-                    "{}; {}",
-                    a.reason,
-                    mapek_domain::event::escalation_in_words(params)
-                ),
-                None => a.reason.clone(),
-            }
+            mapek_domain::event::with_escalation(&a.reason, a.escalation.as_ref())
         );
     }
     out
