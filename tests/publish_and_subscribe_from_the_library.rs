@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{server_with_streams, stream_len, telemetry_len};
 use mapek_bus::{Publisher, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
-use mapek_domain::{Rejected, Telemetry};
+use mapek_domain::{Rejected, ShadowDecision, Telemetry};
 use mapek_testkit::samples;
 
 async fn round_trip<E: AvroEvent + PartialEq + std::fmt::Debug + Clone>(
@@ -45,6 +45,7 @@ async fn every_event_type_round_trips_through_jetstream() {
     round_trip(&js, samples::decision()).await;
     round_trip(&js, samples::action_result()).await;
     round_trip(&js, samples::outcome()).await;
+    round_trip(&js, ShadowDecision(samples::decision())).await;
     round_trip::<Rejected>(&js, samples::rejected()).await;
     assert_eq!(telemetry_len(&js).await, 1);
     for (stream, n) in [
@@ -52,6 +53,7 @@ async fn every_event_type_round_trips_through_jetstream() {
         ("MAPEK_PLAN", 1),
         ("MAPEK_EXECUTE", 1),
         ("MAPEK_KNOWLEDGE", 1),
+        ("MAPEK_SHADOW", 1),
         ("MAPEK_DLQ", 1),
     ] {
         assert_eq!(stream_len(&js, stream).await, n, "{stream}");

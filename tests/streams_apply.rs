@@ -8,11 +8,12 @@ use mapek_bus::layout;
 use mapek_domain::{NodeId, Telemetry};
 use mapek_testkit::NatsServer;
 
-const OTHER_STREAMS: [&str; 5] = [
+const OTHER_STREAMS: [&str; 6] = [
     "MAPEK_ANALYZE",
     "MAPEK_PLAN",
     "MAPEK_EXECUTE",
     "MAPEK_KNOWLEDGE",
+    "MAPEK_SHADOW",
     "MAPEK_DLQ",
 ];
 
@@ -55,13 +56,13 @@ fn apply_on_a_mapping_server_splits_telemetry_over_two_streams_then_changes_noth
         assert!(text.contains(&format!("{name}: created")), "{text}");
     }
     assert!(!text.contains("MAPEK_MONITOR:"), "{text}");
-    assert!(text.contains("7 created, 0 updated, 0 unchanged"), "{text}");
+    assert!(text.contains("8 created, 0 updated, 0 unchanged"), "{text}");
 
     let mut second = mapek(&server.url());
     second.args(["streams", "apply"]);
     let text = stdout(&run(second));
     assert!(
-        text.contains("nothing changed: all 7 streams match their definitions"),
+        text.contains("nothing changed: all 8 streams match their definitions"),
         "{text}"
     );
     assert!(
@@ -96,7 +97,7 @@ fn apply_updates_only_the_keys_that_differ() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("MAPEK_PLAN: updated max_age"), "{text}");
-    assert!(text.contains("0 created, 1 updated, 6 unchanged"), "{text}");
+    assert!(text.contains("0 created, 1 updated, 7 unchanged"), "{text}");
 }
 
 #[test]
@@ -112,7 +113,7 @@ fn apply_without_the_mapping_keeps_telemetry_in_one_stream() {
     for name in std::iter::once("MAPEK_MONITOR").chain(OTHER_STREAMS) {
         assert!(text.contains(&format!("{name}: created")), "{text}");
     }
-    assert!(text.contains("6 created, 0 updated, 0 unchanged"), "{text}");
+    assert!(text.contains("7 created, 0 updated, 0 unchanged"), "{text}");
 }
 
 /// Publishes one sample for each of `nodes` nodes, as an agent does.

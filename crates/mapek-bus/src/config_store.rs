@@ -97,12 +97,24 @@ pub async fn open_existing(js: &JetStream) -> Option<Store> {
     js.get_key_value(BUCKET).await.ok()
 }
 
-/// Records `text`, the policy file the plan workers run with; returns its hash.
+/// Records `text`, the policy file the plan workers run with, as the policy in force;
+/// returns its hash.
 pub async fn record_policy(js: &JetStream, text: &str) -> Result<String, BusError> {
     let kv = open(js).await?;
-    let h = hash(text.as_bytes());
-    put_if_changed(&kv, &format!("policy.{h}"), text.as_bytes()).await?;
+    let h = keep_policy(&kv, text).await?;
     put_if_changed(&kv, PLAN_POLICY, h.as_bytes()).await?;
+    Ok(h)
+}
+
+/// Records `text`, a candidate policy that shadow workers decide with, by its hash only: it
+/// is not the policy in force. Returns its hash.
+pub async fn record_candidate_policy(js: &JetStream, text: &str) -> Result<String, BusError> {
+    keep_policy(&open(js).await?, text).await
+}
+
+async fn keep_policy(kv: &Store, text: &str) -> Result<String, BusError> {
+    let h = hash(text.as_bytes());
+    put_if_changed(kv, &format!("policy.{h}"), text.as_bytes()).await?;
     Ok(h)
 }
 

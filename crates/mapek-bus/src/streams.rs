@@ -43,6 +43,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../streams/MAPEK_KNOWLEDGE.json"),
     ),
     (
+        "MAPEK_SHADOW.json",
+        include_str!("../../../streams/MAPEK_SHADOW.json"),
+    ),
+    (
         "MAPEK_DLQ.json",
         include_str!("../../../streams/MAPEK_DLQ.json"),
     ),

@@ -38,18 +38,21 @@ pub enum Family {
     Actions,
     /// `mapek.knowledge.>`: Outcome.
     Outcomes,
+    /// `mapek.shadow.>`: ShadowDecision, candidate policies' decisions.
+    Shadow,
     /// `mapek.dlq.>`: Rejected.
     Rejected,
 }
 
 impl Family {
     /// Every family, in loop order.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Telemetry,
         Family::Symptoms,
         Family::Decisions,
         Family::Actions,
         Family::Outcomes,
+        Family::Shadow,
         Family::Rejected,
     ];
 
@@ -61,6 +64,7 @@ impl Family {
             Family::Decisions => Phase::Plan,
             Family::Actions => Phase::Execute,
             Family::Outcomes => Phase::Knowledge,
+            Family::Shadow => Phase::Shadow,
             Family::Rejected => Phase::Dlq,
         }
     }
@@ -73,6 +77,7 @@ impl Family {
             Family::Decisions => "decisions",
             Family::Actions => "actions",
             Family::Outcomes => "outcomes",
+            Family::Shadow => "shadow",
             Family::Rejected => "rejected",
         }
     }

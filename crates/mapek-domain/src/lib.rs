@@ -30,7 +30,8 @@ pub mod plan;
 pub use analyze::{AnalyzeConfig, Analyzer};
 pub use event::{
     Action, ActionKind, ActionResult, ActionStatus, Decision, Event, LinkSample, Neighbour,
-    Outcome, OutcomeResult, Rejected, Symptom, SymptomKind, SymptomState, Telemetry,
+    Outcome, OutcomeResult, Rejected, ShadowDecision, Symptom, SymptomKind, SymptomState,
+    Telemetry,
 };
 pub use execute::{Evaluator, ExecuteConfig, Interlocks};
 pub use id::EventId;

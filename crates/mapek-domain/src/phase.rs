@@ -16,7 +16,7 @@ use crate::NodeId;
 pub const TELEMETRY_MAPPING: &str =
     r#"mappings = { "mapek.monitor.*": "mapek.monitor.{{partition(8,1)}}.{{wildcard(1)}}" }"#;
 
-/// A MAPE-K phase, or the dead-letter family beside them.
+/// A MAPE-K phase, or one of the two families beside them: shadow decisions and dead letters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
     /// Node telemetry.
@@ -29,18 +29,22 @@ pub enum Phase {
     Execute,
     /// Outcomes: did the action clear the symptom?
     Knowledge,
+    /// Decisions candidate policies would have taken on the live symptoms, never executed
+    /// (ADR 0020).
+    Shadow,
     /// Messages a consumer could not decode or validate.
     Dlq,
 }
 
 impl Phase {
-    /// Every phase, in loop order, the dead-letter family last.
-    pub const ALL: [Phase; 6] = [
+    /// Every phase, in loop order, then the shadow decisions and the dead letters.
+    pub const ALL: [Phase; 7] = [
         Phase::Monitor,
         Phase::Analyze,
         Phase::Plan,
         Phase::Execute,
         Phase::Knowledge,
+        Phase::Shadow,
         Phase::Dlq,
     ];
 
@@ -52,6 +56,7 @@ impl Phase {
             Phase::Plan => "plan",
             Phase::Execute => "execute",
             Phase::Knowledge => "knowledge",
+            Phase::Shadow => "shadow",
             Phase::Dlq => "dlq",
         }
     }
@@ -64,6 +69,7 @@ impl Phase {
             Phase::Plan => "MAPEK_PLAN",
             Phase::Execute => "MAPEK_EXECUTE",
             Phase::Knowledge => "MAPEK_KNOWLEDGE",
+            Phase::Shadow => "MAPEK_SHADOW",
             Phase::Dlq => "MAPEK_DLQ",
         }
     }

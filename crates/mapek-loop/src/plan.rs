@@ -6,6 +6,10 @@
 //! A policy's blast radius with `scope = "mesh"` is judged by the executor over the whole
 //! mesh; with `scope = "partition"` each partition's planner judges it over its own nodes.
 //!
+//! The same stage decides with a candidate policy beside the live one: a
+//! `PlanStage<ShadowDecision>` reads the same symptoms through consumers of its own and
+//! publishes on the shadow subjects (ADR 0020), unsigned, where no executor reads.
+//!
 //! Replaying with the live knowledge would not be exact: the knowledge grows as outcomes come
 //! in, so a symptom decided on yesterday's knowledge could be decided differently today, and
 //! the rebuilt state (which action is in cooldown) would not be the state the published
@@ -25,17 +29,40 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use mapek_audit::SigningKey;
 use mapek_bus::{BusError, JetStream, StartAt, Subscriber};
+use mapek_codec::AvroEvent;
 use mapek_domain::plan::{NoKnowledge, RecordedKnowledge};
-use mapek_domain::{Decision, KnowledgeView, Neighbour, Planner, Policy, Symptom};
+use mapek_domain::{
+    Decision, KnowledgeView, Neighbour, Phase, Planner, Policy, ShadowDecision, Symptom,
+};
 
 use crate::stage::{Stage, partition_filter};
 
-/// A planner, the knowledge it consults, and the key it signs its decisions with.
-pub struct PlanStage {
+/// What a plan stage publishes: the live decisions, or a candidate policy's shadow decisions.
+pub trait Decided: AvroEvent + From<Decision> + Send + Sync + 'static {
+    /// The decision it carries.
+    fn decision(&self) -> &Decision;
+}
+
+impl Decided for Decision {
+    fn decision(&self) -> &Decision {
+        self
+    }
+}
+
+impl Decided for ShadowDecision {
+    fn decision(&self) -> &Decision {
+        &self.0
+    }
+}
+
+/// A planner, the knowledge it consults, and the key it signs its decisions with; it
+/// publishes `D`: [`Decision`]s, or a candidate's [`ShadowDecision`]s.
+pub struct PlanStage<D = Decision> {
     planner: Planner,
     knowledge: Box<dyn KnowledgeView + Send>,
     /// Signs each decision's chain hash (ADR 0006); `None` publishes them unsigned.
@@ -43,16 +70,30 @@ pub struct PlanStage {
     /// The knowledge each decision stored in the partition at start consulted, by symptom id,
     /// for the symptoms not stepped since (see [`recorded_knowledge`]).
     recorded: BTreeMap<String, Recorded>,
+    publishes: PhantomData<fn() -> D>,
 }
 
 impl PlanStage {
-    /// A planner for `policy` that consults `knowledge`.
+    /// A live planner for `policy` that consults `knowledge`.
     pub fn new(policy: Policy, knowledge: Box<dyn KnowledgeView + Send>) -> Self {
+        Self::publishing(policy, knowledge)
+    }
+
+    /// A live planner for `policy` with no past incidents to learn from.
+    pub fn without_knowledge(policy: Policy) -> Self {
+        Self::new(policy, Box::new(NoKnowledge))
+    }
+}
+
+impl<D: Decided> PlanStage<D> {
+    /// A planner for `policy` that consults `knowledge` and publishes `D`.
+    pub fn publishing(policy: Policy, knowledge: Box<dyn KnowledgeView + Send>) -> Self {
         Self {
             planner: Planner::new(policy),
             knowledge,
             signer: None,
             recorded: BTreeMap::new(),
+            publishes: PhantomData,
         }
     }
 
@@ -63,22 +104,17 @@ impl PlanStage {
         self
     }
 
-    /// A planner for `policy` with no past incidents to learn from.
-    pub fn without_knowledge(policy: Policy) -> Self {
-        Self::new(policy, Box::new(NoKnowledge))
-    }
-
     /// The planner, for inspection.
     pub fn planner(&self) -> &Planner {
         &self.planner
     }
 }
 
-impl Stage for PlanStage {
+impl<D: Decided> Stage for PlanStage<D> {
     type In = Symptom;
-    type Out = Decision;
+    type Out = D;
 
-    fn step(&mut self, symptom: &Symptom) -> Vec<Decision> {
+    fn step(&mut self, symptom: &Symptom) -> Vec<D> {
         // A symptom decided under this policy by a worker that did not acknowledge it: its
         // decision is stored, and is the one to make again (see the module's doc).
         let stored = match self.recorded.remove(&symptom.symptom_id) {
@@ -107,7 +143,7 @@ impl Stage for PlanStage {
                 }
             }
         }
-        decisions
+        decisions.into_iter().map(D::from).collect()
     }
 
     fn rebuild_step(&mut self, symptom: &Symptom) {
@@ -131,9 +167,14 @@ impl Stage for PlanStage {
         let recorded = &mut self.recorded;
         async move {
             // Before the first decision: decisions record only the policy's hash, and replay
-            // and the executor (which judges the blast radius by it) read its text here.
-            mapek_bus::config_store::record_policy(js, &text).await?;
-            *recorded = recorded_knowledge(js, partition, &hash).await?;
+            // and the executor (which judges the blast radius by it) read its text here. A
+            // candidate's is kept too, for `mapek shadow diff`, but is not the one in force.
+            if D::PHASE == Phase::Plan {
+                mapek_bus::config_store::record_policy(js, &text).await?;
+            } else {
+                mapek_bus::config_store::record_candidate_policy(js, &text).await?;
+            }
+            *recorded = recorded_knowledge::<D>(js, partition, &hash).await?;
             Ok(())
         }
     }
@@ -147,16 +188,16 @@ struct Recorded {
     knowledge: Vec<Neighbour>,
 }
 
-/// The knowledge each decision stored in the partition consulted, by symptom id. Where a
+/// The knowledge each decision `D` stored in the partition consulted, by symptom id. Where a
 /// symptom was decided more than once, the first decision under this policy wins (as in
 /// replay), else the first under any.
-async fn recorded_knowledge(
+async fn recorded_knowledge<D: Decided>(
     js: &JetStream,
     partition: Option<u32>,
     policy_hash: &str,
 ) -> Result<BTreeMap<String, Recorded>, BusError> {
-    let filter = partition_filter::<Decision>(partition);
-    let mut decisions = Subscriber::<Decision>::open_subject(js, filter, StartAt::All).await?;
+    let filter = partition_filter::<D>(partition);
+    let mut decisions = Subscriber::<D>::open_subject(js, filter, StartAt::All).await?;
     let mut found: BTreeMap<String, Recorded> = BTreeMap::new();
     if decisions.pending_at_start() == 0 {
         return Ok(found);
@@ -164,11 +205,12 @@ async fn recorded_knowledge(
     while let Some(received) = decisions.next().await {
         let received = received?;
         if let Ok(d) = received.event {
+            let d = d.decision();
             let ours = d.policy_hash == policy_hash;
             let keep = found.get(&d.symptom_id).is_none_or(|was| ours && !was.ours);
             if keep {
-                let knowledge = d.knowledge;
-                found.insert(d.symptom_id, Recorded { ours, knowledge });
+                let knowledge = d.knowledge.clone();
+                found.insert(d.symptom_id.clone(), Recorded { ours, knowledge });
             }
         }
         if received.pending == 0 {

@@ -143,7 +143,7 @@ pub async fn run_stage<S: Stage>(
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
     // The metrics' label lookups (a hash and a lock each) once, not per event.
-    let phase = S::In::PHASE.token();
+    let phase = metrics_label::<S>();
     let step_seconds = metrics::STEP_SECONDS.with_label_values(&[phase]);
     let batch_seconds = metrics::BATCH_SECONDS.with_label_values(&[phase]);
     let events_in = metrics::EVENTS_IN.with_label_values(&[phase]);
@@ -229,6 +229,15 @@ pub async fn run_stage<S: Stage>(
         observe_cycle(&decided_at);
     }
     Ok(stats)
+}
+
+/// The `phase` label of a stage's metrics: the phase it reads, or `shadow` for a candidate
+/// policy's planner, which reads the symptoms as the live planner does.
+fn metrics_label<S: Stage>() -> &'static str {
+    match S::Out::PHASE {
+        Phase::Shadow => Phase::Shadow.token(),
+        _ => S::In::PHASE.token(),
+    }
 }
 
 /// Waits until every output published so far is stored, then acknowledges `last` and every

@@ -5,6 +5,8 @@
 //! - [`what_if()`]: the recorded symptoms through another policy, with knowledge limited to
 //!   what existed before each symptom; a diff of the decisions.
 //! - [`incident_story()`]: an incident as a timeline, from the telemetry to the outcome.
+//! - [`shadow_diff()`]: the decisions candidate policies took beside the live one (shadow
+//!   decisions), compared with the live decisions, and judged by the executor's interlocks.
 //! - [`export()`]: a slice of the live log as a portable file ([`slice`](mod@slice)), which any of the
 //!   above reads through [`Source::Slice`].
 //!
@@ -22,6 +24,7 @@
 //! - [`verify`](mod@verify): [`verify()`], [`VerifyReport`], [`Difference`].
 //! - [`diff`]: field-by-field differences.
 //! - [`whatif`]: [`what_if()`], [`WhatIfReport`].
+//! - [`shadow`]: [`shadow_diff()`], [`ShadowReport`].
 //! - [`story`]: [`incident_story()`], [`Story`].
 //! - [`export`](mod@export): [`export()`].
 //! - [`error`](mod@error): [`ReplayError`].
@@ -33,6 +36,7 @@ mod log;
 mod merge;
 pub mod range;
 pub mod record;
+pub mod shadow;
 pub mod slice;
 pub mod source;
 pub mod story;
@@ -43,6 +47,7 @@ pub use error::ReplayError;
 pub use export::{ExportSummary, export};
 pub use range::{Bound, Range};
 pub use record::Record;
+pub use shadow::{ShadowOptions, ShadowReport, shadow_diff};
 pub use source::Source;
 pub use story::{Stage, Story, incident_story};
 pub use verify::{

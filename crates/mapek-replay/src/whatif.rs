@@ -46,8 +46,22 @@ pub struct Counts {
     pub removed: u64,
 }
 
+impl Change {
+    /// How `other` compares with `recorded`, the decisions on one symptom under two
+    /// policies; `None` if neither decided.
+    pub(crate) fn between(recorded: Option<&Decision>, other: Option<&Decision>) -> Option<Self> {
+        Some(match (recorded, other) {
+            (None, None) => return None,
+            (Some(r), Some(d)) if r.action == d.action => Change::Same,
+            (Some(_), Some(_)) => Change::Changed,
+            (None, Some(_)) => Change::Added,
+            (Some(_), None) => Change::Removed,
+        })
+    }
+}
+
 impl Counts {
-    fn add(&mut self, c: Change) {
+    pub(crate) fn add(&mut self, c: Change) {
         match c {
             Change::Same => self.same += 1,
             Change::Changed => self.changed += 1,
@@ -71,7 +85,7 @@ pub struct Brief {
 }
 
 impl Brief {
-    fn of(d: &Decision) -> Self {
+    pub(crate) fn of(d: &Decision) -> Self {
         Self {
             action: describe(&d.action),
             rule: d.rule.clone(),
@@ -284,12 +298,8 @@ fn compare(
 impl WhatIfReport {
     /// Counts and lists how the decisions on symptom `e` compare, if either policy decided.
     fn add(&mut self, e: &Symptom, recorded: Option<&Decision>, decided: Option<&Decision>) {
-        let change = match (recorded, decided) {
-            (None, None) => return,
-            (Some(r), Some(d)) if r.action == d.action => Change::Same,
-            (Some(_), Some(_)) => Change::Changed,
-            (None, Some(_)) => Change::Added,
-            (Some(_), None) => Change::Removed,
+        let Some(change) = Change::between(recorded, decided) else {
+            return;
         };
         for (i, d) in [recorded, decided].into_iter().enumerate() {
             if let Some(d) = d {

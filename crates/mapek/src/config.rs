@@ -60,6 +60,9 @@ pub struct PlanSection {
     /// The policy file (`MAPEK_POLICY`, `--policy`); default the built-in
     /// `policies/default.toml`.
     pub policy: Option<PathBuf>,
+    /// Candidate policy files decided with beside the live one, never executed
+    /// (`--shadow-policy`; docs/policy.md).
+    pub shadow_policies: Vec<PathBuf>,
 }
 
 /// `[nats]`: where the bus is.

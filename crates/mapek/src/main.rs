@@ -91,6 +91,9 @@ enum Command {
     /// Replay recorded events: verify decisions, backtest a policy, tell an incident's story
     #[command(subcommand)]
     Replay(cmd::replay::ReplayCommand),
+    /// Compare the decisions of candidate policies run beside the live one (shadow policies)
+    #[command(subcommand)]
+    Shadow(cmd::shadow::ShadowCommand),
     /// Write a slice of the log to a portable file, for replay elsewhere
     Export(cmd::export::ExportArgs),
     /// Sign and prove decisions: the decision key, and checking the whole decision log
@@ -154,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => cmd::status::run(a, &settings).await,
         Command::Knowledge(c) => cmd::knowledge::run(c, &settings).await,
         Command::Replay(c) => cmd::replay::run(c, &settings).await,
+        Command::Shadow(c) => cmd::shadow::run(c, &settings).await,
         Command::Export(a) => cmd::export::run(a, &settings).await,
         Command::Audit(c) => cmd::audit::run(c, &settings).await,
     }

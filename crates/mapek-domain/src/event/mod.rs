@@ -8,6 +8,7 @@
 mod decision;
 mod rejected;
 mod result;
+mod shadow;
 mod symptom;
 mod telemetry;
 
@@ -16,6 +17,7 @@ pub use rejected::{MAX_KEPT_BYTES, Rejected};
 pub use result::{
     ActionResult, ActionStatus, Outcome, OutcomeResult, escalation_in_words, with_escalation,
 };
+pub use shadow::ShadowDecision;
 pub use symptom::{Symptom, SymptomKind, SymptomState};
 pub use telemetry::{LinkSample, MAX_LINKS, MAX_METRICS, Telemetry};
 

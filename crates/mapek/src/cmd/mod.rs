@@ -9,6 +9,7 @@ pub mod publish;
 pub mod render;
 pub mod replay;
 pub mod run;
+pub mod shadow;
 pub mod sim;
 pub mod status;
 pub mod streams;

@@ -1,7 +1,7 @@
 //! How each event type prints: a table row, or a JSON line.
 
 use mapek_bus::Received;
-use mapek_domain::{ActionResult, Decision, Outcome, Rejected, Symptom, Telemetry};
+use mapek_domain::{ActionResult, Decision, Outcome, Rejected, ShadowDecision, Symptom, Telemetry};
 use serde::Serialize;
 use serde_json::json;
 
@@ -128,6 +128,17 @@ impl Render for Decision {
             cut(&self.rule, 16),
             self.reason
         )
+    }
+}
+
+impl Render for ShadowDecision {
+    const COLUMNS: &'static str =
+        "POLICY            NODE              ACTION                RULE              WHY";
+    fn time(&self) -> i64 {
+        self.0.ts_ms
+    }
+    fn row(&self) -> String {
+        format!("{}  {}", cut(&self.0.policy_name, 16), self.0.row())
     }
 }
 

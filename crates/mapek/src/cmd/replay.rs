@@ -166,7 +166,8 @@ fn parse_bound(s: &str) -> Result<Bound, String> {
     }
 }
 
-async fn source(file: Option<&PathBuf>, settings: &Settings) -> anyhow::Result<Source> {
+/// The slice file at `file`, else the live streams.
+pub(crate) async fn source(file: Option<&PathBuf>, settings: &Settings) -> anyhow::Result<Source> {
     match file {
         Some(path) => Ok(Source::file(path)?),
         None => Ok(Source::live(mapek_bus::connect(&settings.nats_url).await?)),
@@ -187,7 +188,8 @@ async fn range(args: &RangeArgs, source: &Source) -> anyhow::Result<Range> {
     Ok(given.or(source.default_range()))
 }
 
-fn read_policy(path: &PathBuf) -> anyhow::Result<Policy> {
+/// Reads and checks the policy file at `path`.
+pub(crate) fn read_policy(path: &Path) -> anyhow::Result<Policy> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the policy {}", path.display()))?;
     Policy::parse(&text).with_context(|| format!("policy {}", path.display()))
@@ -210,7 +212,7 @@ async fn verify(args: VerifyArgs, settings: &Settings) -> anyhow::Result<ExitCod
         policies: args
             .policy
             .iter()
-            .map(read_policy)
+            .map(|p| read_policy(p))
             .collect::<Result<_, _>>()?,
         plan_only: false,
     };
@@ -304,7 +306,7 @@ async fn what_if(args: WhatIfArgs, settings: &Settings) -> anyhow::Result<ExitCo
 
 /// Writes `text` to stdout, through `$PAGER` (else `less -FRX`) when stdout is a terminal
 /// and the text is longer than a screen; straight to stdout when the pager cannot start.
-fn emit_paged(text: &str) -> anyhow::Result<()> {
+pub(crate) fn emit_paged(text: &str) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     use std::process::{Command, Stdio};
     const SCREEN: usize = 40;
@@ -381,7 +383,7 @@ async fn incident(args: IncidentArgs, settings: &Settings) -> anyhow::Result<Exi
 }
 
 /// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
-fn emit(text: &str) -> anyhow::Result<()> {
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

@@ -11,17 +11,21 @@ use clap::{Args, ValueEnum};
 use mapek_audit::witness;
 use mapek_audit::{SigningKey, VerifyingKey};
 use mapek_bus::JetStream;
-use mapek_domain::{AnalyzeConfig, Analyzer, ExecuteConfig, Policy};
+use mapek_domain::plan::NoKnowledge;
+use mapek_domain::{
+    AnalyzeConfig, Analyzer, Decision, ExecuteConfig, KnowledgeView, Policy, ShadowDecision,
+};
 use mapek_knowledge::Redis;
 use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
 use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES, RETRIES};
-use mapek_loop::plan::PlanStage;
+use mapek_loop::plan::{Decided, PlanStage};
 use mapek_loop::retry::until_ok;
 use mapek_loop::{evaluate, execute};
 use mapek_vectors::{IncidentIndex, IndexKnowledge};
 use tokio::task::JoinSet;
 
 use crate::Settings;
+use crate::cmd::replay::read_policy;
 use crate::cmd::status::{StoreArgs, open_read_model};
 use crate::shutdown::Shutdown;
 
@@ -58,6 +62,13 @@ pub struct RunArgs {
     /// config file]
     #[arg(long, env = "MAPEK_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
+
+    /// Also decide every symptom with this candidate policy, publishing its decisions on
+    /// mapek.shadow.<node> where nothing executes them (`mapek shadow diff` compares); may be
+    /// given more than once, and runs wherever the plan phase runs [default: plan.shadow_policies
+    /// in the config file, or none]
+    #[arg(long = "shadow-policy", value_name = "FILE")]
+    pub shadow_policies: Vec<PathBuf>,
 
     /// This process's name in the partition leases [default: <host>-<pid>]
     #[arg(long, value_name = "NAME")]
@@ -157,6 +168,7 @@ Examples:
   mapek run --phase analyze &             two analyze workers sharing the partitions
   mapek run --phase analyze &
   mapek run --phase plan --policy policies/candidate.toml
+  mapek run --shadow-policy policies/cautious.toml   decide with a candidate too, never act on it
   REDIS_URL=redis://127.0.0.1:6379 mapek run --phase execute &   two active executors
   REDIS_URL=redis://127.0.0.1:6379 mapek run --phase execute &";
 
@@ -166,6 +178,9 @@ pub struct Loop {
     pub analyze: AnalyzeConfig,
     /// The policy; each plan worker records its text in MAPEK_CONFIG before deciding.
     pub policy: Policy,
+    /// Candidate policies, each deciding every symptom beside the live policy, on the shadow
+    /// subjects (ADR 0020).
+    pub shadows: Vec<Policy>,
     /// The interlocks and the actuator's settings.
     pub execute: ExecuteConfig,
     /// The name in the leases.
@@ -190,11 +205,7 @@ impl Loop {
         settings: &Settings,
     ) -> anyhow::Result<Self> {
         let policy = match policy.or_else(|| settings.file.plan.policy.clone()) {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read the policy {}", path.display()))?;
-                Policy::parse(&text).with_context(|| format!("policy {}", path.display()))?
-            }
+            Some(path) => read_policy(&path)?,
             None => Policy::builtin(),
         };
         let worker = worker.unwrap_or_else(|| {
@@ -205,12 +216,45 @@ impl Loop {
             analyze: settings.file.analyze.clone(),
             execute: settings.file.execute.clone(),
             policy,
+            shadows: Vec::new(),
             worker,
             signer: None,
             verifier: None,
             stores: None,
             executors_share: None,
         })
+    }
+
+    /// Decides with each candidate policy at `paths` too, or at `plan.shadow_policies` of the
+    /// config file when `paths` is empty. A candidate's name names its consumers and leases
+    /// (`shadow-<name>-p3`), so it must differ from the live policy's and the other
+    /// candidates', and have no '.'.
+    pub fn with_shadows(mut self, paths: &[PathBuf], settings: &Settings) -> anyhow::Result<Self> {
+        let paths = match paths {
+            [] => settings.file.plan.shadow_policies.as_slice(),
+            given => given,
+        };
+        for path in paths {
+            let candidate = read_policy(path)?;
+            let name = candidate.name();
+            let taken = std::iter::once(&self.policy)
+                .chain(&self.shadows)
+                .any(|p| p.name() == name);
+            if taken || name.contains('.') {
+                anyhow::bail!(
+                    "shadow policy {}: its name {name:?} {}; change `name` in the file",
+                    path.display(),
+                    if taken {
+                        "is the live policy's or another candidate's, and names the shadow's \
+                         decisions and consumers"
+                    } else {
+                        "has a '.', which a consumer's name cannot have"
+                    }
+                );
+            }
+            self.shadows.push(candidate);
+        }
+        Ok(self)
     }
 
     /// Plans with the incident index of `stores` and projects into them.
@@ -257,7 +301,12 @@ impl Loop {
             self.spawn_evaluate(js, shutdown, tasks);
         }
         if runs(PhaseArg::Plan) {
-            self.spawn_plan(js, shutdown, tasks);
+            let signer = self.signer.clone();
+            self.spawn_plan::<Decision>("plan", &self.policy, signer, shutdown, js, tasks);
+            for candidate in &self.shadows {
+                let name = ShadowDecision::workers(candidate.name());
+                self.spawn_plan::<ShadowDecision>(&name, candidate, None, shutdown, js, tasks);
+            }
             self.spawn_witness(js, shutdown, tasks);
         }
         if let (true, Some(stores)) = (runs(PhaseArg::Project), &self.stores) {
@@ -305,36 +354,39 @@ impl Loop {
         });
     }
 
-    /// The plan workers, sharing the partitions with other processes.
-    fn spawn_plan(
+    /// The plan workers named `name` deciding with `policy` and publishing `D`, sharing the
+    /// partitions with other processes: the live planners (`plan`), or a candidate's
+    /// (`shadow-<policy>`).
+    fn spawn_plan<D: Decided>(
         &self,
-        js: &JetStream,
+        name: &str,
+        policy: &Policy,
+        signer: Option<Arc<SigningKey>>,
         shutdown: &Shutdown,
+        js: &JetStream,
         tasks: &mut JoinSet<anyhow::Result<String>>,
     ) {
         let (js, policy, worker, stop) = (
             js.clone(),
-            self.policy.clone(),
+            policy.clone(),
             self.worker.clone(),
             shutdown.clone(),
         );
-        let signer = self.signer.clone();
+        let name = name.to_owned();
         let index = self.stores.as_ref().map(|s| s.index.clone());
         tasks.spawn(async move {
             let stats = run_partitioned(
                 js,
-                "plan",
+                &name,
                 PARTITIONS,
                 worker,
                 DEFAULT_TTL,
                 move |_| {
-                    let stage = match &index {
-                        Some(index) => PlanStage::new(
-                            policy.clone(),
-                            Box::new(IndexKnowledge::new(index.clone())),
-                        ),
-                        None => PlanStage::without_knowledge(policy.clone()),
+                    let knowledge: Box<dyn KnowledgeView + Send> = match &index {
+                        Some(index) => Box::new(IndexKnowledge::new(index.clone())),
+                        None => Box::new(NoKnowledge),
                     };
+                    let stage = PlanStage::<D>::publishing(policy.clone(), knowledge);
                     match &signer {
                         Some(key) => stage.signed_by(key.clone()),
                         None => stage,
@@ -344,7 +396,7 @@ impl Loop {
             )
             .await?;
             Ok(format!(
-                "plan: {} symptoms in, {} decisions out ({} replayed at start)",
+                "{name}: {} symptoms in, {} decisions out ({} replayed at start)",
                 stats.processed, stats.emitted, stats.replayed
             ))
         });
@@ -683,6 +735,7 @@ pub async fn serve_metrics(addr: &str) -> anyhow::Result<Option<tokio::task::Joi
 /// Runs `mapek run`.
 pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut workers = Loop::from_settings(args.policy, args.worker, settings)?
+        .with_shadows(&args.shadow_policies, settings)?
         .with_keys(args.signing_key.as_deref(), args.verify_key.as_deref())?;
     // Only plan (which learns from the index) and the projections need the stores.
     if matches!(
@@ -718,6 +771,13 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode>
             mapek_domain::plan::Scope::Partition => "per plan partition by the planner",
         }
     );
+    for candidate in &workers.shadows {
+        eprintln!(
+            "mapek run: shadow policy {} ({}) decides beside it on mapek.shadow.<node>, never acted on",
+            candidate.name(),
+            &candidate.hash()[..12]
+        );
+    }
     let mut failed = false;
     while let Some(done) = tasks.join_next().await {
         match done {

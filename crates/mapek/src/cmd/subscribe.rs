@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use mapek_bus::{Family, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
-use mapek_domain::{ActionResult, Decision, NodeId, Outcome, Rejected, Symptom, Telemetry};
+use mapek_domain::{
+    ActionResult, Decision, NodeId, Outcome, Rejected, ShadowDecision, Symptom, Telemetry,
+};
 
 use super::render::Render;
 use crate::Settings;
@@ -26,6 +28,9 @@ pub enum FamilyArg {
     Actions,
     /// Outcomes of actions (mapek.knowledge.>)
     Outcomes,
+    /// Decisions of candidate policies run beside the live one, never executed
+    /// (mapek.shadow.>)
+    Shadow,
     /// Dead letters: messages a consumer refused (mapek.dlq.>)
     Rejected,
 }
@@ -38,6 +43,7 @@ impl From<FamilyArg> for Family {
             FamilyArg::Decisions => Family::Decisions,
             FamilyArg::Actions => Family::Actions,
             FamilyArg::Outcomes => Family::Outcomes,
+            FamilyArg::Shadow => Family::Shadow,
             FamilyArg::Rejected => Family::Rejected,
         }
     }
@@ -114,6 +120,7 @@ pub async fn run(args: SubscribeArgs, settings: &Settings) -> anyhow::Result<Exi
         Family::Decisions => follow::<Decision>(&js, config, &args).await,
         Family::Actions => follow::<ActionResult>(&js, config, &args).await,
         Family::Outcomes => follow::<Outcome>(&js, config, &args).await,
+        Family::Shadow => follow::<ShadowDecision>(&js, config, &args).await,
         Family::Rejected => follow::<Rejected>(&js, config, &args).await,
     }
 }
