@@ -81,6 +81,13 @@ fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
         audit.contains("are signed (ML-DSA-65) and linked"),
         "every decision is signed and linked: {audit}"
     );
+    // The candidate policy in the shadow restarts the hung service where the live one limits
+    // its rate: at least that decision differs.
+    let shadow = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("shadow policy restart-first"))
+        .unwrap_or_else(|| panic!("a shadow policy line:\n{text}"));
+    assert!(summary_number(shadow, "changed") >= 1, "{shadow}");
 
     // The knowledge outlives the demo: `mapek status` reads the embedded read model.
     let mut status = mapek("unused");

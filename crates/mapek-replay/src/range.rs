@@ -58,3 +58,15 @@ pub enum Bound {
         seq: u64,
     },
 }
+
+/// An event time as RFC 3339 with milliseconds, for people (`2026-11-28T12:00:00.25Z`); the
+/// bare number if it is out of range.
+pub fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}

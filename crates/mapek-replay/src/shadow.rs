@@ -25,6 +25,7 @@ use mapek_domain::{
 use serde::Serialize;
 
 use crate::log::{Log, Stored};
+use crate::range::format_ms;
 use crate::whatif::{Brief, Change, Counts};
 use crate::{Range, ReplayError, Source};
 
@@ -435,7 +436,7 @@ impl fmt::Display for ShadowCompared {
             "  {change}: {} {} at {}: live {}{}; shadow {}",
             self.kind,
             self.node,
-            self.ts_ms,
+            format_ms(self.ts_ms),
             brief(&self.live),
             self.live_result
                 .as_ref()

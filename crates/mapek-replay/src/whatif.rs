@@ -16,6 +16,7 @@ use mapek_domain::{
 use serde::Serialize;
 
 use crate::log::{Log, Stored, UNPARTITIONED};
+use crate::range::format_ms;
 use crate::verify::analyze_again;
 use crate::{Range, ReplayError, Source};
 
@@ -375,7 +376,7 @@ impl fmt::Display for WhatIfReport {
                 x.change,
                 x.kind,
                 x.node,
-                x.ts_ms,
+                format_ms(x.ts_ms),
                 b(&x.recorded),
                 b(&x.what_if)
             )?;

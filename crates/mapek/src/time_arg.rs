@@ -37,10 +37,4 @@ pub fn now_ms() -> i64 {
     to_ms(OffsetDateTime::from(SystemTime::now()))
 }
 
-/// RFC 3339 with milliseconds, for tables.
-pub fn format_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use mapek_replay::range::format_ms;

@@ -9,7 +9,8 @@ use clap::Args;
 use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{
-    ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Phase, Symptom, SymptomState,
+    ActionResult, ActionStatus, Decision, Outcome, OutcomeResult, Phase, Policy, Symptom,
+    SymptomState,
 };
 use mapek_sim::{Fault, Mesh, MeshConfig, default_script};
 use tokio::sync::mpsc;
@@ -177,7 +178,8 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         Some(format!("demo-{}", std::process::id())),
         &demo_settings,
     )?
-    .with_keys(Some(&secret), Some(&public))?;
+    .with_keys(Some(&secret), Some(&public))?
+    .with_shadow(Policy::parse(SHADOW_POLICY)?)?;
     // The knowledge goes to the embedded stores under the data directory (SQLite, qdrant-edge),
     // unless the store arguments (DATABASE_URL, QDRANT_URL, REDIS_URL) name others.
     let mut store_args = args.stores.clone();
@@ -282,7 +284,43 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
             audit.failures[0].broken
         );
     }
+    println!("{}", shadow_summary(&js, start_ms, &demo_settings).await);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The candidate policy the demo runs in the shadow of the live one (ADR 0020).
+const SHADOW_POLICY: &str = include_str!("../../../../policies/restart-first.toml");
+
+/// How the shadow policy's decisions of this run compare with the live ones, in a line.
+async fn shadow_summary(js: &JetStream, start_ms: i64, settings: &Settings) -> String {
+    let source = mapek_replay::Source::live(js.clone());
+    let options = mapek_replay::ShadowOptions {
+        range: mapek_replay::Range {
+            from_ms: Some(start_ms),
+            to_ms: None,
+        },
+        execute: settings.file.execute.clone(),
+        mesh_nodes: mapek_bus::streams::count_reporting_nodes(js)
+            .await
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    match mapek_replay::shadow_diff(&source, &options)
+        .await
+        .as_deref()
+    {
+        Ok([report, ..]) => {
+            let t = &report.total;
+            format!(
+                "  shadow policy {} (policies/restart-first.toml): {} same, {} changed, {} \
+                 shadow only, {} live only; {} of its decisions would have been refused \
+                 (`mapek shadow diff` shows each)",
+                report.policy, t.same, t.changed, t.added, t.removed, report.would_be_refused
+            )
+        }
+        Ok([]) => "  shadow policy: no decisions".to_owned(),
+        Err(e) => format!("  shadow policy: {e}"),
+    }
 }
 
 /// The demo's decision keys in `dir`, made on the first run.

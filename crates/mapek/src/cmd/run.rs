@@ -226,34 +226,41 @@ impl Loop {
     }
 
     /// Decides with each candidate policy at `paths` too, or at `plan.shadow_policies` of the
-    /// config file when `paths` is empty. A candidate's name names its consumers and leases
-    /// (`shadow-<name>-p3`), so it must differ from the live policy's and the other
-    /// candidates', and have no '.'.
+    /// config file when `paths` is empty ([`Loop::with_shadow`]).
     pub fn with_shadows(mut self, paths: &[PathBuf], settings: &Settings) -> anyhow::Result<Self> {
         let paths = match paths {
             [] => settings.file.plan.shadow_policies.as_slice(),
             given => given,
         };
         for path in paths {
-            let candidate = read_policy(path)?;
-            let name = candidate.name();
-            let taken = std::iter::once(&self.policy)
-                .chain(&self.shadows)
-                .any(|p| p.name() == name);
-            if taken || name.contains('.') {
-                anyhow::bail!(
-                    "shadow policy {}: its name {name:?} {}; change `name` in the file",
-                    path.display(),
-                    if taken {
-                        "is the live policy's or another candidate's, and names the shadow's \
-                         decisions and consumers"
-                    } else {
-                        "has a '.', which a consumer's name cannot have"
-                    }
-                );
-            }
-            self.shadows.push(candidate);
+            self = self
+                .with_shadow(read_policy(path)?)
+                .with_context(|| format!("shadow policy {}", path.display()))?;
         }
+        Ok(self)
+    }
+
+    /// Decides with `candidate` too, publishing shadow decisions (ADR 0020). A candidate's
+    /// name names its consumers and leases (`shadow-<name>-p3`), so it must differ from the
+    /// live policy's and the other candidates', and have no '.'.
+    pub fn with_shadow(mut self, candidate: Policy) -> anyhow::Result<Self> {
+        let name = candidate.name();
+        let taken = std::iter::once(&self.policy)
+            .chain(&self.shadows)
+            .any(|p| p.name() == name);
+        if taken {
+            anyhow::bail!(
+                "its name {name:?} is the live policy's or another candidate's, and names the \
+                 shadow's decisions and consumers; change `name` in the file"
+            );
+        }
+        if name.contains('.') {
+            anyhow::bail!(
+                "its name {name:?} has a '.', which a consumer's name cannot have; change \
+                 `name` in the file"
+            );
+        }
+        self.shadows.push(candidate);
         Ok(self)
     }
 
