@@ -453,3 +453,51 @@ impl fmt::Display for ShadowCompared {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mapek_domain::{ActionKind, NodeId};
+    use mapek_testkit::samples::{TS_MS, decided, judged};
+
+    use super::*;
+
+    /// The candidate's restart of `node` for incident `incident`, `s` seconds in.
+    fn restart(incident: &str, node: &str, s: i64) -> Decision {
+        let policy = Policy::builtin();
+        Decision {
+            node: NodeId::new(node).unwrap(),
+            policy_name: policy.name().to_owned(),
+            policy_hash: policy.hash().to_owned(),
+            ..decided(incident, TS_MS + s * 1000, ActionKind::RestartService)
+        }
+    }
+
+    fn judge(outcomes: &[Outcome]) -> HashMap<String, String> {
+        let options = ShadowOptions {
+            mesh_nodes: 20,
+            ..Default::default()
+        };
+        let mut judge = Judge::new(&options, &Policy::builtin(), outcomes);
+        judge.all(&[
+            restart("i1", "n1", 0),
+            restart("i2", "n2", 1),
+            restart("i3", "n3", 3),
+        ])
+    }
+
+    #[test]
+    fn a_candidates_third_action_on_a_mesh_of_twenty_passes_the_blast_radius_only_once_an_incident_settled()
+     {
+        // 10 % of 20 nodes: two under action at most.
+        let refused = judge(&[]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused["d-i3"].starts_with("blast radius: acting would put 3 of 20 known nodes"),
+            "{refused:?}"
+        );
+        // The live outcome of i1's incident comes before the third: n1 is no longer under
+        // action in the candidate's world either.
+        let settled = judged(&restart("i1", "n1", 0), TS_MS + 2_000, true);
+        assert!(judge(&[settled]).is_empty());
+    }
+}
