@@ -111,7 +111,10 @@ fn an_action_result_v2_reads_with_the_v3_reader_unsigned_and_keeps_its_escalatio
     let v2 = encode_old("ActionResult", 2, fields);
     assert_eq!(peek_schema(&v2).unwrap().version, 2);
     let read: ActionResult = decode(&v2).unwrap();
-    assert!(read.signature.is_empty(), "a field added in v3 takes its default");
+    assert!(
+        read.signature.is_empty(),
+        "a field added in v3 takes its default"
+    );
     assert_eq!(read, r);
     assert_eq!(
         read.escalation_words().as_deref(),
