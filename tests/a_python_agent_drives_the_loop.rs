@@ -120,14 +120,16 @@ async fn a_python_agent_publishes_telemetry_answers_commands_and_reads_every_eve
     let dir = tempfile::tempdir().unwrap();
     // Three nodes are a small mesh: the default policy counts it as 20 nodes at least, and
     // lets 10 % of them (two) be under action at once.
-    // Signed decisions, so that the signature's bytes are read by both sides too.
-    let keygen = common::run({
-        let mut c = mapek(&url);
-        c.current_dir(dir.path())
-            .args(["audit", "keygen", "--dir", "keys"]);
-        c
-    });
-    assert!(keygen.status.success(), "{}", common::stderr(&keygen));
+    // Signed decisions and results, so that the signatures' bytes are read by both sides too.
+    for what in ["decisions", "results"] {
+        let keygen = common::run({
+            let mut c = mapek(&url);
+            c.current_dir(dir.path())
+                .args(["audit", "keygen", "--dir", "keys", "--for", what]);
+            c
+        });
+        assert!(keygen.status.success(), "{}", common::stderr(&keygen));
+    }
     let looped = mapek(&url)
         .current_dir(dir.path())
         .args([
@@ -136,6 +138,8 @@ async fn a_python_agent_publishes_telemetry_answers_commands_and_reads_every_eve
             "off",
             "--signing-key",
             "keys/decision.key",
+            "--result-signing-key",
+            "keys/result.key",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -290,7 +294,7 @@ async fn assert_every_family_reads_the_same(url: &str, js: &mapek_bus::JetStream
     }
     // Every Avro family, and the JSON telemetry as it was published.
     let wanted = [
-        "ActionResult/2",
+        "ActionResult/3",
         "Decision/1",
         "Outcome/1",
         "Rejected/1",

@@ -81,6 +81,11 @@ fn the_demo_finds_the_scripted_faults_and_decides_on_them() {
         audit.contains("are signed (ML-DSA-65) and linked"),
         "every decision is signed and linked: {audit}"
     );
+    let results = summary_number(audit, "results answer them");
+    assert!(
+        results > 0 && audit.ends_with(&format!("{results} signed by the executor")),
+        "every result answers its decision and is signed: {audit}"
+    );
     // The candidate policy in the shadow restarts the hung service where the live one limits
     // its rate: at least that decision differs.
     let shadow = text
@@ -120,6 +125,7 @@ fn the_demo_starts_its_own_nats_server_when_none_is_named() {
         ("mapek-data/knowledge.sqlite", "the SQL read model"),
         ("mapek-data/incidents", "the incident index"),
         ("mapek-data/keys/decision.pub", "the decision key"),
+        ("mapek-data/keys/result.pub", "the executor's result key"),
     ] {
         assert!(
             dir.path().join(path).exists(),

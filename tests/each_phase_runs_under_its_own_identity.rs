@@ -2,10 +2,10 @@
 //! configured as deploy/nats/secure.conf and permissions.conf say: `mapek run --phase
 //! analyze|plan|execute|evaluate|project`, each holding the SPIFFE ID of its phase and its
 //! own inbox prefix, plan signing its decisions (and witnessing the chain) and execute
-//! checking them.
+//! checking them and signing its results with its own key.
 //! A node agent holding n1's identity publishes telemetry and answers its command; the loop
-//! goes all the way round, no worker is refused anything it needs, and the decision log
-//! passes the audit.
+//! goes all the way round, no worker is refused anything it needs, and the decision log and
+//! every result pass the audit.
 
 mod agent;
 mod common;
@@ -26,6 +26,7 @@ fn phase(url: &str, certs: &Path, keys: &Path, data: &Path, name: &str) -> Child
         .arg(data.join(name))
         .env("MAPEK_SIGNING_KEY", keys.join("decision.key"))
         .env("MAPEK_VERIFY_KEY", keys.join("decision.pub"))
+        .env("MAPEK_RESULT_SIGNING_KEY", keys.join("result.key"))
         .env("MAPEK_LOG", "info,qdrant_edge=error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -87,17 +88,25 @@ async fn each_phase_with_its_own_identity_runs_the_whole_loop() {
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    // The deployments' set-up step makes the decision keys once and keeps them after.
-    let keygen = || {
+    // The deployments' set-up step makes the decision and result keys once and keeps them
+    // after.
+    let keygen = |what: &str| {
         let mut keygen = mapek_as(&url, certs.path(), None);
         keygen
-            .args(["audit", "keygen", "--keep-existing", "--dir"])
+            .args(["audit", "keygen", "--keep-existing", "--for", what, "--dir"])
             .arg(&keys);
         let out = run(keygen);
         assert!(out.status.success(), "keygen: {}", stderr(&out));
-        std::fs::read(keys.join("decision.pub")).unwrap()
+        let public = if what == "results" {
+            "result.pub"
+        } else {
+            "decision.pub"
+        };
+        std::fs::read(keys.join(public)).unwrap()
     };
-    assert_eq!(keygen(), keygen(), "the key pair is kept");
+    for what in ["decisions", "results"] {
+        assert_eq!(keygen(what), keygen(what), "the {what} key pair is kept");
+    }
 
     answer_as_n1(&url, certs.path()).await;
     let mut workers: Vec<(&str, Child)> = ["analyze", "plan", "execute", "evaluate", "project"]
@@ -127,12 +136,21 @@ async fn each_phase_with_its_own_identity_runs_the_whole_loop() {
     let mut audit = mapek_as(&url, certs.path(), Some("mapek"));
     audit
         .args(["audit", "verify", "--key"])
-        .arg(keys.join("decision.pub"));
+        .arg(keys.join("decision.pub"))
+        .arg("--result-key")
+        .arg(keys.join("result.pub"));
     let out = run(audit);
     assert!(
         out.status.success(),
         "audit: {}{}",
         stdout(&out),
         stderr(&out)
+    );
+    // The applied result (and any other) carries the executor's signature.
+    assert!(
+        stdout(&out).contains("0 fail, 0 missing (signatures checked: ")
+            && !stdout(&out).contains("checked: 0 signed"),
+        "{}",
+        stdout(&out)
     );
 }

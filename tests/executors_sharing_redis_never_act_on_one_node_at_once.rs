@@ -18,7 +18,7 @@ use mapek_domain::ActionKind::Reroute;
 use mapek_domain::execute::RateLimit;
 use mapek_domain::{ActionResult, ActionStatus, Decision, ExecuteConfig};
 use mapek_knowledge::Redis;
-use mapek_loop::execute::{self, ExecuteStats, Shared};
+use mapek_loop::execute::{self, ExecuteStats, ExecutorKeys, Shared};
 use mapek_testkit::{RedisServer, TestRedis};
 
 /// What the slow agent saw.
@@ -83,7 +83,16 @@ async fn start_executor(
         .unwrap();
     let shared = Shared::new(shared, name).lease_ttl(Duration::from_millis(1500));
     let (js, client) = (js.clone(), client.clone());
-    Running::start(move |shutdown| execute::run_shared(js, client, config, None, shared, shutdown))
+    Running::start(move |shutdown| {
+        execute::run_shared(
+            js,
+            client,
+            config,
+            ExecutorKeys::default(),
+            shared,
+            shutdown,
+        )
+    })
 }
 
 /// Records a policy for a mesh of 8 nodes, at most a quarter of them under action, an action
@@ -397,7 +406,7 @@ async fn an_executor_will_not_share_the_work_while_one_runs_alone_nor_the_other_
         js.clone(),
         client.clone(),
         interlocks(1000),
-        None,
+        ExecutorKeys::default(),
         Shared::new(shared, "new-host"),
         std::future::pending(),
     )

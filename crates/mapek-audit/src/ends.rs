@@ -79,7 +79,7 @@ pub struct Ages {
 
 impl Ages {
     /// Whether something stored at `ms` may have aged out of the stream.
-    fn may_have_aged_out(&self, ms: i64) -> bool {
+    pub fn may_have_aged_out(&self, ms: i64) -> bool {
         self.max_age_ms > 0 && ms < self.now_ms - self.max_age_ms + AGE_SLACK_MS
     }
 }

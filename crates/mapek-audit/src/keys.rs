@@ -1,4 +1,8 @@
-//! Decision keys: an ML-DSA-65 key pair, generated once and kept in two files.
+//! Keys: ML-DSA-65 key pairs, generated once and kept in two files each. The plan's decision
+//! key signs decisions and chain heads; the executor's result key signs action results (ADR
+//! 0019). A key of one kind is the same ML-DSA-65 key as the other: only the file names
+//! differ, and what is signed says what it is, so a signature of one kind never passes for
+//! another.
 //!
 //! Files hold the raw key bytes behind a one-line header (`mapek ML-DSA-65 secret key\n`), so
 //! a key of another kind or a truncated file is refused with a clear error instead of
@@ -7,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mapek_domain::Decision;
+use mapek_domain::{ActionResult, Decision};
 use oqs::sig::{Algorithm, Sig};
 
 use crate::AuditError;
@@ -19,6 +23,29 @@ const PUBLIC_HEADER: &[u8] = b"mapek ML-DSA-65 public key\n";
 pub const SECRET_FILE: &str = "decision.key";
 /// The public half's file name.
 pub const PUBLIC_FILE: &str = "decision.pub";
+/// The executor's result key: the file names [`generate_for`] writes for [`Signs::Results`].
+pub const RESULT_SECRET_FILE: &str = "result.key";
+/// The public half of the result key.
+pub const RESULT_PUBLIC_FILE: &str = "result.pub";
+
+/// What a key pair signs, which names its files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signs {
+    /// Decisions and chain heads, by the plan workers and the witness: `decision.key`.
+    Decisions,
+    /// Action results, by the executors: `result.key`.
+    Results,
+}
+
+impl Signs {
+    /// The secret and public key files' names.
+    pub fn files(self) -> (&'static str, &'static str) {
+        match self {
+            Signs::Decisions => (SECRET_FILE, PUBLIC_FILE),
+            Signs::Results => (RESULT_SECRET_FILE, RESULT_PUBLIC_FILE),
+        }
+    }
+}
 
 fn sig() -> Result<Sig, AuditError> {
     oqs::init();
@@ -30,23 +57,31 @@ fn message(decision: &Decision) -> Vec<u8> {
     decision.chain_hash().into_bytes()
 }
 
-/// Signs decisions. Held by the plan worker.
+/// Signs decisions (held by the plan worker and the witness) or results (held by the
+/// executor).
 pub struct SigningKey {
     sig: Sig,
     secret: Vec<u8>,
 }
 
-/// Checks decisions' signatures. Held by the executor and `mapek audit verify`.
+/// Checks decisions' signatures (held by the executor and `mapek audit verify`) or results'
+/// (held by `mapek audit verify`).
 pub struct VerifyingKey {
     sig: Sig,
     public: Vec<u8>,
 }
 
-/// Generates a key pair into `dir` ([`SECRET_FILE`], [`PUBLIC_FILE`]), refusing to overwrite
-/// an existing secret key (a lost key makes the old signatures unverifiable only if the
-/// public key is lost too, but an overwritten one is a silent rotation). Returns both paths.
+/// Generates a decision key pair into `dir` ([`SECRET_FILE`], [`PUBLIC_FILE`]).
 pub fn generate(dir: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
-    let (secret_path, public_path) = (dir.join(SECRET_FILE), dir.join(PUBLIC_FILE));
+    generate_for(dir, Signs::Decisions)
+}
+
+/// Generates a key pair for what `signs` into `dir`, refusing to overwrite an existing
+/// secret key (a lost key makes the old signatures unverifiable only if the public key is
+/// lost too, but an overwritten one is a silent rotation). Returns both paths.
+pub fn generate_for(dir: &Path, signs: Signs) -> Result<(PathBuf, PathBuf), AuditError> {
+    let (secret_file, public_file) = signs.files();
+    let (secret_path, public_path) = (dir.join(secret_file), dir.join(public_file));
     if secret_path.exists() {
         return Err(AuditError::KeyFile {
             path: secret_path,
@@ -125,6 +160,13 @@ impl SigningKey {
         Ok(())
     }
 
+    /// Signs `result` in place: its signature covers [`crate::results::message`], its result
+    /// hash (every field but the signature) behind a line that says it is a result.
+    pub fn sign_result(&self, result: &mut ActionResult) -> Result<(), AuditError> {
+        result.signature = self.sign_bytes(&crate::results::message(result))?;
+        Ok(())
+    }
+
     /// An ML-DSA-65 signature of `message`. What is signed must never read as another kind
     /// of signed thing: a decision's message is 64 hex digits, a chain head's starts with
     /// its own header line ([`crate::heads`]).
@@ -162,6 +204,12 @@ impl VerifyingKey {
     /// this key's owner.
     pub fn verifies(&self, decision: &Decision) -> bool {
         self.verifies_bytes(&message(decision), &decision.signature)
+    }
+
+    /// Whether `result`'s signature is a valid ML-DSA-65 signature of it, as it is, by this
+    /// key's owner.
+    pub fn verifies_result(&self, result: &ActionResult) -> bool {
+        self.verifies_bytes(&crate::results::message(result), &result.signature)
     }
 
     /// Whether `signature` is this key's owner's ML-DSA-65 signature of `message`.
@@ -204,6 +252,28 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let (_, other_public) = generate(other.path()).unwrap();
         assert!(!VerifyingKey::load(&other_public).unwrap().verifies(&d));
+    }
+
+    #[test]
+    fn a_signed_result_verifies_and_never_passes_for_a_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = generate_for(dir.path(), Signs::Results).unwrap();
+        assert!(secret.ends_with(RESULT_SECRET_FILE) && public.ends_with(RESULT_PUBLIC_FILE));
+        let (signer, checker) = (
+            SigningKey::load(&secret).unwrap(),
+            VerifyingKey::load(&public).unwrap(),
+        );
+        let mut r = mapek_testkit::samples::escalated_result();
+        assert!(!checker.verifies_result(&r), "unsigned");
+        signer.sign_result(&mut r).unwrap();
+        assert!(checker.verifies_result(&r));
+        let mut dropped = r.clone();
+        dropped.escalation = None;
+        assert!(!checker.verifies_result(&dropped));
+        // The same key's signature of a result is no decision's signature, whatever the bytes.
+        let mut d = decision();
+        d.signature = r.signature.clone();
+        assert!(!checker.verifies(&d));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use mapek_bus::{BusError, JetStream, Received, StartAt, Subscriber};
 use mapek_domain::{Decision, Phase};
 
 use crate::SigningKey;
-use crate::audit::{chain_of, plan_info};
+use crate::audit::{chain_of, stream_info};
 use crate::heads::{self, Head};
 
 /// How often the witness signs.
@@ -96,7 +96,7 @@ pub async fn run(
         }
     }
     // What was stored before the stop is witnessed too.
-    let last = plan_info(&js).await?.state.last_sequence;
+    let last = stream_info(&js, Phase::Plan).await?.state.last_sequence;
     while read_through < last {
         match tokio::time::timeout(Duration::from_secs(2), decisions.next()).await {
             Ok(Some(Ok(received))) => {

@@ -56,7 +56,7 @@ fn sample_value(name: &str) -> anyhow::Result<Value> {
         "Telemetry" => apache_avro::to_value(samples::telemetry("n1", samples::TS_MS, 12.5))?,
         "Symptom" => apache_avro::to_value(samples::symptom())?,
         "Decision" => apache_avro::to_value(samples::decision())?,
-        "ActionResult" => apache_avro::to_value(samples::escalated_result())?,
+        "ActionResult" => apache_avro::to_value(samples::signed_escalated_result())?,
         "Outcome" => apache_avro::to_value(samples::outcome())?,
         "Rejected" => apache_avro::to_value(samples::rejected())?,
         other => anyhow::bail!("no sample for schema {other}: add one to mapek-testkit"),

@@ -48,6 +48,11 @@ const SOURCES: &[(&str, u32, &str)] = &[
         include_str!("../../../schemas/action_result.v2.avsc"),
     ),
     (
+        "ActionResult",
+        3,
+        include_str!("../../../schemas/action_result.v3.avsc"),
+    ),
+    (
         "Outcome",
         1,
         include_str!("../../../schemas/outcome.v1.avsc"),

@@ -14,7 +14,9 @@
 //!   that already has a result is acknowledged without acting again. Acks are cumulative, so
 //!   a decision held for approval defers the acks of later ones until it is done.
 //! - With a verifying key ([`run_audited`]) a decision is acted on only if its ML-DSA-65
-//!   signature verifies and it links to the previous decision of its partition.
+//!   signature verifies and it links to the previous decision of its partition. With a result
+//!   key ([`ExecutorKeys::sign`]) every result is signed before it is published, so that what
+//!   it says (a refusal's escalation above all) cannot be changed unnoticed (ADR 0019).
 //! - Alone ([`run`], [`run_audited`]) one executor serves the mesh. With Redis
 //!   ([`run_shared`]) every copy is active: they share the plan partitions, follow every
 //!   result, lease each node for a command out, and judge one decision at a time under one
@@ -24,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
@@ -49,8 +52,9 @@ use tracing::{info, warn};
 
 /// The key-value bucket of approvals: key = decision id, value = who approved it.
 pub const APPROVALS: &str = mapek_bus::buckets::APPROVALS;
-/// The executor's durable consumer on `MAPEK_PLAN`.
-pub const DURABLE: &str = "execute";
+/// The executor's durable consumer on `MAPEK_PLAN` (`execute-p<partition>` when sharing the
+/// work): the audit reads how far it acknowledged.
+pub const DURABLE: &str = mapek_audit::audit::EXECUTOR_READER;
 /// How long approvals are kept.
 const APPROVALS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The pause between two attempts of a command that got no reply: an agent with no
@@ -113,6 +117,23 @@ impl ExecuteStats {
         self.busy_elsewhere += other.busy_elsewhere;
         self.paused += other.paused;
         self.dead_lettered += other.dead_lettered;
+    }
+}
+
+/// The keys an executor holds: the decision key's public half, to act only on proven
+/// decisions, and its own result key, to sign what it records.
+#[derive(Clone, Default)]
+pub struct ExecutorKeys {
+    /// Checks each decision's signature and link before acting on it; `None` checks nothing.
+    pub verify: Option<mapek_audit::VerifyingKey>,
+    /// Signs each result (ADR 0019); `None` publishes results unsigned.
+    pub sign: Option<Arc<mapek_audit::SigningKey>>,
+}
+
+impl From<Option<mapek_audit::VerifyingKey>> for ExecutorKeys {
+    /// Checks decisions with `verify`, and signs nothing.
+    fn from(verify: Option<mapek_audit::VerifyingKey>) -> Self {
+        Self { verify, sign: None }
     }
 }
 
@@ -226,18 +247,18 @@ pub async fn run(
     run_audited(js, client, config, None, shutdown).await
 }
 
-/// Like [`run`]; with `key`, acting only on decisions signed by the holder of its secret half
-/// and linked to the decision before them (links without signatures prove nothing: anyone
-/// can compute a hash).
+/// Like [`run`]; with a verifying key, acting only on decisions signed by the holder of its
+/// secret half and linked to the decision before them (links without signatures prove
+/// nothing: anyone can compute a hash); with a result key, signing every result.
 pub async fn run_audited(
     js: JetStream,
     client: async_nats::Client,
     config: ExecuteConfig,
-    key: Option<mapek_audit::VerifyingKey>,
+    keys: impl Into<ExecutorKeys>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
     retire_the_other_way(&js, false).await?;
-    execute(js, client, config, key, None, shutdown).await
+    execute(js, client, config, keys.into(), None, shutdown).await
 }
 
 /// Whether `lease` is a partition's lease of executors that share the work (`execute.p3`).
@@ -320,15 +341,17 @@ async fn retire_the_other_way(js: &JetStream, sharing: bool) -> Result<(), BusEr
 
 /// Runs this executor beside others that share `shared`'s Redis, until `shutdown`: the plan
 /// partitions are shared among the live executors, and the interlocks see every executor's
-/// commands and results (module docs). Checks signatures with `key` as [`run_audited`] does.
+/// commands and results (module docs). Checks decisions and signs results with `keys` as
+/// [`run_audited`] does.
 pub async fn run_shared(
     js: JetStream,
     client: async_nats::Client,
     config: ExecuteConfig,
-    key: Option<mapek_audit::VerifyingKey>,
+    keys: impl Into<ExecutorKeys>,
     shared: Shared,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
+    let keys = keys.into();
     config.check()?;
     retire_the_other_way(&js, true).await?;
     let mut total = ExecuteStats::default();
@@ -341,7 +364,7 @@ pub async fn run_shared(
             js.clone(),
             client.clone(),
             config.clone(),
-            key.clone(),
+            keys.clone(),
             Some(part),
             mapek_bus::until_stopped(stopped),
         )
@@ -373,7 +396,7 @@ async fn execute(
     js: JetStream,
     client: async_nats::Client,
     config: ExecuteConfig,
-    key: Option<mapek_audit::VerifyingKey>,
+    keys: ExecutorKeys,
     part: Option<Part>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ExecuteStats, BusError> {
@@ -428,7 +451,8 @@ async fn execute(
         policies,
         held: BTreeSet::new(),
         deferred: None,
-        chain: key.map(|k| mapek_audit::Chain::new(Some(k))),
+        chain: keys.verify.map(|k| mapek_audit::Chain::new(Some(k))),
+        signer: keys.sign,
         judge,
         refused: BTreeMap::new(),
         dead_letters: DeadLetters::new(js.clone()),
@@ -675,6 +699,8 @@ struct Executor {
     deferred: Option<Delivery<Decision>>,
     /// Signatures and links of the decisions seen, per partition, with a verifying key.
     chain: Option<mapek_audit::Chain>,
+    /// Signs each result before it is published, with a result key.
+    signer: Option<Arc<mapek_audit::SigningKey>>,
     /// How to judge beside other executors, when sharing the work.
     judge: Option<Judge>,
     /// Stream sequences of decisions that failed the way they will fail again, and how
@@ -970,14 +996,26 @@ impl Executor {
         execute::failed(decision, &reason, attempts)
     }
 
-    /// Publishes `result` (in the trace of the decision's message, `cause`, its span from
-    /// `started`), waits until it is stored, and folds it into the interlocks.
+    /// Signs `result` with the result key if there is one, publishes it (in the trace of the
+    /// decision's message, `cause`, its span from `started`), waits until it is stored, and
+    /// folds it into the interlocks.
     async fn record(
         &mut self,
         result: &ActionResult,
         cause: Option<&async_nats::HeaderMap>,
         started: std::time::SystemTime,
     ) -> Result<(), BusError> {
+        let signed = self.signer.as_ref().map(|key| {
+            let mut signed = result.clone();
+            // Only a broken liboqs fails here (the key's size was checked when it was
+            // loaded); the result then goes out unsigned and the audit names it, which beats
+            // holding the decision back.
+            if let Err(e) = key.sign_result(&mut signed) {
+                tracing::error!(decision = %result.decision_id, error = %e, "cannot sign the result");
+            }
+            signed
+        });
+        let result = signed.as_ref().unwrap_or(result);
         self.publisher
             .publish_traced(result, cause, started)
             .await?;

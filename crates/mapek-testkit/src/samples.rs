@@ -98,6 +98,7 @@ pub fn action_result() -> ActionResult {
         attempts: 1,
         dry_run: false,
         escalation: None,
+        signature: Vec::new(),
     }
 }
 
@@ -111,6 +112,16 @@ pub fn escalated_result() -> ActionResult {
         attempts: 0,
         escalation: Some([("team".to_owned(), "netops".to_owned())].into()),
         ..action_result()
+    }
+}
+
+/// [`escalated_result`] as a signing executor writes it: with a signature's worth of bytes
+/// (ML-DSA-65 signatures are 3309 bytes long). Not a valid signature: made without a key, it
+/// shows the encoding, not the proof.
+pub fn signed_escalated_result() -> ActionResult {
+    ActionResult {
+        signature: (0..3309u32).map(|i| (i % 251) as u8).collect(),
+        ..escalated_result()
     }
 }
 

@@ -138,6 +138,7 @@ fn result(
         attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
         dry_run,
         escalation: None,
+        signature: Vec::new(),
     }
 }
 

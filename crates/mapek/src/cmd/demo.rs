@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use mapek_audit::VerifyingKey;
+use mapek_audit::audit::AuditOptions;
+use mapek_audit::keys::Signs;
 use mapek_bus::{JetStream, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{
@@ -170,15 +173,19 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         nats_url_given: true,
         file,
     };
-    // Decisions are signed and the executor checks them (ADR 0006); the key pair is made on
-    // the first run and kept with the rest of the demo's data.
-    let (secret, public) = demo_keys(&args.data_dir().join("keys"))?;
+    // Decisions are signed and the executor checks them (ADR 0006), and the executor signs
+    // its results with a key of its own (ADR 0019); the key pairs are made on the first run
+    // and kept with the rest of the demo's data.
+    let keys_dir = args.data_dir().join("keys");
+    let (secret, public) = demo_keys(&keys_dir, Signs::Decisions)?;
+    let (result_secret, result_public) = demo_keys(&keys_dir, Signs::Results)?;
     let workers = Loop::from_settings(
         None,
         Some(format!("demo-{}", std::process::id())),
         &demo_settings,
     )?
     .with_keys(Some(&secret), Some(&public))?
+    .with_result_key(Some(&result_secret))?
     .with_shadow(Policy::parse(SHADOW_POLICY)?)?;
     // The knowledge goes to the embedded stores under the data directory (SQLite, qdrant-edge),
     // unless the store arguments (DATABASE_URL, QDRANT_URL, REDIS_URL) name others.
@@ -267,21 +274,35 @@ pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode
         "  knowledge: the read model is in {knowledge_at} (try `mapek status`), the incident \
          index in {index_at} (try `mapek knowledge similar <incident>`)"
     );
-    let key = mapek_audit::VerifyingKey::load(&public)?;
-    let audit = mapek_audit::audit::verify_stream(&js, Some(key)).await?;
+    let options = AuditOptions {
+        decision_key: Some(VerifyingKey::load(&public)?),
+        result_key: Some(VerifyingKey::load(&result_public)?),
+        // A data directory kept from before the executor signed holds older results.
+        results_signed_since_ms: made_ms(&result_public),
+        ..AuditOptions::default()
+    };
+    let audit = mapek_audit::audit::verify(&js, options).await?;
     if audit.is_clean() {
         println!(
-            "  audit: all {} decisions in the log are signed (ML-DSA-65) and linked, {} chains",
-            audit.decisions, audit.partitions
+            "  audit: all {} decisions in the log are signed (ML-DSA-65) and linked, {} chains; \
+             all {} results answer them, {} signed by the executor",
+            audit.decisions, audit.partitions, audit.results, audit.results_verified
         );
     } else if let Some(cut) = audit.cuts.first() {
         println!("  audit: {cut}");
-    } else {
+    } else if let Some(failure) = audit.failures.first() {
         println!(
             "  audit: {} of {} decisions fail: {}",
             audit.failures.len(),
             audit.decisions,
-            audit.failures[0].broken
+            failure.broken
+        );
+    } else {
+        println!(
+            "  audit: {} of {} results fail: {}",
+            audit.result_failures.len(),
+            audit.results,
+            audit.result_failures[0]
         );
     }
     println!("{}", shadow_summary(&js, start_ms, &demo_settings).await);
@@ -323,14 +344,22 @@ async fn shadow_summary(js: &JetStream, start_ms: i64, settings: &Settings) -> S
     }
 }
 
-/// The demo's decision keys in `dir`, made on the first run.
-fn demo_keys(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let secret = dir.join(mapek_audit::keys::SECRET_FILE);
-    let public = dir.join(mapek_audit::keys::PUBLIC_FILE);
+/// The demo's keys for what `signs` in `dir`, made on the first run.
+fn demo_keys(dir: &Path, signs: Signs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (secret_file, public_file) = signs.files();
+    let (secret, public) = (dir.join(secret_file), dir.join(public_file));
     if secret.exists() && public.exists() {
         return Ok((secret, public));
     }
-    Ok(mapek_audit::keys::generate(dir)?)
+    Ok(mapek_audit::keys::generate_for(dir, signs)?)
+}
+
+/// When the file at `path` was last written, in ms since the Unix epoch: for a key, when it
+/// was made, before which nothing was signed with it.
+fn made_ms(path: &Path) -> Option<i64> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 fn describe(fault: &Fault) -> String {

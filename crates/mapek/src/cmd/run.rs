@@ -99,6 +99,12 @@ pub struct RunArgs {
     #[arg(long, env = "MAPEK_VERIFY_KEY", value_name = "FILE")]
     pub verify_key: Option<PathBuf>,
 
+    /// Sign every action result with this ML-DSA-65 secret key, the executor's own (`mapek
+    /// audit keygen --for results` makes one; `mapek audit verify --result-key` checks them)
+    /// [default: unsigned]
+    #[arg(long, env = "MAPEK_RESULT_SIGNING_KEY", value_name = "FILE")]
+    pub result_signing_key: Option<PathBuf>,
+
     /// A Qdrant server (gRPC, http://host:6334) for the incident index [default: qdrant-edge
     /// under the data directory, which only one process may open: run plan and project in
     /// the same process then]
@@ -189,6 +195,8 @@ pub struct Loop {
     pub signer: Option<Arc<SigningKey>>,
     /// Checks the decisions before acting, if set.
     pub verifier: Option<VerifyingKey>,
+    /// Signs the executor's results, if set: the result key, not the decision key (ADR 0019).
+    pub result_signer: Option<Arc<SigningKey>>,
     /// The knowledge stores; without them the planner decides by policy alone and nothing
     /// is projected.
     pub stores: Option<Stores>,
@@ -220,6 +228,7 @@ impl Loop {
             worker,
             signer: None,
             verifier: None,
+            result_signer: None,
             stores: None,
             executors_share: None,
         })
@@ -286,6 +295,23 @@ impl Loop {
                 Some(VerifyingKey::load(path).context("cannot load the verifying key")?);
         }
         Ok(self)
+    }
+
+    /// Has the executor sign its results with the secret result key at `path`, if given.
+    pub fn with_result_key(mut self, path: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(path) = path {
+            let key = SigningKey::load(path).context("cannot load the result signing key")?;
+            self.result_signer = Some(Arc::new(key));
+        }
+        Ok(self)
+    }
+
+    /// The keys the executor holds.
+    fn executor_keys(&self) -> execute::ExecutorKeys {
+        execute::ExecutorKeys {
+            verify: self.verifier.clone(),
+            sign: self.result_signer.clone(),
+        }
     }
 
     /// Starts the workers of `phase` on `tasks`; they stop when `shutdown` fires.
@@ -454,11 +480,11 @@ impl Loop {
         tasks: &mut JoinSet<anyhow::Result<String>>,
     ) {
         let Some(redis) = &self.executors_share else {
-            let (worker_js, client, config, verifier) = (
+            let (worker_js, client, config, keys) = (
                 js.clone(),
                 client.clone(),
                 self.execute.clone(),
-                self.verifier.clone(),
+                self.executor_keys(),
             );
             spawn_singleton(
                 tasks,
@@ -471,7 +497,7 @@ impl Loop {
                         worker_js.clone(),
                         client.clone(),
                         config.clone(),
-                        verifier.clone(),
+                        keys.clone(),
                         mapek_bus::until_stopped(stopped),
                     )
                 },
@@ -484,18 +510,18 @@ impl Loop {
             );
             return;
         };
-        let (js, client, config, verifier, stop) = (
+        let (js, client, config, keys, stop) = (
             js.clone(),
             client.clone(),
             self.execute.clone(),
-            self.verifier.clone(),
+            self.executor_keys(),
             shutdown.clone(),
         );
         let shared = execute::Shared::new(redis.clone(), self.worker.clone())
             .partitions(PARTITIONS)
             .lease_ttl(DEFAULT_TTL);
         tasks.spawn(async move {
-            let s = execute::run_shared(js, client, config, verifier, shared, stop.wait()).await?;
+            let s = execute::run_shared(js, client, config, keys, shared, stop.wait()).await?;
             Ok(format!(
                 "execute (sharing through Redis): {} decisions, {} applied, {} failed, {} \
                  refused, {} waited for another executor",
@@ -743,7 +769,8 @@ pub async fn serve_metrics(addr: &str) -> anyhow::Result<Option<tokio::task::Joi
 pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut workers = Loop::from_settings(args.policy, args.worker, settings)?
         .with_shadows(&args.shadow_policies, settings)?
-        .with_keys(args.signing_key.as_deref(), args.verify_key.as_deref())?;
+        .with_keys(args.signing_key.as_deref(), args.verify_key.as_deref())?
+        .with_result_key(args.result_signing_key.as_deref())?;
     // Only plan (which learns from the index) and the projections need the stores.
     if matches!(
         args.phase,
