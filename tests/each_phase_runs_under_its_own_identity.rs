@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use common::secure::{Holder, mapek_as, secure_server_with_streams, security};
 use common::{interrupt, run, run_with_input, stderr, stdout};
 use mapek_bus::command::{CommandReply, Commands};
-use mapek_domain::{ActionResult, ActionStatus, NodeId, Outcome};
+use mapek_domain::{ActionResult, ActionStatus, NodeId, Outcome, ShadowDecision};
 
 /// `mapek run --phase <phase>` as the phase's own identity.
 fn phase(url: &str, certs: &Path, keys: &Path, data: &Path, name: &str) -> Child {
@@ -31,6 +31,11 @@ fn phase(url: &str, certs: &Path, keys: &Path, data: &Path, name: &str) -> Child
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if name == "plan" {
+        // The plan identity also publishes a candidate policy's shadow decisions.
+        cmd.arg("--shadow-policy")
+            .arg(common::repo().join("policies/restart-first.toml"));
+    }
     cmd.spawn().expect("start mapek run")
 }
 
@@ -125,6 +130,8 @@ async fn each_phase_with_its_own_identity_runs_the_whole_loop() {
     publish_as_n1(&url, certs.path(), 10..40, 0.0);
     let outcome: Outcome = first(&js, &mut workers).await;
     assert_eq!(outcome.node.as_str(), "n1");
+    let shadow: ShadowDecision = first(&js, &mut workers).await;
+    assert_eq!(shadow.0.policy_name, "restart-first");
 
     for (name, worker) in workers {
         let log = interrupt(worker);

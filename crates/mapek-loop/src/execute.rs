@@ -479,16 +479,17 @@ async fn execute(
 }
 
 /// Teaches `interlocks` the blast radius of every policy recorded in `MAPEK_CONFIG`; returns
-/// the bucket, to learn later ones from.
+/// the bucket, to learn later ones from, if a plan worker made it yet (the executor never
+/// makes it: its identity may not).
 async fn learn_recorded_policies(
     js: &JetStream,
     interlocks: &mut Interlocks,
-) -> Result<Store, BusError> {
+) -> Result<Option<Store>, BusError> {
     let recorded = mapek_bus::config_store::read(js).await?;
     for (hash, text) in &recorded.policies {
         learn_policy(interlocks, hash, text);
     }
-    mapek_bus::config_store::open(js).await
+    Ok(mapek_bus::config_store::open_existing(js).await)
 }
 
 /// Teaches `interlocks` the policy `text`, recorded under `hash` (its SHA-256).
@@ -691,7 +692,7 @@ struct Executor {
     kv: Store,
     /// Where the plan workers record their policies (`MAPEK_CONFIG`): the blast radius of a
     /// decision is its policy's.
-    policies: Store,
+    policies: Option<Store>,
     /// Stream sequences of decisions waiting for approval: no ack may cover them.
     held: BTreeSet<u64>,
     /// The latest decision acted on whose ack a waiting decision blocks; acknowledged (with
@@ -837,7 +838,13 @@ impl Executor {
         if decision.action.kind == ActionKind::Escalate || self.interlocks.knows_policy(hash) {
             return Ok(());
         }
-        if let Some(text) = mapek_bus::config_store::policy(&self.policies, hash).await? {
+        if self.policies.is_none() {
+            self.policies = mapek_bus::config_store::open_existing(&self.js).await;
+        }
+        let Some(policies) = &self.policies else {
+            return Ok(());
+        };
+        if let Some(text) = mapek_bus::config_store::policy(policies, hash).await? {
             learn_policy(&mut self.interlocks, hash, &text);
         }
         Ok(())
