@@ -617,7 +617,7 @@ impl Projection {
             tx.rollback().await?;
             return Ok(Commit::Done);
         }
-        rows::write(conn, events).await?;
+        rows::write(conn, self.read_model.backend(), events).await?;
         let applied = events.len() as i64;
         let skip = skipped.len() as i64;
         let moved = match stored {
