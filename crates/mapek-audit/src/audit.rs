@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
+use mapek_bus::layout::partition_of;
 use mapek_bus::{JetStream, StartAt, Subscriber};
 use mapek_domain::{ActionResult, Decision, Phase, Policy, Rejected};
 
@@ -118,13 +119,6 @@ impl AuditReport {
     }
 }
 
-/// The chain a stored plan subject's decision belongs to: its partition
-/// (`mapek.plan.<p>.<node>`), or 0 for a subject without one (a stream without the partition
-/// transform).
-pub fn chain_of(subject: &str) -> u32 {
-    mapek_bus::layout::partition_of(subject).unwrap_or(0)
-}
-
 /// Reads MAPEK_PLAN from the start to its current end and checks every decision: the
 /// signature with `key` (links only, without), and each partition's chain; then each chain's
 /// start and end against the signed heads in `MAPEK_CHAIN`, whatever their age; then every
@@ -210,7 +204,7 @@ async fn read_decisions(
         let received = received?;
         report.decisions += 1;
         more = received.pending > 0;
-        let partition = chain_of(&received.subject);
+        let partition = partition_of(&received.subject).unwrap_or(0);
         let outcome = match &received.event {
             Ok(d) => {
                 let span = spans.entry(partition).or_default();

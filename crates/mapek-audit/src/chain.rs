@@ -1,6 +1,7 @@
 //! Checking decisions one by one: signature, then link.
 //!
-//! One chain per plan partition (each partition's planner chains its own decisions). The
+//! One chain per plan partition (each partition's planner chains its own decisions; a plan
+//! stream without the partition transform is one chain, numbered 0). The
 //! first decision seen of a partition starts its chain whatever its `prev_hash` (the stream
 //! may have aged out what came before); from then on each decision's `prev_hash` must be the
 //! chain hash of the one before it. A decision identical to the last one (a redelivery)

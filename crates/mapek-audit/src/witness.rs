@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::Store;
+use mapek_bus::layout::partition_of;
 use mapek_bus::{BusError, JetStream, Received, StartAt, Subscriber};
 use mapek_domain::{Decision, Phase};
 
 use crate::SigningKey;
-use crate::audit::{chain_of, stream_info};
+use crate::audit::stream_info;
 use crate::heads::{self, Head};
 
 /// How often the witness signs.
@@ -138,7 +139,7 @@ fn note(
     let Ok(decision) = &received.event else {
         return;
     };
-    let partition = chain_of(&received.subject);
+    let partition = partition_of(&received.subject).unwrap_or(0);
     let stored_ms = stored_ms(&received);
     let seen = seen.entry(partition).or_insert_with(|| Seen {
         head: String::new(),

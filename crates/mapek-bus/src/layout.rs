@@ -79,7 +79,8 @@ pub fn phase_of_stream(name: &str) -> Option<Phase> {
 
 /// The partition a stored-subject filter or subject names (`mapek.monitor.3.>`,
 /// `mapek.monitor.3.n17`), or `None` if it names none (`mapek.monitor.>`,
-/// `mapek.monitor.*.n17`).
+/// `mapek.monitor.*.n17`). Every crate reads a stored subject's partition here: the workers,
+/// the audit's chains and replay.
 pub fn partition_of(subject: &str) -> Option<u32> {
     let mut tokens = subject.split('.');
     let (Some("mapek"), Some(_), Some(p), Some(_)) =

@@ -769,7 +769,7 @@ impl Executor {
             self.stats.skipped += 1;
             return Ok(Next::Ack);
         }
-        let partition = mapek_audit::audit::chain_of(&delivery.message().subject);
+        let partition = mapek_bus::layout::partition_of(&delivery.message().subject).unwrap_or(0);
         // A decision given back and delivered again was checked the first time; later ones of
         // its partition may have moved the chain's head on since.
         let checked = self.held.contains(&seq);

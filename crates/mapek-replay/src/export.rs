@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use mapek_bus::JetStream;
+use mapek_bus::layout::partition_of;
 use mapek_codec::AvroEvent;
 use mapek_domain::{ActionResult, Decision, NodeId, Outcome, Phase, Symptom, Telemetry};
 use serde::Serialize;
@@ -85,7 +86,7 @@ pub async fn export(
                 Phase::Monitor,
                 Some(Phase::Monitor.stored_filter(Some(node))),
                 |r| {
-                    found = found.or(r.partition());
+                    found = found.or(partition_of(&r.subject));
                 },
             )
             .await?;

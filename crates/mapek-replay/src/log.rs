@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use mapek_bus::config_store::RecordedConfig;
+use mapek_bus::layout::partition_of;
 use mapek_domain::plan::{NoKnowledge, RecordedKnowledge};
 use mapek_domain::{Decision, KnowledgeView, Phase, Planner, Policy, Symptom};
 
@@ -27,7 +28,7 @@ impl<E: mapek_codec::AvroEvent> Stored<E> {
     fn from_record(r: Record) -> Option<Self> {
         let event = r.decode::<E>().ok()?;
         Some(Self {
-            partition: r.partition().unwrap_or(UNPARTITIONED),
+            partition: partition_of(&r.subject).unwrap_or(UNPARTITIONED),
             seq: r.seq,
             event,
             bytes: r.body,

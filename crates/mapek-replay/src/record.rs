@@ -2,7 +2,7 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use mapek_bus::{headers, layout};
+use mapek_bus::headers;
 use mapek_codec::{AvroEvent, CodecError};
 
 /// A message as JetStream stored it: everything a replay needs to decode it again exactly.
@@ -24,12 +24,6 @@ pub struct Record {
 }
 
 impl Record {
-    /// The partition of a stored phase subject (`mapek.<phase>.<p>.<node>`), or `None` for
-    /// a subject of another shape.
-    pub fn partition(&self) -> Option<u32> {
-        layout::partition_of(&self.subject)
-    }
-
     /// The value of header `name`, if set.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use mapek_bus::headers::MSG_ID;
+use mapek_bus::layout::partition_of;
 use mapek_domain::{
     ActionResult, ActionStatus, Decision, Outcome, Phase, Policy, Symptom, Telemetry,
 };
@@ -135,7 +136,10 @@ pub async fn incident_story(source: &Source, incident_id: &str) -> Result<Story,
     // The telemetry behind the symptoms, looked up by id in the symptoms' partitions (each in
     // one stream, whatever the layout).
     let causes: BTreeSet<String> = symptoms.iter().map(|(_, s)| s.caused_by.clone()).collect();
-    let partitions: BTreeSet<Option<u32>> = symptoms.iter().map(|(r, _)| r.partition()).collect();
+    let partitions: BTreeSet<Option<u32>> = symptoms
+        .iter()
+        .map(|(r, _)| partition_of(&r.subject))
+        .collect();
     let mut telemetry: Vec<(Record, Telemetry)> = Vec::new();
     for p in partitions {
         let filter = p.map(|p| format!("mapek.monitor.{p}.>"));

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Instant;
 
+use mapek_bus::layout::partition_of;
 use mapek_codec::{encode, same_message};
 use mapek_domain::{AnalyzeConfig, Analyzer, Decision, NodeId, Phase, Policy, Symptom, Telemetry};
 use serde::Serialize;
@@ -266,7 +267,7 @@ pub(crate) async fn analyze_again(
                 unreadable += 1;
                 return;
             };
-            let partition = r.partition().unwrap_or(UNPARTITIONED);
+            let partition = partition_of(&r.subject).unwrap_or(UNPARTITIONED);
             let analyzer = analyzers
                 .entry(partition)
                 .or_insert_with(|| Analyzer::new(config.clone()));
