@@ -1,5 +1,6 @@
 //! [`Redis`]: hot node health for `mapek status`, and what several executors share: leases
-//! on nodes (the commands out) and the lock they take turns deciding under.
+//! on nodes (the commands out) and the lock they take turns deciding under, behind the
+//! executor's [`SharedLeases`].
 //!
 //! Every key starts with a prefix (`mapek:` by default) so that several meshes, or several
 //! tests, share one server without seeing each other.
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use deadpool_redis::{Config, Pool, Runtime};
+use futures::future::BoxFuture;
 use mapek_domain::{SymptomState, Telemetry};
+use mapek_loop::execute::{ShareError, SharedLeases};
 use serde::{Deserialize, Serialize};
 
 use crate::KnowledgeError;
@@ -489,5 +492,46 @@ impl Redis {
             .iter()
             .filter_map(|s| serde_json::from_str(s).ok())
             .collect())
+    }
+}
+
+/// The lock and node leases executors share when they share the work (ADR 0007).
+impl SharedLeases for Redis {
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, ShareError>> {
+        Box::pin(async move { Ok(Redis::try_lock(self, name, holder, ttl).await?) })
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ShareError>> {
+        Box::pin(async move { Ok(Redis::unlock(self, name, holder).await?) })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        node: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, ShareError>> {
+        Box::pin(async move { Ok(Redis::try_lease(self, node, holder, ttl).await?) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        node: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ShareError>> {
+        Box::pin(async move { Ok(Redis::release(self, node, holder).await?) })
+    }
+
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, ShareError>> {
+        Box::pin(async move { Ok(Redis::leases(self).await?) })
     }
 }

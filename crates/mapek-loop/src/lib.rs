@@ -12,7 +12,9 @@
 //! - [`analyze`]: telemetry → symptoms, with [`mapek_domain::Analyzer`].
 //! - [`plan`]: symptoms → decisions, with [`mapek_domain::Planner`] and a knowledge view.
 //! - [`execute`]: decisions → commands to node agents → action results, through
-//!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`].
+//!   [`mapek_domain::Interlocks`]; the approval gate and [`execute::approve`]; executors
+//!   sharing the work through [`execute::SharedLeases`] (Redis, implemented in
+//!   mapek-knowledge).
 //! - [`metrics`]: the Prometheus metrics every worker keeps, and the `/metrics` endpoint.
 //! - [`evaluate`]: action results and symptoms → outcomes, with [`mapek_domain::Evaluator`].
 //! - [`retry`]: riding through a lost server: backoff, and retries logged and counted.
