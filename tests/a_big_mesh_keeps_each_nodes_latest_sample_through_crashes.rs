@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use knowledge_log::{server_with_streams, telemetry};
+use knowledge_log::telemetry;
 use mapek_bus::{JetStream, Publisher, layout};
 use mapek_domain::{Phase, Telemetry};
 use mapek_knowledge::{
@@ -19,6 +19,7 @@ use mapek_knowledge::{
 };
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
+use mapek_testkit::server_with_streams;
 
 const NODES: i64 = 1_500;
 

@@ -5,14 +5,13 @@
 
 mod knowledge_log;
 
-use knowledge_log::{
-    assert_same_as_rebuild, project_all, publish_samples, server_with_streams, telemetry,
-};
+use knowledge_log::{assert_same_as_rebuild, project_all, publish_samples, telemetry};
 use mapek_bus::{Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{Phase, Rejected};
 use mapek_knowledge::ReadModel;
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
+use mapek_testkit::server_with_streams;
 use sqlx::Row;
 
 const POISON_ID: &str = "refused\u{0}by-postgres";

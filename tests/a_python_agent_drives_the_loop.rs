@@ -12,10 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{interrupt, mapek, repo, run_with_input, server_with_streams, subscribe_all};
+use common::{interrupt, mapek, repo, run_with_input, subscribe_all};
 use mapek_bus::command::{Command as Order, send_command};
 use mapek_domain::{Action, NodeId};
 use mapek_testkit::foreign;
+use mapek_testkit::server_with_streams;
 use serde_json::Value;
 
 /// The agents: node, then its fault as `mapek_agent.py agent` flags.

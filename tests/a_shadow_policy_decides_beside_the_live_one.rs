@@ -12,7 +12,8 @@ use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{interrupt, mapek, repo, run, server_with_streams, stdout, stream_len};
+use common::{interrupt, mapek, repo, run, stdout, stream_len};
+use mapek_testkit::server_with_streams;
 use serde_json::Value;
 
 const HOGGED: [&str; 5] = ["n3", "n7", "n12", "n18", "n25"];

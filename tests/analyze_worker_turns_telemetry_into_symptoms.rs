@@ -37,12 +37,7 @@ fn expected(telemetry: &[Telemetry]) -> Vec<Symptom> {
 /// of it (no partitions), whose symptoms come in the pure analyzer's order. Workers by
 /// partition, on the split layout, are proven in workers_share_partitions_and_take_over.rs.
 async fn setup() -> (NatsServer, JetStream) {
-    let server = NatsServer::start_without_mapping();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
-    (server, js)
+    mapek_testkit::server_with_one_telemetry_stream().await
 }
 
 async fn publish(js: &JetStream, events: &[Telemetry]) {

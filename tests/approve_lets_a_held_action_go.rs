@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{mapek, run, server_with_streams, stderr, stdout};
+use common::{mapek, run, stderr, stdout};
+use mapek_testkit::server_with_streams;
 
 #[tokio::test]
 async fn an_approval_is_recorded_with_its_approver() {

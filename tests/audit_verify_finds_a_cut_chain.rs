@@ -33,7 +33,7 @@ fn signed_chain(signer: &SigningKey, n: usize) -> Vec<Decision> {
 /// A server holding a signed chain of four decisions (stream sequences 1 to 4) and the head
 /// the witness signed of it; the decision keys are in the returned directory.
 async fn witnessed_chain() -> (NatsServer, JetStream, tempfile::TempDir) {
-    let (server, js) = common::server_with_streams().await;
+    let (server, js) = mapek_testkit::server_with_streams().await;
     let keys = tempfile::tempdir().unwrap();
     let (secret, _) = keys::generate(keys.path()).unwrap();
     let signer = Arc::new(SigningKey::load(&secret).unwrap());

@@ -275,7 +275,7 @@ async fn a_result_deleted_from_the_log_is_found_missing() {
 
 #[tokio::test]
 async fn a_version_2_result_reads_and_passes_only_as_written_before_signing() {
-    let (server, js) = common::server_with_streams().await;
+    let (server, js) = mapek_testkit::server_with_streams().await;
     let text = escalating_policy();
     let policy = Policy::parse(&text).unwrap();
     mapek_bus::config_store::record_policy(&js, &text)

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{mapek, run, run_with_input, server_with_streams, stderr, stdout, subscribe_all};
+use common::{mapek, run, run_with_input, stderr, stdout, subscribe_all};
 use mapek_bus::{BusError, Publisher};
 use mapek_testkit::samples;
+use mapek_testkit::server_with_streams;
 
 #[tokio::test]
 async fn bad_lines_are_named_and_the_good_ones_still_published() {

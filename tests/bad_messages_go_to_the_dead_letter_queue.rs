@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use common::{server_with_streams, stream_len, telemetry_len};
+use common::{stream_len, telemetry_len};
 use mapek_bus::{Inbox, InboxConfig, Subscriber, SubscriberConfig};
 use mapek_codec::encode;
 use mapek_domain::{NodeId, Rejected, Telemetry};
 use mapek_testkit::samples;
+use mapek_testkit::server_with_streams;
 
 async fn raw(js: &mapek_bus::JetStream, subject: &str, headers: HeaderMap, body: Vec<u8>) {
     js.publish_with_headers(subject.to_owned(), headers, Bytes::from(body))
@@ -132,11 +133,9 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
 #[tokio::test]
 async fn a_two_mebibyte_message_is_refused_by_the_stream_and_nothing_else_is_lost() {
     // The server allows big payloads, so the stream's own 1 MiB limit is what refuses it.
-    let server = mapek_testkit::NatsServer::start_with("max_payload: 4MB");
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) =
+        mapek_testkit::with_streams(mapek_testkit::NatsServer::start_with("max_payload: 4MB"))
+            .await;
     raw(
         &js,
         "mapek.monitor.n1",

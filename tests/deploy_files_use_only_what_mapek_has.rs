@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{interrupt, mapek, repo, server_with_streams};
+use common::{interrupt, mapek, repo};
 use mapek_bus::Publisher;
 use mapek_domain::{NodeId, Telemetry};
 use mapek_testkit::nats::free_port;
+use mapek_testkit::server_with_streams;
 use serde_yaml::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

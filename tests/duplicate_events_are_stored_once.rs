@@ -2,9 +2,10 @@
 
 mod common;
 
-use common::{mapek, run_with_input, server_with_streams, stderr, stdout, telemetry_len};
+use common::{mapek, run_with_input, stderr, stdout, telemetry_len};
 use mapek_bus::Publisher;
 use mapek_testkit::samples;
+use mapek_testkit::server_with_streams;
 
 #[tokio::test]
 async fn the_library_stores_a_republished_event_once() {

@@ -4,40 +4,21 @@
 
 use std::collections::BTreeMap;
 
-use mapek_domain::{ActionKind, Symptom, SymptomKind, SymptomState};
+use mapek_domain::{ActionKind, Symptom, SymptomKind};
 use mapek_sim::rng::SplitMix64;
 use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets, SimilarQuery, Tuning};
 
 const T0: i64 = 1_795_867_200_000;
 
-fn cpu_symptom(incident: &str, node: &str, ts_ms: i64, cpu: f64) -> Symptom {
-    Symptom {
-        symptom_id: format!("s-{incident}"),
-        incident_id: incident.into(),
-        node: samples::node(node),
-        ts_ms,
-        kind: SymptomKind::CpuSaturation,
-        state: SymptomState::Open,
-        severity: cpu / 0.9,
-        peer: None,
-        evidence: BTreeMap::from([
-            ("mean_cpu".to_owned(), cpu),
-            ("cpu_threshold".to_owned(), 0.9),
-        ]),
-        summary: format!("mean cpu {cpu}"),
-        caused_by: "t".into(),
-    }
-}
-
-/// A closed incident: opened at `ts_ms`, `action` decided, judged 30 s later.
+/// The incident `s` opened, `action` decided at once, and, if `resolved` says so, judged 30 s
+/// later.
 fn incident(s: &Symptom, action: ActionKind, resolved: Option<bool>) -> Incident {
     let mut i = Incident::new(&s.incident_id, s.node.as_str());
     assert!(i.apply_symptom(s));
-    let d = samples::decided(&s.incident_id, s.ts_ms, action);
+    let (d, o) = samples::closing(s, action, s.ts_ms + 30_000, resolved.unwrap_or_default());
     assert!(i.apply_decision(&d));
-    if let Some(resolved) = resolved {
-        let o = samples::judged(&d, s.ts_ms + 30_000, resolved);
+    if resolved.is_some() {
         assert!(i.apply_outcome(&o));
         assert!(
             !i.apply_outcome(&o),
@@ -59,11 +40,11 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
     let path = dir.path().join("incidents");
     let index = EdgeIndex::open(&path).unwrap();
 
-    let a = cpu_symptom("a", "n1", T0, 0.97);
-    let b = cpu_symptom("b", "n2", T0 + 60_000, 0.97);
-    let c = cpu_symptom("c", "n3", T0 + 120_000, 0.92);
-    let later = cpu_symptom("later", "n4", T0 + 600_000, 0.97);
-    let open = cpu_symptom("open", "n5", T0 + 10_000, 0.97);
+    let a = samples::cpu_symptom("a", "n1", T0, 0.97);
+    let b = samples::cpu_symptom("b", "n2", T0 + 60_000, 0.97);
+    let c = samples::cpu_symptom("c", "n3", T0 + 120_000, 0.92);
+    let later = samples::cpu_symptom("later", "n4", T0 + 600_000, 0.97);
+    let open = samples::cpu_symptom("open", "n5", T0 + 10_000, 0.97);
     let mut other = samples::symptom();
     other.incident_id = "latency".into();
     let incidents = vec![
@@ -86,7 +67,7 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
 
     // A new CPU incident at T0 + 200 s: a and b are identical to it (0.97), c is a little
     // further; `later` was judged after it, `open` has no outcome, `latency` is another kind.
-    let now = cpu_symptom("now", "n9", T0 + 200_000, 0.97);
+    let now = samples::cpu_symptom("now", "n9", T0 + 200_000, 0.97);
     let hits = index
         .search(SimilarQuery::for_symptom(&now, 5))
         .await
@@ -104,7 +85,7 @@ async fn past_incidents_are_found_by_similarity_kind_and_time_and_survive_a_reop
 
     // What was known at T0 + 100 s: a (judged at T0 + 30 s) and b (T0 + 90 s), not c
     // (T0 + 150 s): replay asks this way, so the past is never judged with the future.
-    let then = cpu_symptom("then", "n9", T0 + 100_000, 0.97);
+    let then = samples::cpu_symptom("then", "n9", T0 + 100_000, 0.97);
     let hits = index
         .search_now(&SimilarQuery::for_symptom(&then, 5))
         .unwrap();
@@ -293,7 +274,7 @@ async fn incidents_equally_near_are_settled_by_incident_id_however_many_tie() {
     // engine that meets the candidates in time order (or in the order they were written)
     // finds the largest ids first.
     let tied = |i: i64| {
-        let s = cpu_symptom(&format!("t{i:02}"), "n1", T0 + (40 - i) * 1_000, 0.95);
+        let s = samples::cpu_symptom(&format!("t{i:02}"), "n1", T0 + (40 - i) * 1_000, 0.95);
         incident(&s, ActionKind::RestartService, Some(true))
     };
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +285,7 @@ async fn incidents_equally_near_are_settled_by_incident_id_however_many_tie() {
             .await
             .unwrap();
     }
-    let now = cpu_symptom("now", "n9", T0 + 600_000, 0.95);
+    let now = samples::cpu_symptom("now", "n9", T0 + 600_000, 0.95);
     for k in [1, 3, 5] {
         let query = SimilarQuery::for_symptom(&now, k);
         let expected: Vec<String> = (0..k).map(|i| format!("t{i:02}")).collect();

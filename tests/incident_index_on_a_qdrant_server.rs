@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use mapek_domain::{ActionKind, SymptomKind, SymptomState};
+use mapek_domain::{ActionKind, SymptomKind};
 use mapek_testkit::samples;
 use mapek_vectors::{Incident, IncidentIndex, Offsets, ServerIndex, SimilarQuery};
 
@@ -12,16 +12,14 @@ mod qdrant_server;
 
 const T0: i64 = 1_795_867_200_000;
 
+/// A CPU incident on n1 opened at `ts_ms`, `action` decided at once and judged 30 s later.
 fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Incident {
-    let mut s = samples::symptom();
-    (s.incident_id, s.symptom_id, s.ts_ms) = (incident.into(), format!("s-{incident}"), ts_ms);
-    (s.kind, s.state, s.peer) = (SymptomKind::CpuSaturation, SymptomState::Open, None);
-    s.evidence = BTreeMap::from([("mean_cpu".into(), 0.97), ("cpu_threshold".into(), 0.9)]);
-    let d = samples::decided(incident, ts_ms, action);
+    let s = samples::cpu_symptom(incident, "n1", ts_ms, 0.97);
+    let (d, o) = samples::closing(&s, action, ts_ms + 30_000, resolved);
     let mut i = Incident::new(incident, "n1");
     i.apply_symptom(&s);
     i.apply_decision(&d);
-    i.apply_outcome(&samples::judged(&d, ts_ms + 30_000, resolved));
+    i.apply_outcome(&o);
     i
 }
 

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mapek_bus::{JetStream, Publisher};
-use mapek_domain::{
-    Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomKind, SymptomState,
-};
-use mapek_testkit::{NatsServer, samples};
+use mapek_domain::{Action, ActionKind, Decision, Outcome, OutcomeResult, Symptom, SymptomState};
+use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, IncidentIndex, Offsets, ProjectStats};
 
 mod qdrant_server;
@@ -22,19 +20,8 @@ const T0: i64 = 1_795_867_200_000;
 fn symptom(incident: &str, node: &str, ts_ms: i64, state: SymptomState) -> Symptom {
     Symptom {
         symptom_id: format!("s-{incident}-{ts_ms}"),
-        incident_id: incident.into(),
-        node: samples::node(node),
-        ts_ms,
-        kind: SymptomKind::CpuSaturation,
         state,
-        severity: 1.07,
-        peer: None,
-        evidence: BTreeMap::from([
-            ("mean_cpu".to_owned(), 0.97),
-            ("cpu_threshold".to_owned(), 0.9),
-        ]),
-        summary: "mean cpu 97%".into(),
-        caused_by: "t".into(),
+        ..samples::cpu_symptom(incident, node, ts_ms, 0.97)
     }
 }
 
@@ -159,11 +146,7 @@ async fn the_projection_into_a_qdrant_server_resumes_exactly_and_rebuilds_the_sa
 
 /// The scenario on the index `open` opens (again, as a new process would, the second time).
 async fn resumes_exactly_and_rebuilds_the_same(open: impl AsyncFn() -> Arc<dyn IncidentIndex>) {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
 
     // Incident a: opened, updated, escalated, not resolved. Incident b: restarted,
     // resolved, but its outcome is published before its decision and its symptom.
@@ -266,11 +249,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
     let Some(mut qdrant) = qdrant_server::QdrantProcess::start() else {
         return;
     };
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
     let index: Arc<dyn IncidentIndex> = Arc::new(
         mapek_vectors::ServerIndex::connect(&qdrant.url(), "mapek_incidents")
             .await
@@ -337,11 +316,7 @@ async fn the_projection_waits_for_a_qdrant_server_that_went_away_and_catches_up(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_rides_through_a_restarted_nats_server() {
-    let mut server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (mut server, js) = mapek_testkit::server_with_streams().await;
     let dir = tempfile::tempdir().unwrap();
     let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&dir.path().join("i")).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use mapek_domain::{ActionKind, SymptomKind, SymptomState};
+use mapek_domain::ActionKind;
 use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, Offsets};
 
@@ -22,23 +20,13 @@ fn cpu(
     cpu: f64,
     outcome: Option<(ActionKind, bool)>,
 ) -> Incident {
-    let mut s = samples::symptom();
-    (s.incident_id, s.symptom_id, s.ts_ms, s.node) =
-        (id.into(), format!("s-{id}"), opened_ms, samples::node(node));
-    (s.kind, s.state, s.peer, s.severity) = (
-        SymptomKind::CpuSaturation,
-        SymptomState::Open,
-        None,
-        cpu / 0.9,
-    );
-    s.evidence = BTreeMap::from([("mean_cpu".into(), cpu), ("cpu_threshold".into(), 0.9)]);
-    s.summary = format!("mean cpu {:.0}% over 90% threshold", cpu * 100.0);
+    let s = samples::cpu_symptom(id, node, opened_ms, cpu);
     let mut i = Incident::new(id, node);
     i.apply_symptom(&s);
     if let Some((action, resolved)) = outcome {
-        let d = samples::decided(id, opened_ms, action);
+        let (d, o) = samples::closing(&s, action, opened_ms + 30_000, resolved);
         i.apply_decision(&d);
-        i.apply_outcome(&samples::judged(&d, opened_ms + 30_000, resolved));
+        i.apply_outcome(&o);
     }
     i
 }

@@ -10,48 +10,33 @@
 //! of its own knowledge, or its next decision would chain to a decision that is not in the
 //! log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mapek_bus::{JetStream, Publisher, StartAt, Subscriber};
 use mapek_domain::plan::NoKnowledge;
-use mapek_domain::{ActionKind, Decision, Planner, Policy, Symptom, SymptomKind, SymptomState};
+use mapek_domain::{ActionKind, Decision, Planner, Policy, Symptom};
 use mapek_loop::plan::PlanStage;
 use mapek_loop::{StageConfig, run_stage};
-use mapek_testkit::{NatsServer, samples};
+use mapek_testkit::samples;
 use mapek_vectors::{EdgeIndex, Incident, IncidentIndex, IndexKnowledge, Offsets};
 
 const T0: i64 = 1_795_867_200_000;
 const POLICY: &str = include_str!("policies/escalate-cpu-first.toml");
 
+/// A symptom opening a CPU incident on `node`, its mean CPU 97%.
 fn cpu(incident: &str, node: &str, ts_ms: i64) -> Symptom {
-    Symptom {
-        symptom_id: format!("s-{incident}"),
-        incident_id: incident.into(),
-        node: samples::node(node),
-        ts_ms,
-        kind: SymptomKind::CpuSaturation,
-        state: SymptomState::Open,
-        severity: 0.97 / 0.9,
-        peer: None,
-        evidence: BTreeMap::from([
-            ("mean_cpu".to_owned(), 0.97),
-            ("cpu_threshold".to_owned(), 0.9),
-        ]),
-        summary: "mean cpu 97%".into(),
-        caused_by: "t".into(),
-    }
+    samples::cpu_symptom(incident, node, ts_ms, 0.97)
 }
 
 /// A past CPU incident on `node` that `restart_service` resolved, judged at `judged_ms`.
 fn restarted_and_resolved(node: &str, opened_ms: i64, judged_ms: i64) -> Incident {
     let s = cpu("past", node, opened_ms);
-    let d = samples::decided("past", opened_ms, ActionKind::RestartService);
+    let (d, o) = samples::closing(&s, ActionKind::RestartService, judged_ms, true);
     let mut i = Incident::new("past", node);
     i.apply_symptom(&s);
     i.apply_decision(&d);
-    i.apply_outcome(&samples::judged(&d, judged_ms, true));
+    i.apply_outcome(&o);
     assert!(i.ready);
     i
 }
@@ -118,11 +103,7 @@ async fn after_knowledge_grew(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recorded() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
     let dir = tempfile::tempdir().unwrap();
     let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&dir.path().join("i")).unwrap());
 
@@ -165,11 +146,7 @@ async fn a_restarted_plan_worker_rebuilds_with_the_knowledge_its_decisions_recor
 /// (knowing by now that a restart resolved such an incident) is handed the first incident
 /// again: it must make the stored decision again and chain the next one to it.
 async fn taking_over_a_decided_symptom(acknowledged_before: bool) {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
     let dir = tempfile::tempdir().unwrap();
     let index: Arc<dyn IncidentIndex> = Arc::new(EdgeIndex::open(&dir.path().join("i")).unwrap());
     let mut p = Publisher::new(js.clone());

@@ -12,7 +12,6 @@ use mapek_domain::{
 };
 use mapek_loop::lease::run_partitioned;
 use mapek_loop::plan::PlanStage;
-use mapek_testkit::NatsServer;
 
 const T0: i64 = 1_795_867_200_000;
 
@@ -118,11 +117,7 @@ fn worker(
 
 #[tokio::test]
 async fn two_plan_workers_take_each_decision_once_and_survive_a_kill() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
     let all = symptoms(0, 40);
     let first = symptoms(0, 6);
 

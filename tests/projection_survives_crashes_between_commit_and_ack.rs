@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use knowledge_log::{publish_scripted_run, server_with_streams, telemetry};
+use knowledge_log::{publish_scripted_run, telemetry};
 use mapek_bus::{Publisher, layout};
 use mapek_domain::Phase;
 use mapek_knowledge::{
@@ -17,6 +17,7 @@ use mapek_knowledge::{
 };
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
+use mapek_testkit::server_with_streams;
 
 #[tokio::test]
 async fn a_crashed_projection_resumes_to_the_same_rows_as_a_rebuild() {

@@ -6,11 +6,12 @@ mod knowledge_log;
 
 use std::time::{Duration, Instant};
 
-use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
+use knowledge_log::{assert_same_as_rebuild, publish_samples};
 use mapek_bus::JetStream;
 use mapek_domain::Phase;
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
 use mapek_testkit::TestDatabase;
+use mapek_testkit::server_with_streams;
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();

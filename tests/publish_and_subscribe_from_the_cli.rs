@@ -4,7 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{mapek, run, run_with_input, server_with_streams, stderr, stdout, subscribe_all};
+use common::{mapek, run, run_with_input, stderr, stdout, subscribe_all};
+use mapek_testkit::server_with_streams;
 
 const LINES: &str = r#"{"node":"n1","ts":"2026-11-28T12:00:00Z","metrics":{"latency_ms":12.5,"loss":0.01}}
 {"node":"n2","ts_ms":1795867201000,"metrics":{"cpu":0.97},"links":[{"peer":"n1","up":false,"latency_ms":4.0,"loss":0.2}]}

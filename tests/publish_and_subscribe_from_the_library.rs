@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{server_with_streams, stream_len, telemetry_len};
+use common::{stream_len, telemetry_len};
 use mapek_bus::{Publisher, StartAt, Subscriber, SubscriberConfig};
 use mapek_codec::AvroEvent;
 use mapek_domain::{Rejected, ShadowDecision, Telemetry};
 use mapek_testkit::samples;
+use mapek_testkit::server_with_streams;
 
 async fn round_trip<E: AvroEvent + PartialEq + std::fmt::Debug + Clone>(
     js: &mapek_bus::JetStream,

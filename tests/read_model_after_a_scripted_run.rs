@@ -4,12 +4,13 @@
 
 mod knowledge_log;
 
-use knowledge_log::{project_all, publish_scripted_run, server_with_streams};
+use knowledge_log::{project_all, publish_scripted_run};
 use mapek_bus::layout;
 use mapek_domain::Phase;
 use mapek_knowledge::{Backend, PROJECTED, ReadModel};
 use mapek_testkit::TestDatabase;
 use mapek_testkit::samples::TS_MS;
+use mapek_testkit::server_with_streams;
 
 #[tokio::test]
 async fn postgres_and_sqlite_hold_the_scripted_run() {

@@ -10,12 +10,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{interrupt, mapek};
-use knowledge_log::{assert_same_as_rebuild, publish_samples, server_with_streams};
+use knowledge_log::{assert_same_as_rebuild, publish_samples};
 use mapek_bus::layout;
 use mapek_domain::Phase;
 use mapek_knowledge::ReadModel;
 use mapek_testkit::TestDatabase;
 use mapek_testkit::nats::free_port;
+use mapek_testkit::server_with_streams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FAILURES: &str = "mapek_projection_failures_total{projection=\"sql\"}";

@@ -47,9 +47,7 @@ async fn next_where(
 
 #[tokio::test]
 async fn a_rerouted_node_stops_losing_packets_over_a_degraded_link() -> anyhow::Result<()> {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await?;
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin()).await?;
+    let (server, js) = mapek_testkit::server_with_streams().await;
     let client = mapek_bus::connect_client(&server.url()).await?;
 
     let bad_link = Fault::LinkDegradation {
@@ -149,9 +147,7 @@ async fn a_node_that_does_not_answer_gives_a_clear_error() -> anyhow::Result<()>
 #[tokio::test]
 async fn a_second_run_with_the_same_seed_and_start_publishes_the_same_events() -> anyhow::Result<()>
 {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await?;
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin()).await?;
+    let (server, js) = mapek_testkit::server_with_streams().await;
     let client = mapek_bus::connect_client(&server.url()).await?;
     let script = mapek_sim::default_script(12);
     let mut reports = Vec::new();

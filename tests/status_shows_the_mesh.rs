@@ -8,14 +8,13 @@ mod knowledge_log;
 
 use std::time::Duration;
 
-use common::{
-    mapek, run, server_with_one_telemetry_stream, server_with_streams, stderr, stdout, stream_len,
-};
+use common::{mapek, run, stderr, stdout, stream_len};
 use knowledge_log::publish_scripted_run;
 use mapek_bus::{JetStream, layout};
 use mapek_domain::Phase;
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, Redis, project_with};
 use mapek_testkit::{NatsServer, TestRedis};
+use mapek_testkit::{server_with_one_telemetry_stream, server_with_streams};
 
 fn status(url: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = mapek(url);

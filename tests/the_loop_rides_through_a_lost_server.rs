@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{mapek, run, stderr, stdout, subscribe_all};
 use mapek_bus::{JetStream, Publisher};
 use mapek_domain::{NodeId, Phase, Telemetry};
-use mapek_testkit::{NatsCluster, NatsServer};
+use mapek_testkit::NatsCluster;
 
 const T0: i64 = 1_795_867_200_000;
 const NODES: usize = 8;
@@ -312,11 +312,7 @@ fn stop_loop(mut process: LoopProcess, name: &str, dir: &Path) {
 
 #[tokio::test]
 async fn a_single_server_restarted_under_load_keeps_every_acknowledged_event() {
-    let mut server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (mut server, js) = mapek_testkit::server_with_streams().await;
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = tokio::spawn(publish_steadily(js.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;

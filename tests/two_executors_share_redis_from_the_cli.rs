@@ -9,10 +9,11 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use agent::{decision, publish, start_agent, wait_for, wait_until_partitions_shared};
-use common::{interrupt, mapek, server_with_streams};
+use common::{interrupt, mapek};
 use mapek_domain::ActionKind::Reroute;
 use mapek_domain::ActionResult;
 use mapek_testkit::TestRedis;
+use mapek_testkit::server_with_streams;
 
 /// `mapek run --phase execute` as `name`, sharing `redis`.
 fn executor(url: &str, redis: &TestRedis, name: &str) -> Child {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use mapek_bus::Publisher;
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Telemetry};
 use mapek_loop::{StageConfig, run_stage};
-use mapek_testkit::NatsServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T0: i64 = 1_795_867_200_000;
@@ -34,11 +33,7 @@ fn sample(page: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_events_a_worker_handles() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
     let (addr, _serving) = mapek_loop::metrics::serve("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

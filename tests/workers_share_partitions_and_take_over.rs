@@ -7,7 +7,6 @@ use std::time::Duration;
 use mapek_bus::{JetStream, Publisher, Subscriber, SubscriberConfig};
 use mapek_domain::{AnalyzeConfig, Analyzer, NodeId, Symptom, Telemetry};
 use mapek_loop::lease::run_partitioned;
-use mapek_testkit::NatsServer;
 
 const T0: i64 = 1_795_867_200_000;
 const NODES: usize = 16;
@@ -91,11 +90,7 @@ async fn stored_symptom_ids(js: &JetStream, want: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn two_workers_split_the_partitions_and_a_survivor_takes_over() {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (_server, js) = mapek_testkit::server_with_streams().await;
 
     let (stop_a, a) = worker(&js, "worker-a");
     let (stop_b, b) = worker(&js, "worker-b");

@@ -25,11 +25,7 @@ pub const ROOMY_POLICY: &str = include_str!("../policies/roomy.toml");
 /// A fresh nats-server with mapek's streams, [`ROOMY_POLICY`] recorded, a JetStream context and
 /// a plain client.
 pub async fn setup() -> (NatsServer, JetStream, async_nats::Client) {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.unwrap();
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .unwrap();
+    let (server, js) = mapek_testkit::server_with_streams().await;
     mapek_bus::config_store::record_policy(&js, ROOMY_POLICY)
         .await
         .unwrap();

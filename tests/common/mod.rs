@@ -1,4 +1,5 @@
-//! What the end-to-end tests share: a server with the streams applied, and the `mapek` binary.
+//! What the end-to-end tests share: the `mapek` binary, and reading the streams. A server
+//! with the streams applied is mapek-testkit's `server_with_streams`.
 
 #![allow(dead_code)]
 
@@ -9,27 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use mapek_bus::JetStream;
-use mapek_testkit::NatsServer;
-
-/// A fresh nats-server with mapek's streams, mapping telemetry into partitions as the configs
-/// mapek ships do (two monitor streams).
-pub async fn server_with_streams() -> (NatsServer, JetStream) {
-    with_streams(NatsServer::start()).await
-}
-
-/// A fresh nats-server without the telemetry mapping, with mapek's streams: telemetry in one
-/// stream, `MAPEK_MONITOR`.
-pub async fn server_with_one_telemetry_stream() -> (NatsServer, JetStream) {
-    with_streams(NatsServer::start_without_mapping()).await
-}
-
-async fn with_streams(server: NatsServer) -> (NatsServer, JetStream) {
-    let js = mapek_bus::connect(&server.url()).await.expect("connect");
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .expect("apply the streams");
-    (server, js)
-}
 
 /// The `mapek` binary, pointed at `url`, with no config file or environment of the caller's.
 pub fn mapek(url: &str) -> Command {

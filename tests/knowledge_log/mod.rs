@@ -12,18 +12,7 @@ use mapek_domain::{
     OutcomeResult, Symptom, SymptomKind, SymptomState, Telemetry,
 };
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
-use mapek_testkit::NatsServer;
 use mapek_testkit::samples::{self, TS_MS, node};
-
-/// A fresh nats-server with mapek's streams.
-pub async fn server_with_streams() -> (NatsServer, JetStream) {
-    let server = NatsServer::start();
-    let js = mapek_bus::connect(&server.url()).await.expect("connect");
-    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-        .await
-        .expect("apply the streams");
-    (server, js)
-}
 
 /// Telemetry with these metrics and, optionally, one link down.
 pub fn telemetry(n: &str, ts_ms: i64, cpu: f64, link_down_to: Option<&str>) -> Telemetry {

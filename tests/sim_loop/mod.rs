@@ -47,12 +47,8 @@ impl SimLoop {
         faults: Vec<Fault>,
         plan: impl Fn(u32) -> PlanStage + Send + Sync + 'static,
     ) -> Self {
-        let server = NatsServer::start();
-        let js = mapek_bus::connect(&server.url()).await.unwrap();
+        let (server, js) = mapek_testkit::server_with_streams().await;
         let client = mapek_bus::connect_client(&server.url()).await.unwrap();
-        mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
-            .await
-            .unwrap();
         let mesh = Mesh::new(
             MeshConfig {
                 nodes: 32,

@@ -11,7 +11,10 @@
 //! - [`postgres`]: [`TestDatabase`], a fresh Postgres database per test, dropped on drop.
 //! - [`redis`]: [`TestRedis`], the test Redis server and a key prefix of the test's own;
 //!   [`RedisServer`], a Redis of the test's own to stop and start again.
-//! - [`samples`]: one valid sample of every event type, for round trips.
+//! - [`samples`]: one valid sample of every event type, for round trips, and the events of
+//!   past incidents.
+//! - `streams` (feature `streams`): a fresh server with mapek's streams applied,
+//!   `server_with_streams`.
 
 pub mod cluster;
 pub mod foreign;
@@ -20,8 +23,12 @@ pub mod nats;
 pub mod postgres;
 pub mod redis;
 pub mod samples;
+#[cfg(feature = "streams")]
+pub mod streams;
 
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::TestDatabase;
 pub use redis::{RedisServer, TestRedis};
+#[cfg(feature = "streams")]
+pub use streams::{server_with_one_telemetry_stream, server_with_streams, with_streams};

@@ -171,6 +171,40 @@ pub fn judged(decision: &Decision, ts_ms: i64, resolved: bool) -> Outcome {
     }
 }
 
+/// A symptom opening the CPU incident `incident` on `node_id` at `ts_ms`: a mean CPU of
+/// `cpu` over the 0.9 threshold, for building past incidents.
+pub fn cpu_symptom(incident: &str, node_id: &str, ts_ms: i64, cpu: f64) -> Symptom {
+    Symptom {
+        symptom_id: format!("s-{incident}"),
+        incident_id: incident.to_owned(),
+        node: node(node_id),
+        ts_ms,
+        kind: SymptomKind::CpuSaturation,
+        state: SymptomState::Open,
+        severity: cpu / 0.9,
+        peer: None,
+        evidence: BTreeMap::from([
+            ("mean_cpu".to_owned(), cpu),
+            ("cpu_threshold".to_owned(), 0.9),
+        ]),
+        summary: format!("mean cpu {:.0}% over 90% threshold", cpu * 100.0),
+        caused_by: "t-1".into(),
+    }
+}
+
+/// What closed the incident `symptom` opened: the decision to take `action` when it opened
+/// ([`decided`]), and its outcome judged at `judged_ms`, resolved or not ([`judged`]).
+pub fn closing(
+    symptom: &Symptom,
+    action: ActionKind,
+    judged_ms: i64,
+    resolved: bool,
+) -> (Decision, Outcome) {
+    let decision = decided(&symptom.incident_id, symptom.ts_ms, action);
+    let outcome = judged(&decision, judged_ms, resolved);
+    (decision, outcome)
+}
+
 /// A dead letter for a body that was not Avro.
 pub fn rejected() -> Rejected {
     Rejected::new(
