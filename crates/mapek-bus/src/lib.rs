@@ -20,7 +20,8 @@
 //! - [`connect`]: connecting (TLS, mutual TLS, credentials: [`NatsSecurity`]), with an error
 //!   that says what to do.
 //! - [`streams`]: the stream definitions of `streams/` and [`streams::apply`].
-//! - [`layout`]: which streams store a phase (telemetry may be split over several).
+//! - [`layout`]: which streams store a phase (telemetry may be split over several), and
+//!   partitions: of a node, and of a stored subject ([`layout::partition_of`]).
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.

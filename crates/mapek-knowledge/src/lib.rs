@@ -21,7 +21,8 @@
 //!   included), [`project()`], [`project_with`], [`rebuild`], their config and counters.
 //! - [`redis`]: [`Redis`], hot node health, open incidents and recent actions; leases
 //!   on nodes ([`Redis::try_lease`], [`Redis::release`], [`Redis::leases`]) and locks
-//!   ([`Redis::try_lock`], [`Redis::unlock`]), what several executors share.
+//!   ([`Redis::try_lock`], [`Redis::unlock`]), what several executors share: Redis is
+//!   mapek-loop's [`mapek_loop::execute::SharedLeases`].
 //! - [`status`]: [`MeshStatus`], what `mapek status` shows, from either store.
 //! - [`error`]: [`KnowledgeError`], what can go wrong and how a caller handles it.
 

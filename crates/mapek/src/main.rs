@@ -1,11 +1,23 @@
 //! `mapek`: the MAPE-K loop's one command.
 //!
-//! The binary parses configuration and wires parts together; the work is in the library
-//! crates: `mapek-domain` (events and the pure phase logic), `mapek-codec` (Avro),
-//! `mapek-bus` (JetStream), `mapek-loop` (the phase workers), `mapek-knowledge` (the read
-//! model and Redis), `mapek-vectors` (the incident index), `mapek-replay`, `mapek-audit`
-//! (signatures), `mapek-sim` (the simulated mesh); `mapek-testkit` serves tests only.
-//! docs/architecture.md maps them.
+//! The binary parses configuration and wires parts together (`cmd`, one module per
+//! subcommand); the work is in the library crates, which docs/architecture.md maps:
+//! - `mapek-domain`: the events, node ids and phases, and the pure logic of analyze, plan,
+//!   execute (the interlocks) and evaluate.
+//! - `mapek-codec`: the Avro schemas, their fingerprints, single-object encoding.
+//! - `mapek-bus`: JetStream: streams, partitions, publishing, subscribing, the workers'
+//!   inboxes, dead letters, buckets, the actuator's commands.
+//! - `mapek-loop`: the phase workers, their leases and metrics; executors sharing the work
+//!   through its `SharedLeases` trait.
+//! - `mapek-knowledge`: the SQL read model and its projections; Redis (hot state, and the
+//!   executors' `SharedLeases`).
+//! - `mapek-vectors`: the incident index (qdrant-edge or a Qdrant server), its projection,
+//!   the planner's knowledge view.
+//! - `mapek-replay`: verify, what-if, shadow diff, incident stories, slice files.
+//! - `mapek-audit`: decision and result keys, signatures, chains and their witness, the audit.
+//! - `mapek-sim`: the seeded simulated mesh and its node agents.
+//! - `mapek-testkit`: real servers and sample events (past incidents' among them), for tests
+//!   only.
 
 mod cmd;
 mod config;
