@@ -73,24 +73,6 @@ against a simulated mesh whose nodes obey the loop's commands. A scripted series
 minutes of simulated time; each decision, action and outcome is printed as it happens, and a
 summary ends the run.";
 
-/// Waits until every durable consumer of the loop's streams has taken and acknowledged all
-/// its stream holds, at most `limit`; whether they did.
-async fn drained(js: &JetStream, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    let phases = [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute];
-    loop {
-        match mapek_bus::progress::behind(js, &phases).await {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs `mapek demo`.
 pub async fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     // The embedded server lives as long as this function: dropping it stops the child.
@@ -272,6 +254,24 @@ async fn run_loop(
         spans.shutdown().await;
     }
     Ok(report)
+}
+
+/// Waits until every durable consumer of the loop's streams has taken and acknowledged all
+/// its stream holds, at most `limit`; whether they did.
+async fn drained(js: &JetStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let phases = [Phase::Monitor, Phase::Analyze, Phase::Plan, Phase::Execute];
+    loop {
+        match mapek_bus::progress::behind(js, &phases).await {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Where the knowledge went, in a line.
