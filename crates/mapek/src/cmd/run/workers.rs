@@ -312,8 +312,8 @@ impl Executor {
     /// One active copy, the others standing by.
     async fn alone(self, worker: Worker) -> anyhow::Result<String> {
         let work = |js, stop| {
-            let (client, config, keys) = (&self.client, &self.config, &self.keys);
-            execute::run_audited(js, client.clone(), config.clone(), keys.clone(), stop)
+            let keys = self.keys.clone();
+            execute::run_audited(js, self.client.clone(), self.config.clone(), keys, stop)
         };
         let say = |s: execute::ExecuteStats| {
             format!(
