@@ -59,7 +59,8 @@ mod common;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{
-    as_nodes, bare_readers, burst_events, encode_all, fresh_streams, partition_readers, raw_publish,
+    Servers, as_nodes, bare_readers, burst_events, cpu_seconds, encode_all, fresh_streams,
+    partition_readers, raw_publish,
 };
 use tokio::sync::watch;
 
@@ -168,22 +169,6 @@ async fn stored_times<E: mapek_codec::AvroEvent>(
         }
     }
     out
-}
-
-/// CPU time, in seconds, of the process `pid` (user and system), from `/proc/<pid>/stat`.
-fn cpu_seconds(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces:
-    // utime and stime are the 12th and 13th of them, in USER_HZ (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// CPU seconds so far of nats-server (`servers`), of this process's tokio workers (the
@@ -564,28 +549,6 @@ fn main() {
         }
         sustained_rate(&js, &url, &pids, burst, rounds).await;
     });
-}
-
-/// The servers the bench runs on, and a line saying how they are set up.
-enum Servers {
-    One(NatsServer),
-    Cluster(NatsCluster),
-}
-
-impl Servers {
-    fn url(&self) -> String {
-        match self {
-            Servers::One(s) => s.url(),
-            Servers::Cluster(c) => c.url(),
-        }
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        match self {
-            Servers::One(s) => s.pid().into_iter().collect(),
-            Servers::Cluster(c) => c.pids(),
-        }
-    }
 }
 
 /// One server, or with MAPEK_BENCH_CLUSTER=3 a 3-node cluster on loopback (streams with 3

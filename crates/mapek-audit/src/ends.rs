@@ -185,13 +185,16 @@ fn start_cut(span: &Span, head: Option<&Head>, ages: Ages) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{SigningKey, keys};
 
-    const NOW: i64 = 1_800_000_000_000;
-    const DAY: i64 = 86_400_000;
-    const AGES: Ages = Ages {
+    /// The audit's "now" in the tests of the crate.
+    pub(crate) const NOW: i64 = 1_800_000_000_000;
+    /// A day, in milliseconds.
+    pub(crate) const DAY: i64 = 86_400_000;
+    /// A stream that keeps 7 days, no limit on a head's age.
+    pub(crate) const AGES: Ages = Ages {
         max_age_ms: 7 * DAY,
         head_within_ms: None,
         now_ms: NOW,

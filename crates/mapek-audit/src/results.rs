@@ -301,16 +301,9 @@ impl Acknowledged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ends::tests::{AGES, DAY, NOW};
     use crate::{SigningKey, keys};
     use mapek_testkit::samples;
-
-    const NOW: i64 = 1_800_000_000_000;
-    const DAY: i64 = 86_400_000;
-    const AGES: Ages = Ages {
-        max_age_ms: 7 * DAY,
-        head_within_ms: None,
-        now_ms: NOW,
-    };
     const POLICY: &str = include_str!("../../../policies/default.toml");
 
     struct Keys {

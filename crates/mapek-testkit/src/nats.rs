@@ -66,8 +66,23 @@ impl NatsServer {
         Self::start_with_options(extra_config, env, true)
     }
 
+    /// Like [`NatsServer::start`], with the server's default sync (a flush every two minutes)
+    /// instead of `sync_interval: always`: to measure what syncing each message costs.
+    pub fn start_unsynced() -> Self {
+        Self::start_configured("", &[], true, false)
+    }
+
     /// Like [`NatsServer::start_with_env`], with or without the telemetry mapping.
     pub fn start_with_options(extra_config: &str, env: &[(&str, &str)], mapping: bool) -> Self {
+        Self::start_configured(extra_config, env, mapping, true)
+    }
+
+    fn start_configured(
+        extra_config: &str,
+        env: &[(&str, &str)],
+        mapping: bool,
+        sync: bool,
+    ) -> Self {
         let store = tempfile::Builder::new()
             .prefix("mapek-nats-")
             .tempdir()
@@ -80,9 +95,10 @@ impl NatsServer {
             ""
         };
         let text = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  {SYNC}\n}}\n\
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  {}\n}}\n\
              {mapping}\n{extra_config}\n",
-            store.path().join("js")
+            store.path().join("js"),
+            if sync { SYNC } else { "" }
         );
         std::fs::write(&config, text).expect("write the nats-server config");
         let mut server = Self {
