@@ -105,15 +105,7 @@ async fn signed_run() -> (NatsServer, JetStream, tempfile::TempDir) {
 
 /// `mapek audit verify` with `args`: whether it passed, and what it printed.
 fn audit(server: &NatsServer, args: &[&str]) -> (bool, String) {
-    let mut cmd = mapek(&server.url());
-    cmd.args(["audit", "verify"]).args(args);
-    let out = run(cmd);
-    assert!(
-        out.status.success() || out.status.code() == Some(1),
-        "{}",
-        stderr(&out)
-    );
-    (out.status.success(), stdout(&out))
+    common::audit_verify(&server.url(), args)
 }
 
 /// `mapek audit verify --key decision.pub --result-key result.pub`.

@@ -115,3 +115,17 @@ pub fn interrupt(child: Child) -> String {
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// `mapek audit verify <args>` against `url`: whether it passed, and what it printed. A run
+/// that neither passed nor failed the audit (exit 2: it could not run) fails the test.
+pub fn audit_verify(url: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = mapek(url);
+    cmd.args(["audit", "verify"]).args(args);
+    let out = run(cmd);
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{}",
+        stderr(&out)
+    );
+    (out.status.success(), stdout(&out))
+}
