@@ -10,7 +10,6 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{mapek, run, stderr, stdout};
 use mapek_audit::heads::{self, Head};
 use mapek_audit::witness::{self, WitnessConfig};
 use mapek_audit::{SigningKey, keys};

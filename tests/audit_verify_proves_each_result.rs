@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agent::{Running, T0, decision, publish, quick, setup, start_agent, wait_caught_up, wait_for};
-use common::{mapek, run, stderr, stdout, subscribe_all};
+use common::subscribe_all;
 use mapek_audit::keys::{self, Signs};
 use mapek_audit::witness::{self, WitnessConfig};
 use mapek_audit::{SigningKey, VerifyingKey};
