@@ -103,18 +103,22 @@ pub fn partition_of_node(node: &NodeId) -> u32 {
 /// The streams that store `phase`, in name order. One for every phase but telemetry, which
 /// has one per monitor stream of the mapped layout. A server with no telemetry stream at all
 /// answers `MAPEK_MONITOR`, so that the caller reports it missing as for any other phase.
+///
+/// Only a server's "no such stream" ends the search: a lookup nobody answered (a stream
+/// electing its leader after a server was lost, a timeout) is an error to retry, never taken
+/// for a missing stream, or a reader would take a partial layout for the whole one.
 pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, BusError> {
     if phase != Phase::Monitor {
         return Ok(vec![StoredIn::whole(phase.stream())]);
     }
-    if js.get_stream(phase.stream()).await.is_ok() {
+    if lookup(js, phase.stream()).await?.is_some() {
         return Ok(vec![StoredIn::whole(phase.stream())]);
     }
     let mut found = Vec::new();
     loop {
         let name = monitor_stream(found.len());
         // The lookup brings the stream's config with it: no second request.
-        let Ok(stream) = js.get_stream(&name).await else {
+        let Some(stream) = lookup(js, &name).await? else {
             break;
         };
         let mut partitions: Vec<u32> = stream
@@ -134,6 +138,21 @@ pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, B
     Ok(found)
 }
 
+/// The stream `name`, or `None` when the server says it has no such stream.
+async fn lookup(
+    js: &JetStream,
+    name: &str,
+) -> Result<Option<async_nats::jetstream::stream::Stream>, BusError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if crate::streams::is_not_found(&e) => Ok(None),
+        Err(e) => Err(BusError::Stream {
+            stream: name.to_owned(),
+            detail: format!("cannot look it up (electing a leader?): {e}"),
+        }),
+    }
+}
+
 /// The stream that holds `partition` of `phase`, or the phase's only stream when `partition`
 /// is `None`. Reading all of the telemetry through one consumer is refused when it is split
 /// over several streams: read it by partition (or through [`crate::Subscriber`], which merges
@@ -143,10 +162,12 @@ pub async fn stream_for(
     phase: Phase,
     partition: Option<u32>,
 ) -> Result<String, BusError> {
-    let streams = streams_of(js, phase).await?;
-    if let [only] = streams.as_slice() {
-        return Ok(only.name.clone());
-    }
+    choose(&streams_of(js, phase).await?, phase, partition)
+}
+
+/// [`stream_for`] among `streams`, the layout found. A partition is looked up even when one
+/// stream was found: it must hold it.
+fn choose(streams: &[StoredIn], phase: Phase, partition: Option<u32>) -> Result<String, BusError> {
     let names = || {
         streams
             .iter()
@@ -154,8 +175,9 @@ pub async fn stream_for(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match partition {
-        Some(p) => streams
+    match (streams, partition) {
+        ([only], None) => Ok(only.name.clone()),
+        (_, Some(p)) => streams
             .iter()
             .find(|s| s.holds(p))
             .map(|s| s.name.clone())
@@ -165,7 +187,7 @@ pub async fn stream_for(
                     "no stream holds partition {p} of {phase}; run `mapek streams apply`"
                 ),
             }),
-        None => Err(BusError::Stream {
+        (_, None) => Err(BusError::Stream {
             stream: names(),
             detail: format!(
                 "{phase} is split over {} streams: read it one partition at a time",
@@ -198,6 +220,39 @@ mod tests {
         assert_eq!(phase_of_stream("MAPEK_MONITOR_"), None);
         assert_eq!(monitor_index("MAPEK_MONITOR_10"), Some(10));
         assert_eq!(phase_of_stream("OTHER"), None);
+    }
+
+    #[test]
+    fn a_partition_is_read_only_from_the_stream_that_holds_it() {
+        let first = StoredIn {
+            name: monitor_stream(0),
+            partitions: monitor_partitions(0, 2),
+        };
+        let second = StoredIn {
+            name: monitor_stream(1),
+            partitions: monitor_partitions(1, 2),
+        };
+        let both = [first.clone(), second];
+        assert_eq!(
+            choose(&both, Phase::Monitor, Some(7)).unwrap(),
+            "MAPEK_MONITOR_1"
+        );
+        assert!(choose(&both, Phase::Monitor, None).is_err());
+        // A layout found only in part never sends a partition to a stream without it.
+        let error = choose(&[first], Phase::Monitor, Some(7)).unwrap_err();
+        assert!(
+            error.to_string().contains("no stream holds partition 7"),
+            "{error}"
+        );
+        let whole = [StoredIn::whole("MAPEK_MONITOR")];
+        assert_eq!(
+            choose(&whole, Phase::Monitor, Some(7)).unwrap(),
+            "MAPEK_MONITOR"
+        );
+        assert_eq!(
+            choose(&whole, Phase::Monitor, None).unwrap(),
+            "MAPEK_MONITOR"
+        );
     }
 
     #[test]
