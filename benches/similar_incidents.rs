@@ -118,11 +118,7 @@ fn incident(rng: &mut SplitMix64, s: &Symptom) -> Incident {
         recovery_ms: None,
         detail: String::new(),
     };
-    let mut i = Incident::new(&s.incident_id, s.node.as_str());
-    i.apply_symptom(s);
-    i.apply_decision(&decision);
-    i.apply_outcome(&outcome);
-    i
+    Incident::folded(s, Some(&decision), Some(&outcome))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -14,16 +14,14 @@ const T0: i64 = 1_795_867_200_000;
 /// The incident `s` opened, `action` decided at once, and, if `resolved` says so, judged 30 s
 /// later.
 fn incident(s: &Symptom, action: ActionKind, resolved: Option<bool>) -> Incident {
-    let mut i = Incident::new(&s.incident_id, s.node.as_str());
-    assert!(i.apply_symptom(s));
     let (d, o) = samples::closing(s, action, s.ts_ms + 30_000, resolved.unwrap_or_default());
-    assert!(i.apply_decision(&d));
+    let mut i = Incident::folded(s, Some(&d), resolved.is_some().then_some(&o));
+    assert_eq!(i.opened_ms, Some(s.ts_ms));
+    assert!(i.decisions.contains_key(&d.decision_id));
+    assert_eq!(i.ready, resolved.is_some());
     if resolved.is_some() {
-        assert!(i.apply_outcome(&o));
-        assert!(
-            !i.apply_outcome(&o),
-            "the same outcome twice changes nothing"
-        );
+        let again = i.apply_outcome(&o);
+        assert!(!again, "the same outcome twice changes nothing");
     }
     i
 }

@@ -16,11 +16,7 @@ const T0: i64 = 1_795_867_200_000;
 fn closed(incident: &str, ts_ms: i64, action: ActionKind, resolved: bool) -> Incident {
     let s = samples::cpu_symptom(incident, "n1", ts_ms, 0.97);
     let (d, o) = samples::closing(&s, action, ts_ms + 30_000, resolved);
-    let mut i = Incident::new(incident, "n1");
-    i.apply_symptom(&s);
-    i.apply_decision(&d);
-    i.apply_outcome(&o);
-    i
+    Incident::folded(&s, Some(&d), Some(&o))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,14 +21,13 @@ fn cpu(
     outcome: Option<(ActionKind, bool)>,
 ) -> Incident {
     let s = samples::cpu_symptom(id, node, opened_ms, cpu);
-    let mut i = Incident::new(id, node);
-    i.apply_symptom(&s);
-    if let Some((action, resolved)) = outcome {
-        let (d, o) = samples::closing(&s, action, opened_ms + 30_000, resolved);
-        i.apply_decision(&d);
-        i.apply_outcome(&o);
+    match outcome {
+        Some((action, resolved)) => {
+            let (d, o) = samples::closing(&s, action, opened_ms + 30_000, resolved);
+            Incident::folded(&s, Some(&d), Some(&o))
+        }
+        None => Incident::folded(&s, None, None),
     }
-    i
 }
 
 fn similar(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -33,10 +33,7 @@ fn cpu(incident: &str, node: &str, ts_ms: i64) -> Symptom {
 fn restarted_and_resolved(node: &str, opened_ms: i64, judged_ms: i64) -> Incident {
     let s = cpu("past", node, opened_ms);
     let (d, o) = samples::closing(&s, ActionKind::RestartService, judged_ms, true);
-    let mut i = Incident::new("past", node);
-    i.apply_symptom(&s);
-    i.apply_decision(&d);
-    i.apply_outcome(&o);
+    let i = Incident::folded(&s, Some(&d), Some(&o));
     assert!(i.ready);
     i
 }

@@ -30,6 +30,8 @@
 //!   `MAPEK_CONFIG` bucket, for replay.
 //! - [`command`]: the actuator protocol, [`command::Command`] and
 //!   [`command::CommandReply`] over request/reply on `mapek.cmd.<node>`.
+//! - [`projection`]: [`projection::run`], one stream read into a store that keeps its own
+//!   offset: the loop the read model and the incident index share.
 //! - [`dlq`]: [`DeadLetters`], publishing [`mapek_domain::Rejected`] to `mapek.dlq.<phase>`.
 //! - [`headers`]: the mapek headers every message carries.
 //! - [`trace`]: the loop's spans, through OpenTelemetry's global tracer.
@@ -45,6 +47,7 @@ pub mod headers;
 pub mod inbox;
 pub mod layout;
 pub mod progress;
+pub mod projection;
 pub mod publisher;
 pub mod streams;
 pub mod subscriber;

@@ -98,6 +98,25 @@ impl Incident {
         }
     }
 
+    /// The incident `symptom` opened, with `decision` and `outcome` folded in where given:
+    /// the point the projection makes of those events, for indexes filled without a log
+    /// (tests, benchmarks).
+    pub fn folded(
+        symptom: &Symptom,
+        decision: Option<&Decision>,
+        outcome: Option<&Outcome>,
+    ) -> Self {
+        let mut incident = Self::new(&symptom.incident_id, symptom.node.as_str());
+        incident.apply_symptom(symptom);
+        if let Some(d) = decision {
+            incident.apply_decision(d);
+        }
+        if let Some(o) = outcome {
+            incident.apply_outcome(o);
+        }
+        incident
+    }
+
     /// Folds a symptom: only the one that opens the incident is kept (its features are what
     /// the planner compares a new incident's opening with). Returns whether anything changed.
     pub fn apply_symptom(&mut self, s: &Symptom) -> bool {

@@ -1,18 +1,20 @@
 //! The projection: the analyze, plan and knowledge streams folded into incident points.
 //!
-//! Three ordered consumers, one per stream, start just after the sequence stored in the
-//! index's offsets point (or at the beginning of a new index). Events are taken in batches:
-//! each touched incident is read from the index once, the batch's events are folded into it
-//! ([`Incident`]'s `apply_*`), and the changed incidents are written back in one update
-//! *together with* the new offsets. A crash before the write loses nothing (the batch is read
-//! again); after it, nothing is read twice. An event at or below its stream's stored offset
-//! is skipped, and folding is idempotent anyway, so a redelivery changes nothing.
+//! One projection per stream, run by [`mapek_bus::projection`], each from just after its
+//! stream's offset stored in the index's offsets point (or from the beginning of a new index).
+//! Events are taken in batches: each touched incident is read from the index once, the
+//! batch's events are folded into it ([`Incident`]'s `apply_*`), and the changed incidents are
+//! written back in one update *together with* the new offsets. A crash before the write loses
+//! nothing (the batch is read again); after it, nothing is read twice. An event at or below
+//! its stream's stored offset is skipped, and folding is idempotent anyway, so a redelivery
+//! changes nothing. The three projections share the index and its offsets, so they take
+//! turns: one batch is read, folded and written before the next is.
 //!
 //! When the index cannot be read or written (a Qdrant server that went away), the live
-//! projection ([`project_with`]) pauses and tries the same read or write again, with a backoff
-//! up to [`MAX_BACKOFF`], counting each failure; once the index answers it goes on from where
-//! it was, with no gap. A log it cannot read (a leader election, a lost server) is counted the
-//! same way, and a second later the streams are followed again from the stored offsets. A
+//! projection ([`project_with`]) pauses and tries the same batch again, with a backoff up to
+//! [`MAX_BACKOFF`], counting each failure; once the index answers it goes on from where it
+//! was, with no gap. A log it cannot read (a leader election, a lost server) is counted the
+//! same way, and a second later the stream is followed again from the stored offset. A
 //! rebuild fails at once instead, naming the index or the stream.
 
 use std::collections::BTreeMap;
@@ -21,11 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt as _;
-use futures::future::BoxFuture;
-use mapek_bus::{BusError, JetStream, Received, StartAt, Subscriber};
-use mapek_codec::AvroEvent;
-use mapek_domain::{Decision, Event, Outcome, Symptom};
+use async_nats::jetstream::Message;
+use mapek_bus::headers::decode_body;
+use mapek_bus::projection::{
+    self, Batch, Commit, Failed, Failure, Projections, RunConfig, RunError, Store, seq,
+};
+use mapek_bus::{BusError, JetStream};
+use mapek_domain::{Decision, Event as _, Outcome, Phase, Symptom};
+use tokio::sync::Mutex;
 
 use crate::error::VectorError;
 use crate::incident::{Incident, Offsets};
@@ -36,6 +41,9 @@ const BATCH: usize = 512;
 
 /// The longest pause between two tries of an index that does not answer.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The streams projected, by phase: symptoms, decisions, outcomes.
+const PROJECTED: [Phase; 3] = [Phase::Analyze, Phase::Plan, Phase::Knowledge];
 
 /// What a projection run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,7 +56,7 @@ pub struct ProjectStats {
     pub written: u64,
     /// The offsets stored last.
     pub offsets: Offsets,
-    /// Reads and writes of the index that failed and were tried again.
+    /// Reads and writes of the index, and reads of the log, that failed and were tried again.
     pub failures: u64,
 }
 
@@ -71,68 +79,12 @@ pub async fn project_with(
     failures: Arc<AtomicU64>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProjectStats, VectorError> {
-    let patience = Patience { failures };
-    tokio::pin!(shutdown);
-    loop {
-        let ran = run(
-            &js,
-            index.as_ref(),
-            None,
-            Some(&patience),
-            shutdown.as_mut(),
-        )
-        .await;
-        match ran {
-            Ok(stats) => return Ok(stats),
-            // The log could not be read (a leader election, a lost server): count it, wait a
-            // second, and follow the streams again from the offsets the index stores.
-            Err(VectorError::Bus(e)) => {
-                patience.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("reading the log failed ({e}); following it again in 1 s");
-                tokio::select! {
-                    () = tokio::time::sleep(LOG_PAUSE) => {}
-                    () = &mut shutdown => return Ok(ProjectStats::default()),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The pause before the live projection follows a log it failed to read again.
-const LOG_PAUSE: Duration = Duration::from_secs(1);
-
-/// How the live projection waits for its index.
-struct Patience {
-    failures: Arc<AtomicU64>,
-}
-
-/// Tries `op` on `index` until it succeeds, pausing after each failure, when `patience` is
-/// given; once otherwise.
-async fn patiently<'a, T>(
-    patience: Option<&Patience>,
-    index: &dyn IncidentIndex,
-    doing: &str,
-    mut op: impl FnMut() -> BoxFuture<'a, Result<T, VectorError>>,
-) -> Result<T, VectorError> {
-    let Some(patience) = patience else {
-        return op().await;
+    let config = RunConfig {
+        batch: BATCH,
+        max_backoff: MAX_BACKOFF,
+        ..RunConfig::default()
     };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                patience.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "the incident index at {} failed {doing}: {e}; trying again in {backoff:?}",
-                    index.location()
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    run(&js, index, failures, config, shutdown).await
 }
 
 /// Clears `index` and projects the streams into it from their beginning, up to what they
@@ -142,18 +94,19 @@ pub async fn rebuild(
     index: Arc<dyn IncidentIndex>,
 ) -> Result<ProjectStats, VectorError> {
     index.clear().await?;
-    let until = Offsets {
-        analyze: last_sequence::<Symptom>(js).await?,
-        plan: last_sequence::<Decision>(js).await?,
-        knowledge: last_sequence::<Outcome>(js).await?,
-    };
     // Graphs once at the end, not again at every segment merge along the way.
     index.hold_optimizing(true).await?;
+    let config = RunConfig {
+        batch: BATCH,
+        until_caught_up: true,
+        patient: false,
+        ..RunConfig::default()
+    };
     let projected = run(
         js,
-        index.as_ref(),
-        Some(until),
-        None,
+        index.clone(),
+        Arc::default(),
+        config,
         std::future::pending(),
     )
     .await;
@@ -164,193 +117,174 @@ pub async fn rebuild(
     Ok(stats)
 }
 
-/// The last sequence `E`'s stream holds now.
-async fn last_sequence<E: AvroEvent>(js: &JetStream) -> Result<u64, VectorError> {
-    let stream = E::PHASE.stream();
-    let failed = |detail: String| {
+/// Runs the three streams' projections into `index` as `config` says, until `shutdown`.
+async fn run(
+    js: &JetStream,
+    index: Arc<dyn IncidentIndex>,
+    failures: Arc<AtomicU64>,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ProjectStats, VectorError> {
+    let failures_before = failures.load(Ordering::Relaxed);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut projections = Projections::default();
+    for phase in PROJECTED {
+        let store = IndexStore {
+            index: index.clone(),
+            phase,
+            shared: shared.clone(),
+            failures: failures.clone(),
+        };
+        let (js, config) = (js.clone(), config.clone());
+        projections.spawn(move |stop| async move {
+            let stream = phase.stream().to_owned();
+            projection::run(js, stream, store, config, stop)
+                .await
+                .map_err(stopped)
+        });
+    }
+    let panicked = |detail| {
         VectorError::Bus(BusError::Stream {
-            stream: stream.to_owned(),
+            stream: "the incident projection".into(),
             detail,
         })
     };
-    let mut s = js.get_stream(stream).await.map_err(|e| {
-        failed(format!(
-            "{e}; has `mapek streams apply` been run on this server?"
-        ))
-    })?;
-    let info = s.info().await.map_err(|e| failed(e.to_string()))?;
-    Ok(info.state.last_sequence)
-}
-
-/// Opens `E`'s whole stream just after `applied`.
-async fn follow<E: AvroEvent>(js: &JetStream, applied: u64) -> Result<Subscriber<E>, VectorError> {
-    let start = match applied {
-        0 => StartAt::All,
-        n => StartAt::Sequence(n + 1),
-    };
-    Ok(Subscriber::open_subject(js, E::PHASE.stored_filter(None), start).await?)
-}
-
-/// One message from one of the three streams.
-enum Input {
-    Symptom(Received<Symptom>),
-    Decision(Received<Decision>),
-    Outcome(Received<Outcome>),
-}
-
-type Next<E> = Option<Result<Received<E>, BusError>>;
-
-/// `None` when the connection closed for good.
-fn wrap<E>(next: Next<E>, f: fn(Received<E>) -> Input) -> Result<Option<Input>, VectorError> {
-    match next {
-        None => Ok(None),
-        Some(r) => Ok(Some(f(r?))),
-    }
-}
-
-async fn run(
-    js: &JetStream,
-    index: &dyn IncidentIndex,
-    until: Option<Offsets>,
-    patience: Option<&Patience>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ProjectStats, VectorError> {
-    let failures_before = patience.map_or(0, |p| p.failures.load(Ordering::Relaxed));
-    let failures = || patience.map_or(0, |p| p.failures.load(Ordering::Relaxed)) - failures_before;
-    tokio::pin!(shutdown);
-    let mut offsets = tokio::select! {
-        o = patiently(patience, index, "reading its offsets", || index.offsets()) => o?,
-        () = &mut shutdown => return Ok(ProjectStats::default()),
-    };
-    let mut stats = ProjectStats {
-        offsets,
-        ..ProjectStats::default()
-    };
-    let done = |o: &Offsets| {
-        until.is_some_and(|u| {
-            o.analyze >= u.analyze && o.plan >= u.plan && o.knowledge >= u.knowledge
-        })
-    };
-    if done(&offsets) {
-        return Ok(stats);
-    }
-    let mut symptoms = follow::<Symptom>(js, offsets.analyze).await?;
-    let mut decisions = follow::<Decision>(js, offsets.plan).await?;
-    let mut outcomes = follow::<Outcome>(js, offsets.knowledge).await?;
-    loop {
-        let first = tokio::select! {
-            () = &mut shutdown => break,
-            n = symptoms.next() => wrap(n, Input::Symptom)?,
-            n = decisions.next() => wrap(n, Input::Decision)?,
-            n = outcomes.next() => wrap(n, Input::Outcome)?,
-        };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        // Take whatever else is already here, without waiting, up to a batch.
-        while batch.len() < BATCH {
-            let more = [
-                symptoms
-                    .next()
-                    .now_or_never()
-                    .map(|n| wrap(n, Input::Symptom)),
-                decisions
-                    .next()
-                    .now_or_never()
-                    .map(|n| wrap(n, Input::Decision)),
-                outcomes
-                    .next()
-                    .now_or_never()
-                    .map(|n| wrap(n, Input::Outcome)),
-            ];
-            let mut got = false;
-            for m in more.into_iter().flatten() {
-                if let Some(input) = m? {
-                    batch.push(input);
-                    got = true;
-                }
-            }
-            if !got {
-                break;
-            }
-        }
-        // While the index is away the batch waits here; a shutdown then drops it unwritten,
-        // to be read again by the next run.
-        tokio::select! {
-            applied = apply(index, patience, batch, &mut offsets, &mut stats) => applied?,
-            () = &mut shutdown => break,
-        }
-        if done(&offsets) {
-            break;
-        }
-    }
-    stats.failures = failures();
+    projections.until(shutdown, panicked).await?;
+    let mut stats = shared.lock().await.stats.clone();
+    stats.failures = failures.load(Ordering::Relaxed) - failures_before;
     Ok(stats)
 }
 
-/// Folds `batch` into the incidents it touches and writes them with the new offsets.
-async fn apply(
-    index: &dyn IncidentIndex,
-    patience: Option<&Patience>,
-    batch: Vec<Input>,
-    offsets: &mut Offsets,
-    stats: &mut ProjectStats,
-) -> Result<(), VectorError> {
-    let before = *offsets;
-    let mut touched: BTreeMap<String, (Incident, bool)> = BTreeMap::new();
-    for input in batch {
-        stats.events += 1;
-        let (seq, stored, fold): (u64, &mut u64, Option<Fold>) = match input {
-            Input::Symptom(r) => (
-                r.stream_seq,
-                &mut offsets.analyze,
-                r.event.ok().map(Fold::Symptom),
-            ),
-            Input::Decision(r) => (
-                r.stream_seq,
-                &mut offsets.plan,
-                r.event.ok().map(Fold::Decision),
-            ),
-            Input::Outcome(r) => (
-                r.stream_seq,
-                &mut offsets.knowledge,
-                r.event.ok().map(Fold::Outcome),
-            ),
-        };
-        if seq <= *stored {
-            stats.skipped += 1;
-            continue;
+/// What stopped a stream's projection, as the index's error.
+fn stopped(e: RunError<VectorError>) -> VectorError {
+    match e {
+        RunError::Store(e) => e,
+        RunError::Log { stream, detail } => VectorError::Bus(BusError::Stream { stream, detail }),
+        RunError::Crashed { stream, seq } => VectorError::Bus(BusError::Stream {
+            stream,
+            detail: format!("stopped after committing through sequence {seq} (test hook)"),
+        }),
+    }
+}
+
+/// What the three streams' projections share: the offsets as last written, and the counts.
+#[derive(Default)]
+struct Shared {
+    /// Read from the index by the first projection to start.
+    offsets: Option<Offsets>,
+    stats: ProjectStats,
+}
+
+/// The index, as the store of one stream's projection.
+struct IndexStore {
+    index: Arc<dyn IncidentIndex>,
+    /// The stream's phase: analyze, plan or knowledge.
+    phase: Phase,
+    /// Locked for each whole read, fold and write, so that the three take turns.
+    shared: Arc<Mutex<Shared>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl Store for IndexStore {
+    type Error = VectorError;
+
+    fn describe(&self) -> String {
+        format!("the incident index at {}", self.index.location())
+    }
+
+    async fn offset(&mut self) -> Result<u64, Failure<VectorError>> {
+        let mut shared = self.shared.lock().await;
+        let mut offsets = self.offsets(&mut shared).await?;
+        Ok(*stream_offset(&mut offsets, self.phase))
+    }
+
+    async fn apply(&mut self, batch: Batch<'_>) -> Result<Commit, Failure<VectorError>> {
+        let mut shared = self.shared.lock().await;
+        let before = self.offsets(&mut shared).await?;
+        let mut offsets = before;
+        let stored = stream_offset(&mut offsets, self.phase);
+        let (mut events, mut skipped) = (0, 0);
+        let mut touched: BTreeMap<String, (Incident, bool)> = BTreeMap::new();
+        for m in batch.messages {
+            events += 1;
+            if seq(m) <= *stored {
+                skipped += 1;
+                continue;
+            }
+            *stored = seq(m);
+            if batch.dead_lettered {
+                continue;
+            }
+            // What does not decode was dead-lettered by the worker that consumed it.
+            let Some(fold) = Fold::decode(self.phase, m) else {
+                continue;
+            };
+            self.fold(&fold, &mut touched).await?;
         }
-        *stored = seq;
-        // What does not decode was dead-lettered by the worker that consumed it.
-        let Some(fold) = fold else { continue };
+        let changed: Vec<Incident> = touched
+            .into_values()
+            .filter(|(_, c)| *c)
+            .map(|(i, _)| i)
+            .collect();
+        let written = changed.len() as u64;
+        if written > 0 || offsets != before {
+            let write = self.index.write(changed, offsets).await;
+            write.map_err(Failure::Unavailable)?;
+        }
+        shared.offsets = Some(offsets);
+        let stats = &mut shared.stats;
+        stats.events += events;
+        stats.skipped += skipped;
+        stats.written += written;
+        stats.offsets = offsets;
+        Ok(Commit::Done)
+    }
+
+    fn count(&self, _: Failed) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl IndexStore {
+    /// The offsets as last written, read from the index the first time.
+    async fn offsets(&self, shared: &mut Shared) -> Result<Offsets, Failure<VectorError>> {
+        if let Some(offsets) = shared.offsets {
+            return Ok(offsets);
+        }
+        let offsets = self.index.offsets().await.map_err(Failure::Unavailable)?;
+        shared.offsets = Some(offsets);
+        shared.stats.offsets = offsets;
+        Ok(offsets)
+    }
+
+    /// Folds `fold` into its incident among `touched`, read from the index the first time.
+    async fn fold(
+        &self,
+        fold: &Fold,
+        touched: &mut BTreeMap<String, (Incident, bool)>,
+    ) -> Result<(), Failure<VectorError>> {
         if !fold.matters() {
-            continue;
+            return Ok(());
         }
         let (id, node) = fold.incident();
         if !touched.contains_key(id) {
-            let found = patiently(patience, index, "reading an incident", || index.get(id)).await?;
+            let found = self.index.get(id).await.map_err(Failure::Unavailable)?;
             let incident = found.unwrap_or_else(|| Incident::new(id, node));
             touched.insert(id.to_owned(), (incident, false));
         }
         let (incident, changed) = touched.get_mut(id).expect("inserted above");
         *changed |= fold.apply(incident);
+        Ok(())
     }
-    let changed: Vec<Incident> = touched
-        .into_values()
-        .filter(|(_, c)| *c)
-        .map(|(i, _)| i)
-        .collect();
-    if changed.is_empty() && *offsets == before {
-        return Ok(());
+}
+
+/// The offset of `phase`'s stream among `offsets`.
+fn stream_offset(offsets: &mut Offsets, phase: Phase) -> &mut u64 {
+    match phase {
+        Phase::Analyze => &mut offsets.analyze,
+        Phase::Plan => &mut offsets.plan,
+        _ => &mut offsets.knowledge,
     }
-    stats.written += changed.len() as u64;
-    let offsets = *offsets;
-    patiently(patience, index, "writing a batch", || {
-        index.write(changed.clone(), offsets)
-    })
-    .await?;
-    stats.offsets = offsets;
-    Ok(())
 }
 
 /// A decoded event to fold.
@@ -361,6 +295,16 @@ enum Fold {
 }
 
 impl Fold {
+    /// `m` decoded as the event `phase`'s stream holds; `None` if it does not decode.
+    fn decode(phase: Phase, m: &Message) -> Option<Fold> {
+        let (h, body) = (m.headers.as_ref(), &m.payload);
+        match phase {
+            Phase::Analyze => decode_body(h, body).ok().map(Fold::Symptom),
+            Phase::Plan => decode_body(h, body).ok().map(Fold::Decision),
+            _ => decode_body(h, body).ok().map(Fold::Outcome),
+        }
+    }
+
     /// Only an opening symptom changes a point; updates and resolves are skipped without a
     /// read of the index.
     fn matters(&self) -> bool {

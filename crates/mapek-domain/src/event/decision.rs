@@ -156,25 +156,7 @@ impl Event for Decision {
     const SCHEMA: &'static str = "Decision";
     const PHASE: Phase = Phase::Plan;
 
-    fn event_id(&self) -> &str {
-        &self.decision_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn correlation(&self) -> Option<&str> {
-        Some(&self.incident_id)
-    }
-
-    fn causation(&self) -> Option<&str> {
-        Some(&self.symptom_id)
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: decision_id, correlation: incident_id, causation: symptom_id);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("decision_id", &self.decision_id)?;

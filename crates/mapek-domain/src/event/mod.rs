@@ -5,6 +5,35 @@
 //! how to check it. Maps are `BTreeMap`s so that iterating one never depends on a hasher's
 //! seed: the determinism contract forbids unordered iteration that reaches the output.
 
+/// Writes the getters of [`Event`] that only read a field, inside an `impl Event`: the id
+/// field's name, then, for an event in an incident, its correlation and causation fields.
+/// Every event has `node` and `ts_ms` fields of those names.
+macro_rules! fields {
+    (id: $id:ident $(, correlation: $correlation:ident, causation: $causation:ident)?) => {
+        fn event_id(&self) -> &str {
+            &self.$id
+        }
+
+        fn node(&self) -> &$crate::NodeId {
+            &self.node
+        }
+
+        $(
+            fn correlation(&self) -> Option<&str> {
+                Some(&self.$correlation)
+            }
+
+            fn causation(&self) -> Option<&str> {
+                Some(&self.$causation)
+            }
+        )?
+
+        fn ts_ms(&self) -> i64 {
+            self.ts_ms
+        }
+    };
+}
+
 mod decision;
 mod rejected;
 mod result;

@@ -82,17 +82,7 @@ impl Event for Rejected {
     const SCHEMA: &'static str = "Rejected";
     const PHASE: Phase = Phase::Dlq;
 
-    fn event_id(&self) -> &str {
-        &self.rejected_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: rejected_id);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("rejected_id", &self.rejected_id)?;

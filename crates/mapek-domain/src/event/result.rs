@@ -125,25 +125,7 @@ impl Event for ActionResult {
     const SCHEMA: &'static str = "ActionResult";
     const PHASE: Phase = Phase::Execute;
 
-    fn event_id(&self) -> &str {
-        &self.result_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn correlation(&self) -> Option<&str> {
-        Some(&self.incident_id)
-    }
-
-    fn causation(&self) -> Option<&str> {
-        Some(&self.decision_id)
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: result_id, correlation: incident_id, causation: decision_id);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("result_id", &self.result_id)?;
@@ -234,25 +216,7 @@ impl Event for Outcome {
     const SCHEMA: &'static str = "Outcome";
     const PHASE: Phase = Phase::Knowledge;
 
-    fn event_id(&self) -> &str {
-        &self.outcome_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn correlation(&self) -> Option<&str> {
-        Some(&self.incident_id)
-    }
-
-    fn causation(&self) -> Option<&str> {
-        Some(&self.decision_id)
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: outcome_id, correlation: incident_id, causation: decision_id);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("outcome_id", &self.outcome_id)?;

@@ -106,25 +106,7 @@ impl Event for Symptom {
     const SCHEMA: &'static str = "Symptom";
     const PHASE: Phase = Phase::Analyze;
 
-    fn event_id(&self) -> &str {
-        &self.symptom_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn correlation(&self) -> Option<&str> {
-        Some(&self.incident_id)
-    }
-
-    fn causation(&self) -> Option<&str> {
-        Some(&self.caused_by)
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: symptom_id, correlation: incident_id, causation: caused_by);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("symptom_id", &self.symptom_id)?;

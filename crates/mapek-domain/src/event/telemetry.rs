@@ -93,17 +93,7 @@ impl Event for Telemetry {
     const SCHEMA: &'static str = "Telemetry";
     const PHASE: Phase = Phase::Monitor;
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn node(&self) -> &NodeId {
-        &self.node
-    }
-
-    fn ts_ms(&self) -> i64 {
-        self.ts_ms
-    }
+    fields!(id: event_id);
 
     fn validate(&self) -> Result<(), Invalid> {
         non_empty("event_id", &self.event_id)?;
