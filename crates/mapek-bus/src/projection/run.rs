@@ -342,10 +342,11 @@ impl<S: Store> Runner<S> {
                     return Err(self.log_error(format!("{e}; run `mapek streams apply`")));
                 }
                 Err(e) => Err(e.to_string()),
-                Ok(stream) => match stream.get_info().await {
-                    Ok(info) => Ok((stream, info.state.last_sequence)),
-                    Err(e) => Err(e.to_string()),
-                },
+                // The lookup brings the stream's state with it: no second request.
+                Ok(stream) => {
+                    let end = stream.cached_info().state.last_sequence;
+                    Ok((stream, end))
+                }
             };
             match found {
                 Ok(found) => return Ok(Some(found)),
