@@ -2,7 +2,8 @@
 //! certificates, each naming a SPIFFE ID in its URI SAN that the server takes as the user
 //! (verify_and_map), and permissions per identity (permissions.conf). The admin's certificate
 //! manages the streams; a node agent publishes its own telemetry and answers its own commands
-//! and nothing else; the observer reads and changes nothing; each phase publishes only its own
+//! and nothing else; the observer reads (subscribe, replay, the loop's progress) and makes,
+//! pulls from, acknowledges and deletes no consumer; each phase publishes only its own
 //! family; nobody reads another's replies or removes what a stream holds; a client without a
 //! certificate gets nowhere.
 //!
@@ -157,11 +158,9 @@ async fn an_agent_may_only_publish_its_telemetry_and_answer_its_commands() {
     cannot_remove_what_streams_hold(&mut n1).await;
 }
 
-#[tokio::test]
-async fn the_observer_reads_decisions_and_changes_nothing() {
-    let (server, certs) = secure_server_with_streams().await;
-    let url = server.url();
-    let admin = Holder::connect(&url, certs.path(), "mapek").await;
+/// The loop's side of the observer's test: a decision stored, the executor's durable consumer
+/// on it, and a lease held.
+async fn a_decision_waiting_for_the_executor(admin: &Holder) {
     let mut publisher = mapek_bus::Publisher::new(admin.js.clone());
     publisher
         .publish(&mapek_testkit::samples::decision())
@@ -175,45 +174,106 @@ async fn the_observer_reads_decisions_and_changes_nothing() {
     })
     .await
     .unwrap();
+    let leases = admin
+        .js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: mapek_bus::progress::LEASE_BUCKET.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    leases.put("execute", "worker-a".into()).await.unwrap();
+}
 
-    // It reads what the stream holds, through an ordered consumer of its own.
-    let mut subscribe = mapek_as(&url, certs.path(), Some("observer"));
-    subscribe.args([
+/// Runs `mapek` with `args` as the observer and returns what it printed.
+fn mapek_as_observer(url: &str, certs: &std::path::Path, args: &[&str]) -> String {
+    let mut cmd = mapek_as(url, certs, Some("observer"));
+    cmd.args(args);
+    let out = run(cmd);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[tokio::test]
+async fn the_observer_reads_the_log_and_changes_nothing() {
+    let (server, certs) = secure_server_with_streams().await;
+    let url = server.url();
+    let admin = Holder::connect(&url, certs.path(), "mapek").await;
+    a_decision_waiting_for_the_executor(&admin).await;
+    let decision = mapek_testkit::samples::decision();
+
+    // It follows decisions, replays an incident's story and reads the loop's progress.
+    let args = [
         "subscribe",
         "decisions",
         "--all",
         "--until-idle",
         "--idle",
         "300ms",
-    ]);
-    let out = run(subscribe);
-    assert!(out.status.success(), "subscribe: {}", stderr(&out));
-    let decision = mapek_testkit::samples::decision();
-    assert!(
-        stdout(&out).contains(decision.node.as_str()),
-        "{}",
-        stdout(&out)
-    );
+    ];
+    let followed = mapek_as_observer(&url, certs.path(), &args);
+    assert!(followed.contains(decision.node.as_str()), "{followed}");
+    let story = mapek_as_observer(&url, certs.path(), &["replay", "incident", "i-1"]);
+    assert!(story.contains(&decision.rule), "{story}");
+    let observer = Holder::connect(&url, certs.path(), "observer").await;
+    let progress = mapek_bus::progress::loop_progress(&observer.js)
+        .await
+        .unwrap();
+    let plan_progress = progress.iter().find(|s| s.stream == "MAPEK_PLAN").unwrap();
+    let execute = &plan_progress.consumers[0];
+    assert_eq!((execute.name.as_str(), execute.behind), ("execute", 1));
+    assert_eq!(execute.owner.as_deref(), Some("worker-a"));
 
-    let mut observer = Holder::connect(&url, certs.path(), "observer").await;
-    let _ = observer.client.publish("mapek.plan.n1", Bytes::new()).await;
-    observer.refused("Publish to \"mapek.plan.n1\"").await;
+    // It may make, pull from, acknowledge or delete no consumer, named or not.
+    let mut observer = observer;
+    let refused_apis = [
+        (
+            "$JS.API.CONSUMER.CREATE.MAPEK_PLAN",
+            r#"{"stream_name":"MAPEK_PLAN","config":{}}"#,
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.MAPEK_PLAN",
+            r#"{"stream_name":"MAPEK_PLAN","config":{"name":"execute","ack_policy":"none"}}"#,
+        ),
+        (
+            "$JS.API.CONSUMER.CREATE.MAPEK_PLAN.execute",
+            r#"{"stream_name":"MAPEK_PLAN","config":{"name":"execute","ack_policy":"none"}}"#,
+        ),
+        (
+            "$JS.API.CONSUMER.DURABLE.CREATE.MAPEK_PLAN.execute",
+            r#"{"stream_name":"MAPEK_PLAN","config":{"durable_name":"execute"}}"#,
+        ),
+        (
+            "$JS.API.CONSUMER.MSG.NEXT.MAPEK_PLAN.execute",
+            r#"{"batch":1}"#,
+        ),
+        ("$JS.API.CONSUMER.DELETE.MAPEK_PLAN.execute", "{}"),
+    ];
+    for (api, body) in refused_apis {
+        let _ = observer.client.request(api, Bytes::from(body)).await;
+        observer.refused(&format!("Publish to \"{api}\"")).await;
+    }
     let ack = "$JS.ACK.MAPEK_PLAN.execute.1.1.1.0.0";
     let _ = observer.client.publish(ack, Bytes::new()).await;
     observer.refused(&format!("Publish to \"{ack}\"")).await;
-    for api in ["$JS.API.CONSUMER.DELETE.MAPEK_PLAN.execute"] {
-        let _ = observer
-            .client
-            .request(api, Bytes::from_static(b"{}"))
-            .await;
-        observer.refused(&format!("Publish to \"{api}\"")).await;
-    }
+    let _ = observer.client.publish("mapek.plan.n1", Bytes::new()).await;
+    observer.refused("Publish to \"mapek.plan.n1\"").await;
     cannot_read_other_inboxes(&mut observer, "_INBOX_mapek_execute").await;
     cannot_remove_what_streams_hold(&mut observer).await;
 
+    // The executor's consumer is as it was, the only one, with its decision undelivered.
     let mut plan = admin.js.get_stream("MAPEK_PLAN").await.unwrap();
-    assert!(plan.consumer_info("execute").await.is_ok(), "still there");
-    assert_eq!(plan.info().await.unwrap().state.messages, 1);
+    let info = plan.info().await.unwrap().clone();
+    assert_eq!((info.state.messages, info.state.consumer_count), (1, 1));
+    let execute = plan.consumer_info("execute").await.unwrap().clone();
+    assert_eq!(
+        (execute.num_pending, execute.delivered.stream_sequence),
+        (1, 0)
+    );
+    assert_eq!(
+        execute.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
 }
 
 #[tokio::test]

@@ -347,22 +347,38 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
     }
     assert_eq!(loop_json(&url)["behind"], 0);
 
-    // Someone follows the partition's telemetry (as `mapek subscribe` does): an ephemeral
-    // reader, listed apart, which the loop's backlog does not count.
+    // Someone follows the partition's telemetry with `mapek subscribe`'s reader: it makes no
+    // consumer, so nothing about the loop's readers changes.
     let filter = format!("mapek.monitor.{p}.>");
     let mut follower =
         mapek_bus::Subscriber::<Telemetry>::open_subject(&js, filter.clone(), StartAt::All)
             .await
             .unwrap();
     assert!(follower.next().await.unwrap().is_ok());
+    let ephemeral = |doc: &serde_json::Value| -> Vec<serde_json::Value> {
+        let streams = doc["streams"].as_array().unwrap();
+        streams
+            .iter()
+            .filter(|s| s["stream"] == stream)
+            .flat_map(|s| s["consumers"].as_array().unwrap().clone())
+            .filter(|c| c["durable"] == false)
+            .collect()
+    };
     let doc = loop_json(&url);
-    let streams = doc["streams"].as_array().unwrap();
-    let followers: Vec<_> = streams
-        .iter()
-        .filter(|s| s["stream"] == stream)
-        .flat_map(|s| s["consumers"].as_array().unwrap())
-        .filter(|c| c["durable"] == false)
-        .collect();
+    assert!(ephemeral(&doc).is_empty(), "{doc}");
+
+    // A consumer of someone's own without a name (another tool's, a projection's rebuild) is
+    // listed apart, and the loop's backlog does not count it.
+    let handle = js.get_stream(&stream).await.unwrap();
+    let _other = handle
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let doc = loop_json(&url);
+    let followers = ephemeral(&doc);
     assert_eq!(followers.len(), 1, "{doc}");
     assert_eq!(followers[0]["filter"], filter, "{doc}");
     assert!(followers[0]["owner"].is_null(), "{doc}");

@@ -199,11 +199,9 @@ async fn read_decisions(
     let mut decisions =
         Subscriber::<Decision>::open_subject(js, Phase::Plan.stored_filter(None), StartAt::All)
             .await?;
-    let mut more = decisions.pending_at_start() > 0;
-    while more && let Some(received) = decisions.next().await {
+    while let Some(received) = decisions.next_stored().await {
         let received = received?;
         report.decisions += 1;
-        more = received.pending > 0;
         let partition = partition_of(&received.subject).unwrap_or(0);
         let outcome = match &received.event {
             Ok(d) => {
@@ -242,13 +240,13 @@ async fn read_results(
     let mut answered = BTreeSet::new();
     let filter = Phase::Execute.stored_filter(None);
     let mut results = Subscriber::<ActionResult>::open_subject(js, filter, StartAt::All).await?;
-    let mut more = results.pending_at_start() > 0 && through > 0;
-    while more && let Some(received) = results.next().await {
+    while through > 0
+        && let Some(received) = results.next_stored().await
+    {
         let received = received?;
         if received.stream_seq > through {
             break;
         }
-        more = received.pending > 0 && received.stream_seq < through;
         report.results += 1;
         let stored_ms = stored_ms(&received);
         let result = match received.event {
@@ -320,10 +318,8 @@ async fn dead_lettered_decisions(js: &JetStream) -> Result<BTreeSet<u64>, AuditE
     let filter = format!("mapek.dlq.{}", Phase::Plan.token());
     let mut rejected = Subscriber::<Rejected>::open_subject(js, filter, StartAt::All).await?;
     let mut seqs = BTreeSet::new();
-    let mut more = rejected.pending_at_start() > 0;
-    while more && let Some(received) = rejected.next().await {
+    while let Some(received) = rejected.next_stored().await {
         let received = received?;
-        more = received.pending > 0;
         if let Ok(r) = received.event
             && let Ok(seq) = u64::try_from(r.stream_seq)
         {

@@ -16,13 +16,12 @@
 
 use std::collections::BTreeMap;
 
-use async_nats::jetstream::kv::{self, Operation, Store};
-use futures::StreamExt;
+use async_nats::jetstream::kv::{self, Store};
 use mapek_domain::AnalyzeConfig;
 use mapek_domain::plan::policy::hash;
 use time::OffsetDateTime;
 
-use crate::{BusError, JetStream};
+use crate::{BusError, JetStream, StartAt, direct};
 
 /// The key-value bucket.
 pub const BUCKET: &str = "MAPEK_CONFIG";
@@ -152,51 +151,51 @@ async fn put_if_changed(kv: &Store, key: &str, value: &[u8]) -> Result<(), BusEr
     Ok(())
 }
 
-/// Reads everything the bucket holds; empty if there is no bucket.
+/// Reads everything the bucket holds; empty if there is no bucket. It reads by direct gets
+/// ([`crate::direct`]), so a read-only identity can read it.
 pub async fn read(js: &JetStream) -> Result<RecordedConfig, BusError> {
-    let Some(kv) = open_existing(js).await else {
+    if open_existing(js).await.is_none() {
         return Ok(RecordedConfig::default());
-    };
-    let mut out = RecordedConfig::default();
-    let mut keys = kv.keys().await.map_err(|e| failed(e.to_string()))?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        names.push(key.map_err(|e| failed(e.to_string()))?);
     }
-    names.sort();
-    for key in names {
+    let stream = format!("KV_{BUCKET}");
+    let prefix = format!("$KV.{BUCKET}.");
+    let mut out = RecordedConfig::default();
+    for entry in direct::last_per_subject(js, &stream, &format!("{prefix}>")).await? {
+        let Some(key) = entry.subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        if direct::is_deleted(&entry) {
+            continue;
+        }
+        let value = &entry.payload;
         if let Some(h) = key.strip_prefix("policy.") {
-            if let Some(v) = kv.get(&key).await.map_err(|e| failed(e.to_string()))? {
-                out.policies
-                    .insert(h.to_owned(), String::from_utf8_lossy(&v).into_owned());
-            }
+            let text = String::from_utf8_lossy(value).into_owned();
+            out.policies.insert(h.to_owned(), text);
         } else if let Some(h) = key.strip_prefix("analyze.") {
-            if let Some(v) = kv.get(&key).await.map_err(|e| failed(e.to_string()))?
-                && let Ok(config) = serde_json::from_slice::<AnalyzeConfig>(&v)
-            {
+            if let Ok(config) = serde_json::from_slice::<AnalyzeConfig>(value) {
                 out.analyze.insert(h.to_owned(), config);
             }
         } else if key == PLAN_POLICY {
-            out.policy_history = history(&kv, &key).await?;
+            out.policy_history = history(js, &stream, &entry.subject).await?;
         } else if key == ANALYZE {
-            out.analyze_history = history(&kv, &key).await?;
+            out.analyze_history = history(js, &stream, &entry.subject).await?;
         }
     }
     Ok(out)
 }
 
-async fn history(kv: &Store, key: &str) -> Result<Vec<Change>, BusError> {
-    let mut entries = kv.history(key).await.map_err(|e| failed(e.to_string()))?;
+/// Every value `subject` (one key) held, in order, with when it was written.
+async fn history(js: &JetStream, stream: &str, subject: &str) -> Result<Vec<Change>, BusError> {
+    let mut reader = direct::Reader::open(js, stream, subject, StartAt::All).await?;
+    let last = reader.last_at_open();
     let mut out = Vec::new();
-    while let Some(entry) = entries.next().await {
-        let entry = entry.map_err(|e| failed(e.to_string()))?;
-        if entry.operation != Operation::Put {
-            continue;
+    while let Some(entry) = reader.next_through(last).await? {
+        if !direct::is_deleted(&entry) {
+            out.push(Change {
+                hash: String::from_utf8_lossy(&entry.payload).into_owned(),
+                since_ms: to_ms(entry.stored),
+            });
         }
-        out.push(Change {
-            hash: String::from_utf8_lossy(&entry.value).into_owned(),
-            since_ms: to_ms(entry.created),
-        });
     }
     Ok(out)
 }

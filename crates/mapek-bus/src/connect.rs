@@ -119,7 +119,7 @@ pub async fn connect(url: &str) -> Result<JetStream, BusError> {
 pub async fn connect_with(url: &str, security: &NatsSecurity) -> Result<JetStream, BusError> {
     let client = connect_client_with(url, security).await?;
     let version = client.server_info().version;
-    if !at_least_2_10(&version) {
+    if !at_least_2_11(&version) {
         return Err(BusError::NoJetStream {
             url: url.to_owned(),
             detail: format!("is nats-server {version}"),
@@ -236,14 +236,14 @@ fn log_event(event: &Event) {
     }
 }
 
-/// Whether a server version (`2.10.4`, `2.11.0-beta.1`) is 2.10 or newer.
-fn at_least_2_10(version: &str) -> bool {
+/// Whether a server version (`2.10.4`, `2.11.0-beta.1`) is 2.11 or newer.
+fn at_least_2_11(version: &str) -> bool {
     let mut parts = version
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let major = parts.next().unwrap_or(0);
     let minor = parts.next().unwrap_or(0);
-    (major, minor) >= (2, 10)
+    (major, minor) >= (2, 11)
 }
 
 #[cfg(test)]
@@ -263,14 +263,15 @@ mod tests {
     }
 
     #[test]
-    fn versions_before_2_10_are_refused() {
+    fn versions_before_2_11_are_refused() {
         for (v, ok) in [
             ("2.9.25", false),
-            ("2.10.0", true),
+            ("2.10.22", false),
+            ("2.11.0", true),
             ("2.15.1", true),
             ("3.0.0", true),
         ] {
-            assert_eq!(super::at_least_2_10(v), ok, "{v}");
+            assert_eq!(super::at_least_2_11(v), ok, "{v}");
         }
     }
 }

@@ -24,8 +24,8 @@ pub enum BusError {
     /// The server has no JetStream, or an old one.
     ///
     /// ### Handling
-    /// Fatal: run nats-server 2.10 or newer with `-js`.
-    #[error("NATS at {url} {detail}: mapek needs nats-server 2.10 or newer with JetStream (-js)")]
+    /// Fatal: run nats-server 2.11 or newer with `-js`.
+    #[error("NATS at {url} {detail}: mapek needs nats-server 2.11 or newer with JetStream (-js)")]
     NoJetStream {
         /// The URL.
         url: String,

@@ -24,6 +24,8 @@
 //!   partitions: of a node, and of a stored subject ([`layout::partition_of`]).
 //! - [`publisher`]: [`Publisher`], pipelined publishing with a bounded window of acks.
 //! - [`subscriber`]: [`Subscriber`], following a subject family live or from a point.
+//! - [`direct`]: [`direct::Reader`], reading a stream by batched direct gets, with no
+//!   consumer: what the subscriber, replay and the bucket readers read through.
 //! - [`inbox`]: [`Inbox`], a durable consumer for workers, dead-lettering what it cannot read.
 //! - [`buckets`]: the key-value buckets beside the streams, with the streams' replicas.
 //! - [`config_store`]: the policies and analyze settings the workers ran with, in the
@@ -41,6 +43,7 @@ pub mod buckets;
 pub mod command;
 pub mod config_store;
 mod connect;
+pub mod direct;
 pub mod dlq;
 pub mod error;
 pub mod headers;

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use mapek_domain::Phase;
 use serde::Serialize;
 
-use crate::{BusError, JetStream, layout};
+use crate::{BusError, JetStream, direct, layout};
 
 /// The key-value bucket where workers record which partition they own (see
 /// `mapek_loop::lease`): `analyze.p3` → the owner's name.
@@ -40,8 +40,9 @@ pub struct StreamProgress {
     pub consumers: Vec<ConsumerProgress>,
 }
 
-/// One consumer: a worker's inbox or a projector's (durable), or a subscriber's (`mapek
-/// subscribe`, a rebuild, a replay: ephemeral, gone when its reader is).
+/// One consumer: a worker's inbox or a projector's (durable), or an ephemeral one, gone when
+/// its reader is (a projection's rebuild, another tool's). mapek's subscribers and replays
+/// make none: they read by direct gets.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ConsumerProgress {
     /// Its name (`analyze-p3`; the server's for an ephemeral one).
@@ -178,27 +179,22 @@ fn natural_key(name: &str) -> (String, u64) {
     }
 }
 
-/// Every lease held in the bucket, and who holds it; none when there is no bucket yet.
+/// Every lease held in the bucket, and who holds it; none when there is no bucket yet or it
+/// cannot be read. It reads by one direct get, so a read-only identity can read it.
 pub async fn lease_owners(js: &JetStream) -> BTreeMap<String, String> {
-    let mut owners = BTreeMap::new();
-    let Ok(kv) = js.get_key_value(LEASE_BUCKET).await else {
-        return owners;
+    let prefix = format!("$KV.{LEASE_BUCKET}.");
+    let stream = format!("KV_{LEASE_BUCKET}");
+    let Ok(entries) = direct::last_per_subject(js, &stream, &format!("{prefix}>")).await else {
+        return BTreeMap::new();
     };
-    let Ok(mut keys) = kv.keys().await else {
-        return owners;
-    };
-    let mut names = Vec::new();
-    while let Some(Ok(key)) = keys.next().await {
-        names.push(key);
-    }
-    for key in names {
-        if let Ok(Some(owner)) = kv.get(&key).await
-            && !owner.is_empty()
-        {
-            owners.insert(key, String::from_utf8_lossy(&owner).into_owned());
-        }
-    }
-    owners
+    entries
+        .into_iter()
+        .filter(|e| !e.payload.is_empty() && !direct::is_deleted(e))
+        .filter_map(|e| {
+            let key = e.subject.strip_prefix(&prefix)?.to_owned();
+            Some((key, String::from_utf8_lossy(&e.payload).into_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,28 +1,28 @@
 //! Following a subject family, live or from a point in the log.
 //!
-//! A [`Subscriber`] is an ordered consumer: ephemeral, flow-controlled, recreated by the client
-//! if it misses a message, so what it yields is in stream order with no gap. It never
-//! acknowledges or dead-letters anything: a viewer must not change what workers see.
+//! A [`Subscriber`] reads a stream by batched direct gets ([`crate::direct`]): in stream order
+//! with no gap, with no consumer on the server and nothing acknowledged, so a viewer changes
+//! nothing workers see and needs no more than a read-only identity.
+//! [`Subscriber::next_stored`] reads what the streams held when it opened;
+//! [`Subscriber::next`] follows on, waiting for what is stored next.
 //!
-//! Telemetry split over several streams ([`crate::layout`]) is followed through one ordered
-//! consumer per stream that holds what the filter matches. What the streams held when the
-//! subscriber started comes merged by stored time (then by stream name); after that, messages
-//! come as they arrive. Each stream's (so each node's and each partition's) order is kept.
+//! Telemetry split over several streams ([`crate::layout`]) is followed through one reader
+//! per stream that holds what the filter matches, merged by stored time (then by stream
+//! name). Each stream's (so each node's and each partition's) order is kept.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::pull::{OrderedConfig, OrderedError};
-use futures::{Stream, StreamExt};
 use mapek_codec::{AvroEvent, CodecError};
 use mapek_domain::{NodeId, Phase};
 use time::OffsetDateTime;
 
+use tokio::time::Instant;
+
+use crate::direct::{IDLE_POLL, Reader, Stored};
 use crate::{BusError, JetStream, headers, layout};
 
 /// The subject families a user can follow.
@@ -158,34 +158,45 @@ pub struct Received<E> {
     pub event: Result<E, CodecError>,
 }
 
-type Delivered = Result<async_nats::jetstream::Message, OrderedError>;
-
-/// One stream's ordered consumer, and the message taken from it but not yet handed out.
+/// One stream's reader, and the message read from it but not yet handed out.
 struct Source {
-    name: Arc<str>,
-    messages: Pin<Box<dyn Stream<Item = Delivered> + Send>>,
-    head: Option<Delivered>,
-    /// It has delivered everything it held: what comes next is new.
-    caught_up: bool,
-    ended: bool,
+    reader: Reader,
+    /// The stream's last sequence when the subscriber opened.
+    last_at_open: u64,
+    head: Option<Stored>,
+    /// Everything stored up to `last_at_open` has been read into `head` or handed out.
+    read_through: bool,
+    /// Nothing new was stored when last asked: ask again from then on.
+    quiet_until: Option<Instant>,
 }
 
 impl Source {
-    /// Where the head goes in the merge: errors first, then by stored time.
-    fn head_key(&self) -> Option<OffsetDateTime> {
-        match self.head.as_ref()? {
-            Ok(m) => Some(m.info().map_or(OffsetDateTime::UNIX_EPOCH, |i| i.published)),
-            Err(_) => Some(OffsetDateTime::UNIX_EPOCH),
-        }
+    /// Where the head goes in the merge: by stored time, then by stream name.
+    fn head_key(&self) -> Option<(OffsetDateTime, &str)> {
+        let head = self.head.as_ref()?;
+        Some((head.stored, &head.stream))
     }
 
-    fn hand_out(&mut self) -> Option<(Arc<str>, Delivered)> {
-        let message = self.head.take()?;
-        self.caught_up = match &message {
-            Ok(m) => m.info().is_ok_and(|i| i.pending == 0),
-            Err(_) => self.caught_up,
+    /// Reads the next message stored by the time the subscriber opened into the head.
+    async fn fill_stored(&mut self) -> Result<(), BusError> {
+        if self.head.is_none() && !self.read_through {
+            self.head = self.reader.next_through(self.last_at_open).await?;
+            self.read_through = self.head.is_none();
+        }
+        Ok(())
+    }
+
+    /// Reads the next message into the head unless the stream had nothing new a moment ago.
+    async fn fill_live(&mut self, now: Instant) -> Result<(), BusError> {
+        if self.head.is_some() || self.quiet_until.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        self.head = self.reader.next_stored().await?;
+        self.quiet_until = match self.head {
+            Some(_) => None,
+            None => Some(now + self.reader.idle_step()),
         };
-        Some((self.name.clone(), message))
+        Ok(())
     }
 }
 
@@ -242,11 +253,15 @@ impl<E: AvroEvent> Subscriber<E> {
         }
         let mut sources = Vec::with_capacity(streams.len());
         for stored in streams {
-            sources.push(open_ordered(js, &stored.name, &filter_subject, start).await?);
+            sources.push(open_source(js, &stored.name, &filter_subject, start).await?);
         }
         Ok(Self {
-            pending_at_start: sources.iter().map(|s| s.0).sum(),
-            sources: sources.into_iter().map(|s| s.1).collect(),
+            pending_at_start: sources
+                .iter()
+                .filter_map(|s| s.head.as_ref())
+                .map(|head| head.pending + 1)
+                .sum(),
+            sources,
             node_filter: None,
             _event: PhantomData,
         })
@@ -258,138 +273,113 @@ impl<E: AvroEvent> Subscriber<E> {
         self.pending_at_start
     }
 
-    /// The next message; `None` only if the connection closed for good.
+    /// The next message, waiting for it to be stored; `None` never (the type is kept for
+    /// the callers that stop at the end of a stream).
     pub async fn next(&mut self) -> Option<Result<Received<E>, BusError>> {
         loop {
-            let received = self.next_unfiltered().await;
-            if let (Some(node), Some(Ok(r))) = (&self.node_filter, &received)
-                && r.event.as_ref().is_ok_and(|e| e.node() != node)
-            {
-                continue;
+            let received = match self.next_live().await {
+                Ok(stored) => self.received(stored),
+                Err(e) => return Some(Err(e)),
+            };
+            if self.wanted(&received) {
+                return Some(Ok(received));
             }
-            return received;
         }
     }
 
-    /// The next message of the merge: the earliest stored of what the streams that are not
-    /// caught up hold, else whichever stream delivers first.
-    async fn next_message(&mut self) -> Option<(Arc<str>, Delivered)> {
-        if let [only] = self.sources.as_mut_slice() {
-            let message = only.messages.next().await?;
-            return Some((only.name.clone(), message));
-        }
+    /// The next message the streams held when the subscriber opened; `None` once all of it
+    /// has been read. Where a replica that answers lags behind its leader, the end is
+    /// confirmed with the leader, so nothing stored before the subscriber opened is missed.
+    pub async fn next_stored(&mut self) -> Option<Result<Received<E>, BusError>> {
         loop {
-            for source in &mut self.sources {
-                if source.head.is_none() && !source.caught_up && !source.ended {
-                    match source.messages.next().await {
-                        Some(message) => source.head = Some(message),
-                        None => source.ended = true,
-                    }
-                }
-            }
-            let earliest = (0..self.sources.len())
-                .filter_map(|i| self.sources[i].head_key().map(|k| (k, i)))
-                .min();
-            if let Some((_, i)) = earliest {
-                return self.sources[i].hand_out();
-            }
-            let live: Vec<usize> = (0..self.sources.len())
-                .filter(|i| !self.sources[*i].ended)
-                .collect();
-            if live.is_empty() {
-                return None;
-            }
-            let (message, at, _) = futures::future::select_all(
-                self.sources
-                    .iter_mut()
-                    .filter(|s| !s.ended)
-                    .map(|s| s.messages.next()),
-            )
-            .await;
-            let source = &mut self.sources[live[at]];
-            match message {
-                Some(message) => {
-                    source.head = Some(message);
-                    return source.hand_out();
-                }
-                None => source.ended = true,
+            let received = match self.next_stored_message().await {
+                Ok(stored) => self.received(stored?),
+                Err(e) => return Some(Err(e)),
+            };
+            if self.wanted(&received) {
+                return Some(Ok(received));
             }
         }
     }
 
-    async fn next_unfiltered(&mut self) -> Option<Result<Received<E>, BusError>> {
-        let (stream, message) = self.next_message().await?;
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                return Some(Err(BusError::Consumer {
-                    stream: stream.to_string(),
-                    detail: e.to_string(),
-                }));
+    /// Forgets that the streams had nothing new when last asked, so the next read asks them
+    /// at once: for a caller that knows more is stored (a stream's last sequence moved).
+    pub fn ask_again_now(&mut self) {
+        for source in &mut self.sources {
+            source.quiet_until = None;
+            source.reader.reset_idle();
+        }
+    }
+
+    /// Whether a message passes the node filter (dead letters are filtered here).
+    fn wanted(&self, received: &Received<E>) -> bool {
+        match (&self.node_filter, &received.event) {
+            (Some(node), Ok(event)) => event.node() == node,
+            _ => true,
+        }
+    }
+
+    /// The earliest stored head, taken out.
+    fn take_earliest(&mut self) -> Option<Stored> {
+        let (_, i) = (0..self.sources.len())
+            .filter_map(|i| self.sources[i].head_key().map(|k| (k, i)))
+            .min()?;
+        self.sources[i].head.take()
+    }
+
+    async fn next_stored_message(&mut self) -> Result<Option<Stored>, BusError> {
+        for source in &mut self.sources {
+            source.fill_stored().await?;
+        }
+        Ok(self.take_earliest())
+    }
+
+    /// The next message of the merge: the earliest stored of what the streams hold now,
+    /// asking again the streams that had nothing new after a short wait.
+    async fn next_live(&mut self) -> Result<Stored, BusError> {
+        loop {
+            let now = Instant::now();
+            for source in &mut self.sources {
+                source.fill_live(now).await?;
             }
-        };
-        let (stream_seq, stored, pending) = match message.info() {
-            Ok(i) => (i.stream_sequence, i.published, i.pending),
-            Err(_) => (0, OffsetDateTime::UNIX_EPOCH, 0),
-        };
-        let event = headers::decode_body::<E>(message.headers.as_ref(), &message.payload);
-        Some(Ok(Received {
-            stream,
-            stream_seq,
-            subject: message.subject.to_string(),
-            stored,
-            pending,
+            if let Some(stored) = self.take_earliest() {
+                return Ok(stored);
+            }
+            let wake = self.sources.iter().filter_map(|s| s.quiet_until).min();
+            tokio::time::sleep_until(wake.unwrap_or(now + IDLE_POLL)).await;
+        }
+    }
+
+    fn received(&self, stored: Stored) -> Received<E> {
+        let event = headers::decode_body::<E>(stored.headers.as_ref(), &stored.payload);
+        Received {
+            stream: stored.stream,
+            stream_seq: stored.seq,
+            subject: stored.subject,
+            stored: stored.stored,
+            pending: stored.pending,
             event,
-        }))
+        }
     }
 }
 
-/// An ordered consumer on `name` through `filter_subject` from `start`, and how many messages
-/// it had to deliver when it began.
-async fn open_ordered(
+/// A reader of `name` through `filter_subject` from `start`, with the first message it had to
+/// deliver when it began read ahead.
+async fn open_source(
     js: &JetStream,
     name: &str,
     filter_subject: &str,
     start: StartAt,
-) -> Result<(u64, Source), BusError> {
-    let failed = |detail: String| BusError::Consumer {
-        stream: name.to_owned(),
-        detail,
-    };
-    let stream = js.get_stream(name).await.map_err(|e| {
-        failed(format!(
-            "{e}; has `mapek streams apply` been run on this server?"
-        ))
-    })?;
-    let deliver_policy = match start {
-        StartAt::New => DeliverPolicy::New,
-        StartAt::All => DeliverPolicy::All,
-        StartAt::Since(start_time) => DeliverPolicy::ByStartTime { start_time },
-        StartAt::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-    };
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter_subject.to_owned(),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let pending = consumer
-        .info()
-        .await
-        .map(|i| i.num_pending)
-        .map_err(|e| failed(e.to_string()))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let source = Source {
-        name: Arc::from(name),
-        messages: Box::pin(messages),
+) -> Result<Source, BusError> {
+    let reader = Reader::open(js, name, filter_subject, start).await?;
+    let last_at_open = reader.last_at_open();
+    let mut source = Source {
+        reader,
+        last_at_open,
         head: None,
-        caught_up: pending == 0,
-        ended: false,
+        read_through: start == StartAt::New,
+        quiet_until: None,
     };
-    Ok((pending, source))
+    source.fill_stored().await?;
+    Ok(source)
 }

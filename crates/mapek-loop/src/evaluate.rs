@@ -169,12 +169,8 @@ async fn read_stored<E: AvroEvent>(js: &JetStream, through: u64) -> Result<Vec<E
     }
     let config = SubscriberConfig::all();
     let mut replay = Subscriber::<E>::open(js, config).await?;
-    let mut left = replay.pending_at_start();
     let mut out = Vec::new();
-    while left > 0 {
-        let Some(received) = replay.next().await else {
-            break;
-        };
+    while let Some(received) = replay.next_stored().await {
         let received = received?;
         if received.stream_seq > through {
             break;
@@ -183,7 +179,6 @@ async fn read_stored<E: AvroEvent>(js: &JetStream, through: u64) -> Result<Vec<E
         if let Ok(event) = received.event {
             out.push(event);
         }
-        left = received.pending;
     }
     Ok(out)
 }

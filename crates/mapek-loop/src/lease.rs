@@ -15,8 +15,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Store, UpdateErrorKind};
-use futures::StreamExt;
-use mapek_bus::{BusError, JetStream};
+use mapek_bus::{BusError, JetStream, direct};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -37,6 +36,7 @@ fn failed(detail: String) -> BusError {
 
 /// Leases held by one worker process.
 pub struct Leases {
+    js: JetStream,
     kv: Store,
     owner: String,
     ttl: Duration,
@@ -79,6 +79,7 @@ impl Leases {
         };
         let kv = mapek_bus::buckets::open_or_create(js, config).await?;
         Ok(Self {
+            js: js.clone(),
             kv,
             owner: owner.to_owned(),
             ttl,
@@ -232,17 +233,13 @@ impl Leases {
             .put(format!("{prefix}{}", self.owner), self.owner.clone().into())
             .await
             .map_err(|e| failed(format!("heartbeat: {e}")))?;
-        let mut keys = self
-            .kv
-            .keys()
+        let workers = format!("$KV.{BUCKET}.{prefix}>");
+        let alive = direct::last_per_subject(&self.js, &format!("KV_{BUCKET}"), &workers)
             .await
-            .map_err(|e| failed(format!("listing workers: {e}")))?;
-        let mut alive = 0;
-        while let Some(key) = keys.next().await {
-            if key.is_ok_and(|k| k.starts_with(&prefix)) {
-                alive += 1;
-            }
-        }
+            .map_err(|e| failed(format!("listing workers: {e}")))?
+            .iter()
+            .filter(|entry| !direct::is_deleted(entry))
+            .count();
         Ok(alive.max(1))
     }
 

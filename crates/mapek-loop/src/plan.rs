@@ -199,10 +199,7 @@ async fn recorded_knowledge<D: Decided>(
     let filter = partition_filter::<D>(partition);
     let mut decisions = Subscriber::<D>::open_subject(js, filter, StartAt::All).await?;
     let mut found: BTreeMap<String, Recorded> = BTreeMap::new();
-    if decisions.pending_at_start() == 0 {
-        return Ok(found);
-    }
-    while let Some(received) = decisions.next().await {
+    while let Some(received) = decisions.next_stored().await {
         let received = received?;
         if let Ok(d) = received.event {
             let d = d.decision();
@@ -212,9 +209,6 @@ async fn recorded_knowledge<D: Decided>(
                 let knowledge = d.knowledge.clone();
                 found.insert(d.symptom_id.clone(), Recorded { ours, knowledge });
             }
-        }
-        if received.pending == 0 {
-            break;
         }
     }
     Ok(found)

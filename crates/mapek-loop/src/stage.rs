@@ -294,7 +294,7 @@ async fn rebuild<S: Stage>(
     let filter = partition_filter::<S::In>(partition);
     let mut replay = Subscriber::<S::In>::open_subject(js, filter, StartAt::All).await?;
     let mut replayed = 0;
-    while let Some(received) = replay.next().await {
+    while let Some(received) = replay.next_stored().await {
         let received = received?;
         if received.stream_seq > through {
             break;
@@ -304,7 +304,7 @@ async fn rebuild<S: Stage>(
             stage.rebuild_step(&input);
             replayed += 1;
         }
-        if received.stream_seq == through || received.pending == 0 {
+        if received.stream_seq == through {
             break;
         }
     }

@@ -10,7 +10,7 @@
 //! - [`export()`]: a slice of the live log as a portable file ([`slice`](mod@slice)), which any of the
 //!   above reads through [`Source::Slice`].
 //!
-//! Replay reads through ordered consumers and the config bucket only: it publishes nothing,
+//! Replay reads by direct gets (no consumer) and the config bucket only: it publishes nothing,
 //! acknowledges nothing and calls no actuator.
 //!
 //! # Layout

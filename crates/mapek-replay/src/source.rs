@@ -1,9 +1,9 @@
 //! Where a replay reads the log from: the live streams, or a slice file.
 //!
-//! Live, every stream is read through an ordered consumer (ephemeral, never acknowledging,
-//! deleted when dropped) and the configuration through the `MAPEK_CONFIG` bucket: a replay
-//! creates no durable state and publishes nothing, so workers and subscribers see no trace of
-//! it. A stream is read up to the last message it held when the read began.
+//! Live, every stream is read by direct gets ([`mapek_bus::direct`]: no consumer, nothing
+//! acknowledged) and the configuration from the `MAPEK_CONFIG` bucket the same way: a replay
+//! creates nothing on the server and publishes nothing, so workers and subscribers see no
+//! trace of it. A stream is read up to the last message it held when the read began.
 //!
 //! A phase may be stored in several streams (telemetry, when the server maps it into
 //! partitions: `MAPEK_MONITOR_0` …, see [`mapek_bus::layout`]). They are read side by side and
@@ -12,11 +12,9 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
-use futures::StreamExt;
 use mapek_bus::config_store::{self, RecordedConfig};
-use mapek_bus::{BusError, JetStream, layout};
+use mapek_bus::direct::Reader;
+use mapek_bus::{BusError, JetStream, StartAt, layout};
 use mapek_domain::{Phase, Telemetry};
 
 use crate::merge::{earliest, merge, stream_key};
@@ -286,78 +284,36 @@ async fn read_live(
     Ok(n)
 }
 
-/// One stream read through an ordered consumer, up to the last message it held when opened.
+/// One stream read by direct gets, up to the last message it held when opened.
 struct LiveStream {
-    name: String,
+    reader: Reader,
     /// The stream's last sequence when the read began: later messages are not read.
     last: u64,
-    /// `None` once read to the end.
-    messages: Option<Ordered>,
 }
 
 impl LiveStream {
-    /// Opens `name` through `filter`; `None` if the stream does not exist or holds nothing
-    /// `filter` matches.
+    /// Opens `name` through `filter`; `None` if the stream does not exist or holds nothing.
     async fn open(js: &JetStream, name: &str, filter: &str) -> Result<Option<Self>, ReplayError> {
-        let Ok(mut stream) = js.get_stream(name).await else {
-            return Ok(None);
-        };
-        let failed = |e: &dyn std::fmt::Display| consumer_error(name, e.to_string());
-        let info = stream.info().await.map_err(|e| failed(&e))?;
-        let last = info.state.last_sequence;
-        if info.state.messages == 0 {
+        if js.get_stream(name).await.is_err() {
             return Ok(None);
         }
-        let mut consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        let pending = consumer.info().await.map_err(|e| failed(&e))?.num_pending;
-        if pending == 0 {
-            return Ok(None);
-        }
-        let messages = consumer.messages().await.map_err(|e| failed(&e))?;
-        Ok(Some(Self {
-            name: name.to_owned(),
-            last,
-            messages: Some(messages),
-        }))
+        let reader = Reader::open(js, name, filter, StartAt::All).await?;
+        let last = reader.last_at_open();
+        Ok((last > 0).then_some(Self { reader, last }))
     }
 
     /// The next record, or `None` at the end.
     async fn next(&mut self) -> Result<Option<Record>, ReplayError> {
-        let Some(messages) = self.messages.as_mut() else {
+        let Some(stored) = self.reader.next_through(self.last).await? else {
             return Ok(None);
         };
-        let Some(message) = messages.next().await else {
-            self.messages = None;
-            return Ok(None);
-        };
-        let message = message.map_err(|e| consumer_error(&self.name, e.to_string()))?;
-        let (seq, stored, pending) = match message.info() {
-            Ok(i) => (i.stream_sequence, to_ms(i.published), i.pending),
-            Err(e) => return Err(consumer_error(&self.name, e.to_string())),
-        };
-        if seq > self.last {
-            self.messages = None;
-            return Ok(None);
-        }
-        if seq == self.last || pending == 0 {
-            // The last one: the consumer is deleted now rather than when the read ends.
-            self.messages = None;
-        }
-        let message = message.message;
         Ok(Some(Record {
-            stream: self.name.clone(),
-            seq,
-            subject: message.subject.to_string(),
-            stored_ms: stored,
-            headers: message.headers,
-            body: message.payload,
+            stream: stored.stream.to_string(),
+            seq: stored.seq,
+            subject: stored.subject,
+            stored_ms: to_ms(stored.stored),
+            headers: stored.headers,
+            body: stored.payload,
         }))
     }
 }

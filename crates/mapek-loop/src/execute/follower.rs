@@ -49,6 +49,9 @@ impl<E: AvroEvent> Follower<E> {
             .state
             .last_sequence;
         let mut folded = 0;
+        if self.folded < last {
+            self.events.ask_again_now();
+        }
         while self.folded < last {
             let received = tokio::time::timeout(CATCH_UP_WAIT, self.events.next())
                 .await

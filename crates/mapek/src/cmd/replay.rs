@@ -122,7 +122,8 @@ pub struct IncidentArgs {
 const VERIFY_HELP: &str = "\
 Each stream is replayed from its first message, because the analyzers' windows and the
 planners' cooldowns reach back; --from/--to/--node only choose what is compared. Replay reads
-through ordered consumers: it publishes nothing and acts on nothing. docs/replay.md has more.
+by direct gets, with no consumer: it publishes nothing and acts on nothing. docs/replay.md has
+more.
 
 A sequence given to --from/--to names telemetry in one stream. When the server splits
 telemetry over several streams (MAPEK_MONITOR_0, MAPEK_MONITOR_1, ...; docs/adr/0012) each has
