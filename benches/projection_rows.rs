@@ -155,7 +155,7 @@ async fn main() {
     let telemetry = telemetry(samples, nodes);
     println!(
         "monitor: {samples} telemetry samples of {nodes} nodes, each store fresh, against \
-         reading and decoding the same log through an ordered consumer, without writing:"
+         reading and decoding the same log through mapek's Subscriber, without writing:"
     );
     let sqlite = tempfile::tempdir().expect("a directory for SQLite");
     let sqlite = sqlite.path().join("knowledge.sqlite");

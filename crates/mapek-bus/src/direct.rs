@@ -94,6 +94,8 @@ pub struct Reader {
     replies: async_nats::Subscriber,
     inbox: String,
     asked: u64,
+    /// The reply subject of the request sent and not fully answered yet.
+    in_flight: Option<String>,
     idle: Duration,
 }
 
@@ -118,6 +120,13 @@ impl Reader {
             StartAt::Since(t) => From::Time(t),
             StartAt::Sequence(seq) => From::Seq(seq.max(1)),
         };
+        // A filter that matches everything the stream stores is sent as `>`: nats-server then
+        // reads on in sequence, where a wildcard filter makes it look through each block's
+        // subjects for every message (one per node in a monitor stream).
+        let filter = match covers(filter, &stored_patterns(&handle.cached_info().config)) {
+            true => ">",
+            false => filter,
+        };
         let client = js.client();
         let inbox = client.new_inbox();
         let replies = client
@@ -134,6 +143,7 @@ impl Reader {
             replies,
             inbox,
             asked: 0,
+            in_flight: None,
             idle: Duration::ZERO,
         })
     }
@@ -251,20 +261,37 @@ impl Reader {
         }
     }
 
-    /// Sends one request and buffers its answer.
+    /// Sends a request unless one is on its way, and buffers its answer.
     async fn ask(&mut self) -> Result<Answer, BusError> {
+        if self.in_flight.is_none()
+            && let Err(e) = self.send().await
+        {
+            return Ok(Answer::Lost(e));
+        }
+        let answer = self.collect().await;
+        if !matches!(answer, Ok(Answer::Read)) {
+            self.in_flight = None; // given up on: a late answer is skipped
+        }
+        answer
+    }
+
+    /// Sends the request for the batch after what is read.
+    async fn send(&mut self) -> Result<(), String> {
         self.asked += 1;
         let reply = format!("{}.{}", self.inbox, self.asked);
-        let request = self.request();
         let subject = format!("$JS.API.DIRECT.GET.{}", self.name);
-        if let Err(e) = self
-            .client
-            .publish_with_reply(subject, reply.clone(), request)
+        self.client
+            .publish_with_reply(subject, reply.clone(), self.request())
             .await
-        {
-            return Ok(Answer::Lost(e.to_string()));
-        }
-        let mut read = false;
+            .map_err(|e| e.to_string())?;
+        self.in_flight = Some(reply);
+        Ok(())
+    }
+
+    /// Buffers the answer to the request on its way. When the stream holds more, the next
+    /// batch is asked for at once, so the server sends it while this one is handed out.
+    async fn collect(&mut self) -> Result<Answer, BusError> {
+        let reply = self.in_flight.clone().unwrap_or_default();
         loop {
             let message = match tokio::time::timeout(ANSWER_WAIT, self.replies.next()).await {
                 Ok(Some(message)) => message,
@@ -279,10 +306,20 @@ impl Reader {
                     let stored = self.stored(message)?;
                     self.from = From::Seq(stored.seq + 1);
                     self.buffered.push_back(stored);
-                    read = true;
                 }
-                Some(204) => return Ok(Answer::Read),
-                Some(404) if !read => return Ok(Answer::Read),
+                Some(204) => {
+                    self.in_flight = None;
+                    if pending_after(&message) > 0 {
+                        // Should it fail, the next read asks again.
+                        let _ = self.send().await;
+                    }
+                    return Ok(Answer::Read);
+                }
+                // Nothing (more) matches from the start asked for.
+                Some(404) => {
+                    self.in_flight = None;
+                    return Ok(Answer::Read);
+                }
                 Some(503) => return self.no_responders().await,
                 _ => return Err(self.refused(&message)),
             }
@@ -375,6 +412,56 @@ pub async fn last_per_subject(
     }
 }
 
+/// The subjects a stream stores its messages under, as patterns: its subjects, with those its
+/// subject transform takes replaced by the transform's destination (each `{{…}}` a `*`).
+fn stored_patterns(config: &async_nats::jetstream::stream::Config) -> Vec<String> {
+    let Some(transform) = &config.subject_transform else {
+        return config.subjects.clone();
+    };
+    let destination = transform
+        .destination
+        .split('.')
+        .map(|t| if t.starts_with("{{") { "*" } else { t })
+        .collect::<Vec<_>>()
+        .join(".");
+    let mut patterns: Vec<String> = config
+        .subjects
+        .iter()
+        .filter(|s| !covers(&transform.source, std::slice::from_ref(*s)))
+        .cloned()
+        .collect();
+    patterns.push(destination);
+    patterns
+}
+
+/// Whether every subject matching one of `patterns` also matches `filter`.
+fn covers(filter: &str, patterns: &[String]) -> bool {
+    let within = |pattern: &str| {
+        let mut f = filter.split('.');
+        let mut p = pattern.split('.');
+        loop {
+            match (f.next(), p.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some(_), Some(">")) => return false,
+                (Some("*"), Some(_)) => continue,
+                (Some(a), Some(b)) if a == b && b != "*" => continue,
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    };
+    !patterns.is_empty() && patterns.iter().all(|p| within(p))
+}
+
+/// How many messages matching the filter an end-of-batch answer says are left.
+fn pending_after(message: &async_nats::Message) -> u64 {
+    let header = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Num-Pending"));
+    header.map_or(0, |v| v.as_str().parse().unwrap_or(0))
+}
+
 /// Whether a bucket entry read by a direct get is a deletion (a delete or purge marker).
 pub fn is_deleted(entry: &Stored) -> bool {
     entry
@@ -423,5 +510,45 @@ fn consumer_error(stream: &str, detail: String) -> BusError {
     BusError::Consumer {
         stream: stream.to_owned(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_filter_covers_a_stream_when_it_matches_every_subject_stored() {
+        let monitor_1 = patterns(&["mapek.monitor.4.*", "mapek.monitor.5.*"]);
+        assert!(covers("mapek.monitor.>", &monitor_1));
+        assert!(covers("mapek.monitor.*.*", &monitor_1));
+        assert!(
+            !covers("mapek.monitor.4.>", &monitor_1),
+            "one partition of two"
+        );
+        assert!(!covers("mapek.monitor.*", &monitor_1), "too short");
+        assert!(covers(">", &patterns(&["mapek.dlq.>"])));
+        assert!(!covers("mapek.dlq.plan", &patterns(&["mapek.dlq.>"])));
+        assert!(!covers("mapek.dlq.*", &patterns(&["mapek.dlq.>"])));
+        assert!(!covers("mapek.>", &[]));
+    }
+
+    #[test]
+    fn a_transformed_stream_stores_under_its_destination() {
+        let config = async_nats::jetstream::stream::Config {
+            subjects: patterns(&["mapek.plan.*"]),
+            subject_transform: Some(async_nats::jetstream::stream::SubjectTransform {
+                source: "mapek.plan.*".into(),
+                destination: "mapek.plan.{{partition(8,1)}}.{{wildcard(1)}}".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(stored_patterns(&config), ["mapek.plan.*.*"]);
+        assert!(covers("mapek.plan.>", &stored_patterns(&config)));
+        assert!(!covers("mapek.plan.3.>", &stored_patterns(&config)));
     }
 }
