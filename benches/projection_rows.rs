@@ -6,7 +6,7 @@
 //! `cargo bench -p mapek-knowledge --bench projection_rows` (MAPEK_BENCH_ROWS sets the count
 //! of decisions, default 50 000; MAPEK_BENCH_SAMPLES the telemetry samples, default 100 000;
 //! MAPEK_BENCH_NODES the nodes they come from, default 10 000).
-//! Needs nats-server 2.10+ (NATS_SERVER_BIN or PATH) and Postgres (DATABASE_URL, default
+//! Needs nats-server 2.11+ (NATS_SERVER_BIN or PATH) and Postgres (DATABASE_URL, default
 //! postgres://postgres@127.0.0.1:5432); each side writes into a fresh database of its own.
 
 use std::collections::BTreeMap;
