@@ -32,7 +32,8 @@ impl NatsCluster {
     /// electing its meta leader for a second or two.
     ///
     /// # Panics
-    /// When no usable `nats-server` is found or a server does not start within 10 s.
+    /// When no usable `nats-server` is found, or a server does not start within 10 s three
+    /// times over (each time on newly picked ports).
     pub fn start(size: usize) -> Self {
         Self::start_with_sync(size, true)
     }
@@ -43,6 +44,21 @@ impl NatsCluster {
     /// # Panics
     /// As [`NatsCluster::start`].
     pub fn start_with_sync(size: usize, sync: bool) -> Self {
+        // A port picked as free may be taken by another test's server before this one binds
+        // it: then the whole cluster starts again on other ports.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(size, sync) {
+                Ok(cluster) => return cluster,
+                Err(e) if attempt < 3 => eprintln!("a cluster server did not start ({e}); again"),
+                Err(e) => panic!("the cluster did not start: {e}"),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Starts the cluster on ports picked now; an error when a server does not start.
+    fn try_start(size: usize, sync: bool) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("mapek-nats-cluster-")
             .tempdir()
@@ -85,11 +101,18 @@ impl NatsCluster {
                 std::thread::spawn(move || spawn(&config, &[]))
             })
             .collect();
+        let mut failed = None;
         for (node, child) in cluster.nodes.iter_mut().zip(children) {
-            node.child = Some(child.join().expect("a server started"));
-            wait_for_port(node.port);
+            match child.join() {
+                Ok(child) => node.child = Some(child),
+                Err(panic) => failed = Some(panic_message(panic.as_ref())),
+            }
         }
-        cluster
+        if let Some(why) = failed {
+            return Err(why); // dropping the cluster stops the servers that did start
+        }
+        cluster.nodes.iter().for_each(|n| wait_for_port(n.port));
+        Ok(cluster)
     }
 
     /// The process ids of the servers running, to read their CPU time.
@@ -144,6 +167,15 @@ impl NatsCluster {
         let node = &mut self.nodes[i];
         node.child = Some(spawn(&node.config, &[]));
         wait_for_port(node.port);
+    }
+}
+
+/// What a panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => (*s).to_owned(),
+        (None, None) => "a server did not start".to_owned(),
     }
 }
 
