@@ -108,12 +108,29 @@ impl Reader {
         filter: &str,
         start: StartAt,
     ) -> Result<Self, BusError> {
+        Self::open_existing(js, stream, filter, start)
+            .await?
+            .ok_or_else(|| {
+                consumer_error(
+                    stream,
+                    "no such stream; has `mapek streams apply` been run on this server?".into(),
+                )
+            })
+    }
+
+    /// As [`Reader::open`], but `None` when the stream does not exist.
+    pub async fn open_existing(
+        js: &JetStream,
+        stream: &str,
+        filter: &str,
+        start: StartAt,
+    ) -> Result<Option<Self>, BusError> {
         let failed = |detail: String| consumer_error(stream, detail);
-        let handle = js.get_stream(stream).await.map_err(|e| {
-            failed(format!(
-                "{e}; has `mapek streams apply` been run on this server?"
-            ))
-        })?;
+        let handle = match js.get_stream(stream).await {
+            Ok(handle) => handle,
+            Err(e) if crate::streams::is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(failed(format!("cannot look it up: {e}"))),
+        };
         let from = match start {
             StartAt::New => From::Seq(handle.cached_info().state.last_sequence + 1),
             StartAt::All => From::Seq(1),
@@ -133,7 +150,7 @@ impl Reader {
             .subscribe(format!("{inbox}.*"))
             .await
             .map_err(|e| failed(format!("cannot subscribe to its answers: {e}")))?;
-        Ok(Self {
+        Ok(Some(Self {
             client,
             stream: handle,
             name: Arc::from(stream),
@@ -145,12 +162,7 @@ impl Reader {
             asked: 0,
             in_flight: None,
             idle: Duration::ZERO,
-        })
-    }
-
-    /// The stream read.
-    pub fn stream(&self) -> &Arc<str> {
-        &self.name
+        }))
     }
 
     /// The next message stored by now, or `None` when the reader has read everything the

@@ -294,10 +294,9 @@ struct LiveStream {
 impl LiveStream {
     /// Opens `name` through `filter`; `None` if the stream does not exist or holds nothing.
     async fn open(js: &JetStream, name: &str, filter: &str) -> Result<Option<Self>, ReplayError> {
-        if js.get_stream(name).await.is_err() {
+        let Some(reader) = Reader::open_existing(js, name, filter, StartAt::All).await? else {
             return Ok(None);
-        }
-        let reader = Reader::open(js, name, filter, StartAt::All).await?;
+        };
         let last = reader.last_at_open();
         Ok((last > 0).then_some(Self { reader, last }))
     }
