@@ -111,5 +111,8 @@ async fn metrics_count_the_failures_while_the_database_is_away_and_the_model_cat
     );
 
     let err = interrupt(child);
-    assert!(err.contains("events into the read model"), "{err}");
+    assert!(
+        err.contains("the SQL read model: 280 events written"),
+        "{err}"
+    );
 }

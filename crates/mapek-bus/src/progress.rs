@@ -92,7 +92,7 @@ async fn progress(
 ) -> Result<Vec<StreamProgress>, BusError> {
     let mut out = Vec::new();
     for &phase in phases {
-        for stored in layout::streams_of(js, phase).await? {
+        for (piece, stored) in layout::streams_of(js, phase).await?.into_iter().enumerate() {
             let Ok(stream) = js.get_stream(&stored.name).await else {
                 continue;
             };
@@ -111,7 +111,9 @@ async fn progress(
                 let durable = info.config.durable_name.is_some();
                 consumers.push(ConsumerProgress {
                     durable,
-                    owner: durable.then(|| owner_of(owners, &info.name)).flatten(),
+                    owner: durable
+                        .then(|| owner_of(owners, &info.name, piece))
+                        .flatten(),
                     filter: info.config.filter_subject.clone(),
                     behind: info.num_pending + info.num_ack_pending as u64,
                     unacked: info.num_ack_pending as u64,
@@ -157,9 +159,17 @@ fn lease_key(consumer: &str) -> String {
     }
 }
 
-/// Who reads `consumer`: the holder of its partition's lease, else of the longest lease
-/// named by a prefix of it (a singleton's consumers: `evaluate-results` under `evaluate`).
-fn owner_of(owners: &BTreeMap<String, String>, consumer: &str) -> Option<String> {
+/// Who reads `consumer`, on the `piece`th stream of its phase. A consumer whose streams are
+/// shared out by lease (the telemetry projection's `knowledge-sql-monitor`, leased per
+/// stream as `knowledge-sql-monitor.p1`, its workers alive as `knowledge-sql-monitor.worker.
+/// <name>`) is read by its stream's lease holder, or nobody. Any other is read by the holder
+/// of its partition's lease, else of the longest lease named by a prefix of it (a
+/// singleton's consumers: `evaluate-results` under `evaluate`).
+fn owner_of(owners: &BTreeMap<String, String>, consumer: &str, piece: usize) -> Option<String> {
+    let shared = format!("{consumer}.");
+    if owners.keys().any(|k| k.starts_with(&shared)) {
+        return owners.get(&format!("{shared}p{piece}")).cloned();
+    }
     let mut name = lease_key(consumer);
     loop {
         if let Some(owner) = owners.get(&name) {
@@ -219,14 +229,38 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .into();
-        assert_eq!(owner_of(&owners, "analyze-p3").as_deref(), Some("w1"));
-        assert_eq!(owner_of(&owners, "analyze-p4"), None);
-        assert_eq!(owner_of(&owners, "evaluate-results").as_deref(), Some("w2"));
+        assert_eq!(owner_of(&owners, "analyze-p3", 0).as_deref(), Some("w1"));
+        assert_eq!(owner_of(&owners, "analyze-p4", 0), None);
         assert_eq!(
-            owner_of(&owners, "knowledge-sql-monitor").as_deref(),
+            owner_of(&owners, "evaluate-results", 0).as_deref(),
+            Some("w2")
+        );
+        assert_eq!(
+            owner_of(&owners, "knowledge-sql-analyze", 0).as_deref(),
             Some("w3")
         );
-        assert_eq!(owner_of(&owners, "execute"), None);
+        assert_eq!(owner_of(&owners, "execute", 0), None);
+    }
+
+    #[test]
+    fn a_telemetry_streams_projection_is_read_by_its_streams_lease_holder() {
+        let owners: BTreeMap<String, String> = [
+            ("knowledge-sql", "w1"),
+            ("knowledge-sql-monitor.p0", "w2"),
+            ("knowledge-sql-monitor.p1", "w3"),
+            ("knowledge-sql-monitor.worker.w2", "w2"),
+            ("knowledge-sql-monitor.worker.w3", "w3"),
+            ("analyze.p5", "w4"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        let owner = |consumer, piece| owner_of(&owners, consumer, piece);
+        assert_eq!(owner("knowledge-sql-monitor", 0).as_deref(), Some("w2"));
+        assert_eq!(owner("knowledge-sql-monitor", 1).as_deref(), Some("w3"));
+        // A stream nobody leases is read by nobody, not by the incidents' projector.
+        assert_eq!(owner("knowledge-sql-monitor", 2), None);
+        assert_eq!(owner("analyze-p5", 1).as_deref(), Some("w4"));
+        assert_eq!(owner("knowledge-sql-plan", 0).as_deref(), Some("w1"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub mod store;
 
 pub use error::KnowledgeError;
 pub use project::{
-    Counts, CrashHook, PROJECTED, ProjectionConfig, ProjectionStats, StreamCounters, project,
+    Counts, CrashHook, PROJECTED, Part, ProjectionConfig, ProjectionStats, StreamCounters, project,
     project_with, rebuild,
 };
 pub use redis::Redis;

@@ -18,6 +18,19 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The engine a read model at `url_or_path` is in: Postgres for a `postgres://` or
+    /// `postgresql://` URL, SQLite for anything else.
+    pub fn of(url_or_path: &str) -> Self {
+        let s = url_or_path.trim();
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 /// The SQL read model: a pool of connections to Postgres or SQLite.
 ///
 /// Cloning is cheap and shares the pool.
@@ -176,7 +189,7 @@ impl ReadModel {
 /// The URL to connect to and its engine.
 fn normalise(url_or_path: &str) -> Result<(String, Backend), KnowledgeError> {
     let s = url_or_path.trim();
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+    if Backend::of(s) == Backend::Postgres {
         return Ok((s.to_owned(), Backend::Postgres));
     }
     let path = match s

@@ -50,9 +50,47 @@ pub const PROJECTED: [Phase; 5] = [
 /// [`mapek_bus::projection::CrashHook`]).
 pub use mapek_bus::projection::CrashHook;
 
+/// Which of the log's streams a projection writes into the read model.
+///
+/// A node's telemetry is stored in one stream and its rows are written from that stream
+/// alone, so the telemetry streams can be projected by different processes at once, each
+/// with its own stored sequence; everything else (symptoms, decisions, actions, outcomes)
+/// is one incident's story across phases and is projected by one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Part {
+    /// Every stream of the five phases.
+    #[default]
+    Whole,
+    /// Every stream but telemetry's: analyze, plan, execute and knowledge.
+    Incidents,
+    /// One telemetry stream, by name (`MAPEK_MONITOR_1`).
+    Telemetry(String),
+}
+
+impl Part {
+    /// Whether this part projects streams of `phase`.
+    fn has_phase(&self, phase: Phase) -> bool {
+        match self {
+            Part::Whole => true,
+            Part::Incidents => phase != Phase::Monitor,
+            Part::Telemetry(_) => phase == Phase::Monitor,
+        }
+    }
+
+    /// Whether this part projects `stream`, one of a phase it has.
+    fn has_stream(&self, stream: &str) -> bool {
+        match self {
+            Part::Telemetry(name) => name == stream,
+            Part::Whole | Part::Incidents => true,
+        }
+    }
+}
+
 /// How the projections read the log.
 #[derive(Clone)]
 pub struct ProjectionConfig {
+    /// Which streams are projected.
+    pub part: Part,
     /// Durable consumers named `<prefix>-<phase>` on each of the phase's streams (their lag
     /// shows on the server), or ephemeral ones when `None` (a rebuild, which must not disturb
     /// the live consumers).
@@ -74,6 +112,7 @@ pub struct ProjectionConfig {
 impl Default for ProjectionConfig {
     fn default() -> Self {
         Self {
+            part: Part::Whole,
             durable_prefix: Some("knowledge-sql".into()),
             batch: 1000,
             until_caught_up: false,
@@ -124,10 +163,11 @@ pub async fn project(
     Ok(stats)
 }
 
-/// [`project`] with a config and counters of the caller's. Returns when `shutdown`
-/// completes, when every stream is caught up (with `until_caught_up`), or at the first
-/// error a projection cannot wait out (the log failed, or a test hook fired). The streams of
-/// each phase are those the server has when it starts ([`layout::streams_of`]).
+/// [`project`] with a config and counters of the caller's: the streams of `config.part`.
+/// Returns when `shutdown` completes, when every stream is caught up (with
+/// `until_caught_up`), or at the first error a projection cannot wait out (the log failed,
+/// or a test hook fired). The streams of each phase are those the server has when it starts
+/// ([`layout::streams_of`]); a telemetry stream it does not have is an error.
 pub async fn project_with(
     js: JetStream,
     read_model: ReadModel,
@@ -137,7 +177,11 @@ pub async fn project_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), KnowledgeError> {
     let mut projections = Projections::default();
+    let mut projected = 0;
     for phase in PROJECTED {
+        if !config.part.has_phase(phase) {
+            continue;
+        }
         let streams = layout::streams_of(&js, phase)
             .await
             .map_err(|e| KnowledgeError::Log {
@@ -145,6 +189,10 @@ pub async fn project_with(
                 detail: e.to_string(),
             })?;
         for stored in streams {
+            if !config.part.has_stream(&stored.name) {
+                continue;
+            }
+            projected += 1;
             let store = SqlStore {
                 js: js.clone(),
                 read_model: read_model.clone(),
@@ -162,6 +210,12 @@ pub async fn project_with(
                     .map_err(|e| sql::failed(e, &url))
             });
         }
+    }
+    if let (Part::Telemetry(stream), 0) = (&config.part, projected) {
+        return Err(KnowledgeError::Log {
+            stream: stream.clone(),
+            detail: "no such telemetry stream: run `mapek streams apply`".into(),
+        });
     }
     let panicked = |detail| KnowledgeError::Log {
         stream: "?".into(),

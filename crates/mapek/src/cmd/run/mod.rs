@@ -26,9 +26,6 @@ use crate::Settings;
 use crate::cmd::status::StoreArgs;
 use crate::shutdown::Shutdown;
 
-/// How many partitions the phase streams have (streams/: `{{partition(8,1)}}`).
-pub const PARTITIONS: u32 = 8;
-
 /// The phases `mapek run` can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PhaseArg {
@@ -43,7 +40,8 @@ pub enum PhaseArg {
     Execute,
     /// Actions and symptoms → outcomes (one active copy at a time)
     Evaluate,
-    /// The log → the SQL read model and the incident index (one active copy of each)
+    /// The log → the SQL read model and the incident index (one active copy of each; copies
+    /// writing one Postgres read model share its telemetry streams)
     Project,
 }
 

@@ -1,27 +1,78 @@
-//! The two projections `mapek run --phase project` runs, each under a lease so one process
-//! at a time writes a store (their offsets are the stores' own; two writers would race on
-//! them), with their failures counted on `/metrics`.
+//! The two projections `mapek run --phase project` runs, under leases so that one process at
+//! a time writes each stream's part of a store (their offsets are the stores' own; two
+//! writers would race on them), with their failures counted on `/metrics`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mapek_bus::{BusError, JetStream};
-use mapek_knowledge::{ProjectionConfig, ProjectionStats, Redis};
+use mapek_knowledge::{Backend, Part, ProjectionConfig, ProjectionStats, ReadModel, Redis};
 use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES, RETRIES};
 use mapek_vectors::{IncidentIndex, ProjectStats};
+use tokio::sync::OnceCell;
 
 use super::Stores;
 use super::workers::{Stop, Worker};
 use crate::cmd::status::open_read_model;
 
-/// The projection into the SQL read model (and Redis): one active copy, the others standing
-/// by.
+/// The lease of the telemetry streams' projections into the read model: one lease per
+/// stream, `knowledge-sql-monitor.p1` for the second (`MAPEK_MONITOR_1`).
+const SQL_TELEMETRY: &str = "knowledge-sql-monitor";
+
+/// The projection into the SQL read model (and Redis).
+///
+/// Into Postgres, which every process shares, the incidents' phases (symptoms to outcomes)
+/// have one active copy, the others standing by, and the telemetry streams are shared out
+/// among the processes running this phase, one lease per stream: a node's rows are written
+/// from its one stream alone. Into SQLite, a file each process keeps for itself, one process
+/// at a time projects the whole log, so that the file it writes holds all of it.
 pub(super) async fn project_sql(worker: Worker, stores: Stores) -> anyhow::Result<String> {
-    let work = |js, stop| sql(js, stores.database.clone(), stores.redis.clone(), stop);
-    let say =
-        |s: ProjectionStats| format!("{} events into the read model", s.total(|c| &c.applied));
-    worker.singleton("knowledge-sql", work, say).await
+    let stats = ProjectionStats::default();
+    let counters = sql_counters(&stats);
+    let model = Arc::new(SqlModel::new(&stores));
+    let project = |js, part, stop| sql(js, model.clone(), part, stats.clone(), stop);
+    let said = if Backend::of(&stores.database) == Backend::Postgres {
+        shared_out(worker, project).await
+    } else {
+        let whole = |js, stop| project(js, Part::Whole, stop);
+        let said = worker.singleton("knowledge-sql", whole, |()| "projected".to_owned());
+        said.await
+    };
+    counters.into_iter().for_each(CounterExporter::finish);
+    Ok(format!(
+        "the SQL read model: {} events written; {}",
+        stats.total(|c| &c.applied),
+        said?
+    ))
+}
+
+/// The incidents' part under one lease and the telemetry streams under a lease each, as
+/// [`project_sql`] runs them into Postgres; says what ran here.
+async fn shared_out<P, Fut>(worker: Worker, project: P) -> anyhow::Result<String>
+where
+    P: Fn(JetStream, Part, Stop) -> Fut,
+    Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+{
+    let Some(telemetry) = worker.telemetry_streams().await else {
+        return Ok("stopped before the telemetry streams were found".into());
+    };
+    let incidents = worker.clone().singleton(
+        "knowledge-sql",
+        |js, stop| project(js, Part::Incidents, stop),
+        |()| "symptoms to outcomes projected".to_owned(),
+    );
+    let pieces = worker.shared(SQL_TELEMETRY, telemetry.len(), |js, i, stop| {
+        project(js, Part::Telemetry(telemetry[i].clone()), stop)
+    });
+    let (incidents, pieces) = tokio::join!(incidents, pieces);
+    Ok(format!(
+        "{}; {SQL_TELEMETRY}: {} of {} telemetry streams projected here",
+        incidents?,
+        pieces?,
+        telemetry.len()
+    ))
 }
 
 /// The projection into the incident index: one active copy, the others standing by.
@@ -35,35 +86,60 @@ pub(super) async fn project_vectors(
     worker.singleton("knowledge-vectors", work, say).await
 }
 
-/// Projects the log into the read model at `database`, and into Redis (URL and key prefix)
-/// if given, until `stop`.
-async fn sql(
-    js: JetStream,
+/// The read model and Redis, opened by the first projection that needs them and shared by
+/// the others of the process (embedded SQLite takes one writer at a time).
+struct SqlModel {
     database: String,
     redis: Option<(String, String)>,
+    opened: OnceCell<(ReadModel, Option<Redis>)>,
+}
+
+impl SqlModel {
+    fn new(stores: &Stores) -> Self {
+        Self {
+            database: stores.database.clone(),
+            redis: stores.redis.clone(),
+            opened: OnceCell::new(),
+        }
+    }
+
+    /// The read model and Redis, opened now if no projection has yet; a failure is left for
+    /// the next try.
+    async fn open(&self) -> anyhow::Result<&(ReadModel, Option<Redis>)> {
+        self.opened
+            .get_or_try_init(|| async {
+                let model = open_read_model(&self.database, true).await?;
+                let redis = match &self.redis {
+                    Some((url, prefix)) => Some(Redis::connect_with_prefix(url, prefix).await?),
+                    None => None,
+                };
+                Ok((model, redis))
+            })
+            .await
+    }
+}
+
+/// Projects `part` of the log into the read model (and Redis), counting into `stats`, until
+/// `stop`.
+async fn sql(
+    js: JetStream,
+    model: Arc<SqlModel>,
+    part: Part,
+    stats: ProjectionStats,
     stop: Stop,
-) -> Result<ProjectionStats, BusError> {
+) -> Result<(), BusError> {
     let failed = |e: &dyn std::fmt::Display| BusError::Consumer {
         stream: "the SQL read model".into(),
         detail: e.to_string(),
     };
-    let model = open_read_model(&database, true)
-        .await
-        .map_err(|e| failed(&format!("{e:#}")))?;
-    let redis = match redis {
-        Some((url, prefix)) => Some(
-            Redis::connect_with_prefix(&url, &prefix)
-                .await
-                .map_err(|e| failed(&e))?,
-        ),
-        None => None,
+    let (read_model, redis) = model.open().await.map_err(|e| failed(&format!("{e:#}")))?;
+    let config = ProjectionConfig {
+        part,
+        ..ProjectionConfig::default()
     };
-    let stats = ProjectionStats::default();
-    let counters = sql_counters(&stats);
-    let config = ProjectionConfig::default();
-    let done = mapek_knowledge::project_with(js, model, redis, config, stats.clone(), stop).await;
-    counters.into_iter().for_each(CounterExporter::finish);
-    done.map(|()| stats).map_err(|e| failed(&e))
+    mapek_knowledge::project_with(js, read_model.clone(), redis.clone(), config, stats, stop)
+        .await
+        .map_err(|e| failed(&e))
 }
 
 /// The SQL projection counts the writes that failed, the reads of the log that failed, and

@@ -8,13 +8,14 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use mapek_audit::witness;
 use mapek_audit::{SigningKey, VerifyingKey};
+use mapek_bus::layout::{self, PARTITIONS};
 use mapek_bus::{BusError, JetStream};
 use mapek_domain::plan::NoKnowledge;
 use mapek_domain::{
-    AnalyzeConfig, Analyzer, Decision, ExecuteConfig, KnowledgeView, Policy, ShadowDecision,
+    AnalyzeConfig, Analyzer, Decision, ExecuteConfig, KnowledgeView, Phase, Policy, ShadowDecision,
 };
 use mapek_knowledge::Redis;
-use mapek_loop::lease::{DEFAULT_TTL, run_partitioned, run_singleton};
+use mapek_loop::lease::{DEFAULT_TTL, Sharing, run_partitioned, run_singleton, share_partitions};
 use mapek_loop::plan::{Decided, PlanStage};
 use mapek_loop::retry::until_ok;
 use mapek_loop::{Stage, StageStats, evaluate, execute};
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::project::{project_sql, project_vectors};
-use super::{PARTITIONS, PhaseArg, Stores};
+use super::{PhaseArg, Stores};
 use crate::Settings;
 use crate::cmd::replay::read_policy;
 use crate::shutdown::Shutdown;
@@ -371,6 +372,53 @@ impl Worker {
             stop,
         )
         .await
+    }
+
+    /// Runs `work(i)` for each of `pieces` pieces this process can lease (`<name>.p<i>`),
+    /// sharing them with the other processes that run it as partitions are shared; returns
+    /// how many of the pieces ran here at some time. A piece that fails is logged, counted
+    /// and retried.
+    pub(super) async fn shared<W, Fut>(
+        self,
+        name: &'static str,
+        pieces: usize,
+        work: W,
+    ) -> anyhow::Result<usize>
+    where
+        W: Fn(JetStream, usize, Stop) -> Fut,
+        Fut: Future<Output = Result<(), BusError>> + Send + 'static,
+    {
+        let js = self.js.clone();
+        let run = |i: u32, stopped: oneshot::Receiver<()>| {
+            let stop = Box::pin(mapek_bus::until_stopped(stopped));
+            let piece = work(js.clone(), i as usize, stop);
+            async move { piece.await.map(|()| i) }
+        };
+        let mut ran = std::collections::BTreeSet::new();
+        let ended = |r: Result<Result<u32, BusError>, _>| {
+            if let Ok(Ok(i)) = r {
+                ran.insert(i);
+            }
+        };
+        let sharing = Sharing {
+            phase: name,
+            partitions: u32::try_from(pieces)?,
+            owner: self.name,
+            ttl: DEFAULT_TTL,
+        };
+        let stop = self.shutdown.wait();
+        share_partitions(&self.js, sharing, run, ended, stop).await?;
+        Ok(ran.len())
+    }
+
+    /// The streams telemetry is stored in, asked until the server answers; `None` if the
+    /// process stops first.
+    pub(super) async fn telemetry_streams(&self) -> Option<Vec<String>> {
+        let stop = self.shutdown.clone().wait();
+        tokio::pin!(stop);
+        let find = || layout::streams_of(&self.js, Phase::Monitor);
+        let streams = until_ok("project", "find the telemetry streams", find, stop).await?;
+        Some(streams.into_iter().map(|s| s.name).collect())
     }
 
     /// Runs `work` under the lease `name`, so one process at a time runs it and the others

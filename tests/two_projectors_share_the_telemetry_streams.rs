@@ -1,0 +1,239 @@
+//! Two `mapek run --phase project` processes write one Postgres read model: they share the
+//! telemetry streams between them, a lease per stream, while one of them projects symptoms
+//! to outcomes. When one is killed with SIGKILL the other takes its telemetry stream over
+//! from the stored sequence, and every node ends with its latest sample. With SQLite, a file
+//! of each process's own, one process projects the whole log and the other stands by.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{interrupt, mapek};
+use mapek_bus::progress::{lease_owners, loop_progress};
+use mapek_bus::{JetStream, Publisher, layout};
+use mapek_domain::{Phase, Telemetry};
+use mapek_knowledge::ReadModel;
+use mapek_testkit::samples::{TS_MS, node};
+use mapek_testkit::{TestDatabase, server_with_streams};
+
+const NODES: usize = 300;
+const LEASE: &str = "knowledge-sql-monitor";
+
+/// `mapek run --phase project` as `name`, writing the read model at `database` (SQLite
+/// under its data directory if `None`); each has an incident index of its own (qdrant-edge
+/// opens a directory in one process only).
+fn projector(url: &str, database: Option<&str>, data_dir: &Path, name: &str) -> Child {
+    let mut cmd = mapek(url);
+    cmd.args(["run", "--phase", "project", "--worker", name])
+        .args(["--metrics-addr", "off", "--duration", "120s"])
+        .arg("--data-dir")
+        .arg(data_dir.join(name))
+        .env_remove("DATABASE_URL");
+    if let Some(database) = database {
+        cmd.env("DATABASE_URL", database);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("start mapek run --phase project")
+}
+
+/// Round `round` of the mesh: every node once, its load telling the round.
+fn round(round: i64) -> Vec<Telemetry> {
+    (0..NODES)
+        .map(|n| {
+            let metrics = BTreeMap::from([("cpu".to_owned(), round as f64 / 10.0)]);
+            Telemetry::new(node(&format!("n{n}")), TS_MS + round * 1_000, metrics)
+        })
+        .collect()
+}
+
+async fn publish(js: &JetStream, events: &[Telemetry]) {
+    let mut publisher = Publisher::new(js.clone());
+    for e in events {
+        publisher.publish(e).await.unwrap();
+    }
+    assert!(publisher.finish().await.all_acked());
+}
+
+/// Who holds each telemetry stream's lease, waiting until both are held by different
+/// processes of `names`.
+async fn telemetry_leases_split(js: &JetStream, names: [&str; 2]) -> [String; 2] {
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let owners = lease_owners(js).await;
+        held = (0..2)
+            .filter_map(|i| owners.get(&format!("{LEASE}.p{i}")).cloned())
+            .collect();
+        if held.len() == 2 && held[0] != held[1] && held.iter().all(|h| names.contains(&&**h)) {
+            return [held[0].clone(), held[1].clone()];
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the two telemetry streams were not shared out within 30 s: {held:?}");
+}
+
+/// Each node's projected sample time, as `node|ts_ms`.
+async fn projected(model: &ReadModel) -> Vec<String> {
+    let snapshot = model.snapshot().await.unwrap();
+    let mut rows: Vec<String> = snapshot
+        .iter()
+        .filter_map(|row| row.strip_prefix("nodes: "))
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            format!("{}|{}", cells[0], cells[1])
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Waits until every node's row holds round `round`'s sample.
+async fn until_projected(model: &ReadModel, round: i64) {
+    let mut want: Vec<String> = (0..NODES)
+        .map(|n| format!("n{n}|{}", TS_MS + round * 1_000))
+        .collect();
+    want.sort();
+    let mut rows = Vec::new();
+    for _ in 0..300 {
+        rows = projected(model).await;
+        if rows == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = rows.iter().filter(|r| !want.contains(r)).count();
+    panic!(
+        "round {round} not projected within 30 s: {stale} of {} rows differ",
+        rows.len()
+    );
+}
+
+/// The owner and backlog of the telemetry projection's consumer on each monitor stream.
+async fn telemetry_readers(js: &JetStream) -> Vec<(String, Option<String>, u64)> {
+    let progress = loop_progress(js).await.unwrap();
+    progress
+        .iter()
+        .filter(|s| s.phase == Phase::Monitor)
+        .flat_map(|s| {
+            s.consumers
+                .iter()
+                .filter(|c| c.name == LEASE)
+                .map(|c| (s.stream.clone(), c.owner.clone(), c.behind))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_projectors_share_the_telemetry_streams_and_one_takes_over_when_the_other_dies() {
+    let (server, js) = server_with_streams().await;
+    let streams = layout::streams_of(&js, Phase::Monitor).await.unwrap();
+    assert_eq!(streams.len(), 2, "telemetry in two streams: {streams:?}");
+    let db = TestDatabase::create().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut a = projector(&server.url(), Some(db.url()), dirs.path(), "proj-a");
+    let b = projector(&server.url(), Some(db.url()), dirs.path(), "proj-b");
+    let [first, second] = telemetry_leases_split(&js, ["proj-a", "proj-b"]).await;
+
+    publish(&js, &round(1)).await;
+    publish(&js, &round(2)).await;
+    let model = ReadModel::connect(db.url()).await.unwrap();
+    until_projected(&model, 2).await;
+    let readers = telemetry_readers(&js).await;
+    assert_eq!(
+        readers,
+        vec![
+            (streams[0].name.clone(), Some(first.clone()), 0),
+            (streams[1].name.clone(), Some(second.clone()), 0),
+        ],
+        "each telemetry stream read by its lease holder, nothing behind"
+    );
+
+    // proj-a dies without a word; proj-b takes its stream over within a lease period.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    publish(&js, &round(3)).await;
+    until_projected(&model, 3).await;
+    let owners = lease_owners(&js).await;
+    for i in 0..2 {
+        assert_eq!(
+            owners.get(&format!("{LEASE}.p{i}")).map(String::as_str),
+            Some("proj-b"),
+            "the survivor holds telemetry stream {i}: {owners:?}"
+        );
+    }
+    assert!(
+        telemetry_readers(&js)
+            .await
+            .iter()
+            .all(|(_, _, behind)| *behind == 0),
+        "nothing behind after the takeover"
+    );
+
+    // Every sample counted once: each stream's stored sequence is its last message.
+    let snapshot = model.snapshot().await.unwrap();
+    for stored in &streams {
+        let last = js
+            .get_stream(&stored.name)
+            .await
+            .unwrap()
+            .cached_info()
+            .state
+            .last_sequence;
+        let offset = format!("projection_offsets: {} | {last} | ", stored.name);
+        assert!(
+            snapshot.iter().any(|row| row.starts_with(&offset)),
+            "{} projected through {last}: {snapshot:?}",
+            stored.name
+        );
+    }
+    let said = interrupt(b);
+    assert!(
+        said.contains(&format!("{LEASE}: 2 of 2 telemetry streams projected here")),
+        "the survivor says it projected both streams:\n{said}"
+    );
+}
+
+#[tokio::test]
+async fn two_projectors_into_sqlite_files_of_their_own_leave_the_whole_log_to_one() {
+    let (server, js) = server_with_streams().await;
+    let dirs = tempfile::tempdir().unwrap();
+    let a = projector(&server.url(), None, dirs.path(), "lite-a");
+    let b = projector(&server.url(), None, dirs.path(), "lite-b");
+    publish(&js, &round(1)).await;
+
+    let file = |name: &str| dirs.path().join(name).join("knowledge.sqlite");
+    let mut holder = None;
+    for _ in 0..300 {
+        holder = lease_owners(&js).await.get("knowledge-sql").cloned();
+        if holder.is_some() && file(holder.as_deref().unwrap()).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder = holder.expect("one process holds the read model's lease");
+    let model = ReadModel::connect(file(&holder).to_str().unwrap())
+        .await
+        .unwrap();
+    until_projected(&model, 1).await;
+    let owners = lease_owners(&js).await;
+    assert!(
+        !owners.keys().any(|k| k.starts_with(LEASE)),
+        "no telemetry stream is leased apart: {owners:?}"
+    );
+    let (a, b) = (interrupt(a), interrupt(b));
+    let (wrote, stood_by) = if holder == "lite-a" { (a, b) } else { (b, a) };
+    assert!(
+        wrote.contains(&format!(
+            "the SQL read model: {NODES} events written; knowledge-sql: projected"
+        )),
+        "{holder} wrote every sample:\n{wrote}"
+    );
+    assert!(
+        stood_by.contains("knowledge-sql: stood by"),
+        "the other stood by:\n{stood_by}"
+    );
+}
