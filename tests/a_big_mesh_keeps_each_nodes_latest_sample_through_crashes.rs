@@ -83,6 +83,7 @@ async fn project_through_crashes(js: &JetStream, model: &ReadModel) -> BTreeSet<
     loop {
         let config = ProjectionConfig {
             until_caught_up: true,
+            telemetry_batch: 1_000,
             crash_after_commit: Some(hook.clone()),
             ..ProjectionConfig::default()
         };

@@ -53,6 +53,7 @@ async fn a_crashed_projection_resumes_to_the_same_rows_as_a_rebuild() {
         let config = ProjectionConfig {
             // Small batches: telemetry is split over two streams, each a few hundred long.
             batch: 8,
+            telemetry_batch: 8,
             until_caught_up: true,
             crash_after_commit: Some(hook.clone()),
             ..ProjectionConfig::default()

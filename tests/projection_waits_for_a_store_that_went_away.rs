@@ -59,6 +59,7 @@ async fn the_projection_pauses_while_postgres_is_away_and_catches_up() {
     let config = ProjectionConfig {
         max_backoff: Duration::from_millis(400),
         batch: 50,
+        telemetry_batch: 50,
         ..ProjectionConfig::default()
     };
     let Projecting {

@@ -76,9 +76,10 @@ async fn telemetry_leases_split(js: &JetStream, names: [&str; 2]) -> [String; 2]
     panic!("the two telemetry streams were not shared out within 30 s: {held:?}");
 }
 
-/// Each node's projected sample time, as `node|ts_ms`.
+/// Each node's projected sample time, as `node|ts_ms`; none while the read model's tables
+/// are not made yet.
 async fn projected(model: &ReadModel) -> Vec<String> {
-    let snapshot = model.snapshot().await.unwrap();
+    let snapshot = model.snapshot().await.unwrap_or_default();
     let mut rows: Vec<String> = snapshot
         .iter()
         .filter_map(|row| row.strip_prefix("nodes: "))

@@ -95,8 +95,13 @@ pub struct ProjectionConfig {
     /// shows on the server), or ephemeral ones when `None` (a rebuild, which must not disturb
     /// the live consumers).
     pub durable_prefix: Option<String>,
-    /// The most messages written in one transaction.
+    /// The most messages written in one transaction, telemetry apart.
     pub batch: usize,
+    /// The most telemetry samples written in one transaction. A batch writes one row per
+    /// node, its latest sample, so a batch bigger than the mesh costs as many rows as there
+    /// are nodes however often they report: a projection that falls behind takes bigger
+    /// batches and catches up.
+    pub telemetry_batch: usize,
     /// Stop each stream once it reaches the last sequence the stream held at start, instead
     /// of following it until shutdown.
     pub until_caught_up: bool,
@@ -115,6 +120,7 @@ impl Default for ProjectionConfig {
             part: Part::Whole,
             durable_prefix: Some("knowledge-sql".into()),
             batch: 1000,
+            telemetry_batch: 20_000,
             until_caught_up: false,
             max_backoff: Duration::from_secs(5),
             crash_after_commit: None,
@@ -132,7 +138,11 @@ impl ProjectionConfig {
                 .durable_prefix
                 .as_ref()
                 .map(|p| format!("{p}-{}", phase.token())),
-            batch: self.batch,
+            batch: if phase == Phase::Monitor {
+                self.telemetry_batch
+            } else {
+                self.batch
+            },
             until_caught_up: self.until_caught_up,
             patient: true,
             max_backoff: self.max_backoff,
