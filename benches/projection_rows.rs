@@ -5,16 +5,20 @@
 //!
 //! `cargo bench -p mapek-knowledge --bench projection_rows` (MAPEK_BENCH_ROWS sets the count
 //! of decisions, default 50 000; MAPEK_BENCH_SAMPLES the telemetry samples, default 100 000;
-//! MAPEK_BENCH_NODES the nodes they come from, default 10 000).
+//! MAPEK_BENCH_NODES the nodes they come from, default 10 000). Then the same mesh reports
+//! live, MAPEK_BENCH_HZ times a second (default 5) for MAPEK_BENCH_SECONDS (default 10),
+//! projected into Postgres as it comes, without and with the telemetry linger: the
+//! transactions and Postgres's CPU per sample.
 //! Needs nats-server 2.11+ (NATS_SERVER_BIN or PATH) and Postgres (DATABASE_URL, default
 //! postgres://postgres@127.0.0.1:5432); each side writes into a fresh database of its own.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mapek_bus::{JetStream, Publisher};
 use mapek_domain::{Decision, NodeId, Phase, Telemetry};
 use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
+use mapek_testkit::cpu::{cpu_of, cpu_since};
 use mapek_testkit::samples::{TS_MS, decision};
 use mapek_testkit::{NatsServer, TestDatabase};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
@@ -173,6 +177,74 @@ async fn main() {
     monitor_rate("SQLite", sqlite.to_str().unwrap(), &telemetry, 50_000.0).await;
     let db = TestDatabase::create().await;
     monitor_rate("Postgres", db.url(), &telemetry, 100_000.0).await;
+
+    let hz = count("MAPEK_BENCH_HZ", 5);
+    let seconds = count("MAPEK_BENCH_SECONDS", 10);
+    println!(
+        "live: {nodes} nodes at {hz} Hz for {seconds} s into Postgres, projected as they \
+         come, without and with the default linger:"
+    );
+    for linger in [Duration::ZERO, ProjectionConfig::default().telemetry_linger] {
+        live_cost(nodes, hz, seconds, linger).await;
+    }
+}
+
+/// Projects a mesh of `nodes` reporting `hz` times a second for `seconds` into a fresh
+/// Postgres database as it comes, with telemetry batches lingering `linger`; prints the
+/// transactions, Postgres's CPU per sample and how long after the last report the read
+/// model had it. The server flushes as by default: the projection is measured, not it.
+async fn live_cost(nodes: usize, hz: usize, seconds: usize, linger: Duration) {
+    let server = NatsServer::start_unsynced();
+    let js = mapek_bus::connect(&server.url()).await.expect("connect");
+    mapek_bus::streams::apply(&js, &mapek_bus::streams::builtin())
+        .await
+        .expect("streams");
+    let (_db, model) = fresh_model().await;
+    let stats = ProjectionStats::default();
+    let config = ProjectionConfig {
+        telemetry_linger: linger,
+        ..ProjectionConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let live = tokio::spawn(project_with(
+        js.clone(),
+        model.clone(),
+        None,
+        config,
+        stats.clone(),
+        mapek_bus::until_stopped(stopped),
+    ));
+    let postgres = cpu_of("postgres");
+    let rounds = hz * seconds;
+    let started = Instant::now();
+    for r in 0..rounds {
+        let due = started + Duration::from_secs_f64(r as f64 / hz as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let round: Vec<Telemetry> = telemetry(nodes, nodes)
+            .into_iter()
+            .map(|mut t| {
+                t.ts_ms += (r * 1000 / hz) as i64;
+                t.event_id = t.content_id();
+                t
+            })
+            .collect();
+        publish(&js, &round).await;
+    }
+    let published = Instant::now();
+    let total = (rounds * nodes) as u64;
+    while stats.phase(Phase::Monitor).applied < total {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lag = published.elapsed().as_secs_f64();
+    let spent = cpu_since("postgres", &postgres);
+    let _ = stop.send(());
+    live.await.expect("join").expect("project");
+    println!(
+        "  linger {linger:>5?}: {} transactions for {total} samples; Postgres {:.2} µs CPU a \
+         sample; the last report in the read model {lag:.2} s after it was stored",
+        stats.phase(Phase::Monitor).batches,
+        spent / total as f64 * 1e6
+    );
 }
 
 /// `samples` telemetry samples of `nodes` nodes, a millisecond apart, round-robin.

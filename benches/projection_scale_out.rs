@@ -14,7 +14,6 @@
 //! The backlog is stored by a server with its default flushing: only reading it is measured.
 //! The processes, nats-server and Postgres share the machine's cores.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 use mapek_bus::JetStream;
 use mapek_bus::progress::lease_owners;
 use mapek_knowledge::ReadModel;
+use mapek_testkit::cpu::{cpu_of, cpu_since};
 use mapek_testkit::{NatsServer, TestDatabase};
 
 mod common;
@@ -145,28 +145,6 @@ async fn drain(
         server: per(server),
     };
     (samples / elapsed, spent)
-}
-
-/// CPU seconds so far of every process whose command is `comm` (Postgres's backends), by pid.
-fn cpu_of(comm: &str) -> BTreeMap<u32, f64> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return BTreeMap::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .map(|pid| (pid, cpu_seconds(&format!("/proc/{pid}/stat"))))
-        .collect()
-}
-
-/// CPU seconds spent since `before` by the processes named `comm` (those started since
-/// count whole; those gone since are not seen).
-fn cpu_since(comm: &str, before: &BTreeMap<u32, f64>) -> f64 {
-    cpu_of(comm)
-        .iter()
-        .map(|(pid, now)| now - before.get(pid).copied().unwrap_or(0.0))
-        .sum()
 }
 
 /// CPU per sample (µs) over a drain: the projectors, Postgres, nats-server.

@@ -297,22 +297,7 @@ pub fn bare_readers(
     readers
 }
 
-/// CPU time, in seconds, of a process or thread (user and system), from its `stat` file
-/// (`/proc/<pid>/stat`, `/proc/self/task/<tid>/stat`); 0 if it is gone.
-pub fn cpu_seconds(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces:
-    // utime and stime are the 12th and 13th of them, in USER_HZ (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
+pub use mapek_testkit::cpu::cpu_seconds;
 
 /// The servers a bench runs on: one, or a JetStream cluster on loopback.
 pub enum Servers {

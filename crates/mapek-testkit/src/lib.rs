@@ -5,6 +5,7 @@
 //!   temporary store, stopped and removed on drop; tests can stop and restart it.
 //! - [`cluster`]: [`NatsCluster`], a real JetStream cluster on loopback whose servers a test
 //!   can kill and restart.
+//! - [`cpu`]: CPU time of processes from `/proc`, for benchmarks' costs per event.
 //! - [`foreign`]: Avro and NATS clients mapek did not write (Java's Avro, fastavro, nats-py),
 //!   to hold the wire to them.
 //! - [`mutate`]: damaged copies of valid input, to show a decoder never panics.
@@ -17,6 +18,7 @@
 //!   `server_with_streams`.
 
 pub mod cluster;
+pub mod cpu;
 pub mod foreign;
 pub mod mutate;
 pub mod nats;

@@ -177,6 +177,10 @@ pub struct RunConfig {
     pub durable: Option<String>,
     /// The most messages handed to the store at once.
     pub batch: usize,
+    /// How long a batch waits for more after its first message, even when the stream holds
+    /// no more yet: zero writes each batch as soon as the stream is read to its end. A store
+    /// that folds a batch (each node's latest sample) writes fewer rows the longer it waits.
+    pub linger: Duration,
     /// Stop once the stream is applied up to the last sequence it held at start, instead of
     /// following it until shutdown.
     pub until_caught_up: bool,
@@ -197,6 +201,7 @@ impl Default for RunConfig {
         Self {
             durable: None,
             batch: 1000,
+            linger: Duration::ZERO,
             until_caught_up: false,
             patient: true,
             max_backoff: Duration::from_secs(5),

@@ -132,8 +132,8 @@ impl<S: Store> Runner<S> {
         }
     }
 
-    /// The next batch: one message, then whatever else is there, up to a batch. `None` if
-    /// asked to stop; an error is the log's.
+    /// The next batch: one message, then whatever else is there or comes within the
+    /// linger, up to a batch. `None` if asked to stop; an error is the log's.
     async fn take(&self, messages: &mut pull::Stream) -> Result<Option<Vec<Message>>, String> {
         let first = tokio::select! {
             m = messages.next() => m,
@@ -146,18 +146,29 @@ impl<S: Store> Runner<S> {
         };
         // While the stream holds more, wait a little for a full batch: a commit costs a
         // handful of round trips, so a backlog drains in big ones. Caught up, the batch is
-        // written at once.
-        let fill_until = tokio::time::Instant::now() + FILL_WAIT;
+        // written at once, or at the end of the linger.
+        let now = tokio::time::Instant::now();
+        let (fill_until, linger_until) = (now + FILL_WAIT, now + self.config.linger);
         while taken.len() < self.config.batch.max(1) {
             let next = match messages.next().now_or_never() {
                 Some(next) => next,
-                None if pending(taken.last().expect("one message")) > 0 => {
-                    match tokio::time::timeout_at(fill_until, messages.next()).await {
-                        Ok(next) => next,
-                        Err(_) => break,
+                None => {
+                    let until = if pending(taken.last().expect("one message")) > 0 {
+                        fill_until.max(linger_until)
+                    } else {
+                        linger_until
+                    };
+                    if until <= tokio::time::Instant::now() {
+                        break;
+                    }
+                    tokio::select! {
+                        next = tokio::time::timeout_at(until, messages.next()) => match next {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        },
+                        () = self.stop.wait() => break,
                     }
                 }
-                None => break,
             };
             // A failed read ends the batch; the next read tells whether it lasts.
             match next {

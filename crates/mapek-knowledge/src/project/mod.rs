@@ -102,6 +102,11 @@ pub struct ProjectionConfig {
     /// are nodes however often they report: a projection that falls behind takes bigger
     /// batches and catches up.
     pub telemetry_batch: usize,
+    /// How long a telemetry batch waits for more samples once it has one, when the stream
+    /// holds no more yet: a node that reports several times within it costs one row, so a
+    /// projection that keeps up writes about a row per node per linger, not per sample.
+    /// `mapek status` shows each node's state at most this much older.
+    pub telemetry_linger: Duration,
     /// Stop each stream once it reaches the last sequence the stream held at start, instead
     /// of following it until shutdown.
     pub until_caught_up: bool,
@@ -121,6 +126,7 @@ impl Default for ProjectionConfig {
             durable_prefix: Some("knowledge-sql".into()),
             batch: 1000,
             telemetry_batch: 20_000,
+            telemetry_linger: Duration::from_secs(1),
             until_caught_up: false,
             max_backoff: Duration::from_secs(5),
             crash_after_commit: None,
@@ -142,6 +148,11 @@ impl ProjectionConfig {
                 self.telemetry_batch
             } else {
                 self.batch
+            },
+            linger: if phase == Phase::Monitor && !self.until_caught_up {
+                self.telemetry_linger
+            } else {
+                Duration::ZERO
             },
             until_caught_up: self.until_caught_up,
             patient: true,
