@@ -12,7 +12,8 @@
 //! Both are the release `mapek` binary, as processes of their own, on a server that maps
 //! telemetry into partitions as the shipped configs do. For each level it prints the offered
 //! and stored rates and their ratio to the baseline's; every durable reader's backlog when
-//! the mesh stops, and how long the loop then takes to catch up; the decision cycle's p50 and
+//! the mesh stops (the read model's telemetry projection holds up to a second of samples
+//! before it writes them, docs/knowledge.md), and how long the loop then takes to catch up; the decision cycle's p50 and
 //! p99 (from `mapek_cycle_seconds` on the loop's /metrics: the upper bound of the bucket
 //! they fall in); and the CPU per stored event of nats-server, the loop (the stores are in
 //! its process) and the simulator, from `/proc`, against the baseline's.
