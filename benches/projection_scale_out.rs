@@ -15,7 +15,7 @@
 //! The processes, nats-server and Postgres share the machine's cores.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use mapek_bus::JetStream;
@@ -26,7 +26,7 @@ use mapek_testkit::{NatsServer, TestDatabase};
 
 mod common;
 
-use common::{burst_events, cpu_seconds, encode_all, raw_publish};
+use common::{burst_events, cpu_seconds, encode_all, raw_publish, release_mapek};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -35,25 +35,14 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The release `mapek`, pointed at `url`, with nothing of the caller's environment.
-fn mapek(url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapek"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("MAPEK_NATS_URL", url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
-
 /// `mapek run --phase project` as `name`, into the read model at `database`.
 fn projector(url: &str, database: &str, data: &Path, name: &str) -> Child {
-    mapek(url)
+    release_mapek(url)
         .args(["run", "--phase", "project", "--worker", name])
         .args(["--metrics-addr", "off"])
         .env("DATABASE_URL", database)
         .env("MAPEK_DATA_DIR", data.join(name))
+        .stderr(Stdio::null())
         .spawn()
         .expect("mapek run --phase project")
 }
@@ -168,7 +157,7 @@ async fn main() {
     let rounds = env_or("MAPEK_BENCH_ROUNDS", 3);
     let server = NatsServer::start_unsynced();
     let url = server.url();
-    let applied = mapek(&url)
+    let applied = release_mapek(&url)
         .args([
             "streams",
             "apply",

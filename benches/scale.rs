@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use mapek_bus::JetStream;
@@ -38,7 +38,7 @@ use mapek_testkit::{NatsCluster, NatsServer};
 
 mod common;
 
-use common::{Servers, cpu_seconds};
+use common::{Servers, cpu_seconds, release_mapek};
 
 /// A mesh size and rate.
 #[derive(Clone, Copy, Debug)]
@@ -86,20 +86,8 @@ fn start_servers() -> Servers {
     }
 }
 
-/// The release `mapek`, pointed at `url`, with nothing of the caller's environment.
-fn mapek(url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapek"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("MAPEK_NATS_URL", url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
 fn apply_streams(servers: &Servers) {
-    let out = mapek(&servers.url())
+    let out = release_mapek(&servers.url())
         .args(["streams", "apply", "--replicas"])
         .arg(servers.replicas().to_string())
         .output()
@@ -112,7 +100,7 @@ fn apply_streams(servers: &Servers) {
 }
 
 fn start_sim(url: &str, level: Level, seconds: u64) -> Child {
-    mapek(url)
+    release_mapek(url)
         .args(["sim", "--demo-faults", "--nodes"])
         .arg(level.nodes.to_string())
         .arg("--hz")
@@ -124,7 +112,7 @@ fn start_sim(url: &str, level: Level, seconds: u64) -> Child {
 }
 
 fn start_loop(url: &str, name: &str, data: &Path, metrics: u16) -> Child {
-    mapek(url)
+    release_mapek(url)
         .args(["run", "--worker", name, "--metrics-addr"])
         .arg(format!("127.0.0.1:{metrics}"))
         .env("MAPEK_DATA_DIR", data.join(name))

@@ -6,11 +6,9 @@ mod knowledge_log;
 
 use std::time::{Duration, Instant};
 
-use knowledge_log::{assert_same_as_rebuild, publish_samples};
-use mapek_bus::JetStream;
+use knowledge_log::{Projecting, assert_same_as_rebuild, projecting, publish_samples};
 use mapek_domain::Phase;
-use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
-use mapek_testkit::TestDatabase;
+use mapek_knowledge::ProjectionConfig;
 use mapek_testkit::server_with_streams;
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -18,38 +16,6 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     while !done() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A fresh read model in Postgres, and its projection running until `stop` is sent.
-struct Projecting {
-    db: TestDatabase,
-    model: ReadModel,
-    stats: ProjectionStats,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), mapek_knowledge::KnowledgeError>>,
-}
-
-async fn projecting(js: &JetStream, config: ProjectionConfig) -> Projecting {
-    let db = TestDatabase::create().await;
-    let model = ReadModel::connect(db.url()).await.unwrap();
-    model.migrate().await.unwrap();
-    let stats = ProjectionStats::default();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(project_with(
-        js.clone(),
-        model.clone(),
-        None,
-        config,
-        stats.clone(),
-        mapek_bus::until_stopped(stopped),
-    ));
-    Projecting {
-        db,
-        model,
-        stats,
-        stop,
-        task,
     }
 }
 

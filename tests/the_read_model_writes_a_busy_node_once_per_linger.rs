@@ -3,14 +3,17 @@
 //! projection writes a handful of transactions where, without the linger, it writes one per
 //! report, and every node still ends with its latest sample.
 
-use std::collections::BTreeMap;
+mod agent;
+mod knowledge_log;
+
 use std::time::{Duration, Instant};
 
-use mapek_bus::{JetStream, Publisher};
+use agent::publish;
+use knowledge_log::{Projecting, projecting, telemetry};
 use mapek_domain::{Phase, Telemetry};
-use mapek_knowledge::{ProjectionConfig, ProjectionStats, ReadModel, project_with};
-use mapek_testkit::samples::{TS_MS, node};
-use mapek_testkit::{TestDatabase, server_with_streams};
+use mapek_knowledge::{ProjectionConfig, ProjectionStats};
+use mapek_testkit::samples::TS_MS;
+use mapek_testkit::server_with_streams;
 
 const NODES: usize = 20;
 const ROUNDS: i64 = 10;
@@ -18,19 +21,8 @@ const ROUNDS: i64 = 10;
 /// Every node once, at round `round`.
 fn round(round: i64) -> Vec<Telemetry> {
     (0..NODES)
-        .map(|n| {
-            let metrics = BTreeMap::from([("cpu".to_owned(), 0.5)]);
-            Telemetry::new(node(&format!("n{n}")), TS_MS + round * 100, metrics)
-        })
+        .map(|n| telemetry(&format!("n{n}"), TS_MS + round * 100, 0.5, None))
         .collect()
-}
-
-async fn publish(js: &JetStream, events: &[Telemetry]) {
-    let mut publisher = Publisher::new(js.clone());
-    for e in events {
-        publisher.publish(e).await.unwrap();
-    }
-    assert!(publisher.finish().await.all_acked());
 }
 
 async fn until_applied(stats: &ProjectionStats, n: u64) {
@@ -48,23 +40,17 @@ async fn until_applied(stats: &ProjectionStats, n: u64) {
 /// the telemetry transactions written for those reports, after checking every node's row.
 async fn transactions_for_busy_nodes(linger: Duration) -> u64 {
     let (_server, js) = server_with_streams().await;
-    let db = TestDatabase::create().await;
-    let model = ReadModel::connect(db.url()).await.unwrap();
-    model.migrate().await.unwrap();
-    let stats = ProjectionStats::default();
     let config = ProjectionConfig {
         telemetry_linger: linger,
         ..ProjectionConfig::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let live = tokio::spawn(project_with(
-        js.clone(),
-        model.clone(),
-        None,
-        config,
-        stats.clone(),
-        mapek_bus::until_stopped(stopped),
-    ));
+    let Projecting {
+        db: _db,
+        model,
+        stats,
+        stop,
+        task,
+    } = projecting(&js, config).await;
     // The first round, alone: once it is in, the projection is following the stream live.
     publish(&js, &round(0)).await;
     until_applied(&stats, NODES as u64).await;
@@ -87,7 +73,7 @@ async fn transactions_for_busy_nodes(linger: Duration) -> u64 {
         "every node holds its latest sample: {rows:?}"
     );
     stop.send(()).unwrap();
-    live.await.unwrap().unwrap();
+    task.await.unwrap().unwrap();
     written
 }
 

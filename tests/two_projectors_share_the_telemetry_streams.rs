@@ -4,19 +4,22 @@
 //! from the stored sequence, and every node ends with its latest sample. With SQLite, a file
 //! of each process's own, one process projects the whole log and the other stands by.
 
+mod agent;
 mod common;
+mod knowledge_log;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use agent::publish;
 use common::{interrupt, mapek};
+use knowledge_log::telemetry;
 use mapek_bus::progress::{lease_owners, loop_progress};
-use mapek_bus::{JetStream, Publisher, layout};
+use mapek_bus::{JetStream, layout};
 use mapek_domain::{Phase, Telemetry};
 use mapek_knowledge::ReadModel;
-use mapek_testkit::samples::{TS_MS, node};
+use mapek_testkit::samples::TS_MS;
 use mapek_testkit::{TestDatabase, server_with_streams};
 
 const NODES: usize = 300;
@@ -43,20 +46,10 @@ fn projector(url: &str, database: Option<&str>, data_dir: &Path, name: &str) -> 
 
 /// Round `round` of the mesh: every node once, its load telling the round.
 fn round(round: i64) -> Vec<Telemetry> {
+    let load = round as f64 / 10.0;
     (0..NODES)
-        .map(|n| {
-            let metrics = BTreeMap::from([("cpu".to_owned(), round as f64 / 10.0)]);
-            Telemetry::new(node(&format!("n{n}")), TS_MS + round * 1_000, metrics)
-        })
+        .map(|n| telemetry(&format!("n{n}"), TS_MS + round * 1_000, load, None))
         .collect()
-}
-
-async fn publish(js: &JetStream, events: &[Telemetry]) {
-    let mut publisher = Publisher::new(js.clone());
-    for e in events {
-        publisher.publish(e).await.unwrap();
-    }
-    assert!(publisher.finish().await.all_acked());
 }
 
 /// Who holds each telemetry stream's lease, waiting until both are held by different

@@ -299,6 +299,19 @@ pub fn bare_readers(
 
 pub use mapek_testkit::cpu::cpu_seconds;
 
+/// The release `mapek`, pointed at `url`, with nothing of the caller's environment; its
+/// stderr is piped, for `output()`.
+pub fn release_mapek(url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mapek"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MAPEK_NATS_URL", url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
 /// The servers a bench runs on: one, or a JetStream cluster on loopback.
 pub enum Servers {
     /// One nats-server.

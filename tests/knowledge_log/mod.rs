@@ -236,3 +236,41 @@ pub async fn assert_same_as_rebuild(js: &JetStream, model: &ReadModel) {
         "the read model and a rebuild from the log differ"
     );
 }
+
+/// A fresh read model in Postgres, and its projection running until `stop` is sent.
+pub struct Projecting {
+    /// The database, dropped with it.
+    pub db: mapek_testkit::TestDatabase,
+    /// The read model in it.
+    pub model: ReadModel,
+    /// The projection's counters.
+    pub stats: ProjectionStats,
+    /// Stops the projection.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// The projection.
+    pub task: tokio::task::JoinHandle<Result<(), mapek_knowledge::KnowledgeError>>,
+}
+
+/// Starts projecting the log live into a fresh Postgres read model with `config`.
+pub async fn projecting(js: &JetStream, config: ProjectionConfig) -> Projecting {
+    let db = mapek_testkit::TestDatabase::create().await;
+    let model = ReadModel::connect(db.url()).await.unwrap();
+    model.migrate().await.unwrap();
+    let stats = ProjectionStats::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(project_with(
+        js.clone(),
+        model.clone(),
+        None,
+        config,
+        stats.clone(),
+        mapek_bus::until_stopped(stopped),
+    ));
+    Projecting {
+        db,
+        model,
+        stats,
+        stop,
+        task,
+    }
+}
