@@ -10,7 +10,7 @@ use std::process::Child;
 
 use tempfile::TempDir;
 
-use crate::nats::{SYNC, free_port, kill, spawn, wait_for_port};
+use crate::nats::{SYNC, free_port, kill, panic_message, spawn, wait_for_port};
 
 /// One server of a [`NatsCluster`].
 struct Node {
@@ -167,15 +167,6 @@ impl NatsCluster {
         let node = &mut self.nodes[i];
         node.child = Some(spawn(&node.config, &[]));
         wait_for_port(node.port);
-    }
-}
-
-/// What a panic said.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
-        (Some(s), _) => s.clone(),
-        (None, Some(s)) => (*s).to_owned(),
-        (None, None) => "a server did not start".to_owned(),
     }
 }
 

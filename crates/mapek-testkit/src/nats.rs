@@ -87,32 +87,49 @@ impl NatsServer {
             .prefix("mapek-nats-")
             .tempdir()
             .expect("a temporary directory for the JetStream store");
-        let port = free_port();
         let config = store.path().join("nats.conf");
         let mapping = if mapping {
             mapek_domain::TELEMETRY_MAPPING
         } else {
             ""
         };
-        let text = format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  {}\n}}\n\
-             {mapping}\n{extra_config}\n",
-            store.path().join("js"),
-            if sync { SYNC } else { "" }
-        );
-        std::fs::write(&config, text).expect("write the nats-server config");
-        let mut server = Self {
-            child: None,
+        let js = store.path().join("js");
+        let sync = if sync { SYNC } else { "" };
+        let write_config = |port: u16| {
+            let text = format!(
+                "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {js:?}\n  {sync}\n}}\n\
+                 {mapping}\n{extra_config}\n"
+            );
+            std::fs::write(&config, text).expect("write the nats-server config");
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        // A port picked as free may be taken by another test's server before this one binds
+        // it: then the server starts again on another port, up to three times.
+        let mut attempt = 1;
+        let (port, child) = loop {
+            let port = free_port();
+            write_config(port);
+            let started = std::panic::catch_unwind(|| spawn(&config, &env));
+            match started {
+                Ok(child) => break (port, child),
+                Err(panic) if attempt < 3 && port_was_taken(panic.as_ref()) => {
+                    eprintln!("nats-server could not bind port {port}; again on another");
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            attempt += 1;
+        };
+        wait_for_port(port);
+        Self {
+            child: Some(child),
             port,
             store,
             config,
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        server.spawn();
-        server
+            env,
+        }
     }
 
     /// The client URL: `nats://127.0.0.1:<port>`.
@@ -144,6 +161,20 @@ impl NatsServer {
     fn spawn(&mut self) {
         self.child = Some(spawn(&self.config, &self.env));
         wait_for_port(self.port);
+    }
+}
+
+/// Whether a server's failed start (the panic of [`spawn`]) was its port being taken.
+fn port_was_taken(panic: &(dyn std::any::Any + Send)) -> bool {
+    panic_message(panic).contains("address already in use")
+}
+
+/// What a server's failed start (the panic of [`spawn`]) said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => (*s).to_owned(),
+        (None, None) => "a server did not start".to_owned(),
     }
 }
 
@@ -221,8 +252,8 @@ pub(crate) fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// A port that was free a moment ago. Another process may take it before the server binds it;
-/// the server then fails to start and the test says so, which is rare enough on loopback.
+/// A port that was free a moment ago. Another process may take it before a server binds it;
+/// [`NatsServer`] and [`crate::NatsCluster`] then start again on another.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
