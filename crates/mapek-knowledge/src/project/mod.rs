@@ -136,14 +136,19 @@ impl Default for ProjectionConfig {
 }
 
 impl ProjectionConfig {
+    /// The name of the durable consumer on each of `phase`'s streams (`knowledge-sql-monitor`),
+    /// `None` for ephemeral ones. A lease around a projection is named after it, so that
+    /// `mapek status` finds who reads the consumer.
+    pub fn durable(&self, phase: Phase) -> Option<String> {
+        let prefix = self.durable_prefix.as_ref()?;
+        Some(format!("{prefix}-{}", phase.token()))
+    }
+
     /// How the projection of one of `phase`'s streams reads it: it waits out a store or a
     /// log that fails.
     fn run_config(&self, phase: Phase) -> RunConfig {
         RunConfig {
-            durable: self
-                .durable_prefix
-                .as_ref()
-                .map(|p| format!("{p}-{}", phase.token())),
+            durable: self.durable(phase),
             batch: if phase == Phase::Monitor {
                 self.telemetry_batch
             } else {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mapek_bus::{BusError, JetStream};
+use mapek_domain::Phase;
 use mapek_knowledge::{Backend, Part, ProjectionConfig, ProjectionStats, ReadModel, Redis};
 use mapek_loop::metrics::{DEAD_LETTERS, PROJECTION_FAILURES, RETRIES};
 use mapek_vectors::{IncidentIndex, ProjectStats};
@@ -16,10 +17,6 @@ use tokio::sync::OnceCell;
 use super::Stores;
 use super::workers::{Stop, Worker};
 use crate::cmd::status::open_read_model;
-
-/// The lease of the telemetry streams' projections into the read model: one lease per
-/// stream, `knowledge-sql-monitor.p1` for the second (`MAPEK_MONITOR_1`).
-const SQL_TELEMETRY: &str = "knowledge-sql-monitor";
 
 /// The projection into the SQL read model (and Redis).
 ///
@@ -63,12 +60,17 @@ where
         |js, stop| project(js, Part::Incidents, stop),
         |()| "symptoms to outcomes projected".to_owned(),
     );
-    let pieces = worker.shared(SQL_TELEMETRY, telemetry.len(), |js, i, stop| {
+    // A lease per stream, named after the projection's consumer on it:
+    // `knowledge-sql-monitor.p1` for the second (`MAPEK_MONITOR_1`).
+    let lease = ProjectionConfig::default()
+        .durable(Phase::Monitor)
+        .expect("the live projection's consumers are durable");
+    let pieces = worker.shared(&lease, telemetry.len(), |js, i, stop| {
         project(js, Part::Telemetry(telemetry[i].clone()), stop)
     });
     let (incidents, pieces) = tokio::join!(incidents, pieces);
     Ok(format!(
-        "{}; {SQL_TELEMETRY}: {} of {} telemetry streams projected here",
+        "{}; {lease}: {} of {} telemetry streams projected here",
         incidents?,
         pieces?,
         telemetry.len()

@@ -380,7 +380,7 @@ impl Worker {
     /// and retried.
     pub(super) async fn shared<W, Fut>(
         self,
-        name: &'static str,
+        name: &str,
         pieces: usize,
         work: W,
     ) -> anyhow::Result<usize>
