@@ -70,7 +70,10 @@ fn audit(server: &NatsServer, keys: &Path) -> (bool, String) {
 
 /// The chain n1's decisions are in.
 fn chain_of_n1() -> u32 {
-    mapek_bus::layout::partition_of_node(&NodeId::new("n1").unwrap())
+    mapek_bus::layout::partition_of_node(
+        &NodeId::new("n1").unwrap(),
+        mapek_bus::layout::DEFAULT_PARTITIONS,
+    )
 }
 
 /// Deletes the decision stored at `seq`, as anyone allowed `$JS.API.STREAM.MSG.DELETE` can.

@@ -85,7 +85,10 @@ async fn each_bad_message_becomes_a_dead_letter_and_the_good_ones_flow_on() {
 
     // Read as an analyze worker does: n1's partition.
     let mut config = InboxConfig::new("analyze-test");
-    let partition = mapek_bus::layout::partition_of_node(&NodeId::new("n1").unwrap());
+    let partition = mapek_bus::layout::partition_of_node(
+        &NodeId::new("n1").unwrap(),
+        mapek_bus::layout::DEFAULT_PARTITIONS,
+    );
     config.filter = Some(format!("mapek.monitor.{partition}.>"));
     let mut inbox = Inbox::<Telemetry>::open(&js, config).await.unwrap();
     let mut got = Vec::new();

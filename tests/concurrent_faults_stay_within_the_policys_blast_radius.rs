@@ -20,7 +20,10 @@ const HOGGED: [&str; 5] = ["n3", "n7", "n12", "n18", "n25"];
 
 #[tokio::test]
 async fn concurrent_faults_are_acted_on_as_far_as_the_policys_blast_radius_allows() {
-    let partitions: BTreeSet<u32> = HOGGED.iter().map(|n| partition_of_node(&id(n))).collect();
+    let partitions: BTreeSet<u32> = HOGGED
+        .iter()
+        .map(|n| partition_of_node(&id(n), mapek_bus::layout::DEFAULT_PARTITIONS))
+        .collect();
     assert!(
         partitions.len() >= 3,
         "the nodes share partitions: {partitions:?}"

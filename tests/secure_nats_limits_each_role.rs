@@ -20,7 +20,10 @@ use mapek_domain::NodeId;
 
 /// The subject n2's telemetry is checked under: the server maps it to its partition first.
 fn n2_telemetry() -> String {
-    let p = mapek_bus::layout::partition_of_node(&NodeId::new("n2").unwrap());
+    let p = mapek_bus::layout::partition_of_node(
+        &NodeId::new("n2").unwrap(),
+        mapek_bus::layout::DEFAULT_PARTITIONS,
+    );
     format!("mapek.monitor.{p}.n2")
 }
 

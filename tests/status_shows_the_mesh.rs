@@ -250,7 +250,7 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
     let url = server.url();
     // A bad message first, then 30 good ones, all from n1: one partition, one stream.
     let node = NodeId::new("n1").unwrap();
-    let p = layout::partition_of_node(&node);
+    let p = layout::partition_of_node(&node, mapek_bus::layout::DEFAULT_PARTITIONS);
     let stream = layout::stream_for(&js, Phase::Monitor, Some(p))
         .await
         .unwrap();

@@ -152,13 +152,123 @@ async fn telemetry_lands_in_the_stream_that_holds_its_nodes_partition() {
     assert_eq!(telemetry_len(&js).await, 64);
     for i in 0..64 {
         let node = NodeId::new(format!("n{i}")).unwrap();
-        let partition = layout::partition_of_node(&node);
+        let partition = layout::partition_of_node(&node, mapek_bus::layout::DEFAULT_PARTITIONS);
         let holder = streams.iter().find(|s| s.holds(partition)).unwrap();
         let stream = js.get_stream(&holder.name).await.unwrap();
         let subject = format!("mapek.monitor.{partition}.{node}");
         let stored = stream.get_last_raw_message_by_subject(&subject).await;
         assert!(stored.is_ok(), "{subject} not in {}", holder.name);
     }
+}
+
+/// The partition count MAPEK_PLAN's transform names on the server `js` is connected to.
+async fn plan_partitions(js: &mapek_bus::JetStream) -> Option<u32> {
+    let stream = js.get_stream("MAPEK_PLAN").await.unwrap();
+    let transform = stream.cached_info().config.subject_transform.clone()?;
+    layout::partitions_in_transform(&transform.destination)
+}
+
+#[tokio::test]
+async fn apply_takes_the_partition_count_the_servers_mapping_names() {
+    // Given: a server whose mapping puts telemetry into 32 partitions.
+    let mapping = mapek_domain::telemetry_mapping(32);
+    let server = NatsServer::start_with_options(&mapping, &[], false);
+
+    // When: streams are applied with four monitor streams and no count.
+    let out = apply_streams(&server.url(), &["--monitor-streams", "4"]);
+
+    // Then: every phase has 32 partitions, 8 in each monitor stream.
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "partitions: 32; telemetry: the server maps it into 32 partitions, stored in 4 streams"
+        ),
+        "{text}"
+    );
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    let streams = layout::streams_of(&js, mapek_domain::Phase::Monitor)
+        .await
+        .unwrap();
+    assert_eq!(streams.len(), 4);
+    assert_eq!(streams[3].partitions, (24..32).collect::<Vec<_>>());
+    assert_eq!(plan_partitions(&js).await, Some(32));
+    for phase in mapek_domain::Phase::ALL {
+        if phase != mapek_domain::Phase::Dlq {
+            assert_eq!(
+                layout::partitions_of(&js, phase).await.unwrap(),
+                32,
+                "{phase}"
+            );
+        }
+    }
+
+    // And: a second apply keeps what the server has, four streams and all.
+    let text = stdout(&apply_streams(&server.url(), &[]));
+    assert!(
+        text.contains("nothing changed: all 10 streams match"),
+        "{text}"
+    );
+
+    // And: asking for a count the mapping does not name says which line to change.
+    let out = apply_streams(&server.url(), &["--partitions", "8"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("maps telemetry into 32 partitions and 8 were asked for")
+            && err.contains(mapek_domain::TELEMETRY_MAPPING),
+        "{err}"
+    );
+
+    // And: a node's telemetry lands in its partition of the 32.
+    let js = publish_one_each(&server.url(), 64).await;
+    for i in 0..64 {
+        let node = NodeId::new(format!("n{i}")).unwrap();
+        let partition = layout::partition_of_node(&node, 32);
+        let holder = streams.iter().find(|s| s.holds(partition)).unwrap();
+        let stream = js.get_stream(&holder.name).await.unwrap();
+        let subject = format!("mapek.monitor.{partition}.{node}");
+        let stored = stream.get_last_raw_message_by_subject(&subject).await;
+        assert!(stored.is_ok(), "{subject} not in {}", holder.name);
+    }
+}
+
+#[tokio::test]
+async fn without_the_mapping_the_count_is_asked_for_once_and_then_kept() {
+    // Given: a server that does not map telemetry.
+    let server = NatsServer::start_without_mapping();
+
+    // When: streams are applied with 32 partitions.
+    let out = apply_streams(&server.url(), &["--partitions", "32"]);
+
+    // Then: telemetry's one stream and every phase map nodes into 32 partitions.
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("partitions: 32; telemetry: one stream"));
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    assert_eq!(
+        layout::partitions_of(&js, mapek_domain::Phase::Monitor)
+            .await
+            .unwrap(),
+        32
+    );
+    assert_eq!(plan_partitions(&js).await, Some(32));
+
+    // And: an apply that names no count keeps 32.
+    let text = stdout(&apply_streams(&server.url(), &[]));
+    assert!(
+        text.contains("nothing changed: all 7 streams match"),
+        "{text}"
+    );
+
+    // And: another count is refused, naming the stream and why; nothing changes.
+    let out = apply_streams(&server.url(), &["--partitions", "16"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("holds 32 partitions") && err.contains("has 16") && err.contains("0024"),
+        "{err}"
+    );
+    assert_eq!(plan_partitions(&js).await, Some(32));
 }
 
 #[tokio::test]

@@ -51,7 +51,10 @@ async fn metrics_count_the_events_a_worker_handles() {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // n1's partition, as `mapek run` reads it.
-    let partition = mapek_bus::layout::partition_of_node(&NodeId::new("n1").unwrap());
+    let partition = mapek_bus::layout::partition_of_node(
+        &NodeId::new("n1").unwrap(),
+        mapek_bus::layout::DEFAULT_PARTITIONS,
+    );
     let mut config = StageConfig::new("analyze", Some(partition));
     config.fetch_wait = Duration::from_millis(100);
     let worker = tokio::spawn(run_stage(

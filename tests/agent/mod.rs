@@ -39,7 +39,7 @@ pub fn analyze_by_partition(
     js: &JetStream,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<Result<mapek_loop::StageStats, mapek_bus::BusError>>> {
-    (0..mapek_bus::layout::PARTITIONS)
+    (0..mapek_bus::layout::DEFAULT_PARTITIONS)
         .map(|p| {
             let mut config = mapek_loop::StageConfig::new("analyze", Some(p));
             config.fetch_wait = Duration::from_millis(100);

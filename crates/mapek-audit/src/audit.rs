@@ -304,7 +304,8 @@ async fn acknowledged(js: &JetStream) -> Result<Acknowledged, AuditError> {
         whole: floor(EXECUTOR_READER.to_owned()).await,
         partitions: BTreeMap::new(),
     };
-    for p in 0..mapek_bus::layout::PARTITIONS {
+    let partitions = mapek_bus::layout::partitions_of(js, Phase::Plan).await?;
+    for p in 0..partitions {
         let f = floor(format!("{EXECUTOR_READER}-p{p}")).await;
         if f > 0 {
             acknowledged.partitions.insert(p, f);

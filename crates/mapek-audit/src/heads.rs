@@ -170,7 +170,8 @@ pub async fn read_all(
         stream: format!("KV_{}", mapek_bus::buckets::CHAIN),
         detail,
     };
-    for partition in 0..mapek_bus::layout::PARTITIONS {
+    let partitions = mapek_bus::layout::partitions_of(js, mapek_domain::Phase::Plan).await?;
+    for partition in 0..partitions {
         let stored = store
             .get(key_of(partition))
             .await

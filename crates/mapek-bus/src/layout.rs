@@ -2,10 +2,14 @@
 //!
 //! Every phase is stored in one stream (`MAPEK_PLAN`, …), except telemetry when the server
 //! maps it into partitions itself (ADR 0012): then `MAPEK_MONITOR_0` … `MAPEK_MONITOR_<S-1>`
-//! each hold some of the 8 partitions, and the server stores and serves them in parallel.
+//! each hold some of the partitions, and the server stores and serves them in parallel.
 //! Without the mapping telemetry is stored in one stream, `MAPEK_MONITOR`, whose subject
 //! transform partitions it (ADR 0002). `mapek streams apply` picks the layout the server
 //! allows; readers find it here, from the streams the server has.
+//!
+//! How many partitions there are is the streams' too (ADR 0024): a stream's transform
+//! (`{{partition(32,1)}}`), or the partitions the monitor streams take between them. Every
+//! reader learns it from the server, never from a constant.
 //!
 //! A partition is always in exactly one stream, so per-node and per-partition order are the
 //! stored order of that stream, whatever the layout.
@@ -14,8 +18,12 @@ use mapek_domain::{NodeId, Phase};
 
 use crate::{BusError, JetStream};
 
-/// How many partitions every phase's subjects are mapped into (`{{partition(8,1)}}`).
-pub const PARTITIONS: u32 = 8;
+/// How many partitions `mapek streams apply` maps each phase's subjects into when neither the
+/// server nor the command line says otherwise (`{{partition(8,1)}}`).
+pub const DEFAULT_PARTITIONS: u32 = 8;
+
+/// The most partitions a phase may have.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 /// How many monitor streams `mapek streams apply` makes when the server maps telemetry: about
 /// the server's cores (each stream is served by one goroutine of nats-server).
@@ -39,12 +47,17 @@ impl StoredIn {
         self.partitions.contains(&partition)
     }
 
-    fn whole(name: &str) -> Self {
+    fn whole(name: &str, partitions: u32) -> Self {
         Self {
             name: name.to_owned(),
-            partitions: (0..PARTITIONS).collect(),
+            partitions: (0..partitions).collect(),
         }
     }
+}
+
+/// How many partitions `streams`, the streams of one phase, hold between them.
+pub fn partition_count(streams: &[StoredIn]) -> u32 {
+    streams.iter().map(|s| s.partitions.len() as u32).sum()
 }
 
 /// The name of monitor stream `index` in the mapped layout: `MAPEK_MONITOR_<index>`.
@@ -52,11 +65,34 @@ pub fn monitor_stream(index: usize) -> String {
     format!("{SPLIT_PREFIX}{index}")
 }
 
-/// The partitions monitor stream `index` of `count` holds: a contiguous run of the 8.
-pub fn monitor_partitions(index: usize, count: usize) -> Vec<u32> {
-    (0..PARTITIONS)
-        .filter(|p| (*p as usize) * count / PARTITIONS as usize == index)
+/// The partitions monitor stream `index` of `count` holds, of `partitions`: a contiguous run.
+pub fn monitor_partitions(index: usize, count: usize, partitions: u32) -> Vec<u32> {
+    (0..partitions)
+        .filter(|p| (*p as usize) * count / partitions as usize == index)
         .collect()
+}
+
+/// The partition count a subject transform's destination names: 32 for
+/// `mapek.plan.{{partition(32,1)}}.{{wildcard(1)}}`, `None` when it names none.
+pub fn partitions_in_transform(destination: &str) -> Option<u32> {
+    let compact: String = destination.split_whitespace().collect();
+    let (_, after) = compact.split_once("{{partition(")?;
+    let (count, _) = after.split_once(',')?;
+    count
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_PARTITIONS).contains(n))
+}
+
+/// `destination` mapping into `partitions` partitions instead of the count it names.
+pub fn with_partitions(destination: &str, partitions: u32) -> String {
+    let Some((before, after)) = destination.split_once("{{partition(") else {
+        return destination.to_owned();
+    };
+    let Some((_, rest)) = after.split_once(',') else {
+        return destination.to_owned();
+    };
+    format!("{before}{{{{partition({partitions},{rest}")
 }
 
 /// The index of a monitor stream of the mapped layout: 1 for `MAPEK_MONITOR_1`, `None` for
@@ -88,31 +124,45 @@ pub fn partition_of(subject: &str) -> Option<u32> {
     else {
         return None;
     };
-    p.parse().ok().filter(|p| *p < PARTITIONS)
+    p.parse().ok().filter(|p| *p < MAX_PARTITIONS)
 }
 
-/// The partition of `node`, as the server computes it for `{{partition(8,1)}}`: the 32-bit
-/// FNV-1a hash of the node id, modulo 8.
-pub fn partition_of_node(node: &NodeId) -> u32 {
-    let hash = node.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+/// The partition of `node` among `partitions`, as the server computes it for
+/// `{{partition(<partitions>,1)}}`: the 32-bit FNV-1a hash of the node id, modulo the count.
+pub fn partition_of_node(node: &NodeId, partitions: u32) -> u32 {
+    fnv1a(node.as_str()) % partitions.max(1)
+}
+
+/// The 32-bit FNV-1a hash of `token`, nats-server's hash for `{{partition(…)}}`.
+pub fn fnv1a(token: &str) -> u32 {
+    token.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash % PARTITIONS
+    })
 }
 
-/// The streams that store `phase`, in name order. One for every phase but telemetry, which
-/// has one per monitor stream of the mapped layout. A server with no telemetry stream at all
-/// answers `MAPEK_MONITOR`, so that the caller reports it missing as for any other phase.
+/// The streams that store `phase`, in name order, each with the partitions it holds. One for
+/// every phase but telemetry, which has one per monitor stream of the mapped layout. A server
+/// without the phase's stream answers its name with [`DEFAULT_PARTITIONS`], so that the
+/// caller reports it missing as for any other phase.
 ///
 /// Only a server's "no such stream" ends the search: a lookup nobody answered (a stream
 /// electing its leader after a server was lost, a timeout) is an error to retry, never taken
 /// for a missing stream, or a reader would take a partial layout for the whole one.
 pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, BusError> {
-    if phase != Phase::Monitor {
-        return Ok(vec![StoredIn::whole(phase.stream())]);
+    if phase == Phase::Dlq {
+        return Ok(vec![StoredIn::whole(phase.stream(), 1)]);
     }
-    if lookup(js, phase.stream()).await?.is_some() {
-        return Ok(vec![StoredIn::whole(phase.stream())]);
+    if let Some(stream) = lookup(js, phase.stream()).await? {
+        let config = &stream.cached_info().config;
+        let partitions = config
+            .subject_transform
+            .as_ref()
+            .and_then(|t| partitions_in_transform(&t.destination))
+            .unwrap_or(DEFAULT_PARTITIONS);
+        return Ok(vec![StoredIn::whole(phase.stream(), partitions)]);
+    }
+    if phase != Phase::Monitor {
+        return Ok(vec![StoredIn::whole(phase.stream(), DEFAULT_PARTITIONS)]);
     }
     let mut found = Vec::new();
     loop {
@@ -133,13 +183,18 @@ pub async fn streams_of(js: &JetStream, phase: Phase) -> Result<Vec<StoredIn>, B
         found.push(StoredIn { name, partitions });
     }
     if found.is_empty() {
-        found.push(StoredIn::whole(phase.stream()));
+        found.push(StoredIn::whole(phase.stream(), DEFAULT_PARTITIONS));
     }
     Ok(found)
 }
 
+/// How many partitions `phase`'s streams hold: what its partitioned readers share out.
+pub async fn partitions_of(js: &JetStream, phase: Phase) -> Result<u32, BusError> {
+    Ok(partition_count(&streams_of(js, phase).await?))
+}
+
 /// The stream `name`, or `None` when the server says it has no such stream.
-async fn lookup(
+pub(crate) async fn lookup(
     js: &JetStream,
     name: &str,
 ) -> Result<Option<async_nats::jetstream::stream::Stream>, BusError> {
@@ -203,11 +258,34 @@ mod tests {
 
     #[test]
     fn two_monitor_streams_hold_four_partitions_each() {
-        assert_eq!(monitor_partitions(0, 2), vec![0, 1, 2, 3]);
-        assert_eq!(monitor_partitions(1, 2), vec![4, 5, 6, 7]);
-        let three: Vec<_> = (0..3).map(|i| monitor_partitions(i, 3)).collect();
+        assert_eq!(monitor_partitions(0, 2, 8), vec![0, 1, 2, 3]);
+        assert_eq!(monitor_partitions(1, 2, 8), vec![4, 5, 6, 7]);
+        let three: Vec<_> = (0..3).map(|i| monitor_partitions(i, 3, 8)).collect();
         assert_eq!(three.concat(), (0..8).collect::<Vec<_>>());
-        assert_eq!(monitor_partitions(0, 1).len(), 8);
+        assert_eq!(monitor_partitions(0, 1, 8).len(), 8);
+    }
+
+    #[test]
+    fn sixteen_monitor_streams_share_32_partitions_two_each() {
+        let all: Vec<_> = (0..16).map(|i| monitor_partitions(i, 16, 32)).collect();
+        assert!(all.iter().all(|p| p.len() == 2), "{all:?}");
+        assert_eq!(all.concat(), (0..32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_transform_names_its_partition_count() {
+        let dest = "mapek.plan.{{partition(8,1)}}.{{wildcard(1)}}";
+        assert_eq!(partitions_in_transform(dest), Some(8));
+        assert_eq!(
+            partitions_in_transform("mapek.plan.{{ partition(32, 1) }}.{{wildcard(1)}}"),
+            Some(32)
+        );
+        assert_eq!(partitions_in_transform("mapek.plan.{{wildcard(1)}}"), None);
+        assert_eq!(partitions_in_transform("x.{{partition(0,1)}}"), None);
+        let rewritten = with_partitions(dest, 32);
+        assert_eq!(rewritten, "mapek.plan.{{partition(32,1)}}.{{wildcard(1)}}");
+        assert_eq!(partitions_in_transform(&rewritten), Some(32));
+        assert_eq!(with_partitions("mapek.dlq.>", 32), "mapek.dlq.>");
     }
 
     #[test]
@@ -226,11 +304,11 @@ mod tests {
     fn a_partition_is_read_only_from_the_stream_that_holds_it() {
         let first = StoredIn {
             name: monitor_stream(0),
-            partitions: monitor_partitions(0, 2),
+            partitions: monitor_partitions(0, 2, 8),
         };
         let second = StoredIn {
             name: monitor_stream(1),
-            partitions: monitor_partitions(1, 2),
+            partitions: monitor_partitions(1, 2, 8),
         };
         let both = [first.clone(), second];
         assert_eq!(
@@ -244,7 +322,8 @@ mod tests {
             error.to_string().contains("no stream holds partition 7"),
             "{error}"
         );
-        let whole = [StoredIn::whole("MAPEK_MONITOR")];
+        assert_eq!(partition_count(&both), 8);
+        let whole = [StoredIn::whole("MAPEK_MONITOR", 8)];
         assert_eq!(
             choose(&whole, Phase::Monitor, Some(7)).unwrap(),
             "MAPEK_MONITOR"
@@ -262,19 +341,19 @@ mod tests {
         assert_eq!(partition_of("mapek.monitor.0.*"), Some(0));
         assert_eq!(partition_of("mapek.monitor.*.n17"), None);
         assert_eq!(partition_of("mapek.monitor.>"), None);
-        assert_eq!(partition_of("mapek.monitor.8.n1"), None);
+        assert_eq!(partition_of("mapek.monitor.31.n1"), Some(31));
+        assert_eq!(partition_of("mapek.monitor.1024.n1"), None);
     }
 
     #[test]
     fn node_partitions_follow_fnv_1a() {
         // FNV-1a 32 of "a" is 0xe40c292c; of "" it is the offset basis.
-        assert_eq!(
-            partition_of_node(&NodeId::new("a").unwrap()),
-            0xe40c_292c % 8
-        );
-        let spread: std::collections::BTreeSet<u32> = (0..64)
-            .map(|i| partition_of_node(&NodeId::new(format!("n{i}")).unwrap()))
+        let a = NodeId::new("a").unwrap();
+        assert_eq!(partition_of_node(&a, 8), 0xe40c_292c % 8);
+        assert_eq!(partition_of_node(&a, 32), 0xe40c_292c % 32);
+        let spread: std::collections::BTreeSet<u32> = (0..256)
+            .map(|i| partition_of_node(&NodeId::new(format!("n{i}")).unwrap(), 32))
             .collect();
-        assert_eq!(spread.len(), 8);
+        assert_eq!(spread.len(), 32);
     }
 }

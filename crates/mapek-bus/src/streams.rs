@@ -110,11 +110,29 @@ impl StreamDef {
         &self.config.name
     }
 
+    /// The same definition mapping its subjects into `partitions` partitions, when it maps
+    /// them at all (the dead letters are not partitioned).
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        let Some(transform) = self.config.subject_transform.as_mut() else {
+            return self;
+        };
+        transform.destination = layout::with_partitions(&transform.destination, partitions);
+        if let Ok(value) = serde_json::to_value(&*transform) {
+            self.wanted.insert("subject_transform".to_owned(), value);
+        }
+        self
+    }
+
     /// The monitor stream `index` of `count` in the mapped layout, made from this (the
     /// `MAPEK_MONITOR`) definition: named `MAPEK_MONITOR_<index>`, taking the stored subjects
-    /// of its partitions as they come from the server's mapping, with no transform.
-    fn monitor_share(&self, index: usize, count: usize) -> Result<StreamDef, BusError> {
-        let partitions = layout::monitor_partitions(index, count);
+    /// of its share of `partitions` as they come from the server's mapping, with no transform.
+    fn monitor_share(
+        &self,
+        index: usize,
+        count: usize,
+        partitions: u32,
+    ) -> Result<StreamDef, BusError> {
+        let partitions = layout::monitor_partitions(index, count, partitions);
         let mut raw = self.wanted.clone();
         raw.remove("subject_transform");
         let name = layout::monitor_stream(index);
@@ -252,118 +270,255 @@ impl fmt::Display for Applied {
     }
 }
 
-/// How the server has telemetry stored.
+/// How the server has the phases stored: how many partitions, and telemetry's streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     /// No mapping on the server: one `MAPEK_MONITOR` whose transform partitions telemetry.
-    Single,
-    /// The server maps telemetry into partitions: this many monitor streams share them.
-    Split(usize),
+    Single {
+        /// The partitions of every phase.
+        partitions: u32,
+    },
+    /// The server maps telemetry into partitions: monitor streams share them.
+    Split {
+        /// How many monitor streams.
+        streams: usize,
+        /// The partitions of every phase, as many as the server maps telemetry into.
+        partitions: u32,
+    },
+}
+
+impl Layout {
+    /// The partitions of every phase.
+    pub fn partitions(self) -> u32 {
+        match self {
+            Layout::Single { partitions } | Layout::Split { partitions, .. } => partitions,
+        }
+    }
 }
 
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Layout::Single => write!(
+        match *self {
+            Layout::Single { partitions } => write!(
                 f,
-                "telemetry: one stream, MAPEK_MONITOR (the server does not map \
-                 mapek.monitor.<node> into partitions; see docs/adr/0012)"
+                "partitions: {partitions}; telemetry: one stream, MAPEK_MONITOR (the server \
+                 does not map mapek.monitor.<node> into partitions; see docs/adr/0012)"
             ),
-            Layout::Split(n) => write!(
+            Layout::Split {
+                streams,
+                partitions,
+            } => write!(
                 f,
-                "telemetry: the server maps it into {} partitions, stored in {n} streams \
-                 (MAPEK_MONITOR_0 to MAPEK_MONITOR_{})",
-                layout::PARTITIONS,
-                n - 1
+                "partitions: {partitions}; telemetry: the server maps it into {partitions} \
+                 partitions, stored in {streams} streams (MAPEK_MONITOR_0 to MAPEK_MONITOR_{})",
+                streams - 1
             ),
         }
     }
 }
 
-/// The node id of the probe: not one a node may take by accident.
-const PROBE_NODE: &str = "_mapek-layout-probe";
+/// The node ids of the probes: not ones a node may take by accident, and whose partitions
+/// tell every count from 1 to [`layout::MAX_PARTITIONS`] apart.
+fn probes() -> Vec<String> {
+    (0..16)
+        .map(|i| format!("_mapek-probe-{i:02}-of-partitions"))
+        .collect()
+}
 
-/// Whether the server maps telemetry into partitions itself: a core message published to
-/// `mapek.monitor.<probe>` comes back on `mapek.monitor.<partition>.<probe>` if it does. The
-/// probe carries an expected stream no stream has, so no stream stores it.
-pub async fn server_maps_telemetry(js: &JetStream) -> Result<bool, BusError> {
+/// The one partition count under which each probe's hash gives the partition the server put
+/// it in, or `None` if there is none (a mapping of another kind) or more than one.
+fn count_from_answers(answers: &[(String, u32)]) -> Option<u32> {
+    let mut fitting = (1..=layout::MAX_PARTITIONS).filter(|&count| {
+        answers
+            .iter()
+            .all(|(probe, p)| layout::fnv1a(probe) % count == *p)
+    });
+    let count = fitting.next()?;
+    fitting.next().is_none().then_some(count)
+}
+
+/// Into how many partitions the server maps telemetry, or `None` if it does not map it: a
+/// core message published to `mapek.monitor.<probe>` comes back on
+/// `mapek.monitor.<partition>.<probe>` if it does, and the partitions of the probes name the
+/// count. The probes carry an expected stream no stream has, so no stream stores them.
+pub async fn server_mapping(js: &JetStream) -> Result<Option<u32>, BusError> {
     use futures::StreamExt;
     let failed = |detail: String| BusError::Stream {
         stream: Phase::Monitor.stream().to_owned(),
         detail: format!("cannot tell whether the server maps telemetry into partitions: {detail}"),
     };
     let client = js.client();
-    let published = format!("mapek.monitor.{PROBE_NODE}");
-    let mut mapped = client
-        .subscribe(format!("mapek.monitor.*.{PROBE_NODE}"))
+    let probes = probes();
+    let mut answers = futures::stream::SelectAll::new();
+    for probe in &probes {
+        let mapped = client
+            .subscribe(format!("mapek.monitor.*.{probe}"))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        answers.push(mapped);
+    }
+    // Unmapped, the first probe comes back as it was published.
+    let plain = client
+        .subscribe(format!("mapek.monitor.{}", probes[0]))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let mut plain = client
-        .subscribe(published.clone())
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    answers.push(plain);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_STREAM,
         "MAPEK_LAYOUT_PROBE_NOT_A_STREAM",
     );
-    client
-        .publish_with_headers(published.clone(), headers, bytes::Bytes::new())
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    for probe in &probes {
+        client
+            .publish_with_headers(
+                format!("mapek.monitor.{probe}"),
+                headers.clone(),
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+    }
     client.flush().await.map_err(|e| failed(e.to_string()))?;
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        tokio::select! {
-            m = mapped.next() => m.map(|_| true),
-            m = plain.next() => m.map(|_| false),
+    let mut found = Vec::with_capacity(probes.len());
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while found.len() < probes.len() {
+            let Some(message) = answers.next().await else {
+                return Err(failed("the connection closed".into()));
+            };
+            let mut tokens = message.subject.split('.').skip(2);
+            match (tokens.next(), tokens.next()) {
+                (Some(probe), None) if probe == probes[0] => return Ok(None),
+                (Some(p), Some(probe)) => match p.parse() {
+                    Ok(p) => found.push((probe.to_owned(), p)),
+                    Err(_) => return Err(failed(format!("{} is no partition", message.subject))),
+                },
+                _ => {}
+            }
         }
+        Ok(Some(()))
     })
     .await;
-    let _ = mapped.unsubscribe().await;
-    let _ = plain.unsubscribe().await;
-    match answer {
-        Ok(Some(maps)) => Ok(maps),
-        Ok(None) => Err(failed("the connection closed".into())),
-        Err(_) => Err(failed(format!(
-            "a probe published to {published} did not come back within 5 s (may this user \
-             subscribe to mapek.monitor.>?)"
-        ))),
+    for sub in answers.iter_mut() {
+        let _ = sub.unsubscribe().await;
+    }
+    match waited {
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(()))) => count_from_answers(&found).map(Some).ok_or_else(|| {
+            failed(format!(
+                "it maps mapek.monitor.<node> in a way mapek does not know; map it with \
+                 {{{{partition(N,1)}}}}, N from 1 to {}, as deploy/nats/mapping.conf does",
+                layout::MAX_PARTITIONS
+            ))
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(failed(
+            "probes published to mapek.monitor.<probe> did not all come back within 5 s (may \
+             this user subscribe to mapek.monitor.>?)"
+                .to_owned(),
+        )),
     }
 }
 
-/// The layout [`apply`] would use on this server: split into
-/// [`DEFAULT_MONITOR_STREAMS`] streams if the server maps telemetry.
-pub async fn detect_layout(js: &JetStream, monitor_streams: usize) -> Result<Layout, BusError> {
-    Ok(if server_maps_telemetry(js).await? {
-        Layout::Split(monitor_streams.clamp(1, layout::PARTITIONS as usize))
-    } else {
-        Layout::Single
+/// What `mapek streams apply` is asked for: both as the server has them unless said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// How many monitor streams when the server maps telemetry [default: as many as the
+    /// server has, else [`DEFAULT_MONITOR_STREAMS`]].
+    pub monitor_streams: Option<usize>,
+    /// How many partitions [default: as many as the server maps telemetry into, or the
+    /// streams hold, else [`layout::DEFAULT_PARTITIONS`]].
+    pub partitions: Option<u32>,
+}
+
+/// The layout [`apply`] would use on this server for `wanted`. The partition count is the
+/// server's mapping's when it maps telemetry (asking for another is an error that says to
+/// change the mapping), else the one asked for, else the one the streams have. A count other
+/// than the streams' is refused: it would re-map nodes under the stored history (ADR 0024).
+pub async fn detect_layout(js: &JetStream, wanted: Wanted) -> Result<Layout, BusError> {
+    let mapped = server_mapping(js).await?;
+    let stored = stored_partitions(js).await?;
+    let partitions = match (mapped, wanted.partitions) {
+        (Some(mapped), Some(asked)) if mapped != asked => {
+            return Err(BusError::Stream {
+                stream: Phase::Monitor.stream().to_owned(),
+                detail: format!(
+                    "the server maps telemetry into {mapped} partitions and {asked} were asked \
+                     for: change the server's mapping to {} and reload it, or ask for \
+                     {mapped}",
+                    mapek_domain::telemetry_mapping(asked)
+                ),
+            });
+        }
+        (Some(mapped), _) => mapped,
+        (None, asked) => asked
+            .or(stored.first().map(|(_, n)| *n))
+            .unwrap_or(layout::DEFAULT_PARTITIONS),
+    };
+    if let Some((stream, held)) = stored.into_iter().find(|(_, n)| *n != partitions) {
+        return Err(BusError::Stream {
+            stream,
+            detail: format!(
+                "holds {held} partitions and the layout asked for has {partitions}: changing the \
+                 count would put nodes in other partitions than their stored history, which \
+                 mapek streams apply does not do (docs/adr/0024). Keep {held} (the server's \
+                 mapping and --partitions), or start the log afresh with {partitions}"
+            ),
+        });
+    }
+    let Some(_) = mapped else {
+        return Ok(Layout::Single { partitions });
+    };
+    let streams = match wanted.monitor_streams {
+        Some(n) => n,
+        None => match layout::streams_of(js, Phase::Monitor).await?.as_slice() {
+            [only] if only.name == Phase::Monitor.stream() => DEFAULT_MONITOR_STREAMS,
+            found => found.len(),
+        },
+    };
+    Ok(Layout::Split {
+        streams: streams.clamp(1, partitions as usize),
+        partitions,
     })
+}
+
+/// The streams of the partitioned phases the server has, each with how many partitions it
+/// holds (a phase's monitor streams together, named by the first).
+async fn stored_partitions(js: &JetStream) -> Result<Vec<(String, u32)>, BusError> {
+    let mut found = Vec::new();
+    for phase in Phase::ALL.into_iter().filter(|p| *p != Phase::Dlq) {
+        let streams = layout::streams_of(js, phase).await?;
+        if layout::lookup(js, &streams[0].name).await?.is_some() {
+            found.push((streams[0].name.clone(), layout::partition_count(&streams)));
+        }
+    }
+    Ok(found)
 }
 
 /// The definitions to apply for `layout`: with [`Layout::Split`], `MAPEK_MONITOR`'s is
 /// replaced by the monitor streams made from it.
 pub fn for_layout(defs: &[StreamDef], layout: Layout) -> Result<Vec<StreamDef>, BusError> {
-    let Layout::Split(count) = layout else {
-        return Ok(defs.to_vec());
+    let partitions = layout.partitions();
+    let defs = defs.iter().map(|d| d.clone().with_partitions(partitions));
+    let Layout::Split { streams, .. } = layout else {
+        return Ok(defs.collect());
     };
-    let mut out = Vec::with_capacity(defs.len() + count);
+    let mut out = Vec::with_capacity(defs.len() + streams);
     for def in defs {
         if def.name() == Phase::Monitor.stream() {
-            for index in 0..count {
-                out.push(def.monitor_share(index, count)?);
+            for index in 0..streams {
+                out.push(def.monitor_share(index, streams, partitions)?);
             }
         } else {
-            out.push(def.clone());
+            out.push(def);
         }
     }
     Ok(out)
 }
 
-/// Finds the server's layout ([`detect_layout`], two monitor streams when it maps telemetry),
-/// then creates the streams that are missing and updates those whose settings differ.
+/// Finds the server's layout ([`detect_layout`], as the server has it or the defaults), then
+/// creates the streams that are missing and updates those whose settings differ.
 pub async fn apply(js: &JetStream, defs: &[StreamDef]) -> Result<Vec<Applied>, BusError> {
-    let layout = detect_layout(js, DEFAULT_MONITOR_STREAMS).await?;
+    let layout = detect_layout(js, Wanted::default()).await?;
     apply_layout(js, defs, layout).await
 }
 
@@ -379,7 +534,7 @@ pub async fn apply_layout(
     let mut applied = Vec::with_capacity(defs.len());
     let single = Phase::Monitor.stream();
     match layout {
-        Layout::Split(count) => {
+        Layout::Split { streams: count, .. } => {
             if let Ok(stream) = js.get_stream(single).await {
                 let held = stream.cached_info().state.messages;
                 if held > 0 {
@@ -406,7 +561,7 @@ pub async fn apply_layout(
                 });
             }
         }
-        Layout::Single => {
+        Layout::Single { .. } => {
             let first = layout::monitor_stream(0);
             if js.get_stream(&first).await.is_ok() {
                 return Err(BusError::Stream {
@@ -482,4 +637,53 @@ pub async fn count_reporting_nodes(js: &JetStream) -> Result<usize, BusError> {
         }
     }
     Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probes_tell_every_partition_count_apart() {
+        let probes = probes();
+        for count in 1..=layout::MAX_PARTITIONS {
+            let answers: Vec<(String, u32)> = probes
+                .iter()
+                .map(|p| (p.clone(), layout::fnv1a(p) % count))
+                .collect();
+            assert_eq!(count_from_answers(&answers), Some(count));
+        }
+        // Partitions no count gives: a mapping of another kind.
+        let odd: Vec<(String, u32)> = probes.iter().map(|p| (p.clone(), 0)).collect();
+        assert_eq!(
+            count_from_answers(&odd[..1]),
+            None,
+            "one probe fits many counts"
+        );
+        let mut wrong = odd;
+        wrong[0].1 = 5;
+        assert_eq!(count_from_answers(&wrong), None);
+    }
+
+    #[test]
+    fn definitions_take_the_partition_count_asked_for() {
+        let defs = builtin();
+        let split = Layout::Split {
+            streams: 4,
+            partitions: 32,
+        };
+        let out = for_layout(&defs, split).unwrap();
+        let plan = out.iter().find(|d| d.name() == "MAPEK_PLAN").unwrap();
+        let dest = &plan.config.subject_transform.as_ref().unwrap().destination;
+        assert_eq!(layout::partitions_in_transform(dest), Some(32));
+        let monitor: Vec<_> = out
+            .iter()
+            .filter(|d| layout::monitor_index(d.name()).is_some())
+            .collect();
+        assert_eq!(monitor.len(), 4);
+        assert_eq!(monitor[3].config.subjects.len(), 8);
+        assert_eq!(monitor[3].config.subjects[7], "mapek.monitor.31.*");
+        let dlq = out.iter().find(|d| d.name() == "MAPEK_DLQ").unwrap();
+        assert!(dlq.config.subject_transform.is_none());
+    }
 }

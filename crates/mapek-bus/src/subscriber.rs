@@ -218,7 +218,8 @@ impl<E: AvroEvent> Subscriber<E> {
         let (filter, node_filter) = match (phase, config.node) {
             (Phase::Dlq, node) => (phase.stored_filter(None), node),
             (_, Some(node)) => {
-                let partition = layout::partition_of_node(&node);
+                let partitions = layout::partitions_of(js, phase).await?;
+                let partition = layout::partition_of_node(&node, partitions);
                 (format!("mapek.{}.{partition}.{node}", phase.token()), None)
             }
             (_, None) => (phase.stored_filter(None), None),

@@ -37,7 +37,7 @@ pub use execute::{Evaluator, ExecuteConfig, Interlocks};
 pub use id::EventId;
 pub use invalid::Invalid;
 pub use node::NodeId;
-pub use phase::{Phase, TELEMETRY_MAPPING};
+pub use phase::{Phase, TELEMETRY_MAPPING, telemetry_mapping};
 pub use plan::{KnowledgeView, Planner, Policy};
 
 /// The largest encoded event mapek accepts, in bytes.

@@ -16,6 +16,12 @@ use crate::NodeId;
 pub const TELEMETRY_MAPPING: &str =
     r#"mappings = { "mapek.monitor.*": "mapek.monitor.{{partition(8,1)}}.{{wildcard(1)}}" }"#;
 
+/// [`TELEMETRY_MAPPING`] into `partitions` partitions instead of 8: the line a server's config
+/// holds for a mesh that needs more (ADR 0024).
+pub fn telemetry_mapping(partitions: u32) -> String {
+    TELEMETRY_MAPPING.replace("partition(8,", &format!("partition({partitions},"))
+}
+
 /// A MAPE-K phase, or one of the two families beside them: shadow decisions and dead letters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
@@ -114,5 +120,19 @@ impl FromStr for Phase {
             .into_iter()
             .find(|p| p.token() == s)
             .ok_or_else(|| format!("unknown phase {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mapping_line_names_the_partition_count() {
+        assert_eq!(telemetry_mapping(8), TELEMETRY_MAPPING);
+        assert_eq!(
+            telemetry_mapping(32),
+            r#"mappings = { "mapek.monitor.*": "mapek.monitor.{{partition(32,1)}}.{{wildcard(1)}}" }"#
+        );
     }
 }

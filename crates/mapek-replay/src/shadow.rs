@@ -191,7 +191,7 @@ async fn acked_through(js: &JetStream, policy: &Policy) -> Result<BTreeMap<u32, 
     let Ok(stream) = js.get_stream(stream).await else {
         return Ok(through);
     };
-    for p in 0..mapek_bus::layout::PARTITIONS {
+    for p in 0..mapek_bus::layout::partitions_of(js, Phase::Analyze).await? {
         let name = format!("{}-p{p}", ShadowDecision::workers(policy.name()));
         if let Ok(mut consumer) = stream
             .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)

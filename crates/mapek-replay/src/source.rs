@@ -328,7 +328,7 @@ mod tests {
     /// Telemetry of `node` at `ts_ms`, stored in `stream` at `seq` and `stored_ms`.
     fn telemetry(stream: &str, seq: u64, stored_ms: i64, node: &str, ts_ms: i64) -> Record {
         let node = NodeId::new(node).unwrap();
-        let partition = layout::partition_of_node(&node);
+        let partition = layout::partition_of_node(&node, 8);
         let t = Telemetry::new(node.clone(), ts_ms, [("cpu".to_owned(), 0.5)].into());
         Record {
             stream: stream.to_owned(),
@@ -349,7 +349,7 @@ mod tests {
     fn node_in(partitions: std::ops::Range<u32>) -> String {
         (0..)
             .map(|i| format!("n{i}"))
-            .find(|n| partitions.contains(&layout::partition_of_node(&NodeId::new(n).unwrap())))
+            .find(|n| partitions.contains(&layout::partition_of_node(&NodeId::new(n).unwrap(), 8)))
             .unwrap()
     }
 
@@ -395,7 +395,7 @@ mod tests {
         let one = node_in(4..8);
         let filter = format!(
             "mapek.monitor.{}.>",
-            layout::partition_of_node(&NodeId::new(&one).unwrap())
+            layout::partition_of_node(&NodeId::new(&one).unwrap(), 8)
         );
         assert_eq!(
             read(&source, Some(&filter)).await,

@@ -224,7 +224,7 @@ async fn replay_analyze(
     Ok(again
         .symptoms
         .into_iter()
-        .map(|s| {
+        .map(|(_, s)| {
             let bytes = encode(&s).unwrap_or_default();
             (s.symptom_id.clone(), (s, bytes))
         })
@@ -233,8 +233,9 @@ async fn replay_analyze(
 
 /// What analyze finds in the recorded telemetry when run again.
 pub(crate) struct AnalyzedAgain {
-    /// The symptoms, in the order the analyzers emitted them (by telemetry stream order).
-    pub(crate) symptoms: Vec<Symptom>,
+    /// The symptoms, in the order the analyzers emitted them (by telemetry stream order),
+    /// each with the partition of the telemetry it was found in.
+    pub(crate) symptoms: Vec<(u32, Symptom)>,
     /// Telemetry messages read.
     pub(crate) telemetry: u64,
     /// Telemetry messages that did not decode.
@@ -271,7 +272,7 @@ pub(crate) async fn analyze_again(
             let analyzer = analyzers
                 .entry(partition)
                 .or_insert_with(|| Analyzer::new(config.clone()));
-            symptoms.extend(analyzer.step(&t));
+            symptoms.extend(analyzer.step(&t).into_iter().map(|s| (partition, s)));
         })
         .await?;
     progress(Progress {

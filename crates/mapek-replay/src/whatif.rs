@@ -214,8 +214,8 @@ pub async fn what_if(
 }
 
 /// The symptoms analyze with `config` finds in the recorded telemetry, each in the plan
-/// partition the live loop would have put it in: its node's, when the recorded symptoms are
-/// partitioned. The same reading gives the same symptom id, so a symptom found at the same
+/// partition the live loop would have put it in: its telemetry's, when the recorded symptoms
+/// are partitioned. The same reading gives the same symptom id, so a symptom found at the same
 /// moment compares with its recorded decision; one found at another moment is another symptom.
 async fn found_again(
     source: &Source,
@@ -227,9 +227,9 @@ async fn found_again(
     Ok(again
         .symptoms
         .into_iter()
-        .map(|event| Stored {
+        .map(|(partition, event)| Stored {
             partition: if partitioned {
-                mapek_bus::layout::partition_of_node(&event.node)
+                partition
             } else {
                 UNPARTITIONED
             },

@@ -77,13 +77,13 @@ pub struct Shared {
 
 impl Shared {
     /// Shares through `leases` (a Redis), as the executor `name` (unique among the
-    /// executors: the worker's name, host and process), the 8 partitions of the plan stream,
-    /// with partition leases that outlive a dead executor by [`crate::lease::DEFAULT_TTL`].
+    /// executors: the worker's name, host and process), the plan stream's partitions
+    /// ([`mapek_bus::layout::DEFAULT_PARTITIONS`] unless told), with partition leases that outlive a dead executor by [`crate::lease::DEFAULT_TTL`].
     pub fn new(leases: impl SharedLeases + 'static, name: impl Into<String>) -> Self {
         Self {
             leases: Arc::new(leases),
             name: name.into(),
-            partitions: 8,
+            partitions: mapek_bus::layout::DEFAULT_PARTITIONS,
             ttl: crate::lease::DEFAULT_TTL,
         }
     }

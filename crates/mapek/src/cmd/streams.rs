@@ -24,10 +24,17 @@ pub enum StreamsCommand {
         replicas: Option<u8>,
         /// When the server maps telemetry into partitions (docs/adr/0012), store them in this
         /// many streams: about the server's cores, since nats-server serves each stream on one
-        /// thread. Ignored without the mapping, where telemetry has one stream
-        #[arg(long, value_name = "S", default_value_t = streams::DEFAULT_MONITOR_STREAMS as u8,
-              value_parser = clap::value_parser!(u8).range(1..=8))]
-        monitor_streams: u8,
+        /// thread; at most the partitions. Ignored without the mapping, where telemetry has
+        /// one stream [default: as many as the server has, else 2]
+        #[arg(long, value_name = "S", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        monitor_streams: Option<u16>,
+        /// Map every phase's nodes into this many partitions, each a unit of work one worker
+        /// process takes (docs/adr/0024). Where the server maps telemetry, its mapping names
+        /// the count and this must agree with it. Chosen when the streams are made: a count
+        /// other than the existing streams' is refused [default: the server's mapping's, else
+        /// the streams', else 8]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        partitions: Option<u32>,
     },
 }
 
@@ -37,6 +44,7 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
         dir,
         replicas,
         monitor_streams,
+        partitions,
     } = command;
     let mut defs = match dir {
         Some(dir) => streams::load_dir(&dir)?,
@@ -49,7 +57,11 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
             .collect();
     }
     let js = mapek_bus::connect(&settings.nats_url).await?;
-    let layout = streams::detect_layout(&js, usize::from(monitor_streams)).await?;
+    let wanted = streams::Wanted {
+        monitor_streams: monitor_streams.map(usize::from),
+        partitions,
+    };
+    let layout = streams::detect_layout(&js, wanted).await?;
     println!("{layout}");
     let mut applied = streams::apply_layout(&js, &defs, layout).await?;
     // The buckets keep as many copies as the streams: a lease or an approval must outlive a

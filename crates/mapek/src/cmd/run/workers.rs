@@ -8,7 +8,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use mapek_audit::witness;
 use mapek_audit::{SigningKey, VerifyingKey};
-use mapek_bus::layout::{self, PARTITIONS};
+use mapek_bus::layout;
 use mapek_bus::{BusError, JetStream};
 use mapek_domain::plan::NoKnowledge;
 use mapek_domain::{
@@ -255,7 +255,7 @@ async fn analyze(worker: Worker, config: AnalyzeConfig) -> anyhow::Result<String
         return Ok("analyze: stopped before it started".to_owned());
     }
     let make = |_| Analyzer::new(config.clone());
-    let stats = worker.partitioned("analyze", make).await?;
+    let stats = worker.partitioned("analyze", Phase::Monitor, make).await?;
     Ok(format!(
         "analyze: {} telemetry in, {} symptoms out ({} replayed at start)",
         stats.processed, stats.emitted, stats.replayed
@@ -269,7 +269,7 @@ async fn plan<S: Stage + Send + 'static>(
     name: String,
     make: impl Fn(u32) -> S,
 ) -> anyhow::Result<String> {
-    let stats = worker.partitioned(&name, make).await?;
+    let stats = worker.partitioned(&name, Phase::Analyze, make).await?;
     Ok(format!(
         "{name}: {} symptoms in, {} decisions out ({} replayed at start)",
         stats.processed, stats.emitted, stats.replayed
@@ -327,8 +327,11 @@ impl Executor {
 
     /// Every copy active, sharing the partitions and the interlocks through `redis`.
     async fn sharing(self, worker: Worker, redis: Redis) -> anyhow::Result<String> {
+        let Some(partitions) = worker.partitions_of("execute", Phase::Plan).await else {
+            return Ok("execute: stopped before it started".to_owned());
+        };
         let shared = execute::Shared::new(redis, worker.name)
-            .partitions(PARTITIONS)
+            .partitions(partitions)
             .lease_ttl(DEFAULT_TTL);
         let stop = worker.shutdown.wait();
         let s = execute::run_shared(worker.js, self.client, self.config, self.keys, shared, stop)
@@ -354,24 +357,37 @@ pub(super) struct Worker {
 pub(super) type Stop = BoxFuture<'static, ()>;
 
 impl Worker {
-    /// Runs the stages `make` makes, one per partition of `phase` this process leases,
-    /// sharing the partitions with other processes.
+    /// Runs the stages `make` makes, one per partition of `input` this process leases as
+    /// `phase`, sharing the partitions with other processes.
     async fn partitioned<S: Stage + Send + 'static>(
         self,
         phase: &str,
+        input: Phase,
         make: impl Fn(u32) -> S,
     ) -> Result<StageStats, BusError> {
+        let Some(partitions) = self.partitions_of(phase, input).await else {
+            return Ok(StageStats::default());
+        };
         let stop = self.shutdown.wait();
         run_partitioned(
             self.js,
             phase,
-            PARTITIONS,
+            partitions,
             self.name,
             DEFAULT_TTL,
             make,
             stop,
         )
         .await
+    }
+
+    /// How many partitions `input`'s streams hold, asked until the server answers; `None`
+    /// if the process stops first.
+    async fn partitions_of(&self, phase: &str, input: Phase) -> Option<u32> {
+        let stop = self.shutdown.clone().wait();
+        tokio::pin!(stop);
+        let find = || layout::partitions_of(&self.js, input);
+        until_ok(phase, "find the partitions", find, stop).await
     }
 
     /// Runs `work(i)` for each of `pieces` pieces this process can lease (`<name>.p<i>`),
