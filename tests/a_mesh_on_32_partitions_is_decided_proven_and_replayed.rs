@@ -1,14 +1,18 @@
 //! A mesh sized for more than the default 8 partitions (ADR 0024): on a server whose mapping
 //! puts telemetry into 32, `mapek demo` applies 32 to every phase, its workers take all 32,
 //! and the log they write is proven by `mapek audit verify` and reproduced by `mapek replay
-//! verify`.
+//! verify`. A mesh that outgrew 8 partitions grows to 32 under a running `mapek run`, its
+//! history kept.
 
 mod common;
 mod replay_common;
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{mapek, run, stderr, stdout};
+use common::{interrupt, mapek, run, stderr, stdout, stream_len};
 use mapek_bus::layout;
 use mapek_domain::{NodeId, Phase};
 use mapek_testkit::NatsServer;
@@ -81,6 +85,145 @@ async fn the_loop_on_32_partitions_decides_proves_and_replays() {
     assert!(report.contains(&chains), "{chains}\n{report}");
 
     // And: replay reproduces every symptom and decision.
+    let replay = mapek_run(&url, &["replay", "verify"]);
+    let said = stdout(&replay);
+    assert!(replay.status.success(), "{said}\n{}", stderr(&replay));
+    assert!(said.contains("verdict: identical"), "{said}");
+}
+
+/// `mapek sim` on 32 nodes for up to two minutes, `node` hogging its CPU from the third
+/// second.
+fn sim_with_a_cpu_hog(url: &str, node: &str) -> (Child, tempfile::NamedTempFile) {
+    let mut faults = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        faults,
+        "[[fault]]\nkind = \"cpu_hog\"\nstart_s = 3.0\nnode = \"{node}\"\n"
+    )
+    .unwrap();
+    let mut sim = mapek(url);
+    sim.args(["sim", "--nodes", "32", "--duration", "120s", "--faults"])
+        .arg(faults.path());
+    (spawn(sim), faults)
+}
+
+fn spawn(mut cmd: std::process::Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mapek")
+}
+
+/// Waits until `what` holds, for up to 90 s.
+async fn until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How many telemetry samples of `node` the monitor streams hold, under any partition.
+async fn samples_of(js: &mapek_bus::JetStream, node: &str) -> u64 {
+    use futures::StreamExt;
+    let mut total = 0;
+    for stored in layout::streams_of(js, Phase::Monitor).await.unwrap() {
+        let mut stream = js.get_stream(&stored.name).await.unwrap();
+        let mut subjects = stream
+            .info_with_subjects(format!("mapek.monitor.*.{node}"))
+            .await
+            .unwrap();
+        while let Some(subject) = subjects.next().await {
+            total += subject.unwrap().1 as u64;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn an_operator_grows_8_partitions_to_32_under_a_running_loop() {
+    // Given: the shipped layout (8 partitions over 2 monitor streams) and a running loop that
+    // decided on a CPU hog.
+    let server = NatsServer::start();
+    let url = server.url();
+    let out = mapek_run(&url, &["streams", "apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = mapek_bus::connect(&url).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut run_loop = mapek(&url);
+    run_loop
+        .args(["run", "--worker", "w", "--metrics-addr", "off"])
+        .env("MAPEK_DATA_DIR", data.path());
+    let the_loop = spawn(run_loop);
+    // n7 is in partition 18 of 32 (2 of 8): only a grown loop decides on it there.
+    let grown = NodeId::new("n7").unwrap();
+    assert_eq!(layout::partition_of_node(&grown, 32), 18);
+    let (mut sim, _faults) = sim_with_a_cpu_hog(&url, "n7");
+    until("a decision on n7", || async {
+        stream_len(&js, "MAPEK_PLAN").await >= 1
+    })
+    .await;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let before = samples_of(&js, "n7").await;
+
+    // When: the operator grows the streams to 32 partitions, then the server's mapping.
+    let out = mapek_run(&url, &["streams", "apply", "--partitions", "32"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("partitions: 32; telemetry: the server maps it into 8 partitions")
+            && text.contains("MAPEK_MONITOR_0: updated")
+            && text.contains(&mapek_domain::telemetry_mapping(32)),
+        "{text}"
+    );
+    server.reload_with_mapping(&mapek_domain::telemetry_mapping(32));
+    until("the server maps into 32", || async {
+        mapek_bus::streams::server_mapping(&js).await.ok() == Some(Some(32))
+    })
+    .await;
+    let again = mapek_run(&url, &["streams", "apply"]);
+    assert!(
+        stdout(&again).contains("nothing changed"),
+        "{}",
+        stdout(&again)
+    );
+
+    // Then: the running loop takes the new partitions without a restart...
+    until("an analyze worker on partition 31", || async {
+        mapek_bus::progress::lease_owners(&js)
+            .await
+            .contains_key("analyze.p31")
+    })
+    .await;
+    // ... and decides on the hog again, now in its partition of the 32.
+    let (mut sim, _faults) = sim_with_a_cpu_hog(&url, "n7");
+    let plan = js.get_stream("MAPEK_PLAN").await.unwrap();
+    until("a decision on n7 in partition 18", || async {
+        plan.get_last_raw_message_by_subject("mapek.plan.18.n7")
+            .await
+            .is_ok()
+    })
+    .await;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    interrupt(the_loop);
+    assert!(
+        plan.get_last_raw_message_by_subject("mapek.plan.2.n7")
+            .await
+            .is_ok(),
+        "the first decision stays in partition 2"
+    );
+
+    // And: n7's whole history, from before and after, is read as one.
+    let all = samples_of(&js, "n7").await;
+    assert!(all > before, "{all} samples after, {before} before");
+    let read = common::subscribe_all(&url, "telemetry", &["--node", "n7"]);
+    assert_eq!(read.len() as u64, all);
+
+    // And: the audit proves the chains across the change, and replay reproduces both sides.
+    let (passed, report) = common::audit_verify(&url, &[]);
+    assert!(passed, "{report}");
     let replay = mapek_run(&url, &["replay", "verify"]);
     let said = stdout(&replay);
     assert!(replay.status.success(), "{said}\n{}", stderr(&replay));

@@ -234,7 +234,7 @@ async fn apply_takes_the_partition_count_the_servers_mapping_names() {
 }
 
 #[tokio::test]
-async fn without_the_mapping_the_count_is_asked_for_once_and_then_kept() {
+async fn without_the_mapping_the_count_is_kept_until_it_grows_by_a_multiple() {
     // Given: a server that does not map telemetry.
     let server = NatsServer::start_without_mapping();
 
@@ -260,15 +260,29 @@ async fn without_the_mapping_the_count_is_asked_for_once_and_then_kept() {
         "{text}"
     );
 
-    // And: another count is refused, naming the stream and why; nothing changes.
+    // And: a count that is not a multiple is refused, naming the stream and why; nothing
+    // changes.
     let out = apply_streams(&server.url(), &["--partitions", "16"]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("holds 32 partitions") && err.contains("has 16") && err.contains("0024"),
+        err.contains("holds 32 partitions and 16 were asked for")
+            && err.contains("grows only by a multiple of 32")
+            && err.contains("0024"),
         "{err}"
     );
     assert_eq!(plan_partitions(&js).await, Some(32));
+
+    // And: a multiple grows every phase's transform, telemetry's too.
+    let out = apply_streams(&server.url(), &["--partitions", "64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("MAPEK_MONITOR: updated subject_transform")
+            && text.contains("0 created, 6 updated, 1 unchanged"),
+        "{text}"
+    );
+    assert_eq!(plan_partitions(&js).await, Some(64));
 }
 
 #[tokio::test]

@@ -130,9 +130,8 @@ impl StreamDef {
         &self,
         index: usize,
         count: usize,
-        partitions: u32,
+        partitions: &[u32],
     ) -> Result<StreamDef, BusError> {
-        let partitions = layout::monitor_partitions(index, count, partitions);
         let mut raw = self.wanted.clone();
         raw.remove("subject_transform");
         let name = layout::monitor_stream(index);
@@ -142,16 +141,16 @@ impl StreamDef {
             .map(|p| Value::from(format!("mapek.monitor.{p}.*")))
             .collect();
         raw.insert("subjects".into(), Value::from(subjects));
-        let (first, last) = (partitions[0], partitions[partitions.len() - 1]);
+        let runs = runs(partitions);
         raw.insert(
             "description".into(),
             Value::from(format!(
-                "Node telemetry of partitions {first} to {last}, as the server maps \
-                 mapek.monitor.<node> (one of {count} monitor streams)."
+                "Node telemetry of partitions {runs}, as the server maps mapek.monitor.<node> \
+                 (one of {count} monitor streams)."
             )),
         );
         let text = Value::Object(raw).to_string();
-        StreamDef::parse(&format!("{} (partitions {first}-{last})", self.file), &text)
+        StreamDef::parse(&format!("{} (partitions {runs})", self.file), &text)
     }
 
     /// The keys whose value on the server differs from this definition, sorted.
@@ -163,6 +162,22 @@ impl StreamDef {
             .map(|(key, _)| key.clone())
             .collect()
     }
+}
+
+/// Ascending partitions as runs: `0-3, 8-11`.
+fn runs(partitions: &[u32]) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &p in partitions {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == p => *last = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let run = |&(first, last): &(u32, u32)| match first == last {
+        true => first.to_string(),
+        false => format!("{first}-{last}"),
+    };
+    runs.iter().map(run).collect::<Vec<_>>().join(", ")
 }
 
 fn to_map(config: &Config) -> Map<String, Value> {
@@ -271,7 +286,7 @@ impl fmt::Display for Applied {
 }
 
 /// How the server has the phases stored: how many partitions, and telemetry's streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Layout {
     /// No mapping on the server: one `MAPEK_MONITOR` whose transform partitions telemetry.
     Single {
@@ -280,38 +295,43 @@ pub enum Layout {
     },
     /// The server maps telemetry into partitions: monitor streams share them.
     Split {
-        /// How many monitor streams.
-        streams: usize,
-        /// The partitions of every phase, as many as the server maps telemetry into.
+        /// The partitions of every phase.
         partitions: u32,
+        /// How many partitions the server maps telemetry into now: `partitions`, or a count
+        /// it is a multiple of while the streams are grown before the mapping.
+        mapped: u32,
+        /// The partitions each monitor stream holds, `MAPEK_MONITOR_0`'s first.
+        shares: Vec<Vec<u32>>,
     },
 }
 
 impl Layout {
     /// The partitions of every phase.
-    pub fn partitions(self) -> u32 {
+    pub fn partitions(&self) -> u32 {
         match self {
-            Layout::Single { partitions } | Layout::Split { partitions, .. } => partitions,
+            Layout::Single { partitions } | Layout::Split { partitions, .. } => *partitions,
         }
     }
 }
 
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
+        match self {
             Layout::Single { partitions } => write!(
                 f,
                 "partitions: {partitions}; telemetry: one stream, MAPEK_MONITOR (the server \
                  does not map mapek.monitor.<node> into partitions; see docs/adr/0012)"
             ),
             Layout::Split {
-                streams,
                 partitions,
+                mapped,
+                shares,
             } => write!(
                 f,
-                "partitions: {partitions}; telemetry: the server maps it into {partitions} \
-                 partitions, stored in {streams} streams (MAPEK_MONITOR_0 to MAPEK_MONITOR_{})",
-                streams - 1
+                "partitions: {partitions}; telemetry: the server maps it into {mapped} \
+                 partitions, stored in {} streams (MAPEK_MONITOR_0 to MAPEK_MONITOR_{})",
+                shares.len(),
+                shares.len() - 1
             ),
         }
     }
@@ -430,55 +450,98 @@ pub struct Wanted {
     pub partitions: Option<u32>,
 }
 
-/// The layout [`apply`] would use on this server for `wanted`. The partition count is the
-/// server's mapping's when it maps telemetry (asking for another is an error that says to
-/// change the mapping), else the one asked for, else the one the streams have. A count other
-/// than the streams' is refused: it would re-map nodes under the stored history (ADR 0024).
+/// The layout [`apply`] would use on this server for `wanted`.
+///
+/// The partition count is the one asked for, else the server's mapping's, else the one the
+/// streams have. It may grow, by a multiple, never shrink (ADR 0024): partition `p` of the
+/// grown count stays in the stream that held `p` modulo the old one, where its nodes' history
+/// is. A server that maps telemetry must map it into the count, or into a count it is a
+/// multiple of (the streams grown first, the mapping changed after).
 pub async fn detect_layout(js: &JetStream, wanted: Wanted) -> Result<Layout, BusError> {
     let mapped = server_mapping(js).await?;
     let stored = stored_partitions(js).await?;
-    let partitions = match (mapped, wanted.partitions) {
-        (Some(mapped), Some(asked)) if mapped != asked => {
-            return Err(BusError::Stream {
-                stream: Phase::Monitor.stream().to_owned(),
-                detail: format!(
-                    "the server maps telemetry into {mapped} partitions and {asked} were asked \
-                     for: change the server's mapping to {} and reload it, or ask for \
-                     {mapped}",
-                    mapek_domain::telemetry_mapping(asked)
-                ),
-            });
-        }
-        (Some(mapped), _) => mapped,
-        (None, asked) => asked
-            .or(stored.first().map(|(_, n)| *n))
-            .unwrap_or(layout::DEFAULT_PARTITIONS),
-    };
-    if let Some((stream, held)) = stored.into_iter().find(|(_, n)| *n != partitions) {
+    let partitions = wanted
+        .partitions
+        .or(mapped)
+        .or(stored.iter().map(|(_, n)| *n).max())
+        .unwrap_or(layout::DEFAULT_PARTITIONS);
+    if let Some(mapped) = mapped
+        && !grows_into(mapped, partitions)
+    {
         return Err(BusError::Stream {
-            stream,
+            stream: Phase::Monitor.stream().to_owned(),
             detail: format!(
-                "holds {held} partitions and the layout asked for has {partitions}: changing the \
-                 count would put nodes in other partitions than their stored history, which \
-                 mapek streams apply does not do (docs/adr/0024). Keep {held} (the server's \
-                 mapping and --partitions), or start the log afresh with {partitions}"
+                "the server maps telemetry into {mapped} partitions and {partitions} were asked \
+                 for: ask for {mapped} or a multiple of it (then give the server its mapping), \
+                 or give the server the mapping {} first (deploy/nats/mapping.conf)",
+                mapek_domain::telemetry_mapping(partitions)
             ),
         });
     }
-    let Some(_) = mapped else {
+    if let Some((stream, held)) = stored
+        .into_iter()
+        .find(|(_, n)| !grows_into(*n, partitions))
+    {
+        return Err(BusError::Stream {
+            stream,
+            detail: format!(
+                "holds {held} partitions and {partitions} were asked for: the count grows only \
+                 by a multiple of {held}, so that each node's history stays in one partition's \
+                 line (docs/adr/0024)"
+            ),
+        });
+    }
+    let Some(mapped) = mapped else {
         return Ok(Layout::Single { partitions });
     };
-    let streams = match wanted.monitor_streams {
-        Some(n) => n,
-        None => match layout::streams_of(js, Phase::Monitor).await?.as_slice() {
-            [only] if only.name == Phase::Monitor.stream() => DEFAULT_MONITOR_STREAMS,
-            found => found.len(),
-        },
-    };
+    let found = layout::streams_of(js, Phase::Monitor).await?;
+    let shares = monitor_shares(&found, wanted.monitor_streams, partitions)?;
     Ok(Layout::Split {
-        streams: streams.clamp(1, partitions as usize),
         partitions,
+        mapped,
+        shares,
     })
+}
+
+/// Whether `from` partitions may become `to`: the same, or grown by a multiple.
+fn grows_into(from: u32, to: u32) -> bool {
+    to >= from && to % from == 0
+}
+
+/// The partitions of `partitions` each monitor stream holds: `streams` contiguous runs when
+/// there are none yet (as many as asked, else [`DEFAULT_MONITOR_STREAMS`]); when there are,
+/// each keeps its partitions and takes the new ones that descend from them (`p` modulo the
+/// old count). Their number is fixed once made, since moving a partition to another stream
+/// would leave its history behind.
+fn monitor_shares(
+    found: &[layout::StoredIn],
+    streams: Option<usize>,
+    partitions: u32,
+) -> Result<Vec<Vec<u32>>, BusError> {
+    let fresh = matches!(found, [only] if only.name == Phase::Monitor.stream());
+    if fresh {
+        let streams = streams
+            .unwrap_or(DEFAULT_MONITOR_STREAMS)
+            .clamp(1, partitions as usize);
+        return Ok((0..streams)
+            .map(|i| layout::monitor_partitions(i, streams, partitions))
+            .collect());
+    }
+    if let Some(asked) = streams.filter(|n| *n != found.len()) {
+        return Err(BusError::Stream {
+            stream: layout::monitor_stream(0),
+            detail: format!(
+                "telemetry is stored in {} monitor streams and {asked} were asked for: their \
+                 number is fixed once made, as each holds its partitions' history",
+                found.len()
+            ),
+        });
+    }
+    let held = layout::partition_count(found);
+    Ok(found
+        .iter()
+        .map(|s| (0..partitions).filter(|p| s.holds(p % held)).collect())
+        .collect())
 }
 
 /// The streams of the partitioned phases the server has, each with how many partitions it
@@ -496,17 +559,17 @@ async fn stored_partitions(js: &JetStream) -> Result<Vec<(String, u32)>, BusErro
 
 /// The definitions to apply for `layout`: with [`Layout::Split`], `MAPEK_MONITOR`'s is
 /// replaced by the monitor streams made from it.
-pub fn for_layout(defs: &[StreamDef], layout: Layout) -> Result<Vec<StreamDef>, BusError> {
+pub fn for_layout(defs: &[StreamDef], layout: &Layout) -> Result<Vec<StreamDef>, BusError> {
     let partitions = layout.partitions();
     let defs = defs.iter().map(|d| d.clone().with_partitions(partitions));
-    let Layout::Split { streams, .. } = layout else {
+    let Layout::Split { shares, .. } = layout else {
         return Ok(defs.collect());
     };
-    let mut out = Vec::with_capacity(defs.len() + streams);
+    let mut out = Vec::with_capacity(defs.len() + shares.len());
     for def in defs {
         if def.name() == Phase::Monitor.stream() {
-            for index in 0..streams {
-                out.push(def.monitor_share(index, streams, partitions)?);
+            for (index, share) in shares.iter().enumerate() {
+                out.push(def.monitor_share(index, shares.len(), share)?);
             }
         } else {
             out.push(def);
@@ -530,11 +593,12 @@ pub async fn apply_layout(
     defs: &[StreamDef],
     layout: Layout,
 ) -> Result<Vec<Applied>, BusError> {
-    let defs = for_layout(defs, layout)?;
+    let defs = for_layout(defs, &layout)?;
     let mut applied = Vec::with_capacity(defs.len());
     let single = Phase::Monitor.stream();
     match layout {
-        Layout::Split { streams: count, .. } => {
+        Layout::Split { shares, .. } => {
+            let count = shares.len();
             if let Ok(stream) = js.get_stream(single).await {
                 let held = stream.cached_info().state.messages;
                 if held > 0 {
@@ -668,11 +732,15 @@ mod tests {
     #[test]
     fn definitions_take_the_partition_count_asked_for() {
         let defs = builtin();
+        let shares = (0..4)
+            .map(|i| layout::monitor_partitions(i, 4, 32))
+            .collect();
         let split = Layout::Split {
-            streams: 4,
             partitions: 32,
+            mapped: 32,
+            shares,
         };
-        let out = for_layout(&defs, split).unwrap();
+        let out = for_layout(&defs, &split).unwrap();
         let plan = out.iter().find(|d| d.name() == "MAPEK_PLAN").unwrap();
         let dest = &plan.config.subject_transform.as_ref().unwrap().destination;
         assert_eq!(layout::partitions_in_transform(dest), Some(32));
@@ -685,5 +753,55 @@ mod tests {
         assert_eq!(monitor[3].config.subjects[7], "mapek.monitor.31.*");
         let dlq = out.iter().find(|d| d.name() == "MAPEK_DLQ").unwrap();
         assert!(dlq.config.subject_transform.is_none());
+    }
+
+    fn stored(name: &str, partitions: Vec<u32>) -> layout::StoredIn {
+        layout::StoredIn {
+            name: name.to_owned(),
+            partitions,
+        }
+    }
+
+    #[test]
+    fn grown_partitions_stay_in_the_stream_of_the_partition_they_descend_from() {
+        let found = [
+            stored("MAPEK_MONITOR_0", vec![0, 1, 2, 3]),
+            stored("MAPEK_MONITOR_1", vec![4, 5, 6, 7]),
+        ];
+        let shares = monitor_shares(&found, None, 32).unwrap();
+        assert_eq!(shares.len(), 2);
+        for (share, stream) in shares.iter().zip(&found) {
+            assert_eq!(share.len(), 16);
+            assert!(share.iter().all(|p| stream.holds(p % 8)), "{share:?}");
+        }
+        assert_eq!(runs(&shares[0]), "0-3, 8-11, 16-19, 24-27");
+        // So a node's partition before and after is in one stream.
+        for i in 0..200 {
+            let node = mapek_domain::NodeId::new(format!("n{i}")).unwrap();
+            let (old, new) = (
+                layout::partition_of_node(&node, 8),
+                layout::partition_of_node(&node, 32),
+            );
+            let holder = |p: u32| shares.iter().position(|s| s.contains(&p));
+            assert_eq!(holder(old), holder(new), "{node}");
+        }
+        // Unchanged, a layout stays as it is; a new number of streams is refused.
+        assert_eq!(
+            monitor_shares(&found, Some(2), 8).unwrap(),
+            [vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
+        );
+        let error = monitor_shares(&found, Some(4), 8).unwrap_err().to_string();
+        assert!(error.contains("fixed once made"), "{error}");
+        // Fresh, the streams take contiguous runs.
+        let none = [stored("MAPEK_MONITOR", vec![])];
+        assert_eq!(monitor_shares(&none, Some(4), 16).unwrap()[1], [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn the_count_grows_by_a_multiple_and_never_shrinks() {
+        assert!(grows_into(8, 8));
+        assert!(grows_into(8, 32));
+        assert!(!grows_into(8, 12));
+        assert!(!grows_into(32, 8));
     }
 }

@@ -213,20 +213,28 @@ impl<E: AvroEvent> Subscriber<E> {
     pub async fn open(js: &JetStream, config: SubscriberConfig) -> Result<Self, BusError> {
         // Dead letters are stored by phase, not by node: filter them here instead.
         let phase = E::PHASE;
-        // A node's events are stored under its partition: one stream even where telemetry
-        // is split, so a start sequence of that stream means something.
-        let (filter, node_filter) = match (phase, config.node) {
-            (Phase::Dlq, node) => (phase.stored_filter(None), node),
-            (_, Some(node)) => {
-                let partitions = layout::partitions_of(js, phase).await?;
-                let partition = layout::partition_of_node(&node, partitions);
-                (format!("mapek.{}.{partition}.{node}", phase.token()), None)
+        match (phase, config.node) {
+            (Phase::Dlq, node) => {
+                let all = Self::open_subject(js, phase.stored_filter(None), config.start);
+                let mut subscriber = all.await?;
+                subscriber.node_filter = node;
+                Ok(subscriber)
             }
-            (_, None) => (phase.stored_filter(None), None),
-        };
-        let mut subscriber = Self::open_subject(js, filter, config.start).await?;
-        subscriber.node_filter = node_filter;
-        Ok(subscriber)
+            (_, Some(node)) => Self::open_node(js, &node, config.start).await,
+            (_, None) => Self::open_subject(js, phase.stored_filter(None), config.start).await,
+        }
+    }
+
+    /// Follows `node`'s events of `E`'s family. They are in one stream even where telemetry
+    /// is split, so a start sequence of that stream means something: the one holding the
+    /// node's partition, where the partitions it had before the count grew are too (ADR
+    /// 0024). Read under any partition, so that its history from before is read with it.
+    async fn open_node(js: &JetStream, node: &NodeId, start: StartAt) -> Result<Self, BusError> {
+        let phase = E::PHASE;
+        let mut streams = layout::streams_of(js, phase).await?;
+        let partition = layout::partition_of_node(node, layout::partition_count(&streams));
+        streams.retain(|s| s.holds(partition));
+        Self::open_in(js, streams, phase.stored_filter(Some(node)), start).await
     }
 
     /// Follows `E`'s stream through any stored-subject filter (`mapek.monitor.3.>` for one
@@ -237,11 +245,21 @@ impl<E: AvroEvent> Subscriber<E> {
         filter_subject: String,
         start: StartAt,
     ) -> Result<Self, BusError> {
-        let phase = E::PHASE;
-        let mut streams = layout::streams_of(js, phase).await?;
+        let mut streams = layout::streams_of(js, E::PHASE).await?;
         if let Some(p) = layout::partition_of(&filter_subject) {
             streams.retain(|s| s.holds(p));
         }
+        Self::open_in(js, streams, filter_subject, start).await
+    }
+
+    /// Follows `filter_subject` in `streams`, from `start`.
+    async fn open_in(
+        js: &JetStream,
+        streams: Vec<layout::StoredIn>,
+        filter_subject: String,
+        start: StartAt,
+    ) -> Result<Self, BusError> {
+        let phase = E::PHASE;
         if let (StartAt::Sequence(_), [_, _, ..]) = (start, streams.as_slice()) {
             return Err(BusError::Consumer {
                 stream: phase.stream().to_owned(),

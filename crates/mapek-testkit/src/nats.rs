@@ -158,6 +158,33 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Gives the running server `mapping` (a `mappings = …` line, say
+    /// [`mapek_domain::telemetry_mapping`]) in place of the one it has, and has it reload its
+    /// config, as an operator does with `nats-server --signal reload`. The server takes it a
+    /// moment later.
+    ///
+    /// # Panics
+    /// When the config cannot be written or the server cannot be signalled.
+    pub fn reload_with_mapping(&self, mapping: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read the nats-server config");
+        let mut lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("mappings"))
+            .collect();
+        lines.push(mapping);
+        std::fs::write(&self.config, lines.join("\n") + "\n").expect("write the config");
+        let pid = self.pid().expect("a running server to reload");
+        let signalled = Command::new(binary())
+            .arg("--signal")
+            .arg(format!("reload={pid}"))
+            .status()
+            .expect("run nats-server --signal");
+        assert!(
+            signalled.success(),
+            "nats-server --signal reload={pid} failed"
+        );
+    }
+
     fn spawn(&mut self) {
         self.child = Some(spawn(&self.config, &self.env));
         wait_for_port(self.port);

@@ -38,6 +38,11 @@ impl Shutdown {
         (tx, Self { rx })
     }
 
+    /// Whether the signal fired.
+    pub fn fired(&self) -> bool {
+        *self.rx.borrow()
+    }
+
     /// Completes once the signal fired.
     pub async fn wait(mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;

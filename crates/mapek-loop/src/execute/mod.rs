@@ -71,7 +71,8 @@ pub struct ExecuteStats {
 }
 
 impl ExecuteStats {
-    fn add(&mut self, other: &ExecuteStats) {
+    /// Adds what `other` counted.
+    pub fn add(&mut self, other: &ExecuteStats) {
         self.replayed += other.replayed;
         self.processed += other.processed;
         self.applied += other.applied;

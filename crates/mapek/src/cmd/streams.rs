@@ -29,10 +29,9 @@ pub enum StreamsCommand {
         #[arg(long, value_name = "S", value_parser = clap::value_parser!(u16).range(1..=1024))]
         monitor_streams: Option<u16>,
         /// Map every phase's nodes into this many partitions, each a unit of work one worker
-        /// process takes (docs/adr/0024). Where the server maps telemetry, its mapping names
-        /// the count and this must agree with it. Chosen when the streams are made: a count
-        /// other than the existing streams' is refused [default: the server's mapping's, else
-        /// the streams', else 8]
+        /// process takes (docs/adr/0024). The count grows by a multiple of the streams' and
+        /// never shrinks; where the server maps telemetry, give it the mapping for this count
+        /// after the apply [default: the server's mapping's, else the streams', else 8]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
         partitions: Option<u32>,
     },
@@ -63,6 +62,12 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
     };
     let layout = streams::detect_layout(&js, wanted).await?;
     println!("{layout}");
+    let remap = match layout {
+        streams::Layout::Split {
+            partitions, mapped, ..
+        } if mapped != partitions => Some(partitions),
+        _ => None,
+    };
     let mut applied = streams::apply_layout(&js, &defs, layout).await?;
     // The buckets keep as many copies as the streams: a lease or an approval must outlive a
     // server as the events do.
@@ -86,6 +91,14 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
         println!(
             "{created} created, {updated} updated, {} unchanged",
             applied.len() - created - updated
+        );
+    }
+    if let Some(partitions) = remap {
+        println!(
+            "next: the streams hold {partitions} partitions; give the server the mapping \
+             {} and reload it (nats-server --signal reload), and the workers take the new \
+             partitions",
+            mapek_domain::telemetry_mapping(partitions)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -327,15 +327,19 @@ impl Executor {
 
     /// Every copy active, sharing the partitions and the interlocks through `redis`.
     async fn sharing(self, worker: Worker, redis: Redis) -> anyhow::Result<String> {
-        let Some(partitions) = worker.partitions_of("execute", Phase::Plan).await else {
-            return Ok("execute: stopped before it started".to_owned());
+        let run = |partitions, stop| {
+            let shared = execute::Shared::new(redis.clone(), worker.name.clone())
+                .partitions(partitions)
+                .lease_ttl(DEFAULT_TTL);
+            let (client, config, keys) =
+                (self.client.clone(), self.config.clone(), self.keys.clone());
+            execute::run_shared(worker.js.clone(), client, config, keys, shared, stop)
         };
-        let shared = execute::Shared::new(redis, worker.name)
-            .partitions(partitions)
-            .lease_ttl(DEFAULT_TTL);
-        let stop = worker.shutdown.wait();
-        let s = execute::run_shared(worker.js, self.client, self.config, self.keys, shared, stop)
+        let runs = worker
+            .following_partitions("execute", Phase::Plan, run)
             .await?;
+        let mut s = execute::ExecuteStats::default();
+        runs.iter().for_each(|run| s.add(run));
         Ok(format!(
             "execute (sharing through Redis): {} decisions, {} applied, {} failed, {} \
              refused, {} waited for another executor",
@@ -356,29 +360,87 @@ pub(super) struct Worker {
 /// Completes when a worker must stop: at shutdown, or when its lease is lost.
 pub(super) type Stop = BoxFuture<'static, ()>;
 
+/// How often a partitioned worker asks whether its input's partitions changed.
+const PARTITIONS_ASKED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes once `input` has another number of partitions than `partitions`.
+fn until_partitions_change(
+    js: JetStream,
+    phase: &str,
+    input: Phase,
+    partitions: u32,
+) -> impl Future<Output = ()> + Send + 'static {
+    let phase = phase.to_owned();
+    async move {
+        loop {
+            tokio::time::sleep(PARTITIONS_ASKED_EVERY).await;
+            if let Ok(now) = layout::partitions_of(&js, input).await
+                && now != partitions
+            {
+                tracing::info!(
+                    phase,
+                    from = partitions,
+                    to = now,
+                    "the partitions changed; sharing them out anew"
+                );
+                return;
+            }
+        }
+    }
+}
+
 impl Worker {
     /// Runs the stages `make` makes, one per partition of `input` this process leases as
-    /// `phase`, sharing the partitions with other processes.
+    /// `phase`, sharing the partitions with other processes, and all of them again when their
+    /// number grows.
     async fn partitioned<S: Stage + Send + 'static>(
         self,
         phase: &str,
         input: Phase,
         make: impl Fn(u32) -> S,
     ) -> Result<StageStats, BusError> {
-        let Some(partitions) = self.partitions_of(phase, input).await else {
-            return Ok(StageStats::default());
+        let run = |partitions, stop| {
+            let (js, name) = (self.js.clone(), self.name.clone());
+            run_partitioned(js, phase, partitions, name, DEFAULT_TTL, &make, stop)
         };
-        let stop = self.shutdown.wait();
-        run_partitioned(
-            self.js,
-            phase,
-            partitions,
-            self.name,
-            DEFAULT_TTL,
-            make,
-            stop,
-        )
-        .await
+        let runs = self.following_partitions(phase, input, run).await?;
+        Ok(runs
+            .iter()
+            .fold(StageStats::default(), |total, s| StageStats {
+                replayed: total.replayed + s.replayed,
+                processed: total.processed + s.processed,
+                emitted: total.emitted + s.emitted,
+            }))
+    }
+
+    /// Runs `work(n, stop)`, `n` the partitions of `input`, until shutdown; when `input` gets
+    /// another number of partitions (`mapek streams apply --partitions`, ADR 0024), `stop`
+    /// completes and `work` runs again with the new one. What each run returned, in order.
+    async fn following_partitions<T, Fut>(
+        &self,
+        phase: &str,
+        input: Phase,
+        mut work: impl FnMut(u32, Stop) -> Fut,
+    ) -> Result<Vec<T>, BusError>
+    where
+        Fut: Future<Output = Result<T, BusError>>,
+    {
+        let mut runs = Vec::new();
+        while let Some(partitions) = self.partitions_of(phase, input).await {
+            let changed = until_partitions_change(self.js.clone(), phase, input, partitions);
+            let shutdown = self.shutdown.clone().wait();
+            let stop: Stop = Box::pin(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = changed => {}
+                }
+            });
+            runs.push(work(partitions, stop).await?);
+            if self.shutdown.fired() {
+                break;
+            }
+        }
+        Ok(runs)
     }
 
     /// How many partitions `input`'s streams hold, asked until the server answers; `None`
