@@ -505,7 +505,7 @@ pub async fn detect_layout(js: &JetStream, wanted: Wanted) -> Result<Layout, Bus
 
 /// Whether `from` partitions may become `to`: the same, or grown by a multiple.
 fn grows_into(from: u32, to: u32) -> bool {
-    to >= from && to % from == 0
+    to >= from && to.is_multiple_of(from)
 }
 
 /// The partitions of `partitions` each monitor stream holds: `streams` contiguous runs when
