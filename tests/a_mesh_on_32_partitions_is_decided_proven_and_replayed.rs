@@ -128,7 +128,7 @@ async fn samples_of(js: &mapek_bus::JetStream, node: &str) -> u64 {
     use futures::StreamExt;
     let mut total = 0;
     for stored in layout::streams_of(js, Phase::Monitor).await.unwrap() {
-        let mut stream = js.get_stream(&stored.name).await.unwrap();
+        let stream = js.get_stream(&stored.name).await.unwrap();
         let mut subjects = stream
             .info_with_subjects(format!("mapek.monitor.*.{node}"))
             .await
