@@ -311,3 +311,29 @@ async fn each_phase_publishes_only_its_own_family() {
         cannot_remove_what_streams_hold(&mut worker).await;
     }
 }
+
+#[test]
+fn agent_users_name_each_nodes_partition_under_every_count_given() {
+    // While the partitions grow from 8 to 32, an agent may publish under either.
+    let nodes: Vec<String> = (0..64).map(|i| format!("n{i}")).collect();
+    let out = std::process::Command::new(common::repo().join("deploy/nats/agent-users.sh"))
+        .args(&nodes)
+        .env("PARTITIONS", "8 32")
+        .output()
+        .expect("run deploy/nats/agent-users.sh");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for (node, line) in nodes.iter().zip(text.lines()) {
+        let id = NodeId::new(node).unwrap();
+        let mut partitions: Vec<u32> = [8, 32]
+            .map(|count| mapek_bus::layout::partition_of_node(&id, count))
+            .to_vec();
+        partitions.dedup();
+        let subjects: Vec<String> = partitions
+            .iter()
+            .map(|p| format!("\"mapek.monitor.{p}.{node}\", "))
+            .collect();
+        let publish = format!("publish: [{}\"mapek.monitor.{node}\"", subjects.concat());
+        assert!(line.contains(&publish), "{publish}\n{line}");
+    }
+}
