@@ -177,6 +177,14 @@ async fn an_operator_grows_8_partitions_to_32_under_a_running_loop() {
             && text.contains(&mapek_domain::telemetry_mapping(32)),
         "{text}"
     );
+    // Until the mapping changes, an apply that names no count keeps the streams' 32.
+    let between = mapek_run(&url, &["streams", "apply"]);
+    assert!(
+        between.status.success() && stdout(&between).contains("nothing changed"),
+        "{}\n{}",
+        stdout(&between),
+        stderr(&between)
+    );
     server.reload_with_mapping(&mapek_domain::telemetry_mapping(32));
     until("the server maps into 32", || async {
         mapek_bus::streams::server_mapping(&js).await.ok() == Some(Some(32))

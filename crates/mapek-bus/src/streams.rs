@@ -362,60 +362,12 @@ fn count_from_answers(answers: &[(String, u32)]) -> Option<u32> {
 /// `mapek.monitor.<partition>.<probe>` if it does, and the partitions of the probes name the
 /// count. The probes carry an expected stream no stream has, so no stream stores them.
 pub async fn server_mapping(js: &JetStream) -> Result<Option<u32>, BusError> {
-    use futures::StreamExt;
-    let failed = |detail: String| BusError::Stream {
-        stream: Phase::Monitor.stream().to_owned(),
-        detail: format!("cannot tell whether the server maps telemetry into partitions: {detail}"),
-    };
-    let client = js.client();
     let probes = probes();
-    let mut answers = futures::stream::SelectAll::new();
-    for probe in &probes {
-        let mapped = client
-            .subscribe(format!("mapek.monitor.*.{probe}"))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        answers.push(mapped);
-    }
-    // Unmapped, the first probe comes back as it was published.
-    let plain = client
-        .subscribe(format!("mapek.monitor.{}", probes[0]))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    answers.push(plain);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_EXPECTED_STREAM,
-        "MAPEK_LAYOUT_PROBE_NOT_A_STREAM",
-    );
-    for probe in &probes {
-        client
-            .publish_with_headers(
-                format!("mapek.monitor.{probe}"),
-                headers.clone(),
-                bytes::Bytes::new(),
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-    }
-    client.flush().await.map_err(|e| failed(e.to_string()))?;
-    let mut found = Vec::with_capacity(probes.len());
+    let client = js.client();
+    let mut answers = subscribe_to_probes(&client, &probes).await?;
     let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while found.len() < probes.len() {
-            let Some(message) = answers.next().await else {
-                return Err(failed("the connection closed".into()));
-            };
-            let mut tokens = message.subject.split('.').skip(2);
-            match (tokens.next(), tokens.next()) {
-                (Some(probe), None) if probe == probes[0] => return Ok(None),
-                (Some(p), Some(probe)) => match p.parse() {
-                    Ok(p) => found.push((probe.to_owned(), p)),
-                    Err(_) => return Err(failed(format!("{} is no partition", message.subject))),
-                },
-                _ => {}
-            }
-        }
-        Ok(Some(()))
+        publish_probes(&client, &probes).await?;
+        read_probes(&mut answers, &probes).await
     })
     .await;
     for sub in answers.iter_mut() {
@@ -423,20 +375,85 @@ pub async fn server_mapping(js: &JetStream) -> Result<Option<u32>, BusError> {
     }
     match waited {
         Ok(Ok(None)) => Ok(None),
-        Ok(Ok(Some(()))) => count_from_answers(&found).map(Some).ok_or_else(|| {
-            failed(format!(
+        Ok(Ok(Some(found))) => count_from_answers(&found).map(Some).ok_or_else(|| {
+            probe_failed(format!(
                 "it maps mapek.monitor.<node> in a way mapek does not know; map it with \
                  {{{{partition(N,1)}}}}, N from 1 to {}, as deploy/nats/mapping.conf does",
                 layout::MAX_PARTITIONS
             ))
         }),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(failed(
+        Err(_) => Err(probe_failed(
             "probes published to mapek.monitor.<probe> did not all come back within 5 s (may \
              this user subscribe to mapek.monitor.>?)"
                 .to_owned(),
         )),
     }
+}
+
+/// The error of a probe of the server's mapping that went wrong.
+fn probe_failed(detail: String) -> BusError {
+    BusError::Stream {
+        stream: Phase::Monitor.stream().to_owned(),
+        detail: format!("cannot tell whether the server maps telemetry into partitions: {detail}"),
+    }
+}
+
+/// Subscriptions to each probe as the server would map it, and to the first as published.
+async fn subscribe_to_probes(
+    client: &async_nats::Client,
+    probes: &[String],
+) -> Result<futures::stream::SelectAll<async_nats::Subscriber>, BusError> {
+    let mut answers = futures::stream::SelectAll::new();
+    let mapped = probes.iter().map(|p| format!("mapek.monitor.*.{p}"));
+    for subject in mapped.chain([format!("mapek.monitor.{}", probes[0])]) {
+        let sub = client.subscribe(subject).await;
+        answers.push(sub.map_err(|e| probe_failed(e.to_string()))?);
+    }
+    Ok(answers)
+}
+
+/// Publishes the probes, to be stored by no stream.
+async fn publish_probes(client: &async_nats::Client, probes: &[String]) -> Result<(), BusError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_STREAM,
+        "MAPEK_LAYOUT_PROBE_NOT_A_STREAM",
+    );
+    for probe in probes {
+        let subject = format!("mapek.monitor.{probe}");
+        let published = client.publish_with_headers(subject, headers.clone(), Default::default());
+        published.await.map_err(|e| probe_failed(e.to_string()))?;
+    }
+    client
+        .flush()
+        .await
+        .map_err(|e| probe_failed(e.to_string()))
+}
+
+/// Each probe with the partition it came back under, or `None` if the first came back as
+/// published (the server does not map telemetry).
+async fn read_probes(
+    answers: &mut futures::stream::SelectAll<async_nats::Subscriber>,
+    probes: &[String],
+) -> Result<Option<Vec<(String, u32)>>, BusError> {
+    use futures::StreamExt;
+    let mut found = Vec::with_capacity(probes.len());
+    while found.len() < probes.len() {
+        let Some(message) = answers.next().await else {
+            return Err(probe_failed("the connection closed".into()));
+        };
+        let mut tokens = message.subject.split('.').skip(2);
+        match (tokens.next(), tokens.next()) {
+            (Some(probe), None) if probe == probes[0] => return Ok(None),
+            (Some(p), Some(probe)) => match p.parse() {
+                Ok(p) => found.push((probe.to_owned(), p)),
+                Err(_) => return Err(probe_failed(format!("{} is no partition", message.subject))),
+            },
+            _ => {}
+        }
+    }
+    Ok(Some(found))
 }
 
 /// What `mapek streams apply` is asked for: both as the server has them unless said.
@@ -452,18 +469,21 @@ pub struct Wanted {
 
 /// The layout [`apply`] would use on this server for `wanted`.
 ///
-/// The partition count is the one asked for, else the server's mapping's, else the one the
-/// streams have. It may grow, by a multiple, never shrink (ADR 0024): partition `p` of the
+/// The partition count is the one asked for, else the larger of the server's mapping's and
+/// the streams' (they differ while a count grows). It may grow, by a multiple, never shrink (ADR 0024): partition `p` of the
 /// grown count stays in the stream that held `p` modulo the old one, where its nodes' history
 /// is. A server that maps telemetry must map it into the count, or into a count it is a
 /// multiple of (the streams grown first, the mapping changed after).
 pub async fn detect_layout(js: &JetStream, wanted: Wanted) -> Result<Layout, BusError> {
     let mapped = server_mapping(js).await?;
     let stored = stored_partitions(js).await?;
+    let had = mapped
+        .into_iter()
+        .chain(stored.iter().map(|(_, n)| *n))
+        .max();
     let partitions = wanted
         .partitions
-        .or(mapped)
-        .or(stored.iter().map(|(_, n)| *n).max())
+        .or(had)
         .unwrap_or(layout::DEFAULT_PARTITIONS);
     if let Some(mapped) = mapped
         && !grows_into(mapped, partitions)

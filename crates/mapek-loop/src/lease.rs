@@ -438,11 +438,7 @@ fn add(
     result: Result<Result<StageStats, BusError>, tokio::task::JoinError>,
 ) {
     match result {
-        Ok(Ok(s)) => {
-            total.replayed += s.replayed;
-            total.processed += s.processed;
-            total.emitted += s.emitted;
-        }
+        Ok(Ok(s)) => total.add(&s),
         Ok(Err(e)) => tracing::error!(error = %e, "a partition stage stopped"),
         Err(e) if e.is_cancelled() => tracing::warn!("a partition stage stopped: lease lost"),
         Err(e) => tracing::error!(error = %e, "a partition stage panicked"),

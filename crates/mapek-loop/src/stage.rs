@@ -113,6 +113,15 @@ pub struct StageStats {
     pub emitted: u64,
 }
 
+impl StageStats {
+    /// Adds what `other` counted.
+    pub fn add(&mut self, other: &StageStats) {
+        self.replayed += other.replayed;
+        self.processed += other.processed;
+        self.emitted += other.emitted;
+    }
+}
+
 /// The stored-subject filter of one partition of `In`'s stream, or of all of it.
 pub fn partition_filter<In: AvroEvent>(partition: Option<u32>) -> String {
     match partition {

@@ -404,13 +404,9 @@ impl Worker {
             run_partitioned(js, phase, partitions, name, DEFAULT_TTL, &make, stop)
         };
         let runs = self.following_partitions(phase, input, run).await?;
-        Ok(runs
-            .iter()
-            .fold(StageStats::default(), |total, s| StageStats {
-                replayed: total.replayed + s.replayed,
-                processed: total.processed + s.processed,
-                emitted: total.emitted + s.emitted,
-            }))
+        let mut total = StageStats::default();
+        runs.iter().for_each(|run| total.add(run));
+        Ok(total)
     }
 
     /// Runs `work(n, stop)`, `n` the partitions of `input`, until shutdown; when `input` gets
