@@ -41,6 +41,13 @@ pub struct ReadModel {
     backend: Backend,
 }
 
+/// The streams a process projects at once unless told otherwise: the incidents' four and
+/// telemetry's one.
+const DEFAULT_WRITERS: u32 = 5;
+
+/// Connections of a Postgres pool kept for the process's readers beside its writers.
+const READERS: u32 = 3;
+
 /// The tables of the read model, emptied by [`ReadModel::reset`].
 pub const TABLES: [&str; 7] = [
     "nodes",
@@ -56,6 +63,13 @@ impl ReadModel {
     /// Connects to `url_or_path`: a `postgres://` or `postgresql://` URL, a `sqlite:` URL,
     /// or the path of a SQLite file (created with its directory if missing).
     pub async fn connect(url_or_path: &str) -> Result<Self, KnowledgeError> {
+        Self::connect_for(url_or_path, DEFAULT_WRITERS).await
+    }
+
+    /// [`ReadModel::connect`] for a process whose projections write up to `writers` streams
+    /// at once, each holding a connection for its transaction: a Postgres pool of that many
+    /// and three more for readers (at least 8), opened as they are needed.
+    pub async fn connect_for(url_or_path: &str, writers: u32) -> Result<Self, KnowledgeError> {
         sqlx::any::install_default_drivers();
         let (url, backend) = normalise(url_or_path)?;
         let shown = redact(&url);
@@ -65,9 +79,7 @@ impl ReadModel {
             .acquire_timeout(Duration::from_secs(5))
             .test_before_acquire(false);
         let options = match backend {
-            // One per projected stream (five, six when telemetry is split in two), and some
-            // for readers in the same process.
-            Backend::Postgres => options.max_connections(8),
+            Backend::Postgres => options.max_connections((writers + READERS).max(8)),
             // One writer at a time is all SQLite allows: a single connection queues writers
             // in the pool instead of failing them with "database is locked"; WAL lets other
             // processes (`mapek status`) read meanwhile.
@@ -282,4 +294,25 @@ fn cell(row: &AnyRow, i: usize) -> String {
         return v.map_or_else(|| "NULL".into(), |v| format!("{v:?}"));
     }
     "?".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_process_projecting_sixteen_streams_holds_a_connection_for_each_at_once() {
+        let db = mapek_testkit::TestDatabase::create().await;
+        let model = ReadModel::connect_for(db.url(), 20).await.unwrap();
+        // Sixteen telemetry streams, the incidents' four and the readers, each in a
+        // transaction at the same moment: none waits for another to end.
+        let mut open = Vec::new();
+        for _ in 0..20 + READERS {
+            let began = tokio::time::timeout(Duration::from_secs(2), model.pool().begin());
+            open.push(began.await.expect("a connection without waiting").unwrap());
+        }
+        let many = tokio::time::timeout(Duration::from_secs(2), model.pool().begin()).await;
+        assert!(many.is_err(), "the pool has a bound");
+        drop(open);
+    }
 }

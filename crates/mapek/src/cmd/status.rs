@@ -100,6 +100,14 @@ pub async fn open_read_model(location: &str, create: bool) -> anyhow::Result<Rea
     Ok(model)
 }
 
+/// Opens (and creates) the read model for projections writing up to `writers` streams at
+/// once ([`ReadModel::connect_for`]).
+pub async fn open_read_model_for(location: &str, writers: u32) -> anyhow::Result<ReadModel> {
+    let model = ReadModel::connect_for(location, writers).await?;
+    model.migrate().await?;
+    Ok(model)
+}
+
 /// The loop's progress as `mapek status` shows it.
 #[derive(Debug, Serialize)]
 struct LoopView {

@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 
 use super::Stores;
 use super::workers::{Stop, Worker};
-use crate::cmd::status::open_read_model;
+use crate::cmd::status::open_read_model_for;
 
 /// The projection into the SQL read model (and Redis).
 ///
@@ -26,12 +26,22 @@ use crate::cmd::status::open_read_model;
 /// from its one stream alone. Into SQLite, a file each process keeps for itself, one process
 /// at a time projects the whole log, so that the file it writes holds all of it.
 pub(super) async fn project_sql(worker: Worker, stores: Stores) -> anyhow::Result<String> {
+    let postgres = Backend::of(&stores.database) == Backend::Postgres;
+    let telemetry = match postgres {
+        true => match worker.telemetry_streams().await {
+            Some(streams) => streams,
+            None => return Ok("the SQL read model: stopped before it started".into()),
+        },
+        false => Vec::new(),
+    };
+    // Each stream this process may project at once holds a connection while it writes.
+    let writers = mapek_knowledge::PROJECTED.len() - 1 + telemetry.len().max(1);
     let stats = ProjectionStats::default();
     let counters = sql_counters(&stats);
-    let model = Arc::new(SqlModel::new(&stores));
+    let model = Arc::new(SqlModel::new(&stores, u32::try_from(writers)?));
     let project = |js, part, stop| sql(js, model.clone(), part, stats.clone(), stop);
-    let said = if Backend::of(&stores.database) == Backend::Postgres {
-        shared_out(worker, project).await
+    let said = if postgres {
+        shared_out(worker, telemetry, project).await
     } else {
         let whole = |js, stop| project(js, Part::Whole, stop);
         let said = worker.singleton("knowledge-sql", whole, |()| "projected".to_owned());
@@ -47,14 +57,15 @@ pub(super) async fn project_sql(worker: Worker, stores: Stores) -> anyhow::Resul
 
 /// The incidents' part under one lease and the telemetry streams under a lease each, as
 /// [`project_sql`] runs them into Postgres; says what ran here.
-async fn shared_out<P, Fut>(worker: Worker, project: P) -> anyhow::Result<String>
+async fn shared_out<P, Fut>(
+    worker: Worker,
+    telemetry: Vec<String>,
+    project: P,
+) -> anyhow::Result<String>
 where
     P: Fn(JetStream, Part, Stop) -> Fut,
     Fut: Future<Output = Result<(), BusError>> + Send + 'static,
 {
-    let Some(telemetry) = worker.telemetry_streams().await else {
-        return Ok("stopped before the telemetry streams were found".into());
-    };
     let incidents = worker.clone().singleton(
         "knowledge-sql",
         |js, stop| project(js, Part::Incidents, stop),
@@ -92,14 +103,17 @@ pub(super) async fn project_vectors(
 /// the others of the process (embedded SQLite takes one writer at a time).
 struct SqlModel {
     database: String,
+    /// How many streams the process may project at once.
+    writers: u32,
     redis: Option<(String, String)>,
     opened: OnceCell<(ReadModel, Option<Redis>)>,
 }
 
 impl SqlModel {
-    fn new(stores: &Stores) -> Self {
+    fn new(stores: &Stores, writers: u32) -> Self {
         Self {
             database: stores.database.clone(),
+            writers,
             redis: stores.redis.clone(),
             opened: OnceCell::new(),
         }
@@ -110,7 +124,7 @@ impl SqlModel {
     async fn open(&self) -> anyhow::Result<&(ReadModel, Option<Redis>)> {
         self.opened
             .get_or_try_init(|| async {
-                let model = open_read_model(&self.database, true).await?;
+                let model = open_read_model_for(&self.database, self.writers).await?;
                 let redis = match &self.redis {
                     Some((url, prefix)) => Some(Redis::connect_with_prefix(url, prefix).await?),
                     None => None,
