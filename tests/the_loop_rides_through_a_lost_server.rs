@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{mapek, run, stderr, stdout, subscribe_all};
+use common::{apply_streams_r3, leader_of, mapek, run, stderr, stdout, subscribe_all};
 use mapek_bus::{JetStream, Publisher};
 use mapek_domain::{NodeId, Phase, Telemetry};
 use mapek_testkit::NatsCluster;
@@ -106,36 +106,6 @@ async fn publish_steadily(js: JetStream, stop: Arc<AtomicBool>) -> Vec<String> {
     acked
 }
 
-/// The server leading `stream` now, waiting for one to be elected.
-async fn leader_of(js: &JetStream, stream: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = js.get_stream(stream).await
-            && let Ok(info) = s.info().await
-            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-        {
-            return leader;
-        }
-        assert!(Instant::now() < deadline, "{stream} elected no leader");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `mapek streams apply --replicas 3`, retried while the cluster elects its meta leader.
-fn apply_streams(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut cmd = mapek(url);
-        cmd.args(["streams", "apply", "--replicas", "3"]);
-        let out = run(cmd);
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "streams apply: {}", stderr(&out));
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Events of `family` by the id field `key`, and how many times each is stored.
 fn stored_ids(url: &str, family: &str, key: &str) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
@@ -213,7 +183,7 @@ fn what_the_loop_was_doing(url: &str, dir: &Path) -> String {
 async fn the_loop_loses_nothing_when_servers_and_a_worker_are_killed() {
     let mut cluster = NatsCluster::start(3);
     let url = cluster.url();
-    apply_streams(&url);
+    apply_streams_r3(&url);
     let js = mapek_bus::connect(&url).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent::start_agent(&url).await;

@@ -8,6 +8,7 @@ pub mod secure;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use mapek_bus::JetStream;
 
@@ -128,4 +129,35 @@ pub fn audit_verify(url: &str, args: &[&str]) -> (bool, String) {
         stderr(&out)
     );
     (out.status.success(), stdout(&out))
+}
+
+/// The server leading `stream` now, waiting for one to be elected.
+pub async fn leader_of(js: &JetStream, stream: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await
+            && let Ok(info) = s.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "{stream} elected no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `mapek streams apply --replicas 3` on a cluster at `url`, retried while the cluster
+/// elects its meta leader.
+pub fn apply_streams_r3(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut cmd = mapek(url);
+        cmd.args(["streams", "apply", "--replicas", "3"]);
+        let out = run(cmd);
+        if out.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "streams apply: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
