@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{apply_streams_r3, leader_of, mapek, run, stderr, stdout, subscribe_all};
+use common::{apply_streams_r3, leader_of, mapek, run, stdout, subscribe_all};
 use mapek_bus::{JetStream, Publisher};
 use mapek_domain::{NodeId, Phase, Telemetry};
 use mapek_testkit::NatsCluster;
