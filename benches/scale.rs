@@ -25,6 +25,10 @@
 //! MAPEK_SCALE_CLUSTER=3 runs on a 3-node JetStream cluster on loopback (streams replicated
 //! 3 times), and MAPEK_SCALE_LOOPS=2 starts two `mapek run` processes sharing the partitions:
 //! the scale-out check of docs/scaling.md.
+//!
+//! MAPEK_SCALE_PARTITIONS=32 has the (single) server map telemetry into 32 partitions instead
+//! of 8, and every phase with it (ADR 0024): what more partitions cost the loop on one
+//! machine, against a run without it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -79,10 +83,14 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// MAPEK_SCALE_SYNC=default flushes as the server does by default.
 fn start_servers() -> Servers {
     let sync = std::env::var("MAPEK_SCALE_SYNC").map_or(true, |v| v != "default");
-    match (env_or("MAPEK_SCALE_CLUSTER", 1), sync) {
-        (1, true) => Servers::One(NatsServer::start()),
-        (1, false) => Servers::One(NatsServer::start_unsynced()),
-        (n, sync) => Servers::Cluster(NatsCluster::start_with_sync(n as usize, sync)),
+    let partitions = env_or("MAPEK_SCALE_PARTITIONS", 8) as u32;
+    let mapping = mapek_domain::telemetry_mapping(partitions);
+    match env_or("MAPEK_SCALE_CLUSTER", 1) {
+        1 => Servers::One(NatsServer::start_with_sync(&mapping, sync)),
+        n => {
+            assert_eq!(partitions, 8, "MAPEK_SCALE_PARTITIONS is for one server");
+            Servers::Cluster(NatsCluster::start_with_sync(n as usize, sync))
+        }
     }
 }
 
@@ -373,12 +381,14 @@ fn bucket(le: f64) -> String {
 async fn main() {
     let seconds = env_or("MAPEK_SCALE_SECONDS", 60);
     println!(
-        "scale: {} server(s) ({}), {} loop process(es), {seconds} s a level, {} cores",
+        "scale: {} server(s) ({}), {} partitions, {} loop process(es), {seconds} s a level, \
+         {} cores",
         env_or("MAPEK_SCALE_CLUSTER", 1),
         match std::env::var("MAPEK_SCALE_SYNC").as_deref() {
             Ok("default") => "the server's default sync",
             _ => "sync_interval: always",
         },
+        env_or("MAPEK_SCALE_PARTITIONS", 8),
         env_or("MAPEK_SCALE_LOOPS", 1),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );

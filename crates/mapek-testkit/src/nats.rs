@@ -77,6 +77,13 @@ impl NatsServer {
         Self::start_configured(extra_config, env, mapping, true)
     }
 
+    /// Like [`NatsServer::start_with`], the shipped mapping left out, syncing every message
+    /// or (`sync` false) with the server's default flushing: a server mapping telemetry into
+    /// another count is started with that mapping as `extra_config`.
+    pub fn start_with_sync(extra_config: &str, sync: bool) -> Self {
+        Self::start_configured(extra_config, &[], false, sync)
+    }
+
     fn start_configured(
         extra_config: &str,
         env: &[(&str, &str)],
