@@ -9,10 +9,10 @@ mod replay_common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{interrupt, mapek, run, stderr, stdout, stream_len};
+use common::{interrupt, mapek, run, spawn, stderr, stdout, stream_len};
 use mapek_bus::layout;
 use mapek_domain::{NodeId, Phase};
 use mapek_testkit::NatsServer;
@@ -104,14 +104,6 @@ fn sim_with_a_cpu_hog(url: &str, node: &str) -> (Child, tempfile::NamedTempFile)
     sim.args(["sim", "--nodes", "32", "--duration", "120s", "--faults"])
         .arg(faults.path());
     (spawn(sim), faults)
-}
-
-fn spawn(mut cmd: std::process::Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mapek")
 }
 
 /// Waits until `what` holds, for up to 90 s.

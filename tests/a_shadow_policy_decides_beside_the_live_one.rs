@@ -9,10 +9,9 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{interrupt, mapek, repo, run, stdout, stream_len};
+use common::{interrupt, mapek, repo, run, spawn, stdout, stream_len};
 use mapek_testkit::server_with_streams;
 use serde_json::Value;
 
@@ -29,14 +28,6 @@ fn faults() -> tempfile::NamedTempFile {
         .unwrap();
     }
     file
-}
-
-fn spawn(mut cmd: std::process::Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mapek")
 }
 
 /// Waits until `stream` holds `n` messages.

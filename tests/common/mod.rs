@@ -161,3 +161,13 @@ pub fn apply_streams_r3(url: &str) {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Starts `cmd` (a `mapek` process) with no input and its output kept for
+/// [`Child::wait_with_output`].
+pub fn spawn(mut cmd: Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mapek")
+}
