@@ -317,10 +317,23 @@ async fn status_shows_how_far_behind_each_reader_is_and_who_reads_it() {
         .find(|s| s["phase"] == "dlq")
         .expect("the dead letters' stream");
     assert_eq!(dlq["messages"], 1, "{doc}");
+    // Each stream names the partitions it holds: the telemetry stream of this reader holds
+    // its partition among others, the decisions' stream all 8.
+    let holds = |stream: &str| -> Vec<u64> {
+        let streams = doc["streams"].as_array().unwrap();
+        let s = streams.iter().find(|s| s["stream"] == stream).unwrap();
+        let partitions = s["partitions"].as_array().unwrap();
+        partitions.iter().map(|p| p.as_u64().unwrap()).collect()
+    };
+    assert!(holds(&stream).contains(&u64::from(p)), "{doc}");
+    assert_eq!(holds("MAPEK_PLAN"), (0..8).collect::<Vec<_>>(), "{doc}");
 
     let text = status(&url, &["--loop"], &[]);
     assert!(
-        text.contains(&format!("{} messages behind", 31 - acked)),
+        text.contains(&format!(
+            "on 8 streams, 8 partitions, at {url}, {} messages behind",
+            31 - acked
+        )),
         "{text}"
     );
     let row = text

@@ -27,6 +27,8 @@ pub struct StreamProgress {
     /// The phase whose events it stores (`monitor`, …, `dlq` in JSON).
     #[serde(serialize_with = "phase_token")]
     pub phase: Phase,
+    /// The partitions of its phase it holds (none for the dead letters), ascending.
+    pub partitions: Vec<u32>,
     /// Messages it holds.
     pub messages: u64,
     /// Its last sequence.
@@ -126,6 +128,10 @@ async fn progress(
             consumers.sort_by_key(|c| (!c.durable, natural_key(&c.name)));
             out.push(StreamProgress {
                 stream: stored.name,
+                partitions: match phase {
+                    Phase::Dlq => Vec::new(),
+                    _ => stored.partitions,
+                },
                 phase,
                 messages: state.messages,
                 last_seq: state.last_sequence,

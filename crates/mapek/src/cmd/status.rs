@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use mapek_bus::progress::{StreamProgress, loop_progress, total_behind};
+use mapek_domain::Phase;
 use mapek_knowledge::{MeshStatus, ReadModel, Redis};
 use serde::Serialize;
 
@@ -205,9 +206,13 @@ fn render_loop(view: &LoopView) -> String {
         1 => " and 1 subscriber".to_owned(),
         n => format!(" and {n} subscribers"),
     };
+    // Every phase has the same partitions (ADR 0024); the decisions' stream names them.
+    let plan = view.streams.iter().filter(|s| s.phase == Phase::Plan);
+    let partitions: usize = plan.map(|s| s.partitions.len()).sum();
     let _ = writeln!(
         out,
-        "loop: {readers} durable readers{subscribers} on {} streams at {}, {} messages behind",
+        "loop: {readers} durable readers{subscribers} on {} streams, {partitions} partitions, \
+         at {}, {} messages behind",
         view.streams.len(),
         view.nats_url,
         view.behind
@@ -228,7 +233,7 @@ fn render_loop(view: &LoopView) -> String {
             replicas_and_leader(s)
         );
         if s.consumers.is_empty() {
-            let what = if s.phase == mapek_domain::Phase::Dlq {
+            let what = if s.phase == Phase::Dlq {
                 "(dead letters)"
             } else {
                 "(no durable reader)"
