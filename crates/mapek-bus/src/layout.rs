@@ -84,9 +84,11 @@ pub fn partitions_in_transform(destination: &str) -> Option<u32> {
         .filter(|n| (1..=MAX_PARTITIONS).contains(n))
 }
 
-/// `destination` mapping into `partitions` partitions instead of the count it names.
+/// `destination` mapping into `partitions` partitions instead of the count it names (with the
+/// spaces a subject never has taken out).
 pub fn with_partitions(destination: &str, partitions: u32) -> String {
-    let Some((before, after)) = destination.split_once("{{partition(") else {
+    let compact: String = destination.split_whitespace().collect();
+    let Some((before, after)) = compact.split_once("{{partition(") else {
         return destination.to_owned();
     };
     let Some((_, rest)) = after.split_once(',') else {
@@ -286,6 +288,10 @@ mod tests {
         assert_eq!(rewritten, "mapek.plan.{{partition(32,1)}}.{{wildcard(1)}}");
         assert_eq!(partitions_in_transform(&rewritten), Some(32));
         assert_eq!(with_partitions("mapek.dlq.>", 32), "mapek.dlq.>");
+        assert_eq!(
+            with_partitions("mapek.plan.{{ partition(8, 1) }}.{{wildcard(1)}}", 16),
+            "mapek.plan.{{partition(16,1)}}.{{wildcard(1)}}"
+        );
     }
 
     #[test]
