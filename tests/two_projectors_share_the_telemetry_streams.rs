@@ -138,21 +138,34 @@ async fn projected_within(model: &ReadModel, round: i64) -> Result<(), String> {
 }
 
 /// What the cluster and the projectors say, for a test that failed: each telemetry
-/// stream's last sequence and leader, the consumers on it, and each projector's log.
-async fn story(js: &JetStream, streams: &[layout::StoredIn], projectors: &[&Projector]) -> String {
+/// stream's last sequence and leader as each running server answers it, the readers on it,
+/// and each projector's log.
+async fn story(
+    cluster: &NatsCluster,
+    lost: usize,
+    streams: &[layout::StoredIn],
+    projectors: &[&Projector],
+) -> String {
     let mut told = String::new();
-    for stored in streams {
-        let info = js
-            .get_stream(&stored.name)
-            .await
-            .map(|s| s.cached_info().clone());
+    for i in (0..cluster.len()).filter(|&i| i != lost) {
+        let Ok(js) = mapek_bus::connect(&cluster.node_url(i)).await else {
+            told += &format!("{}: cannot connect\n", cluster.name(i));
+            continue;
+        };
+        for stored in streams {
+            let info = js
+                .get_stream(&stored.name)
+                .await
+                .map(|s| s.cached_info().clone());
+            let said = info.map(|i| (i.state.last_sequence, i.cluster.and_then(|c| c.leader)));
+            told += &format!("asked {}: {}: {said:?}\n", cluster.name(i), stored.name);
+        }
         told += &format!(
-            "{}: {:?}\n",
-            stored.name,
-            info.map(|i| (i.state.last_sequence, i.cluster.and_then(|c| c.leader)))
+            "asked {}: {:?}\n",
+            cluster.name(i),
+            telemetry_readers(&js).await
         );
     }
-    told += &format!("{:?}\n", telemetry_readers(js).await);
     for p in projectors {
         told += &format!(
             "{}:\n{}\n",
@@ -339,7 +352,7 @@ async fn two_projectors_on_a_cluster_keep_the_read_model_whole_through_a_lost_se
     cluster.kill(lost);
     publish_until_stored(&js, &round(2)).await;
     if let Err(e) = projected_within(&model, 2).await {
-        panic!("{e}\n{}", story(&js, &streams, &[&a, &b]).await);
+        panic!("{e}\n{}", story(&cluster, lost, &streams, &[&a, &b]).await);
     }
     a.kill();
     publish_until_stored(&js, &round(3)).await;
