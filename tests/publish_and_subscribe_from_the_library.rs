@@ -107,3 +107,29 @@ async fn acks_that_never_come_are_counted_not_hidden() {
         "{report:?}"
     );
 }
+
+#[tokio::test]
+async fn acks_withheld_for_many_events_cost_one_wait_not_one_per_event() {
+    // A subscriber that takes every telemetry publish and never answers, as a stream does
+    // while it elects a leader: no ack comes, and no "no responders" either.
+    let server = mapek_testkit::NatsServer::start();
+    let js = mapek_bus::connect(&server.url()).await.unwrap();
+    let _silent = js.client().subscribe("mapek.monitor.>").await.unwrap();
+    js.client().flush().await.unwrap();
+    let mut publisher = Publisher::new(js);
+    for i in 0..20 {
+        let t = samples::telemetry(&format!("n{i}"), samples::TS_MS, 1.0);
+        publisher.publish(&t).await.unwrap();
+    }
+
+    // Waited one after another, 20 withheld acks would take 20 waits.
+    let within = 3 * mapek_bus::publisher::ACK_WAIT;
+    let report = tokio::time::timeout(within, publisher.finish())
+        .await
+        .expect("the run ends within a few ack waits, not one per event");
+    assert_eq!((report.sent, report.failed), (20, 20), "{report:?}");
+    assert!(
+        report.failures[0].1.contains("no ack before the timeout"),
+        "{report:?}"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{
-    GetStreamByNameErrorKind, PublishAckFuture, PublishErrorKind,
+    GetStreamByNameErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
 };
 use bytes::Bytes;
 use mapek_codec::{AvroEvent, KnownSchema, Registry, encode};
@@ -22,6 +22,12 @@ use crate::{BusError, JetStream, headers};
 pub const DEFAULT_WINDOW: usize = 1024;
 /// How many failures a report keeps by id; the count covers all of them.
 const KEPT_FAILURES: usize = 100;
+
+/// The longest an event waits for its ack, counted from when it was sent (the client's own
+/// JetStream timeout). Counted from the send, not from when the ack is awaited: acks are
+/// awaited one after another, and during an election none may come, so a wait counted from
+/// the await would cost this much per event in flight, not once.
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// What a run of publishes came to.
 #[derive(Clone, Debug, Default)]
@@ -66,12 +72,21 @@ fn family_of(subject: &str) -> String {
     }
 }
 
+/// An event sent and its ack to come.
+struct InFlight {
+    id: Box<str>,
+    subject: String,
+    /// When the ack is given up on: [`ACK_WAIT`] after the send.
+    deadline: tokio::time::Instant,
+    ack: PublishAckFuture,
+}
+
 /// Publishes events to their phase's subject with a bounded window of acks in flight.
 pub struct Publisher {
     js: JetStream,
     window: usize,
     /// Each ack awaited: the event id and subject, for the report.
-    in_flight: VecDeque<(Box<str>, String, PublishAckFuture)>,
+    in_flight: VecDeque<InFlight>,
     report: PublishReport,
     started: Option<Instant>,
     /// Why the last event no stream answered for was not stored, and when that was asked:
@@ -180,7 +195,12 @@ impl Publisher {
             }
         };
         self.report.sent += 1;
-        self.in_flight.push_back((event_id.into(), subject, ack));
+        self.in_flight.push_back(InFlight {
+            id: event_id.into(),
+            subject,
+            deadline: tokio::time::Instant::now() + ACK_WAIT,
+            ack,
+        });
         Ok(())
     }
 
@@ -229,10 +249,20 @@ impl Publisher {
     }
 
     async fn settle_oldest(&mut self) {
-        let Some((id, subject, ack)) = self.in_flight.pop_front() else {
+        let Some(InFlight {
+            id,
+            subject,
+            deadline,
+            ack,
+        }) = self.in_flight.pop_front()
+        else {
             return;
         };
-        match ack.await {
+        // An ack already here is taken even past the deadline: the future is polled first.
+        let acked = tokio::time::timeout_at(deadline, ack.into_future())
+            .await
+            .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
+        match acked {
             Ok(ack) if ack.duplicate => self.report.duplicates += 1,
             Ok(_) => self.report.acked += 1,
             Err(e) => {

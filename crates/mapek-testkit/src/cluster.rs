@@ -2,15 +2,16 @@
 //!
 //! Each server has a free client port and a free route port on 127.0.0.1, a store of its own
 //! under one temporary directory, and the telemetry mapping, written to a config file like
-//! `deploy/nats/cluster/local-*.conf`. A test kills a server as a crash would (SIGKILL), and
-//! starts it again on the same ports with the same store. Everything is removed on drop.
+//! `deploy/nats/cluster/local-*.conf`, and keeps its log beside it ([`NatsCluster::log`]).
+//! A test kills a server as a crash would (SIGKILL), and starts it again on the same ports
+//! with the same store. Everything is removed on drop.
 
 use std::path::PathBuf;
 use std::process::Child;
 
 use tempfile::TempDir;
 
-use crate::nats::{SYNC, free_port, kill, panic_message, spawn, wait_for_port};
+use crate::nats::{SYNC, free_port, kill, log_path, panic_message, spawn, wait_for_port};
 
 /// One server of a [`NatsCluster`].
 struct Node {
@@ -144,6 +145,11 @@ impl NatsCluster {
     /// The index of the server named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// What server `i` has logged since the cluster started, across its restarts.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(log_path(&self.nodes[i].config)).unwrap_or_default()
     }
 
     /// How many servers the cluster has.

@@ -5,7 +5,7 @@
 //! binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`; it must be 2.11 or newer
 //! (streams use subject transforms). `tests/run` installs one when none is found.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -239,13 +239,17 @@ pub(crate) fn spawn(config: &Path, env: &[(String, String)]) -> Child {
             )
         });
     // The server logs "Server is ready" once it accepts clients; keep draining its log
-    // afterwards so it never blocks on a full pipe.
+    // afterwards so it never blocks on a full pipe, into a file beside its config.
     let stderr = child.stderr.take().expect("piped stderr");
+    let mut kept = log_file(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut ready_tx = Some(ready_tx);
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(file) = &mut kept {
+                let _ = writeln!(file, "{line}");
+            }
             if line.contains("Server is ready") {
                 if let Some(tx) = ready_tx.take() {
                     let _ = tx.send(Ok(()));
@@ -269,6 +273,23 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Where the server started with `config` keeps its log: `<config>.log`, appended to by
+/// each start, so a restarted server's log follows the one before.
+pub(crate) fn log_path(config: &Path) -> PathBuf {
+    config.with_extension("log")
+}
+
+/// The server's log file, opened to append; `None` if it cannot be (the log is then only
+/// drained).
+fn log_file(config: &Path) -> Option<std::fs::File> {
+    let path = log_path(config);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()
 }
 
 /// The nats-server binary to run.

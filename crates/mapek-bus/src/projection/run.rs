@@ -397,6 +397,12 @@ impl<S: Store> Runner<S> {
             })
             .await
             .map_err(|e| format!("cannot open its consumer: {e}"))?;
+        tracing::debug!(
+            stream = self.stream.as_str(),
+            consumer = consumer.cached_info().name.as_str(),
+            server = self.js.client().server_info().server_name.as_str(),
+            "reading from sequence {start}"
+        );
         consumer
             .stream()
             .max_messages_per_batch(self.config.batch.max(1))
