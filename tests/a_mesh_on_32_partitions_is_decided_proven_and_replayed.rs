@@ -229,3 +229,99 @@ async fn an_operator_grows_8_partitions_to_32_under_a_running_loop() {
     assert!(replay.status.success(), "{said}\n{}", stderr(&replay));
     assert!(said.contains("verdict: identical"), "{said}");
 }
+
+/// `node`'s latency at 1 Hz from `t0`: five normal samples, then six at 500 ms, which the
+/// analyzer opens a symptom on.
+fn a_latency_spike(node: &str, t0: i64) -> Vec<mapek_domain::Telemetry> {
+    (0..11)
+        .map(|i| {
+            let latency = if i < 5 { 10.0 } else { 500.0 };
+            let metrics = std::collections::BTreeMap::from([("latency_ms".to_owned(), latency)]);
+            mapek_domain::Telemetry::new(NodeId::new(node).unwrap(), t0 + i * 1_000, metrics)
+        })
+        .collect()
+}
+
+async fn publish_all(js: &mapek_bus::JetStream, events: &[mapek_domain::Telemetry]) {
+    let mut publisher = mapek_bus::Publisher::new(js.clone());
+    for e in events {
+        publisher.publish(e).await.unwrap();
+    }
+    let report = publisher.finish().await;
+    assert!(report.all_acked(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
+    // Given: 8 partitions, and, with no worker running, a backlog in partition 2 that ends
+    // with a latency spike of n7 (partition 2 of 8, 18 of 32).
+    let server = NatsServer::start();
+    let url = server.url();
+    let out = mapek_run(&url, &["streams", "apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let js = mapek_bus::connect(&url).await.unwrap();
+    let staying: Vec<String> = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|n| layout::partition_of_node(&NodeId::new(n).unwrap(), 32) == 2)
+        .take(500)
+        .collect();
+    let t0 = mapek_testkit::samples::TS_MS;
+    let mut backlog: Vec<_> = (0..40)
+        .flat_map(|round| {
+            let staying = &staying;
+            staying.iter().map(move |n| {
+                let metrics = std::collections::BTreeMap::from([("latency_ms".to_owned(), 10.0)]);
+                mapek_domain::Telemetry::new(NodeId::new(n).unwrap(), t0 + round * 1_000, metrics)
+            })
+        })
+        .collect();
+    backlog.extend(a_latency_spike("n7", t0));
+    publish_all(&js, &backlog).await;
+
+    // When: the count grows to 32, the server maps n7 into partition 18, n7 spikes again,
+    // and the analyze workers of partitions 0, 2 and 18 of the 32 start together.
+    let out = mapek_run(&url, &["streams", "apply", "--partitions", "32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    server.reload_with_mapping(&mapek_domain::telemetry_mapping(32));
+    until("the server maps into 32", || async {
+        mapek_bus::streams::server_mapping(&js).await.ok() == Some(Some(32))
+    })
+    .await;
+    let second = t0 + 100_000;
+    publish_all(&js, &a_latency_spike("n7", second)).await;
+    let mut workers = Vec::new();
+    for p in [0, 2, 18] {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = mapek_loop::StageConfig::partition_of("analyze", p, 32);
+        let analyzer = mapek_domain::Analyzer::new(mapek_domain::AnalyzeConfig::default());
+        let worker = tokio::spawn(mapek_loop::run_stage(js.clone(), analyzer, config, async {
+            let _ = stopped.await;
+        }));
+        workers.push((stop, worker));
+    }
+
+    // Then: n7's symptoms are stored in the order it reported: the spike left in partition 2
+    // before the one in 18, though 18 had 11 samples to read and 2 had 20 000.
+    until("a symptom of n7's second spike", || async {
+        let symptoms = common::subscribe_all(&url, "symptoms", &["--node", "n7"]);
+        symptoms
+            .iter()
+            .any(|s| s["event"]["ts_ms"].as_i64() >= Some(second))
+    })
+    .await;
+    for (stop, worker) in workers {
+        let _ = stop.send(());
+        worker.await.unwrap().unwrap();
+    }
+    let mut symptoms = common::subscribe_all(&url, "symptoms", &["--node", "n7"]);
+    symptoms.sort_by_key(|s| s["seq"].as_u64());
+    let times: Vec<i64> = symptoms
+        .iter()
+        .map(|s| s["event"]["ts_ms"].as_i64().unwrap())
+        .collect();
+    assert!(times.first() < times.last(), "{symptoms:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "n7's symptoms in stored order have times {times:?}"
+    );
+}

@@ -277,6 +277,11 @@ impl<E: AvroEvent> Inbox<E> {
         }
     }
 
+    /// The stream it reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
     /// How many messages this inbox has dead-lettered.
     pub fn rejected(&self) -> u64 {
         self.rejected

@@ -135,6 +135,21 @@ pub fn partition_of_node(node: &NodeId, partitions: u32) -> u32 {
     fnv1a(node.as_str()) % partitions.max(1)
 }
 
+/// The partitions `partition` of `count` descends from: its partition under each count the
+/// count may have grown from (a divisor of it, ADR 0024), other than itself. A node in
+/// `partition` may have been in one of these before the count grew, with events of its still
+/// stored there; `partition` 18 of 32 descends from 2 (of 8 or 16) and 0 (of 1 or 2).
+pub fn ancestors(partition: u32, count: u32) -> Vec<u32> {
+    let mut found: Vec<u32> = (1..count)
+        .filter(|&m| count.is_multiple_of(m))
+        .map(|m| partition % m)
+        .filter(|&r| r != partition)
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// The 32-bit FNV-1a hash of `token`, nats-server's hash for `{{partition(…)}}`.
 pub fn fnv1a(token: &str) -> u32 {
     token.bytes().fold(0x811c_9dc5_u32, |h, b| {
@@ -257,6 +272,21 @@ fn choose(streams: &[StoredIn], phase: Phase, partition: Option<u32>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_descends_from_its_partition_under_each_smaller_count() {
+        assert_eq!(ancestors(18, 32), vec![0, 2]);
+        assert_eq!(ancestors(2, 32), vec![0]);
+        assert_eq!(ancestors(0, 32), Vec::<u32>::new());
+        assert_eq!(ancestors(11, 12), vec![0, 1, 2, 3, 5]);
+        assert_eq!(ancestors(0, 1), Vec::<u32>::new());
+        // A node moves from its partition of 8 to the one of 32 it descends to.
+        for n in 0..200 {
+            let node = NodeId::new(format!("n{n}")).unwrap();
+            let (before, after) = (partition_of_node(&node, 8), partition_of_node(&node, 32));
+            assert!(before == after || ancestors(after, 32).contains(&before));
+        }
+    }
 
     #[test]
     fn two_monitor_streams_hold_four_partitions_each() {

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::StreamExt;
 use mapek_domain::Phase;
 use serde::Serialize;
@@ -84,6 +86,40 @@ pub async fn loop_progress(js: &JetStream) -> Result<Vec<StreamProgress>, BusErr
 /// together: what a caller waiting for the loop to drain polls (no lease is read).
 pub async fn behind(js: &JetStream, phases: &[Phase]) -> Result<u64, BusError> {
     Ok(total_behind(&progress(js, phases, &BTreeMap::new()).await?))
+}
+
+/// Whether the durable consumer `consumer` on `stream`, reading `filter`, has acknowledged
+/// every message of its filter stored before sequence `seq`: the first message after its ack
+/// floor (after nothing, if the consumer is not made yet) is at `seq` or later, or there is
+/// none.
+pub async fn read_before(
+    js: &JetStream,
+    stream: &str,
+    consumer: &str,
+    filter: &str,
+    seq: u64,
+) -> Result<bool, BusError> {
+    let failed = |e: &dyn std::fmt::Display| BusError::Consumer {
+        stream: stream.to_owned(),
+        detail: format!("reading {consumer}: {e}"),
+    };
+    let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
+    let unread_from = match stream.consumer_info(consumer).await {
+        Ok(info) => info.ack_floor.stream_sequence + 1,
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 1,
+        Err(e) => return Err(failed(&e)),
+    };
+    if unread_from >= seq {
+        return Ok(true);
+    }
+    match stream
+        .direct_get_next_for_subject(filter, Some(unread_from))
+        .await
+    {
+        Ok(next) => Ok(next.sequence >= seq),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(true),
+        Err(e) => Err(failed(&e)),
+    }
 }
 
 /// The streams of `phases` and their consumers, each durable one with its holder in `owners`.

@@ -296,7 +296,7 @@ where
 {
     let mut total = StageStats::default();
     let work = |p: u32, stopped: oneshot::Receiver<()>| {
-        let config = StageConfig::new(phase, Some(p));
+        let config = StageConfig::partition_of(phase, p, partitions);
         run_stage(
             js.clone(),
             make(p),

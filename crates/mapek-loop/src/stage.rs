@@ -13,6 +13,11 @@
 //! consults something outside the log (the planner's knowledge) answers such input with what
 //! its stored output recorded ([`Stage::prepare`]).
 //!
+//! A stage reading one partition of several waits, before its first input, until the
+//! partitions its own descends from have read what was stored before it
+//! ([`StageConfig::after`]): after the partition count grew, a node moved here is then
+//! decided after the events of it left in its old partition.
+//!
 //! Acknowledging a run of inputs at once rather than each batch costs the server one ack
 //! instead of one per message or two when the loop keeps up with the nodes (its batches are
 //! then a message or two), and lets the next input be stepped while the outputs of the last
@@ -77,7 +82,16 @@ pub struct StageConfig {
     pub ack_every: u64,
     /// …or this long after the oldest input not acknowledged yet was taken.
     pub ack_after: Duration,
+    /// The partitions this one descends from ([`mapek_bus::layout::ancestors`]): before its
+    /// first input the stage waits (up to [`ORDER_WAIT`]) until their consumers have read what
+    /// was stored before it, so that a node a grown count moved here is decided after the
+    /// events of it left in its old partition (ADR 0024).
+    pub after: Vec<u32>,
 }
+
+/// The longest a stage waits for the partitions its own descends from before it takes its
+/// first input anyway: one whose reader is down must not stop this one for good.
+pub const ORDER_WAIT: Duration = Duration::from_secs(30);
 
 /// Inputs a stage acknowledges at once at most, by default: with the pull requests' batch of
 /// 256, well under the server's 1 000 unacknowledged messages per consumer.
@@ -98,7 +112,16 @@ impl StageConfig {
             fetch_wait: Duration::from_millis(500),
             ack_every: ACK_EVERY,
             ack_after: ACK_AFTER,
+            after: Vec::new(),
         }
+    }
+
+    /// Partition `partition` of `count` of `phase`, read after the partitions it descends
+    /// from ([`StageConfig::after`]).
+    pub fn partition_of(phase: &str, partition: u32, count: u32) -> Self {
+        let mut config = Self::new(phase, Some(partition));
+        config.after = mapek_bus::layout::ancestors(partition, count);
+        config
     }
 }
 
@@ -151,6 +174,7 @@ pub async fn run_stage<S: Stage>(
     // first delivery after it, and the stage is started again from the ack floor.)
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
+    let mut after_earlier = config.after.is_empty();
     // The metrics' label lookups (a hash and a lock each) once, not per event.
     let phase = metrics_label::<S>();
     let step_seconds = metrics::STEP_SECONDS.with_label_values(&[phase]);
@@ -180,6 +204,17 @@ pub async fn run_stage<S: Stage>(
                 break;
             }
         };
+        if !after_earlier && let Some(first) = batch.first() {
+            let seq = first.stream_seq();
+            tokio::select! {
+                () = earlier_read::<S::In>(&js, inbox.stream(), &config, seq) => {}
+                () = &mut shutdown => {
+                    inbox.close().await;
+                    break;
+                }
+            }
+            after_earlier = true;
+        }
         let started = Instant::now();
         let mut outputs = 0;
         let mut decided_at = Vec::new();
@@ -238,6 +273,37 @@ pub async fn run_stage<S: Stage>(
         observe_cycle(&decided_at);
     }
     Ok(stats)
+}
+
+/// Waits until the consumer of each partition in `config.after` has read what its partition
+/// of `stream` stored before `seq`, or [`ORDER_WAIT`] has passed (said in a warning).
+async fn earlier_read<In: AvroEvent>(js: &JetStream, stream: &str, config: &StageConfig, seq: u64) {
+    let deadline = Instant::now() + ORDER_WAIT;
+    let phase = config
+        .durable
+        .rsplit_once("-p")
+        .map_or("", |(phase, _)| phase);
+    for &r in &config.after {
+        let (consumer, filter) = (format!("{phase}-p{r}"), partition_filter::<In>(Some(r)));
+        loop {
+            match mapek_bus::progress::read_before(js, stream, &consumer, &filter, seq).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(consumer, "cannot tell how far it read: {e}"),
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    stream,
+                    consumer,
+                    "has not read what was stored before {seq} within {ORDER_WAIT:?}; going on \
+                     without it (a node moved by a grown partition count may be decided out \
+                     of order)"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The `phase` label of a stage's metrics: the phase it reads, or `shadow` for a candidate
