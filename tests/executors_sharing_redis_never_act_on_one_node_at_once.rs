@@ -3,7 +3,8 @@
 //! that takes its time shows what reached the nodes: never two commands on one node at once,
 //! never more nodes under command than the blast radius allows, never more actions than the
 //! rate limit, and every decision acted on once, even when an executor stops and another
-//! takes its partitions over, or Redis goes away for a while.
+//! takes its partitions over, or Redis goes away for a while. After the partition count
+//! grew, a node's decisions are acted on in the order they were stored.
 
 mod agent;
 
@@ -442,4 +443,68 @@ async fn an_executor_will_not_share_the_work_while_one_runs_alone_nor_the_other_
         "{err}"
     );
     sharing.release_all().await;
+}
+
+#[tokio::test]
+async fn a_node_moved_by_a_grown_count_is_acted_on_in_the_order_it_was_decided() {
+    // Given: 8 plan partitions and, with no executor running, 150 decisions waiting in
+    // partition 2, then one on n7 (partition 2 of 8, 18 of 32).
+    let (server, js, client) = setup().await;
+    let redis = TestRedis::new();
+    let seen = start_slow_agent(&server.url(), Duration::from_millis(5)).await;
+    let staying: Vec<String> = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|n| partition_of(n, 8) == 2 && partition_of(n, 32) == 2)
+        .take(150)
+        .collect();
+    let mut waiting: Vec<Decision> = staying
+        .iter()
+        .enumerate()
+        .map(|(i, n)| decision(&format!("m{i}"), n, Reroute, i as i64))
+        .collect();
+    waiting.push(decision("old", "n7", Reroute, 200));
+    publish(&js, &waiting).await;
+
+    // When: the plan stream grows to 32 partitions, a second decision on n7 lands in 18, and
+    // an executor takes all 32.
+    let wanted = mapek_bus::streams::Wanted {
+        monitor_streams: None,
+        partitions: Some(32),
+    };
+    let layout = mapek_bus::streams::detect_layout(&js, wanted)
+        .await
+        .unwrap();
+    let defs = mapek_bus::streams::builtin();
+    mapek_bus::streams::apply_layout(&js, &defs, layout)
+        .await
+        .unwrap();
+    publish(&js, &[decision("new", "n7", Reroute, 2_000)]).await;
+    let shared = Redis::connect_with_prefix(redis.url(), redis.prefix())
+        .await
+        .unwrap();
+    let shared = Shared::new(shared, "exec").partitions(32);
+    let (js2, client2) = (js.clone(), client.clone());
+    let executor = Running::start(move |shutdown| {
+        let keys = ExecutorKeys::default();
+        execute::run_shared(js2, client2, interlocks(1000), keys, shared, shutdown)
+    });
+
+    // Then: n7's decision left in partition 2 is acted on before the one in 18, though 2 had
+    // 150 to act on first and 18 one.
+    let results: Vec<ActionResult> = wait_for(&js, 152).await;
+    executor.stop().await.unwrap();
+    let on_n7: Vec<&str> = results
+        .iter()
+        .filter(|r| r.node.as_str() == "n7")
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    assert_eq!(on_n7, ["d-old", "d-new"], "{results:?}");
+    let sent = seen.lock().unwrap().decisions.clone();
+    let at = |id: &str| sent.iter().position(|d| d == id);
+    assert!(at("d-old") < at("d-new"), "commands sent: {sent:?}");
+}
+
+/// The partition of node `name` among `count`.
+fn partition_of(name: &str, count: u32) -> u32 {
+    mapek_bus::layout::partition_of_node(&mapek_domain::NodeId::new(name).unwrap(), count)
 }

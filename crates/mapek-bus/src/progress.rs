@@ -8,6 +8,7 @@
 //! it, and the demo waits on it before it stops its workers.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::DirectGetErrorKind;
@@ -119,6 +120,48 @@ pub async fn read_before(
         Ok(next) => Ok(next.sequence >= seq),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(true),
         Err(e) => Err(failed(&e)),
+    }
+}
+
+/// The longest a partition's reader waits for the partitions its own descends from
+/// ([`until_read_before`]) before it reads on anyway: one whose reader is down must not stop
+/// it for good.
+pub const ORDER_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the reader of each partition in `after` (`layout::ancestors`) of `phase` on
+/// `stream` (the durable consumer `<reader>-p<r>`, reading `mapek.<phase>.<r>.>`) has read
+/// everything its partition stored before `seq`, or [`ORDER_WAIT`] has passed, which a
+/// warning says. After the partition count grew, a node moved into a partition is then read
+/// there only after the events of it left in its old one (ADR 0024).
+pub async fn until_read_before(
+    js: &JetStream,
+    stream: &str,
+    (reader, phase): (&str, Phase),
+    after: &[u32],
+    seq: u64,
+) {
+    let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+    for r in after {
+        let consumer = format!("{reader}-p{r}");
+        let filter = format!("mapek.{}.{r}.>", phase.token());
+        loop {
+            match read_before(js, stream, &consumer, &filter, seq).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(consumer, "cannot tell how far it read: {e}"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    stream,
+                    consumer,
+                    "has not read what was stored before {seq} within {ORDER_WAIT:?}; reading \
+                     on without it (a node moved by a grown partition count may be decided out \
+                     of order)"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

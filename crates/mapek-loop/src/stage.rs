@@ -83,15 +83,11 @@ pub struct StageConfig {
     /// …or this long after the oldest input not acknowledged yet was taken.
     pub ack_after: Duration,
     /// The partitions this one descends from ([`mapek_bus::layout::ancestors`]): before its
-    /// first input the stage waits (up to [`ORDER_WAIT`]) until their consumers have read what
-    /// was stored before it, so that a node a grown count moved here is decided after the
-    /// events of it left in its old partition (ADR 0024).
+    /// first input the stage waits ([`mapek_bus::progress::until_read_before`]) until their
+    /// consumers have read what was stored before it, so that a node a grown count moved here
+    /// is decided after the events of it left in its old partition (ADR 0024).
     pub after: Vec<u32>,
 }
-
-/// The longest a stage waits for the partitions its own descends from before it takes its
-/// first input anyway: one whose reader is down must not stop this one for good.
-pub const ORDER_WAIT: Duration = Duration::from_secs(30);
 
 /// Inputs a stage acknowledges at once at most, by default: with the pull requests' batch of
 /// 256, well under the server's 1 000 unacknowledged messages per consumer.
@@ -175,6 +171,10 @@ pub async fn run_stage<S: Stage>(
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
     let mut after_earlier = config.after.is_empty();
+    let reader = config
+        .durable
+        .rsplit_once("-p")
+        .map_or(config.durable.as_str(), |(reader, _)| reader);
     // The metrics' label lookups (a hash and a lock each) once, not per event.
     let phase = metrics_label::<S>();
     let step_seconds = metrics::STEP_SECONDS.with_label_values(&[phase]);
@@ -207,7 +207,9 @@ pub async fn run_stage<S: Stage>(
         if !after_earlier && let Some(first) = batch.first() {
             let seq = first.stream_seq();
             tokio::select! {
-                () = earlier_read::<S::In>(&js, inbox.stream(), &config, seq) => {}
+                () = mapek_bus::progress::until_read_before(
+                    &js, inbox.stream(), (reader, S::In::PHASE), &config.after, seq,
+                ) => {}
                 () = &mut shutdown => {
                     inbox.close().await;
                     break;
@@ -273,37 +275,6 @@ pub async fn run_stage<S: Stage>(
         observe_cycle(&decided_at);
     }
     Ok(stats)
-}
-
-/// Waits until the consumer of each partition in `config.after` has read what its partition
-/// of `stream` stored before `seq`, or [`ORDER_WAIT`] has passed (said in a warning).
-async fn earlier_read<In: AvroEvent>(js: &JetStream, stream: &str, config: &StageConfig, seq: u64) {
-    let deadline = Instant::now() + ORDER_WAIT;
-    let phase = config
-        .durable
-        .rsplit_once("-p")
-        .map_or("", |(phase, _)| phase);
-    for &r in &config.after {
-        let (consumer, filter) = (format!("{phase}-p{r}"), partition_filter::<In>(Some(r)));
-        loop {
-            match mapek_bus::progress::read_before(js, stream, &consumer, &filter, seq).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::debug!(consumer, "cannot tell how far it read: {e}"),
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    stream,
-                    consumer,
-                    "has not read what was stored before {seq} within {ORDER_WAIT:?}; going on \
-                     without it (a node moved by a grown partition count may be decided out \
-                     of order)"
-                );
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// The `phase` label of a stage's metrics: the phase it reads, or `shadow` for a candidate

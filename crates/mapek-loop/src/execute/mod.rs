@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
+use mapek_bus::progress::until_read_before;
 use mapek_bus::{BusError, Inbox, InboxConfig, JetStream};
-use mapek_domain::{Decision, ExecuteConfig, Interlocks, Policy};
+use mapek_domain::{Decision, ExecuteConfig, Interlocks, Phase, Policy};
 use tracing::{info, warn};
 
 pub use approvals::{APPROVALS, approvals, approve, approver};
@@ -142,6 +143,10 @@ async fn execute(
     config.check()?;
     let kv = approvals(&js).await?;
     let mut inbox = Inbox::<Decision>::open(&js, inbox_config(&config, part.as_ref())).await?;
+    let mut after = part
+        .as_ref()
+        .map(|p| mapek_bus::layout::ancestors(p.partition, p.partitions()))
+        .unwrap_or_default();
     let mut worker = Executor::open(&js, client, &config, keys, kv, part).await?;
     info!(replayed = worker.stats.replayed, "executor ready");
     tokio::pin!(shutdown);
@@ -153,6 +158,20 @@ async fn execute(
                 break;
             }
         };
+        // A node a grown partition count moved here: its decisions left in the partition it
+        // came from are executed first.
+        if let Some(first) = batch.first().filter(|_| !after.is_empty()) {
+            let reader = (DURABLE, Phase::Plan);
+            let seq = first.stream_seq();
+            tokio::select! {
+                () = until_read_before(&js, inbox.stream(), reader, &after, seq) => {}
+                () = &mut shutdown => {
+                    inbox.close().await;
+                    break;
+                }
+            }
+            after.clear();
+        }
         for delivery in batch {
             worker.handle(delivery).await?;
         }

@@ -154,6 +154,13 @@ pub(super) struct Part {
     shared: Shared,
 }
 
+impl Part {
+    /// How many plan partitions there are.
+    pub(super) fn partitions(&self) -> u32 {
+        self.shared.partitions
+    }
+}
+
 /// Whether `lease` is a partition's lease of executors that share the work (`execute.p3`).
 fn is_partition_lease(lease: &str) -> bool {
     numbered(lease, ".p")
