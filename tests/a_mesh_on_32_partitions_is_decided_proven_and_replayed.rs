@@ -4,6 +4,7 @@
 //! verify`. A mesh that outgrew 8 partitions grows to 32 under a running `mapek run`, its
 //! history kept.
 
+mod agent;
 mod common;
 mod replay_common;
 
@@ -132,15 +133,22 @@ async fn samples_of(js: &mapek_bus::JetStream, node: &str) -> u64 {
     total
 }
 
-#[tokio::test]
-async fn an_operator_grows_8_partitions_to_32_under_a_running_loop() {
-    // Given: the shipped layout (8 partitions over 2 monitor streams) and a running loop that
-    // decided on a CPU hog.
+/// A server with the shipped layout (8 partitions over 2 monitor streams), its URL, and a
+/// JetStream context on it.
+async fn shipped_layout() -> (NatsServer, String, mapek_bus::JetStream) {
     let server = NatsServer::start();
     let url = server.url();
     let out = mapek_run(&url, &["streams", "apply"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let js = mapek_bus::connect(&url).await.unwrap();
+    (server, url, js)
+}
+
+#[tokio::test]
+async fn an_operator_grows_8_partitions_to_32_under_a_running_loop() {
+    // Given: the shipped layout (8 partitions over 2 monitor streams) and a running loop that
+    // decided on a CPU hog.
+    let (server, url, js) = shipped_layout().await;
     let data = tempfile::tempdir().unwrap();
     let mut run_loop = mapek(&url);
     run_loop
@@ -242,24 +250,11 @@ fn a_latency_spike(node: &str, t0: i64) -> Vec<mapek_domain::Telemetry> {
         .collect()
 }
 
-async fn publish_all(js: &mapek_bus::JetStream, events: &[mapek_domain::Telemetry]) {
-    let mut publisher = mapek_bus::Publisher::new(js.clone());
-    for e in events {
-        publisher.publish(e).await.unwrap();
-    }
-    let report = publisher.finish().await;
-    assert!(report.all_acked(), "{report:?}");
-}
-
 #[tokio::test]
 async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
     // Given: 8 partitions, and, with no worker running, a backlog in partition 2 that ends
     // with a latency spike of n7 (partition 2 of 8, 18 of 32).
-    let server = NatsServer::start();
-    let url = server.url();
-    let out = mapek_run(&url, &["streams", "apply"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let js = mapek_bus::connect(&url).await.unwrap();
+    let (server, url, js) = shipped_layout().await;
     let staying: Vec<String> = (0..)
         .map(|i| format!("m{i}"))
         .filter(|n| layout::partition_of_node(&NodeId::new(n).unwrap(), 32) == 2)
@@ -276,7 +271,7 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
         })
         .collect();
     backlog.extend(a_latency_spike("n7", t0));
-    publish_all(&js, &backlog).await;
+    agent::publish(&js, &backlog).await;
 
     // When: the count grows to 32, the server maps n7 into partition 18, n7 spikes again,
     // and the analyze workers of partitions 0, 2 and 18 of the 32 start together.
@@ -288,7 +283,7 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
     })
     .await;
     let second = t0 + 100_000;
-    publish_all(&js, &a_latency_spike("n7", second)).await;
+    agent::publish(&js, &a_latency_spike("n7", second)).await;
     let mut workers = Vec::new();
     for p in [0, 2, 18] {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
