@@ -250,10 +250,10 @@ fn a_latency_spike(node: &str, t0: i64) -> Vec<mapek_domain::Telemetry> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
-    // Given: 8 partitions, and, with no worker running, a backlog in partition 2 that ends
-    // with a latency spike of n7 (partition 2 of 8, 18 of 32).
+/// A server grown from 8 partitions to 32 whose partition 2 holds, unread, 20 000 samples
+/// of nodes that stay there and then a latency spike of n7 (2 of 8, 18 of 32), and whose
+/// partition 18 holds a second spike of n7, from the time returned.
+async fn n7_moved_behind_a_backlog() -> (NatsServer, String, mapek_bus::JetStream, i64) {
     let (server, url, js) = shipped_layout().await;
     let staying: Vec<String> = (0..)
         .map(|i| format!("m{i}"))
@@ -272,9 +272,6 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
         .collect();
     backlog.extend(a_latency_spike("n7", t0));
     agent::publish(&js, &backlog).await;
-
-    // When: the count grows to 32, the server maps n7 into partition 18, n7 spikes again,
-    // and the analyze workers of partitions 0, 2 and 18 of the 32 start together.
     let out = mapek_run(&url, &["streams", "apply", "--partitions", "32"]);
     assert!(out.status.success(), "{}", stderr(&out));
     server.reload_with_mapping(&mapek_domain::telemetry_mapping(32));
@@ -284,39 +281,99 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
     .await;
     let second = t0 + 100_000;
     agent::publish(&js, &a_latency_spike("n7", second)).await;
-    let mut workers = Vec::new();
-    for p in [0, 2, 18] {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = mapek_loop::StageConfig::partition_of("analyze", p, 32);
-        let analyzer = mapek_domain::Analyzer::new(mapek_domain::AnalyzeConfig::default());
-        let worker = tokio::spawn(mapek_loop::run_stage(js.clone(), analyzer, config, async {
-            let _ = stopped.await;
-        }));
-        workers.push((stop, worker));
-    }
+    (server, url, js, second)
+}
 
-    // Then: n7's symptoms are stored in the order it reported: the spike left in partition 2
-    // before the one in 18, though 18 had 11 samples to read and 2 had 20 000.
+/// Analyze workers on `partitions` of 32, as `mapek run` runs them; each stops when its
+/// sender is dropped or sent to.
+fn analyze_workers(js: &mapek_bus::JetStream, partitions: &[u32]) -> Vec<Running> {
+    partitions
+        .iter()
+        .map(|&p| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let config = mapek_loop::StageConfig::partition_of("analyze", p, 32);
+            let analyzer = mapek_domain::Analyzer::new(mapek_domain::AnalyzeConfig::default());
+            let worker = tokio::spawn(mapek_loop::run_stage(js.clone(), analyzer, config, async {
+                let _ = stopped.await;
+            }));
+            (stop, worker)
+        })
+        .collect()
+}
+
+/// A running analyze worker: the switch that stops it, and its task.
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<mapek_loop::StageStats, mapek_bus::BusError>>,
+);
+
+/// The times of n7's symptoms, in the order they are stored, once one of its spike from
+/// `second` is stored.
+async fn n7_symptom_times(url: &str, second: i64) -> Vec<i64> {
     until("a symptom of n7's second spike", || async {
-        let symptoms = common::subscribe_all(&url, "symptoms", &["--node", "n7"]);
+        let symptoms = common::subscribe_all(url, "symptoms", &["--node", "n7"]);
         symptoms
             .iter()
             .any(|s| s["event"]["ts_ms"].as_i64() >= Some(second))
     })
     .await;
+    let mut symptoms = common::subscribe_all(url, "symptoms", &["--node", "n7"]);
+    symptoms.sort_by_key(|s| s["seq"].as_u64());
+    symptoms
+        .iter()
+        .map(|s| s["event"]["ts_ms"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
+    // Given: n7 moved from partition 2 to 18 by growing 8 partitions to 32, a spike of it in
+    // each, 2's behind 20 000 samples.
+    let (_server, url, js, second) = n7_moved_behind_a_backlog().await;
+
+    // When: the analyze workers of partitions 0, 2 and 18 of the 32 start together.
+    let workers = analyze_workers(&js, &[0, 2, 18]);
+
+    // Then: n7's symptoms are stored in the order it reported: the spike left in partition 2
+    // before the one in 18, though 18 had 11 samples to read and 2 had 20 000.
+    let times = n7_symptom_times(&url, second).await;
     for (stop, worker) in workers {
         let _ = stop.send(());
         worker.await.unwrap().unwrap();
     }
-    let mut symptoms = common::subscribe_all(&url, "symptoms", &["--node", "n7"]);
-    symptoms.sort_by_key(|s| s["seq"].as_u64());
-    let times: Vec<i64> = symptoms
-        .iter()
-        .map(|s| s["event"]["ts_ms"].as_i64().unwrap())
-        .collect();
-    assert!(times.first() < times.last(), "{symptoms:?}");
+    assert!(times.first() < times.last(), "{times:?}");
     assert!(
         times.windows(2).all(|w| w[0] <= w[1]),
         "n7's symptoms in stored order have times {times:?}"
     );
+}
+
+#[tokio::test]
+async fn a_moved_node_is_analyzed_after_the_wait_when_its_old_partition_has_no_reader() {
+    // Given: n7 moved from partition 2 to 18, and nobody reading partition 2.
+    let (_server, url, js, second) = n7_moved_behind_a_backlog().await;
+    let given_up = || {
+        mapek_loop::metrics::ORDER_WAITS_GIVEN_UP
+            .with_label_values(&["analyze"])
+            .get()
+    };
+    let before = given_up();
+
+    // When: only the workers of partitions 0 and 18 run.
+    let started = Instant::now();
+    let workers = analyze_workers(&js, &[0, 18]);
+
+    // Then: 18 reads n7's second spike once its wait is over, and counts that it gave up.
+    let times = n7_symptom_times(&url, second).await;
+    let waited = started.elapsed();
+    for (stop, worker) in workers {
+        let _ = stop.send(());
+        worker.await.unwrap().unwrap();
+    }
+    assert!(times.iter().all(|t| *t >= second), "{times:?}");
+    assert!(
+        waited >= mapek_bus::progress::ORDER_WAIT,
+        "read on after {waited:?}"
+    );
+    assert_eq!(given_up(), before + 1);
 }

@@ -131,15 +131,15 @@ pub const ORDER_WAIT: Duration = Duration::from_secs(30);
 /// Waits until the reader of each partition in `after` (`layout::ancestors`) of `phase` on
 /// `stream` (the durable consumer `<reader>-p<r>`, reading `mapek.<phase>.<r>.>`) has read
 /// everything its partition stored before `seq`, or [`ORDER_WAIT`] has passed, which a
-/// warning says. After the partition count grew, a node moved into a partition is then read
-/// there only after the events of it left in its old one (ADR 0024).
+/// warning says; whether they all had. After the partition count grew, a node moved into a
+/// partition is then read there only after the events of it left in its old one (ADR 0024).
 pub async fn until_read_before(
     js: &JetStream,
     stream: &str,
     (reader, phase): (&str, Phase),
     after: &[u32],
     seq: u64,
-) {
+) -> bool {
     let deadline = tokio::time::Instant::now() + ORDER_WAIT;
     for r in after {
         let consumer = format!("{reader}-p{r}");
@@ -158,11 +158,12 @@ pub async fn until_read_before(
                      on without it (a node moved by a grown partition count may be decided out \
                      of order)"
                 );
-                return;
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    true
 }
 
 /// The streams of `phases` and their consumers, each durable one with its holder in `owners`.

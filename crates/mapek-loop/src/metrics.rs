@@ -136,6 +136,18 @@ pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Partitions that began reading before the partitions they descend from had read what was
+/// stored before their first input (a reader down past `progress::ORDER_WAIT`): a node a
+/// grown partition count moved may then be decided or acted on out of order. By reader:
+/// `analyze`, `plan`, `execute`.
+pub static ORDER_WAITS_GIVEN_UP: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "mapek_order_waits_given_up_total",
+        "Partitions that read on before the partitions they descend from had caught up",
+        &["reader"],
+    )
+});
+
 /// Every metric of this process in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so the page lists them (at zero) before the first event.
@@ -144,6 +156,7 @@ pub fn render() -> String {
         &*EVENTS_OUT,
         &*PROJECTION_FAILURES,
         &*DEAD_LETTERS,
+        &*ORDER_WAITS_GIVEN_UP,
     ] {
         let _ = m.with_label_values(&["none"]);
     }

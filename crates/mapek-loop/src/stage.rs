@@ -207,9 +207,11 @@ pub async fn run_stage<S: Stage>(
         if !after_earlier && let Some(first) = batch.first() {
             let seq = first.stream_seq();
             tokio::select! {
-                () = mapek_bus::progress::until_read_before(
+                read = mapek_bus::progress::until_read_before(
                     &js, inbox.stream(), (reader, S::In::PHASE), &config.after, seq,
-                ) => {}
+                ) => if !read {
+                    metrics::ORDER_WAITS_GIVEN_UP.with_label_values(&[reader]).inc();
+                },
                 () = &mut shutdown => {
                     inbox.close().await;
                     break;

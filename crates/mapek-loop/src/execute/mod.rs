@@ -28,6 +28,8 @@ use mapek_bus::{BusError, Inbox, InboxConfig, JetStream};
 use mapek_domain::{Decision, ExecuteConfig, Interlocks, Phase, Policy};
 use tracing::{info, warn};
 
+use crate::metrics::ORDER_WAITS_GIVEN_UP;
+
 pub use approvals::{APPROVALS, approvals, approve, approver};
 pub use shared::{ShareError, Shared, SharedLeases, run_shared};
 
@@ -164,7 +166,9 @@ async fn execute(
             let reader = (DURABLE, Phase::Plan);
             let seq = first.stream_seq();
             tokio::select! {
-                () = until_read_before(&js, inbox.stream(), reader, &after, seq) => {}
+                read = until_read_before(&js, inbox.stream(), reader, &after, seq) => if !read {
+                    ORDER_WAITS_GIVEN_UP.with_label_values(&[DURABLE]).inc();
+                },
                 () = &mut shutdown => {
                     inbox.close().await;
                     break;
