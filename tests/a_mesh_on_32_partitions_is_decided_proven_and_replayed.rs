@@ -250,6 +250,34 @@ fn a_latency_spike(node: &str, t0: i64) -> Vec<mapek_domain::Telemetry> {
         .collect()
 }
 
+/// 40 rounds of normal samples of `nodes` at 1 Hz from `t0`: 20 000 for 500 nodes.
+fn quiet_rounds(nodes: &[String], t0: i64) -> Vec<mapek_domain::Telemetry> {
+    (0..40)
+        .flat_map(|round| {
+            nodes.iter().map(move |n| {
+                let metrics = std::collections::BTreeMap::from([("latency_ms".to_owned(), 10.0)]);
+                mapek_domain::Telemetry::new(NodeId::new(n).unwrap(), t0 + round * 1_000, metrics)
+            })
+        })
+        .collect()
+}
+
+/// Stops `workers` and waits for each to end well.
+async fn stop_all(workers: Vec<Running>) {
+    for (stop, worker) in workers {
+        let _ = stop.send(());
+        worker.await.unwrap().unwrap();
+    }
+}
+
+/// How many times the analyze workers of this test process read on without the partitions
+/// theirs descend from.
+fn analyze_waits_given_up() -> u64 {
+    mapek_loop::metrics::ORDER_WAITS_GIVEN_UP
+        .with_label_values(&["analyze"])
+        .get()
+}
+
 /// A server grown from 8 partitions to 32 whose partition 2 holds, unread, 20 000 samples
 /// of nodes that stay there and then a latency spike of n7 (2 of 8, 18 of 32), and whose
 /// partition 18 holds a second spike of n7, from the time returned.
@@ -261,15 +289,7 @@ async fn n7_moved_behind_a_backlog() -> (NatsServer, String, mapek_bus::JetStrea
         .take(500)
         .collect();
     let t0 = mapek_testkit::samples::TS_MS;
-    let mut backlog: Vec<_> = (0..40)
-        .flat_map(|round| {
-            let staying = &staying;
-            staying.iter().map(move |n| {
-                let metrics = std::collections::BTreeMap::from([("latency_ms".to_owned(), 10.0)]);
-                mapek_domain::Telemetry::new(NodeId::new(n).unwrap(), t0 + round * 1_000, metrics)
-            })
-        })
-        .collect();
+    let mut backlog = quiet_rounds(&staying, t0);
     backlog.extend(a_latency_spike("n7", t0));
     agent::publish(&js, &backlog).await;
     let out = mapek_run(&url, &["streams", "apply", "--partitions", "32"]);
@@ -284,14 +304,14 @@ async fn n7_moved_behind_a_backlog() -> (NatsServer, String, mapek_bus::JetStrea
     (server, url, js, second)
 }
 
-/// Analyze workers on `partitions` of 32, as `mapek run` runs them; each stops when its
+/// Analyze workers on `partitions` of `count`, as `mapek run` runs them; each stops when its
 /// sender is dropped or sent to.
-fn analyze_workers(js: &mapek_bus::JetStream, partitions: &[u32]) -> Vec<Running> {
+fn analyze_workers(js: &mapek_bus::JetStream, count: u32, partitions: &[u32]) -> Vec<Running> {
     partitions
         .iter()
         .map(|&p| {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let config = mapek_loop::StageConfig::partition_of("analyze", p, 32);
+            let config = mapek_loop::StageConfig::partition_of("analyze", p, count);
             let analyzer = mapek_domain::Analyzer::new(mapek_domain::AnalyzeConfig::default());
             let worker = tokio::spawn(mapek_loop::run_stage(js.clone(), analyzer, config, async {
                 let _ = stopped.await;
@@ -332,15 +352,12 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
     let (_server, url, js, second) = n7_moved_behind_a_backlog().await;
 
     // When: the analyze workers of partitions 0, 2 and 18 of the 32 start together.
-    let workers = analyze_workers(&js, &[0, 2, 18]);
+    let workers = analyze_workers(&js, 32, &[0, 2, 18]);
 
     // Then: n7's symptoms are stored in the order it reported: the spike left in partition 2
     // before the one in 18, though 18 had 11 samples to read and 2 had 20 000.
     let times = n7_symptom_times(&url, second).await;
-    for (stop, worker) in workers {
-        let _ = stop.send(());
-        worker.await.unwrap().unwrap();
-    }
+    stop_all(workers).await;
     assert!(times.first() < times.last(), "{times:?}");
     assert!(
         times.windows(2).all(|w| w[0] <= w[1]),
@@ -352,28 +369,56 @@ async fn a_node_moved_by_a_grown_count_is_analyzed_in_the_order_it_reported() {
 async fn a_moved_node_is_analyzed_after_the_wait_when_its_old_partition_has_no_reader() {
     // Given: n7 moved from partition 2 to 18, and nobody reading partition 2.
     let (_server, url, js, second) = n7_moved_behind_a_backlog().await;
-    let given_up = || {
-        mapek_loop::metrics::ORDER_WAITS_GIVEN_UP
-            .with_label_values(&["analyze"])
-            .get()
-    };
-    let before = given_up();
+    let before = analyze_waits_given_up();
 
     // When: only the workers of partitions 0 and 18 run.
     let started = Instant::now();
-    let workers = analyze_workers(&js, &[0, 18]);
+    let workers = analyze_workers(&js, 32, &[0, 18]);
 
     // Then: 18 reads n7's second spike once its wait is over, and counts that it gave up.
     let times = n7_symptom_times(&url, second).await;
     let waited = started.elapsed();
-    for (stop, worker) in workers {
-        let _ = stop.send(());
-        worker.await.unwrap().unwrap();
-    }
+    stop_all(workers).await;
     assert!(times.iter().all(|t| *t >= second), "{times:?}");
     assert!(
         waited >= mapek_bus::progress::ORDER_WAIT,
         "read on after {waited:?}"
     );
-    assert_eq!(given_up(), before + 1);
+    assert_eq!(analyze_waits_given_up(), before + 1);
+}
+
+#[tokio::test]
+async fn a_partition_that_never_grew_waits_for_no_other() {
+    // Given: the shipped 8 partitions, never grown, with 20 000 samples unread in partition 1
+    // and a spike of a node of partition 3 (both in MAPEK_MONITOR_0).
+    let (_server, url, js) = shipped_layout().await;
+    let of = |partition: u32| {
+        (0..)
+            .map(|i| format!("m{i}"))
+            .filter(move |n| layout::partition_of_node(&NodeId::new(n).unwrap(), 8) == partition)
+    };
+    let t0 = mapek_testkit::samples::TS_MS;
+    let ones: Vec<String> = of(1).take(500).collect();
+    agent::publish(&js, &quiet_rounds(&ones, t0)).await;
+    let three = of(3).next().unwrap();
+    agent::publish(&js, &a_latency_spike(&three, t0)).await;
+    let before = analyze_waits_given_up();
+
+    // When: only partition 3's worker runs.
+    let started = Instant::now();
+    let workers = analyze_workers(&js, 8, &[3]);
+
+    // Then: it decides at once; partition 1 (which it would descend from, had the count
+    // grown from 2 or 4) is not waited for.
+    until("a symptom of the spike", || async {
+        !common::subscribe_all(&url, "symptoms", &["--node", &three]).is_empty()
+    })
+    .await;
+    let waited = started.elapsed();
+    stop_all(workers).await;
+    assert!(
+        waited < mapek_bus::progress::ORDER_WAIT / 2,
+        "read after {waited:?}"
+    );
+    assert_eq!(analyze_waits_given_up(), before);
 }

@@ -8,7 +8,10 @@
 //! - `plan.policy`: the hash of the policy the plan workers run with, its history the policies
 //!   in force over time;
 //! - `analyze.<hash>`: an analyze configuration as JSON, the hash over that JSON;
-//! - `analyze`: the hash of the configuration the analyze workers run with, with history.
+//! - `analyze`: the hash of the configuration the analyze workers run with, with history;
+//! - `partitions`: every partition count the streams have had, ascending (`8,32`), written by
+//!   [`crate::streams::apply_layout`]: a partition waits for the ones it descends from only
+//!   under counts it really grew from ([`crate::layout::ancestors`]).
 //!
 //! A value is written only when it changed, so the history of `plan.policy` and `analyze` is a
 //! list of changes, each with the time the server stored it. docs/adr/0005 says how a replay
@@ -29,6 +32,8 @@ pub const BUCKET: &str = "MAPEK_CONFIG";
 pub const PLAN_POLICY: &str = "plan.policy";
 /// The key whose history is the analyze configurations the analyze workers ran with.
 pub const ANALYZE: &str = "analyze";
+/// The key whose value is every partition count the streams have had.
+pub const PARTITION_COUNTS: &str = "partitions";
 /// How many changes of each key the bucket keeps (the server's most).
 const HISTORY: i64 = 64;
 
@@ -126,6 +131,36 @@ pub async fn record_analyze(js: &JetStream, config: &AnalyzeConfig) -> Result<St
     put_if_changed(&kv, &format!("analyze.{h}"), &json).await?;
     put_if_changed(&kv, ANALYZE, h.as_bytes()).await?;
     Ok(h)
+}
+
+/// Adds `counts` to the partition counts the streams have had.
+pub async fn record_partition_counts(js: &JetStream, counts: &[u32]) -> Result<(), BusError> {
+    let kv = open(js).await?;
+    let mut all = counts_in(&kv).await?.unwrap_or_default();
+    all.extend_from_slice(counts);
+    all.sort_unstable();
+    all.dedup();
+    let text: Vec<String> = all.iter().map(u32::to_string).collect();
+    put_if_changed(&kv, PARTITION_COUNTS, text.join(",").as_bytes()).await
+}
+
+/// Every partition count the streams have had, ascending; `None` when none was recorded
+/// (streams applied by a mapek before it kept them) or the bucket cannot be read.
+pub async fn partition_counts(js: &JetStream) -> Option<Vec<u32>> {
+    counts_in(&open_existing(js).await?).await.ok().flatten()
+}
+
+async fn counts_in(kv: &Store) -> Result<Option<Vec<u32>>, BusError> {
+    let value = kv
+        .get(PARTITION_COUNTS)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(value.map(|v| {
+        String::from_utf8_lossy(&v)
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect()
+    }))
 }
 
 /// The text of the policy whose hash is `hash`, if it was recorded. Not a hash (64 lowercase

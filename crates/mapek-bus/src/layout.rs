@@ -136,18 +136,28 @@ pub fn partition_of_node(node: &NodeId, partitions: u32) -> u32 {
 }
 
 /// The partitions `partition` of `count` descends from: its partition under each count the
-/// count may have grown from (a divisor of it, ADR 0024), other than itself. A node in
-/// `partition` may have been in one of these before the count grew, with events of its still
-/// stored there; `partition` 18 of 32 descends from 2 (of 8 or 16) and 0 (of 1 or 2).
-pub fn ancestors(partition: u32, count: u32) -> Vec<u32> {
+/// streams grew from (of `grown_from`, the counts they have had, those that divide `count`:
+/// ADR 0024), other than itself. A node in `partition` may have been in one of these before
+/// the count grew, with events of it still stored there. Not knowing the counts (`None`), every
+/// divisor of `count` is taken for one: `partition` 18 of 32 then descends from 2 (of 8 or
+/// 16) and 0 (of 1 or 2).
+pub fn ancestors(partition: u32, count: u32, grown_from: Option<&[u32]>) -> Vec<u32> {
+    let was = |m: &u32| grown_from.is_none_or(|counts| counts.contains(m));
     let mut found: Vec<u32> = (1..count)
-        .filter(|&m| count.is_multiple_of(m))
+        .filter(|&m| count.is_multiple_of(m) && was(&m))
         .map(|m| partition % m)
         .filter(|&r| r != partition)
         .collect();
     found.sort_unstable();
     found.dedup();
     found
+}
+
+/// The partitions `partition` of `count` of a phase descends from ([`ancestors`]), under the
+/// counts recorded for the streams ([`crate::config_store::partition_counts`]).
+pub async fn recorded_ancestors(js: &JetStream, partition: u32, count: u32) -> Vec<u32> {
+    let counts = crate::config_store::partition_counts(js).await;
+    ancestors(partition, count, counts.as_deref())
 }
 
 /// The 32-bit FNV-1a hash of `token`, nats-server's hash for `{{partition(…)}}`.
@@ -275,16 +285,26 @@ mod tests {
 
     #[test]
     fn a_partition_descends_from_its_partition_under_each_smaller_count() {
-        assert_eq!(ancestors(18, 32), vec![0, 2]);
-        assert_eq!(ancestors(2, 32), vec![0]);
-        assert_eq!(ancestors(0, 32), Vec::<u32>::new());
-        assert_eq!(ancestors(11, 12), vec![0, 1, 2, 3, 5]);
-        assert_eq!(ancestors(0, 1), Vec::<u32>::new());
+        assert_eq!(ancestors(18, 32, None), vec![0, 2]);
+        assert_eq!(ancestors(2, 32, None), vec![0]);
+        assert_eq!(ancestors(0, 32, None), Vec::<u32>::new());
+        assert_eq!(ancestors(11, 12, None), vec![0, 1, 2, 3, 5]);
+        assert_eq!(ancestors(0, 1, None), Vec::<u32>::new());
+        // Only the counts the streams had: grown 8 to 32, 18 descends from 2 alone; never
+        // grown, nothing.
+        assert_eq!(ancestors(18, 32, Some(&[8, 32])), vec![2]);
+        assert_eq!(ancestors(2, 32, Some(&[8, 32])), Vec::<u32>::new());
+        assert_eq!(ancestors(5, 8, Some(&[8])), Vec::<u32>::new());
+        assert_eq!(ancestors(45, 64, Some(&[8, 16, 64])), vec![5, 13]);
         // A node moves from its partition of 8 to the one of 32 it descends to.
         for n in 0..200 {
             let node = NodeId::new(format!("n{n}")).unwrap();
             let (before, after) = (partition_of_node(&node, 8), partition_of_node(&node, 32));
-            assert!(before == after || ancestors(after, 32).contains(&before));
+            let from = ancestors(after, 32, Some(&[8, 32]));
+            assert!(
+                before == after || from == [before],
+                "{node}: {before} -> {after}"
+            );
         }
     }
 

@@ -614,6 +614,7 @@ pub async fn apply_layout(
     layout: Layout,
 ) -> Result<Vec<Applied>, BusError> {
     let defs = for_layout(defs, &layout)?;
+    record_counts(js, &layout).await?;
     let mut applied = Vec::with_capacity(defs.len());
     let single = Phase::Monitor.stream();
     match layout {
@@ -688,6 +689,21 @@ pub async fn apply_layout(
         }
     }
     Ok(applied)
+}
+
+/// Records the partition counts the streams have had ([`crate::config_store`]): the one
+/// they have now (if made), the server's mapping's, and `layout`'s. Before the streams change,
+/// so that a worker that sees the new count finds the old one recorded.
+async fn record_counts(js: &JetStream, layout: &Layout) -> Result<(), BusError> {
+    let mut counts = vec![layout.partitions()];
+    if let Layout::Split { mapped, .. } = layout {
+        counts.push(*mapped);
+    }
+    if let Ok(Some(stream)) = layout::lookup(js, Phase::Plan.stream()).await {
+        let transform = stream.cached_info().config.subject_transform.as_ref();
+        counts.extend(transform.and_then(|t| layout::partitions_in_transform(&t.destination)));
+    }
+    crate::config_store::record_partition_counts(js, &counts).await
 }
 
 /// Whether a stream lookup failed because there is no such stream (not because nobody

@@ -15,7 +15,7 @@
 //!
 //! A stage reading one partition of several waits, before its first input, until the
 //! partitions its own descends from have read what was stored before it
-//! ([`StageConfig::after`]): after the partition count grew, a node moved here is then
+//! ([`StageConfig::count`]): after the partition count grew, a node moved here is then
 //! decided after the events of it left in its old partition.
 //!
 //! Acknowledging a run of inputs at once rather than each batch costs the server one ack
@@ -82,11 +82,12 @@ pub struct StageConfig {
     pub ack_every: u64,
     /// …or this long after the oldest input not acknowledged yet was taken.
     pub ack_after: Duration,
-    /// The partitions this one descends from ([`mapek_bus::layout::ancestors`]): before its
-    /// first input the stage waits ([`mapek_bus::progress::until_read_before`]) until their
-    /// consumers have read what was stored before it, so that a node a grown count moved here
-    /// is decided after the events of it left in its old partition (ADR 0024).
-    pub after: Vec<u32>,
+    /// How many partitions the phase has, for a partition's stage: before its first input it
+    /// waits ([`mapek_bus::progress::until_read_before`]) until the partitions its own
+    /// descends from ([`mapek_bus::layout::recorded_ancestors`]) have read what was stored
+    /// before it, so that a node a grown count moved here is decided after the events of it
+    /// left in its old partition (ADR 0024). `None`: no wait.
+    pub count: Option<u32>,
 }
 
 /// Inputs a stage acknowledges at once at most, by default: with the pull requests' batch of
@@ -108,16 +109,17 @@ impl StageConfig {
             fetch_wait: Duration::from_millis(500),
             ack_every: ACK_EVERY,
             ack_after: ACK_AFTER,
-            after: Vec::new(),
+            count: None,
         }
     }
 
     /// Partition `partition` of `count` of `phase`, read after the partitions it descends
-    /// from ([`StageConfig::after`]).
+    /// from ([`StageConfig::count`]).
     pub fn partition_of(phase: &str, partition: u32, count: u32) -> Self {
-        let mut config = Self::new(phase, Some(partition));
-        config.after = mapek_bus::layout::ancestors(partition, count);
-        config
+        Self {
+            count: Some(count),
+            ..Self::new(phase, Some(partition))
+        }
     }
 }
 
@@ -170,7 +172,10 @@ pub async fn run_stage<S: Stage>(
     // first delivery after it, and the stage is started again from the ack floor.)
     let mut stepped_through = inbox.acked_through();
     let mut publisher = Publisher::new(js.clone());
-    let mut after_earlier = config.after.is_empty();
+    let mut after = match (config.partition, config.count) {
+        (Some(p), Some(count)) => mapek_bus::layout::recorded_ancestors(&js, p, count).await,
+        _ => Vec::new(),
+    };
     let reader = config
         .durable
         .rsplit_once("-p")
@@ -204,11 +209,11 @@ pub async fn run_stage<S: Stage>(
                 break;
             }
         };
-        if !after_earlier && let Some(first) = batch.first() {
+        if let Some(first) = batch.first().filter(|_| !after.is_empty()) {
             let seq = first.stream_seq();
             tokio::select! {
                 read = mapek_bus::progress::until_read_before(
-                    &js, inbox.stream(), (reader, S::In::PHASE), &config.after, seq,
+                    &js, inbox.stream(), (reader, S::In::PHASE), &after, seq,
                 ) => if !read {
                     metrics::ORDER_WAITS_GIVEN_UP.with_label_values(&[reader]).inc();
                 },
@@ -217,7 +222,7 @@ pub async fn run_stage<S: Stage>(
                     break;
                 }
             }
-            after_earlier = true;
+            after.clear();
         }
         let started = Instant::now();
         let mut outputs = 0;

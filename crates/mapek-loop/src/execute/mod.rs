@@ -145,10 +145,10 @@ async fn execute(
     config.check()?;
     let kv = approvals(&js).await?;
     let mut inbox = Inbox::<Decision>::open(&js, inbox_config(&config, part.as_ref())).await?;
-    let mut after = part
-        .as_ref()
-        .map(|p| mapek_bus::layout::ancestors(p.partition, p.partitions()))
-        .unwrap_or_default();
+    let mut after = match &part {
+        Some(p) => mapek_bus::layout::recorded_ancestors(&js, p.partition, p.partitions()).await,
+        None => Vec::new(),
+    };
     let mut worker = Executor::open(&js, client, &config, keys, kv, part).await?;
     info!(replayed = worker.stats.replayed, "executor ready");
     tokio::pin!(shutdown);
