@@ -56,13 +56,13 @@ fn apply_on_a_mapping_server_splits_telemetry_over_two_streams_then_changes_noth
         assert!(text.contains(&format!("{name}: created")), "{text}");
     }
     assert!(!text.contains("MAPEK_MONITOR:"), "{text}");
-    assert!(text.contains("8 created, 0 updated, 0 unchanged"), "{text}");
+    assert!(text.contains("9 created, 0 updated, 0 unchanged"), "{text}");
 
     let mut second = mapek(&server.url());
     second.args(["streams", "apply"]);
     let text = stdout(&run(second));
     assert!(
-        text.contains("nothing changed: all 8 streams match their definitions"),
+        text.contains("nothing changed: all 9 streams match their definitions"),
         "{text}"
     );
     assert!(
@@ -97,7 +97,7 @@ fn apply_updates_only_the_keys_that_differ() {
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("MAPEK_PLAN: updated max_age"), "{text}");
-    assert!(text.contains("0 created, 1 updated, 7 unchanged"), "{text}");
+    assert!(text.contains("0 created, 1 updated, 8 unchanged"), "{text}");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn apply_without_the_mapping_keeps_telemetry_in_one_stream() {
     for name in std::iter::once("MAPEK_MONITOR").chain(OTHER_STREAMS) {
         assert!(text.contains(&format!("{name}: created")), "{text}");
     }
-    assert!(text.contains("7 created, 0 updated, 0 unchanged"), "{text}");
+    assert!(text.contains("8 created, 0 updated, 0 unchanged"), "{text}");
 }
 
 /// Publishes one sample for each of `nodes` nodes, as an agent does.
@@ -206,7 +206,7 @@ async fn apply_takes_the_partition_count_the_servers_mapping_names() {
     // And: a second apply keeps what the server has, four streams and all.
     let text = stdout(&apply_streams(&server.url(), &[]));
     assert!(
-        text.contains("nothing changed: all 10 streams match"),
+        text.contains("nothing changed: all 11 streams match"),
         "{text}"
     );
 
@@ -256,7 +256,7 @@ async fn without_the_mapping_the_count_is_kept_until_it_grows_by_a_multiple() {
     // And: an apply that names no count keeps 32.
     let text = stdout(&apply_streams(&server.url(), &[]));
     assert!(
-        text.contains("nothing changed: all 7 streams match"),
+        text.contains("nothing changed: all 8 streams match"),
         "{text}"
     );
 
@@ -279,7 +279,7 @@ async fn without_the_mapping_the_count_is_kept_until_it_grows_by_a_multiple() {
     let text = stdout(&out);
     assert!(
         text.contains("MAPEK_MONITOR: updated subject_transform")
-            && text.contains("0 created, 6 updated, 1 unchanged"),
+            && text.contains("0 created, 6 updated, 2 unchanged"),
         "{text}"
     );
     assert_eq!(plan_partitions(&js).await, Some(64));

@@ -263,6 +263,16 @@ pub enum Applied {
 }
 
 impl Applied {
+    /// The stream (or bucket) it is about.
+    pub fn name(&self) -> &str {
+        match self {
+            Applied::Created { name }
+            | Applied::Updated { name, .. }
+            | Applied::Unchanged { name }
+            | Applied::Deleted { name } => name,
+        }
+    }
+
     /// Whether anything changed on the server.
     pub fn changed(&self) -> bool {
         !matches!(self, Applied::Unchanged { .. })
@@ -614,8 +624,8 @@ pub async fn apply_layout(
     layout: Layout,
 ) -> Result<Vec<Applied>, BusError> {
     let defs = for_layout(defs, &layout)?;
-    record_counts(js, &layout).await?;
-    let mut applied = Vec::with_capacity(defs.len());
+    let bucket_made = record_counts(js, &layout).await?;
+    let mut applied = Vec::with_capacity(defs.len() + 1);
     let single = Phase::Monitor.stream();
     match layout {
         Layout::Split { shares, .. } => {
@@ -688,13 +698,20 @@ pub async fn apply_layout(
             Err(e) => return Err(failed(e.to_string())),
         }
     }
+    if bucket_made {
+        applied.push(Applied::Created {
+            name: format!("KV_{}", crate::config_store::BUCKET),
+        });
+    }
     Ok(applied)
 }
 
 /// Records the partition counts the streams have had ([`crate::config_store`]): the one
 /// they have now (if made), the server's mapping's, and `layout`'s. Before the streams change,
-/// so that a worker that sees the new count finds the old one recorded.
-async fn record_counts(js: &JetStream, layout: &Layout) -> Result<(), BusError> {
+/// so that a worker that sees the new count finds the old one recorded. Whether it made the
+/// bucket they are kept in.
+async fn record_counts(js: &JetStream, layout: &Layout) -> Result<bool, BusError> {
+    let made = crate::config_store::open_existing(js).await.is_none();
     let mut counts = vec![layout.partitions()];
     if let Layout::Split { mapped, .. } = layout {
         counts.push(*mapped);
@@ -703,7 +720,8 @@ async fn record_counts(js: &JetStream, layout: &Layout) -> Result<(), BusError> 
         let transform = stream.cached_info().config.subject_transform.as_ref();
         counts.extend(transform.and_then(|t| layout::partitions_in_transform(&t.destination)));
     }
-    crate::config_store::record_partition_counts(js, &counts).await
+    crate::config_store::record_partition_counts(js, &counts).await?;
+    Ok(made)
 }
 
 /// Whether a stream lookup failed because there is no such stream (not because nobody

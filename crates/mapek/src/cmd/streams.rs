@@ -75,7 +75,14 @@ pub async fn run(command: StreamsCommand, settings: &Settings) -> anyhow::Result
         .iter()
         .find(|d| d.name() == mapek_domain::Phase::Plan.stream())
         .map_or(1, |d| d.config.num_replicas.max(1));
-    applied.extend(mapek_bus::buckets::apply_replicas(&js, replicas).await?);
+    let buckets = mapek_bus::buckets::apply_replicas(&js, replicas).await?;
+    // A bucket the apply made is listed once, as made.
+    let made: Vec<String> = applied.iter().map(|a| a.name().to_owned()).collect();
+    applied.extend(
+        buckets
+            .into_iter()
+            .filter(|b| !made.iter().any(|m| m == b.name())),
+    );
     for a in &applied {
         println!("{a}");
     }
