@@ -63,7 +63,7 @@ pub async fn secure_server_with_streams() -> (mapek_testkit::NatsServer, tempfil
     apply.args(["streams", "apply"]);
     let out = run(apply);
     assert!(out.status.success(), "streams apply: {}", stderr(&out));
-    assert!(stdout(&out).contains("8 created"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("9 created"), "{}", stdout(&out));
     (server, certs)
 }
 
