@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use futures::StreamExt;
 use mapek_domain::Phase;
 use serde::Serialize;
@@ -94,17 +94,15 @@ pub async fn behind(js: &JetStream, phases: &[Phase]) -> Result<u64, BusError> {
 /// floor (after nothing, if the consumer is not made yet) is at `seq` or later, or there is
 /// none.
 pub async fn read_before(
-    js: &JetStream,
-    stream: &str,
+    stream: &Stream,
     consumer: &str,
     filter: &str,
     seq: u64,
 ) -> Result<bool, BusError> {
     let failed = |e: &dyn std::fmt::Display| BusError::Consumer {
-        stream: stream.to_owned(),
+        stream: stream.cached_info().config.name.clone(),
         detail: format!("reading {consumer}: {e}"),
     };
-    let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
     let unread_from = match stream.consumer_info(consumer).await {
         Ok(info) => info.ack_floor.stream_sequence + 1,
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 1,
@@ -141,11 +139,20 @@ pub async fn until_read_before(
     seq: u64,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+    // Looked up once: each try asks only the consumer and the partition's next message.
+    let mut handle = None;
     for r in after {
         let consumer = format!("{reader}-p{r}");
         let filter = format!("mapek.{}.{r}.>", phase.token());
         loop {
-            match read_before(js, stream, &consumer, &filter, seq).await {
+            if handle.is_none() {
+                handle = js.get_stream(stream).await.ok();
+            }
+            let read = match &handle {
+                Some(handle) => read_before(handle, &consumer, &filter, seq).await,
+                None => Ok(false),
+            };
+            match read {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => tracing::debug!(consumer, "cannot tell how far it read: {e}"),
