@@ -422,3 +422,43 @@ async fn a_partition_that_never_grew_waits_for_no_other() {
     );
     assert_eq!(analyze_waits_given_up(), before);
 }
+
+#[tokio::test]
+async fn a_reader_stopped_while_it_waits_for_order_gives_its_batch_back_at_once() {
+    // Given: n7 moved from partition 2 to 18, nobody reading 2, and partition 18's worker
+    // holding n7's second spike while it waits for 2.
+    let (_server, _url, js, _second) = n7_moved_behind_a_backlog().await;
+    let stream = layout::stream_for(&js, Phase::Monitor, Some(18))
+        .await
+        .unwrap();
+    let stream = js.get_stream(&stream).await.unwrap();
+    let workers = analyze_workers(&js, 32, &[18]);
+    until("partition 18's worker holds its first batch", || async {
+        let info = stream.consumer_info("analyze-p18").await;
+        info.is_ok_and(|i| i.num_ack_pending > 0)
+    })
+    .await;
+
+    // When: the worker is stopped during its wait (a restart, a handover).
+    stop_all(workers).await;
+
+    // Then: whoever reads partition 18 next gets the batch at once, not after its ack wait.
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("analyze-p18").await.unwrap();
+    let asked = Instant::now();
+    let mut again = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(8))
+        .messages()
+        .await
+        .unwrap();
+    let first = futures::StreamExt::next(&mut again).await;
+    let first = first.expect("the batch is given back").unwrap();
+    assert!(first.info().unwrap().delivered > 1, "a delivery again");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "given back after {:?}",
+        asked.elapsed()
+    );
+}

@@ -277,6 +277,16 @@ impl<E: AvroEvent> Inbox<E> {
         }
     }
 
+    /// Like [`Inbox::close`], giving back as well `taken`, deliveries handed out and not
+    /// handled (a batch held back while its reader waited): whoever takes over gets them at
+    /// once, not after the ack wait.
+    pub async fn close_giving_back(self, taken: Vec<Delivery<E>>) {
+        for delivery in taken {
+            let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
+        }
+        self.close().await;
+    }
+
     /// The stream it reads.
     pub fn stream(&self) -> &str {
         &self.stream

@@ -218,7 +218,7 @@ pub async fn run_stage<S: Stage>(
                     metrics::ORDER_WAITS_GIVEN_UP.with_label_values(&[reader]).inc();
                 },
                 () = &mut shutdown => {
-                    inbox.close().await;
+                    inbox.close_giving_back(batch).await;
                     break;
                 }
             }

@@ -170,7 +170,7 @@ async fn execute(
                     ORDER_WAITS_GIVEN_UP.with_label_values(&[DURABLE]).inc();
                 },
                 () = &mut shutdown => {
-                    inbox.close().await;
+                    inbox.close_giving_back(batch).await;
                     break;
                 }
             }
