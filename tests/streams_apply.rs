@@ -403,3 +403,27 @@ fn the_shipped_server_configs_map_telemetry_as_the_test_servers_do() {
         assert!(text.lines().any(|l| l.trim() == include), "{config}");
     }
 }
+
+#[test]
+fn apply_with_more_replicas_than_servers_up_waits_then_says_what_to_start() {
+    // Given: a cluster of two servers, where streams of three replicas have no room.
+    let cluster = mapek_testkit::NatsCluster::start(2);
+
+    // When: the streams are applied with three replicas.
+    let started = std::time::Instant::now();
+    let mut apply = mapek(&cluster.url());
+    apply.args(["streams", "apply", "--replicas", "3"]);
+    let out = run(apply);
+
+    // Then: apply asked again for the placement wait, as a cluster still starting needs,
+    // then failed with what to do.
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no 3 servers up to place it on"), "{err}");
+    assert!(
+        err.contains("no 3 servers with JetStream were up to place its replicas on within 30 s")
+            && err.contains("Start the cluster's missing servers"),
+        "{err}"
+    );
+    assert!(started.elapsed() >= mapek_bus::streams::PLACEMENT_WAIT);
+}

@@ -11,7 +11,9 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::CreateStreamError;
 use async_nats::jetstream::stream::Config;
 use mapek_domain::Phase;
 use serde_json::{Map, Value};
@@ -683,14 +685,16 @@ pub async fn apply_layout(
                 if changed.is_empty() {
                     applied.push(Applied::Unchanged { name });
                 } else {
-                    js.update_stream(&def.config).await.map_err(|e| {
-                        failed(format!("cannot update {}: {e}", changed.join(", ")))
-                    })?;
+                    placed(def, || js.update_stream(&def.config))
+                        .await
+                        .map_err(|e| {
+                            failed(format!("cannot update {}: {e}", changed.join(", ")))
+                        })?;
                     applied.push(Applied::Updated { name, changed });
                 }
             }
             Err(e) if is_not_found(&e) => {
-                js.create_stream(def.config.clone())
+                placed(def, || js.create_stream(def.config.clone()))
                     .await
                     .map_err(|e| failed(format!("cannot create: {e}")))?;
                 applied.push(Applied::Created { name });
@@ -704,6 +708,49 @@ pub async fn apply_layout(
         });
     }
     Ok(applied)
+}
+
+/// How long applying asks again while a cluster has too few servers up to place a stream's
+/// replicas on: a cluster just started, or with a server restarting, counts its servers
+/// within seconds.
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `request` (the create or update of `def`'s stream) again, with backoff and a warning,
+/// while the cluster answers that it has no servers to place the stream on, for up to
+/// [`PLACEMENT_WAIT`]; then the error, with what to check.
+async fn placed<T, F, Fut>(def: &StreamDef, mut request: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CreateStreamError>>,
+{
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let no_peers = |e: &CreateStreamError| matches!(e.kind(), CreateStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::CLUSTER_NO_PEERS);
+    let replicas = def.config.num_replicas;
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match request().await {
+            Ok(done) => return Ok(done),
+            Err(e) if no_peers(&e) && started.elapsed() < PLACEMENT_WAIT => {
+                tracing::warn!(
+                    stream = def.name(),
+                    "no {replicas} servers up to place it on (a cluster starting?); asking again"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) if no_peers(&e) => {
+                return Err(format!(
+                    "{e}: no {replicas} servers with JetStream were up to place its replicas \
+                     on within {} s. Start the cluster's missing servers, or apply with \
+                     --replicas no more than the servers it has",
+                    PLACEMENT_WAIT.as_secs()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Records the partition counts the streams have had ([`crate::config_store`]): the one
