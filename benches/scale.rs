@@ -23,8 +23,9 @@
 //! machine stores telemetry.
 //!
 //! MAPEK_SCALE_CLUSTER=3 runs on a 3-node JetStream cluster on loopback (streams replicated
-//! 3 times), and MAPEK_SCALE_LOOPS=2 starts two `mapek run` processes sharing the partitions:
-//! the scale-out check of docs/scaling.md.
+//! 3 times), and MAPEK_SCALE_LOOPS=2 starts two `mapek run` processes sharing the partitions.
+//! A list runs each count in turn against the same raw baseline, each on fresh servers:
+//! `MAPEK_SCALE_LOOPS=1,2,1,2` is the scale-out check of docs/scaling.md, in one run.
 //!
 //! MAPEK_SCALE_PARTITIONS=32 has the (single) server map telemetry into 32 partitions instead
 //! of 8, and every phase with it (ADR 0024): what more partitions cost the loop on one
@@ -67,6 +68,18 @@ fn levels() -> Vec<Level> {
                 nodes: nodes.trim().parse().expect("nodes"),
                 hz: hz.trim().parse().expect("hz"),
             }
+        })
+        .collect()
+}
+
+/// How many `mapek run` processes each loop run of a level starts, in turn.
+fn loop_counts() -> Vec<usize> {
+    let spec = std::env::var("MAPEK_SCALE_LOOPS").unwrap_or_else(|_| "1".into());
+    spec.split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("MAPEK_SCALE_LOOPS is a list of counts")
         })
         .collect()
 }
@@ -259,8 +272,7 @@ async fn raw(level: Level, seconds: u64) -> Raw {
     }
 }
 
-async fn with_loop(level: Level, seconds: u64, raw: &Raw) {
-    let loops = env_or("MAPEK_SCALE_LOOPS", 1) as usize;
+async fn with_loop(level: Level, seconds: u64, raw: &Raw, loops: usize) {
     let servers = start_servers();
     apply_streams(&servers);
     let url = servers.url();
@@ -312,7 +324,7 @@ async fn with_loop(level: Level, seconds: u64, raw: &Raw) {
     for p in &mut processes {
         let _ = p.wait();
     }
-    run.report(level, raw);
+    run.report(level, loops, raw);
 }
 
 /// What a run with the loop measured.
@@ -332,10 +344,11 @@ struct LoopRun {
 }
 
 impl LoopRun {
-    fn report(&self, level: Level, raw: &Raw) {
+    fn report(&self, level: Level, loops: usize, raw: &Raw) {
         let rate = self.rate;
         println!(
-            "{}x{}: offered {:.0}/s; stored {rate:.0}/s with the loop, {:.0}/s raw: ratio {:.2}",
+            "{}x{}, {loops} loop process(es): offered {:.0}/s; stored {rate:.0}/s with the loop, \
+             {:.0}/s raw: ratio {:.2}",
             level.nodes,
             level.hz,
             level.offered(),
@@ -381,7 +394,7 @@ fn bucket(le: f64) -> String {
 async fn main() {
     let seconds = env_or("MAPEK_SCALE_SECONDS", 60);
     println!(
-        "scale: {} server(s) ({}), {} partitions, {} loop process(es), {seconds} s a level, \
+        "scale: {} server(s) ({}), {} partitions, loop processes {:?}, {seconds} s a level, \
          {} cores",
         env_or("MAPEK_SCALE_CLUSTER", 1),
         match std::env::var("MAPEK_SCALE_SYNC").as_deref() {
@@ -389,11 +402,13 @@ async fn main() {
             _ => "sync_interval: always",
         },
         env_or("MAPEK_SCALE_PARTITIONS", 8),
-        env_or("MAPEK_SCALE_LOOPS", 1),
+        loop_counts(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for level in levels() {
         let raw = raw(level, seconds).await;
-        with_loop(level, seconds, &raw).await;
+        for loops in loop_counts() {
+            with_loop(level, seconds, &raw, loops).await;
+        }
     }
 }
