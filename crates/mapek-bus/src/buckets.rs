@@ -89,7 +89,7 @@ pub async fn apply_replicas(js: &JetStream, replicas: usize) -> Result<Vec<Appli
             continue;
         }
         config.num_replicas = replicas;
-        js.update_stream(&config)
+        crate::streams::placed(&name, replicas, || js.update_stream(&config))
             .await
             .map_err(|e| failed(format!("cannot update num_replicas: {e}")))?;
         applied.push(Applied::Updated {

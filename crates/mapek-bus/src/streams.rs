@@ -685,18 +685,20 @@ pub async fn apply_layout(
                 if changed.is_empty() {
                     applied.push(Applied::Unchanged { name });
                 } else {
-                    placed(def, || js.update_stream(&def.config))
-                        .await
-                        .map_err(|e| {
-                            failed(format!("cannot update {}: {e}", changed.join(", ")))
-                        })?;
+                    placed(&name, def.config.num_replicas, || {
+                        js.update_stream(&def.config)
+                    })
+                    .await
+                    .map_err(|e| failed(format!("cannot update {}: {e}", changed.join(", "))))?;
                     applied.push(Applied::Updated { name, changed });
                 }
             }
             Err(e) if is_not_found(&e) => {
-                placed(def, || js.create_stream(def.config.clone()))
-                    .await
-                    .map_err(|e| failed(format!("cannot create: {e}")))?;
+                placed(&name, def.config.num_replicas, || {
+                    js.create_stream(def.config.clone())
+                })
+                .await
+                .map_err(|e| failed(format!("cannot create: {e}")))?;
                 applied.push(Applied::Created { name });
             }
             Err(e) => return Err(failed(e.to_string())),
@@ -715,10 +717,14 @@ pub async fn apply_layout(
 /// within seconds.
 pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
 
-/// Runs `request` (the create or update of `def`'s stream) again, with backoff and a warning,
-/// while the cluster answers that it has no servers to place the stream on, for up to
-/// [`PLACEMENT_WAIT`]; then the error, with what to check.
-async fn placed<T, F, Fut>(def: &StreamDef, mut request: F) -> Result<T, String>
+/// Runs `request` (the create or update of stream `name` with `replicas` copies) again, with
+/// backoff and a warning, while the cluster answers that it has no servers to place the
+/// stream on, for up to [`PLACEMENT_WAIT`]; then the error, with what to check.
+pub(crate) async fn placed<T, F, Fut>(
+    name: &str,
+    replicas: usize,
+    mut request: F,
+) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CreateStreamError>>,
@@ -726,7 +732,6 @@ where
     use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::CreateStreamErrorKind;
     let no_peers = |e: &CreateStreamError| matches!(e.kind(), CreateStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::CLUSTER_NO_PEERS);
-    let replicas = def.config.num_replicas;
     let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -734,7 +739,7 @@ where
             Ok(done) => return Ok(done),
             Err(e) if no_peers(&e) && started.elapsed() < PLACEMENT_WAIT => {
                 tracing::warn!(
-                    stream = def.name(),
+                    stream = name,
                     "no {replicas} servers up to place it on (a cluster starting?); asking again"
                 );
                 tokio::time::sleep(backoff).await;
