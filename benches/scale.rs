@@ -393,6 +393,7 @@ fn bucket(le: f64) -> String {
 #[tokio::main]
 async fn main() {
     let seconds = env_or("MAPEK_SCALE_SECONDS", 60);
+    let counts = loop_counts();
     println!(
         "scale: {} server(s) ({}), {} partitions, loop processes {:?}, {seconds} s a level, \
          {} cores",
@@ -402,12 +403,12 @@ async fn main() {
             _ => "sync_interval: always",
         },
         env_or("MAPEK_SCALE_PARTITIONS", 8),
-        loop_counts(),
+        counts,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for level in levels() {
         let raw = raw(level, seconds).await;
-        for loops in loop_counts() {
+        for &loops in &counts {
             with_loop(level, seconds, &raw, loops).await;
         }
     }

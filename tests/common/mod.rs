@@ -146,20 +146,13 @@ pub async fn leader_of(js: &JetStream, stream: &str) -> String {
     }
 }
 
-/// `mapek streams apply --replicas 3` on a cluster at `url`, retried while the cluster
-/// elects its meta leader.
+/// `mapek streams apply --replicas 3` on a cluster at `url` (apply itself waits while the
+/// cluster elects its meta leader or counts its servers).
 pub fn apply_streams_r3(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut cmd = mapek(url);
-        cmd.args(["streams", "apply", "--replicas", "3"]);
-        let out = run(cmd);
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "streams apply: {}", stderr(&out));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut cmd = mapek(url);
+    cmd.args(["streams", "apply", "--replicas", "3"]);
+    let out = run(cmd);
+    assert!(out.status.success(), "streams apply: {}", stderr(&out));
 }
 
 /// Starts `cmd` (a `mapek` process) with no input and its output kept for

@@ -282,7 +282,7 @@ impl<E: AvroEvent> Inbox<E> {
     /// once, not after the ack wait.
     pub async fn close_giving_back(self, taken: Vec<Delivery<E>>) {
         for delivery in taken {
-            let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
+            let _ = delivery.retry_after(Duration::ZERO).await;
         }
         self.close().await;
     }

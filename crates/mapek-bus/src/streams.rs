@@ -729,9 +729,6 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CreateStreamError>>,
 {
-    use async_nats::jetstream::ErrorCode;
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    let no_peers = |e: &CreateStreamError| matches!(e.kind(), CreateStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::CLUSTER_NO_PEERS);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -755,6 +752,16 @@ where
             }
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// Whether the cluster answered that it has no servers to place a stream's replicas on.
+fn no_peers(e: &CreateStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js) => js.error_code() == ErrorCode::CLUSTER_NO_PEERS,
+        _ => false,
     }
 }
 
